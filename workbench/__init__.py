@@ -1,0 +1,3 @@
+"""Gemini Live turn-taking workbench."""
+
+__version__ = "0.1.0"

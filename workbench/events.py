@@ -1,0 +1,163 @@
+"""The one event schema shared by the recorder, replay, plots and diagnosis.
+
+Every stage of the bridge reports what it did as a small frozen dataclass with a
+``kind`` and ``t``: seconds on the session's monotonic clock (0 = session start).
+A recording's ``events.jsonl`` holds one ``to_dict()`` per line; ``from_dict``
+reads it back.  Unknown kinds and unknown fields survive a round trip in
+``Other`` so that a newer recording still loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"t": round(self.t, 6), "kind": self.kind}
+        for f in dataclasses.fields(self):
+            if f.name == "t":
+                continue
+            v = getattr(self, f.name)
+            if v is not None:
+                d[f.name] = v
+        return d
+
+
+@dataclass(frozen=True)
+class SessionMark(Event):
+    """Session lifecycle: ``start``, ``connected``, ``setup_complete``, ``end``, ``cut_short``."""
+
+    what: str
+    detail: str | None = None
+    kind: ClassVar[str] = "session"
+
+
+@dataclass(frozen=True)
+class Frame(Event):
+    """A microphone frame returned by ``track.recv()``; ``pts_s`` is its media time."""
+
+    pts_s: float
+    n_samples: int
+    rate: int
+    level_db: float
+    kind: ClassVar[str] = "frame"
+
+
+@dataclass(frozen=True)
+class FrameGap(Event):
+    """``track.recv()`` returned nothing for ``gap_s``; logged when frames resume or the session ends."""
+
+    start_t: float
+    gap_s: float
+    resumed: bool
+    kind: ClassVar[str] = "frame_gap"
+
+
+@dataclass(frozen=True)
+class Vad(Event):
+    """A turn-detector decision (``speech_start`` or ``speech_end``) and why it was taken."""
+
+    decision: str
+    reason: str
+    media_t: float | None = None
+    level_db: float | None = None
+    kind: ClassVar[str] = "vad"
+
+
+@dataclass(frozen=True)
+class Sent(Event):
+    """A client message. ``stage`` is ``app`` (handed to the SDK) or ``wire`` (left the socket)."""
+
+    msg: str
+    n_bytes: int
+    seq: int
+    stage: str = "app"
+    n_samples: int | None = None
+    kind: ClassVar[str] = "send"
+
+
+@dataclass(frozen=True)
+class Server(Event):
+    """A server message by kind; ``stage`` is ``wire`` (frame read off the socket) or ``app``."""
+
+    msg: str
+    n_bytes: int = 0
+    stage: str = "app"
+    n_samples: int | None = None
+    text: str | None = None
+    detail: str | None = None
+    kind: ClassVar[str] = "server"
+
+
+@dataclass(frozen=True)
+class Ws(Event):
+    """WebSocket life: ``connect``, ``ping``, ``pong``, ``close``, ``reconnect``."""
+
+    what: str
+    code: int | None = None
+    reason: str | None = None
+    latency_ms: float | None = None
+    detail: str | None = None
+    kind: ClassVar[str] = "ws"
+
+
+@dataclass(frozen=True)
+class LoopLag(Event):
+    """How late a periodic timer woke up: a blocked loop delays pongs the same way."""
+
+    lag_ms: float
+    kind: ClassVar[str] = "loop_lag"
+
+
+@dataclass(frozen=True)
+class Watchdog(Event):
+    """The response watchdog fired: no server response within ``after_s`` of ActivityEnd."""
+
+    after_s: float
+    action: str
+    kind: ClassVar[str] = "watchdog"
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """An error a stage caught, with where it happened."""
+
+    where: str
+    message: str
+    kind: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True)
+class Other(Event):
+    """An event of a kind this version does not know; kept, not dropped."""
+
+    raw: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "other"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"t": self.t, **self.raw}
+
+
+KINDS: dict[str, type[Event]] = {
+    c.kind: c for c in (SessionMark, Frame, FrameGap, Vad, Sent, Server, Ws, LoopLag, Watchdog, Error)
+}
+
+
+def from_dict(d: dict[str, Any]) -> Event:
+    """Rebuild an event from a JSON line; unknown kinds or fields come back as ``Other``."""
+    cls = KINDS.get(d.get("kind", ""))
+    if cls is None:
+        return Other(t=float(d.get("t", 0.0)), raw={k: v for k, v in d.items() if k != "t"})
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return Other(t=float(d.get("t", 0.0)), raw={k: v for k, v in d.items() if k != "t"})
