@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv and install what they need (Python packages; espeak-ng via apt when missing).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint lab system clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# System packages the tests and benchmarks use; skipped when present or when apt is unavailable.
+system:
+	@command -v espeak-ng >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "note: espeak-ng not installed; tests that synthesise speech will skip"; }
+
+demo: $(STAMP)
+	$(BIN)/workbench demo
+
+test: $(STAMP) system
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) system
+	$(BIN)/python bench/run_all.py --write
+
+lint: $(STAMP)
+	$(BIN)/ruff check workbench tests bench
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .pytest_cache

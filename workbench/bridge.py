@@ -1,0 +1,249 @@
+"""The full bridge for one session: mic track -> ingest -> resample -> turn detector -> writer -> Live.
+
+This is the asyncio shell.  The decisions are made by sans-I/O cores (``TurnDetector``,
+``SendOrder``); this module moves frames and messages between them, the WebRTC track, the
+Live session and the recorder, and keeps the clock running while ``track.recv()`` waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.genai import types
+
+from . import live
+from .audio import level_dbfs
+from .events import Event, Frame, FrameGap, LoopLag, SessionMark, Vad
+from .recording import Recorder
+from .resample import Resampler
+from .sender import Outgoing, SendOrder
+from .turns import Decision, TurnDetector, TurnParams
+from .webrtc import FilePlayerTrack, Received, Tick, ingest, loopback
+from .wiretap import tapped_connection
+
+GAP_S = 0.06  # no frame for this long: a gap (frames are 20 ms apart; jitter rarely exceeds 40 ms)
+LOOP_LAG_PERIOD_S = 0.1
+
+
+@dataclass
+class SessionConfig:
+    """Everything one session needs besides its audio; recorded in session.json."""
+
+    params: TurnParams = field(default_factory=TurnParams)
+    live: live.LiveSettings = field(default_factory=live.LiveSettings)
+    dtx: bool = False
+    tail_s: float = 1.5  # digital silence played after the source, so the last turn can end on the clock
+    greeting_timeout_s: float = 15.0
+    response_timeout_s: float = 10.0  # after the last ActivityEnd, how long to wait for its turn_complete
+    name: str = "session"
+    source: str = ""
+
+
+@dataclass
+class SessionResult:
+    path: Path
+    activities: int
+    answered: int
+    error: str | None = None
+
+
+class _Session:
+    """State of one running session; methods are the bridge's stages."""
+
+    def __init__(self, cfg: SessionConfig, recorder: Recorder, progress: Callable[[str], None] | None) -> None:
+        self.cfg = cfg
+        self.rec = recorder
+        self.progress = progress or (lambda _msg: None)
+        self.t0 = time.monotonic()
+        self.detector = TurnDetector(cfg.params, rate=16_000)
+        self.order = SendOrder(rate=16_000)
+        self.resampler = Resampler()
+        self.writer: live.Writer | None = None
+        self.turn_completes = 0
+        self.greeting_done = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.ends_sent = 0
+        self.media_offset: float | None = None  # session time of media time 0
+        self.last_arrival: float | None = None
+        self.gap_open = False
+
+    def clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    def emit(self, event: Event) -> None:
+        self.rec.emit(event)
+
+    # -- server side -------------------------------------------------------
+    def on_server(self, msg: types.LiveServerMessage) -> None:
+        t = self.clock()
+        for ev in live.server_events(msg, t):
+            self.emit(ev)
+        sc = msg.server_content
+        if sc is not None and sc.model_turn and sc.model_turn.parts:
+            for part in sc.model_turn.parts:
+                if part.inline_data and part.inline_data.data:
+                    self.rec.model(np.frombuffer(part.inline_data.data, dtype="<i2"))
+        if sc is not None and sc.turn_complete:
+            self.turn_completes += 1
+            self.greeting_done.set()
+            self.answered.set()
+        if msg.tool_call is not None and self.writer is not None:
+            replies = [
+                types.FunctionResponse(id=fc.id, name=fc.name, response={"ok": True})
+                for fc in msg.tool_call.function_calls or []
+            ]
+            self.writer.put(live.ToolReply(replies))
+
+    # -- mic side ----------------------------------------------------------
+    def on_frame(self, item: Received) -> None:
+        t = item.t
+        if self.media_offset is None:
+            self.media_offset = t - item.pts_s
+        if self.last_arrival is not None and t - self.last_arrival > GAP_S:
+            self.emit(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4), resumed=True))
+        self.gap_open = False
+        self.last_arrival = t
+        media_t = item.pts_s + self.media_offset
+        self.emit(Frame(t=t, pts_s=round(item.pts_s, 6), n_samples=item.samples.size, rate=48_000,
+                        level_db=round(level_dbfs(item.samples), 2)))
+        self.rec.mic(t, int(round(item.pts_s * 48_000)), item.samples)
+        for chunk_t, chunk in self.resampler.push(media_t, item.samples):
+            self.feed(chunk_t, chunk)
+
+    def feed(self, media_t: float, chunk: np.ndarray) -> None:
+        """Detector first, then the gate: a start's pre-roll already holds this chunk."""
+        decisions = self.detector.frame(media_t, chunk)
+        started = self.apply(decisions, media_t)
+        if not started:
+            self.send(self.order.audio(media_t, chunk))
+
+    def on_tick(self, t: float) -> None:
+        if self.last_arrival is not None and not self.gap_open and t - self.last_arrival > GAP_S:
+            # Frames stopped: release what soxr holds back so the turn's tail is judged and sent now.
+            self.gap_open = True
+            for chunk_t, chunk in self.resampler.flush():
+                self.feed(chunk_t, chunk)
+        self.apply(self.detector.tick(t), None)
+
+    def apply(self, decisions: list[Decision], media_t: float | None) -> bool:
+        started = False
+        for d in decisions:
+            self.emit(Vad(t=self.clock(), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
+                          level_db=None if d.level_db is None else round(d.level_db, 2)))
+            if d.kind == "speech_start":
+                self.send(self.order.start(d.pre_roll, d.speech_t))
+                started = True
+            elif d.kind == "speech_end":
+                out = self.order.end(d.speech_t)
+                self.ends_sent += sum(1 for o in out if o.msg == "activity_end")
+                if out:
+                    self.answered.clear()
+                self.send(out)
+        return started
+
+    def send(self, out: list[Outgoing]) -> None:
+        assert self.writer is not None
+        for o in out:
+            self.writer.put(o)
+
+    async def sample_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LOOP_LAG_PERIOD_S
+            await asyncio.sleep(LOOP_LAG_PERIOD_S)
+            self.emit(LoopLag(t=self.clock(), lag_ms=round((loop.time() - due) * 1000.0, 3)))
+
+
+async def run_session(
+    audio_48k: np.ndarray,
+    cfg: SessionConfig,
+    out_dir: str | Path,
+    progress: Callable[[str], None] | None = None,
+) -> SessionResult:
+    """Play ``audio_48k`` (int16 mono) as the microphone through loopback WebRTC into a Live session."""
+    meta: dict[str, Any] = {
+        "name": cfg.name,
+        "source": cfg.source,
+        "params": cfg.params.to_dict(),
+        "live": cfg.live.describe(),
+        "dtx": cfg.dtx,
+        "tail_s": cfg.tail_s,
+        "audio_s": round(audio_48k.size / 48_000, 3),
+    }
+    rec = Recorder(out_dir, meta)
+    s = _Session(cfg, rec, progress)
+    rec.meta["t0_monotonic"] = s.t0
+    rec.emit(SessionMark(t=0.0, what="start", detail=cfg.name))
+    error: str | None = None
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(s.sample_loop_lag())]
+    link = None
+    try:
+        client = live.make_client(cfg.live, create_connection=tapped_connection(rec.emit, s.clock))
+        s.progress("connecting")
+        async with client.aio.live.connect(model=cfg.live.model, config=live.connect_config(cfg.live)) as session:
+            rec.emit(SessionMark(t=s.clock(), what="setup_complete"))
+            s.writer = live.Writer(session, rec.emit, s.clock, on_audio=rec.sent)
+            tasks.append(asyncio.create_task(s.writer.run()))
+            receiver = asyncio.create_task(live.receive_forever(session, s.on_server))
+            tasks.append(receiver)
+            if cfg.live.greeting_prompt:
+                s.progress("waiting for the greeting")
+                s.writer.put(live.TextTurn(cfg.live.greeting_prompt))
+                await _wait_or_fail(s.greeting_done.wait(), cfg.greeting_timeout_s, receiver)
+            rec.emit(SessionMark(t=s.clock(), what="mic_open"))
+            s.progress("playing the microphone")
+            track = FilePlayerTrack(audio_48k, dtx=cfg.dtx, tail_s=cfg.tail_s)
+            link = await loopback(track)
+            async for item in ingest(link.remote_track, s.clock):
+                if receiver.done():
+                    break
+                if isinstance(item, Received):
+                    s.on_frame(item)
+                elif isinstance(item, Tick):
+                    s.on_tick(item.t)
+            s.apply(s.detector.finish(s.clock()), None)
+            if receiver.done():
+                receiver.result()  # re-raise why the session ended
+            if s.ends_sent:
+                s.progress("waiting for the last answer")
+                await _wait_or_fail(s.answered.wait(), cfg.response_timeout_s, receiver)
+            s.writer.stop()
+            await asyncio.wait_for(tasks[1], 5.0)
+            rec.emit(SessionMark(t=s.clock(), what="end"))
+    except Exception as exc:  # recorded, then reported in one line by the caller
+        error = _one_line(exc)
+        from .events import Error
+
+        rec.emit(Error(t=s.clock(), where="session", message=error))
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if link is not None:
+            await link.close()
+        rec.close(activities=s.order.activities, turn_completes=s.turn_completes, error=error)
+    return SessionResult(path=rec.dir, activities=s.order.activities, answered=s.turn_completes, error=error)
+
+
+async def _wait_or_fail(awaitable: Any, timeout_s: float, receiver: asyncio.Task[Any]) -> None:
+    """Wait for a server milestone, but stop at once if the receive loop died."""
+    waiter = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({waiter, receiver}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+    if receiver in done:
+        receiver.result()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

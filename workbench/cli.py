@@ -1,0 +1,224 @@
+"""The ``workbench`` command: demo, run, emulator, vad.
+
+Every command turns bad input into one line on stderr (``workbench: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+BUNDLED = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
+DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line."""
+
+
+def _default_out(name: str) -> Path:
+    return Path("recordings") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _add_session_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="write the recording into this directory (default recordings/<name>-<time>)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--base-url", help="a Live endpoint to use instead of the embedded emulator "
+                       "(https://host:port; trust its certificate with SSL_CERT_FILE)")
+    where.add_argument("--live", action="store_true", help="use real Gemini (needs GEMINI_API_KEY)")
+    p.add_argument("--model", default=DEFAULT_LIVE_MODEL, help="model name (default %(default)s)")
+    p.add_argument("--params", type=Path, help="turn-detector parameters as JSON (written by the tuning panel)")
+    p.add_argument("--threshold-db", type=float, help="speech start threshold in dBFS (default -40)")
+    p.add_argument("--stop-db", type=float, help="level to stay in speech, dBFS (default: threshold - 5)")
+    p.add_argument("--silence-ms", type=float, help="silence that ends a turn, ms (default 700)")
+    p.add_argument("--pre-roll-ms", type=float, help="audio sent from before the onset decision, ms (default 300)")
+    p.add_argument("--min-speech-ms", type=float, help="speech needed before a turn starts, ms")
+    p.add_argument("--scorer", help="turn-detector scorer: energy (default), webrtcvad, silero")
+    p.add_argument("--dtx", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop sending WebRTC packets while the source is digitally silent (Failure B)")
+    p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
+    p.add_argument("--ping-interval", type=float, default=20.0, help="websocket keepalive ping interval, s")
+    p.add_argument("--ping-timeout", type=float, default=20.0, help="websocket keepalive ping timeout, s")
+    p.add_argument("--reply-s", type=float, default=1.0, help="emulator: length of each spoken answer, s")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
+
+
+def _params(args: argparse.Namespace):
+    from .turns import TurnParams
+
+    base = TurnParams.from_file(args.params) if args.params else TurnParams()
+    changes: dict[str, object] = {}
+    if args.threshold_db is not None:
+        changes["start_db"] = args.threshold_db
+        changes["stop_db"] = args.stop_db if args.stop_db is not None else min(base.stop_db, args.threshold_db - 5.0)
+    elif args.stop_db is not None:
+        changes["stop_db"] = args.stop_db
+    for name in ("silence_ms", "pre_roll_ms", "min_speech_ms", "scorer"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    params = base.replace(**changes) if hasattr(base, "replace") else type(base)(**{**base.to_dict(), **changes})
+    params.validate()
+    return params
+
+
+def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default: bool) -> int:
+    from . import bridge, live
+    from .analysis import format_turn_table, turn_table
+    from .audio import load_mono, to_int16
+    from .recording import load
+
+    params = _params(args)
+    audio = to_int16(load_mono(audio_path, 48_000))
+    out = args.out or _default_out(name)
+    if (Path(out) / "events.jsonl").exists():
+        raise UsageError(f"{out} already holds a recording; choose another --out or delete it")
+    if args.live and not os.environ.get("GEMINI_API_KEY"):
+        raise UsageError("--live needs GEMINI_API_KEY in the environment")
+    settings = live.LiveSettings(
+        model=args.model,
+        base_url=args.base_url,
+        ping_interval_s=args.ping_interval,
+        ping_timeout_s=args.ping_timeout,
+        greeting_prompt=None if args.no_greeting else live.GREETING_PROMPT,
+    )
+    cfg = bridge.SessionConfig(params=params, live=settings, name=name, source=str(audio_path),
+                               dtx=dtx_default if args.dtx is None else args.dtx)
+    say = (lambda _m: None) if args.quiet else (lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
+
+    async def go() -> bridge.SessionResult:
+        if args.live or args.base_url:
+            return await bridge.run_session(audio, cfg, out, progress=say)
+        from .emulator import Emulator, EmulatorConfig
+
+        async with Emulator(EmulatorConfig(reply_s=args.reply_s), port=0) as emu:
+            say(f"embedded emulator at {emu.base_url}")
+            settings.base_url = emu.base_url
+            settings.ssl_context = emu.client_ssl_context()
+            result = await bridge.run_session(audio, cfg, out, progress=say)
+            violations = list(emu.violations)
+        _write_emulator_log(Path(out), emu)
+        if violations:
+            say(f"emulator saw {len(violations)} protocol violation(s): " +
+                "; ".join(f"{v.rule} ({v.detail})" for v in violations[:5]))
+        else:
+            say("emulator saw no protocol violation")
+        return result
+
+    say(f"{audio_path}: {audio.size / 48_000:.1f} s of audio; params {params.to_dict()}")
+    result = asyncio.run(go())
+    rec = load(result.path)
+    tt = turn_table(rec)
+    print(format_turn_table(tt))
+    print(f"recording: {result.path}")
+    if result.error:
+        print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
+        return 1
+    unanswered = int((~tt["answered"]).sum()) if len(tt) else 0
+    if unanswered:
+        print(f"workbench: {unanswered} turn(s) got no answer", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_emulator_log(out: Path, emu) -> None:
+    """Keep the server's own view of the session next to the recording."""
+    t0 = json.loads((out / "session.json").read_text()).get("t0_monotonic", 0.0)
+    with open(out / "emulator.jsonl", "w") as fh:
+        for e in emu.log:
+            fh.write(json.dumps({"t": round(e.t_mono - t0, 6), "conn": e.conn, "direction": e.direction,
+                                 "kind": e.kind, "n_bytes": e.n_bytes, "detail": e.detail}) + "\n")
+        for v in emu.violations:
+            fh.write(json.dumps({"t": round(v.t_mono - t0, 6), "conn": v.conn, "direction": "violation",
+                                 "kind": v.rule, "detail": v.detail}) + "\n")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not BUNDLED.exists():
+        raise UsageError(f"bundled recording {BUNDLED} is missing; run python -m workbench.synth")
+    return _session(args, BUNDLED, "demo", dtx_default=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _session(args, args.audio, args.audio.stem, dtx_default=False)
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator.__main__ import main as emulator_main
+
+    return emulator_main(args.rest)
+
+
+def cmd_vad(args: argparse.Namespace) -> int:
+    from .replay import replay_path
+
+    params = _params(args)
+    report = replay_path(args.source, params)
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="workbench",
+        description="Gemini Live turn-taking workbench: run, record, replay and diagnose bridge sessions.",
+        epilog="Start with `workbench demo`, then `workbench vad RECORDING` to replay its turn decisions.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="end-to-end session on the bundled candidate recording (embedded emulator)",
+                       description="Play the bundled candidate track through loopback WebRTC into the embedded "
+                                   "Live API emulator, record everything and print the turn table.")
+    _add_session_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="end-to-end session on any audio file",
+                       description="Like demo, for any audio file (any rate, mono or stereo).")
+    p.add_argument("--audio", type=Path, required=True, help="audio file to play as the microphone")
+    _add_session_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("emulator", help="serve the Live API emulator (TLS websocket)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("vad", help="replay the turn detector offline over audio or a recording",
+                       description="Run the live turn detector over an audio file, or over a recording's received "
+                                   "frames with their real arrival times and gaps, faster than real time.")
+    p.add_argument("source", type=Path, help="audio file or recording directory")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    for opt, h in (("--params", "parameters JSON"), ("--threshold-db", "start threshold, dBFS"),
+                   ("--stop-db", "stop threshold, dBFS"), ("--silence-ms", "silence window, ms"),
+                   ("--pre-roll-ms", "pre-roll, ms"), ("--min-speech-ms", "minimum speech, ms"),
+                   ("--scorer", "energy | webrtcvad | silero")):
+        p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
+    p.set_defaults(func=cmd_vad)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from .audio import AudioInputError
+    from .recording import RecordingError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, AudioInputError, RecordingError, ValueError) as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

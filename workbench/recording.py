@@ -1,0 +1,267 @@
+"""Write and read ``recordings/<session>/``: the evidence a session leaves behind.
+
+Layout of a recording directory:
+
+- ``session.json``: config, VAD parameters, model, package versions, start wall time;
+  rewritten at the end with a summary (``ended``: true).  A recording whose
+  ``session.json`` lacks ``ended`` was cut short.
+- ``events.jsonl``: one event per line (``workbench.events``), appended and flushed as it happens.
+- ``mic.flac``: the microphone as received (48 kHz mono), placed by media time, so that
+  sample ``i`` is at session time ``mic_start_t + i / 48000``; frame gaps are zero-filled.
+- ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
+- ``model.flac``: the model's 24 kHz audio, back to back.
+
+The recorder is an observer: stages hand it events and audio; it never calls back.
+Writes are flushed as they happen so that a killed process leaves a readable recording.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from .events import Event, from_dict
+
+MIC_RATE = 48_000
+SENT_RATE = 16_000
+MODEL_RATE = 24_000
+AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), "model": ("model.flac", MODEL_RATE)}
+# A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
+# could otherwise make the file grow without bound); the frame events still show the real gap.
+MAX_FILL_S = 120.0
+
+
+class RecordingError(Exception):
+    """A recording cannot be read; the message names the file and the problem."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("workbench", "google-genai", "websockets", "aiortc", "av", "soxr", "numpy", "webrtcvad-wheels"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    out["python"] = platform.python_version()
+    return out
+
+
+class _FlacStream:
+    """An append-only FLAC file flushed often, so a crash loses at most the last block."""
+
+    def __init__(self, path: Path, rate: int, flush_every_s: float = 0.5) -> None:
+        self.path = path
+        self.rate = rate
+        self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
+        self._unflushed = 0
+        self._flush_every = int(rate * flush_every_s)
+        self.n_samples = 0
+
+    def write(self, samples: np.ndarray) -> None:
+        if samples.size == 0:
+            return
+        if samples.dtype != np.int16:
+            samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        self._file.write(samples.reshape(-1))
+        self.n_samples += samples.size
+        self._unflushed += samples.size
+        if self._unflushed >= self._flush_every:
+            self._file.flush()
+            self._unflushed = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class Recorder:
+    """Writes one session's recording directory as the session runs."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+        self.dir = Path(out_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(f"cannot create recording directory {self.dir}: {exc.strerror}") from None
+        if (self.dir / "events.jsonl").exists():
+            raise RecordingError(f"{self.dir} already holds a recording; choose another --out or delete it")
+        self.meta = {
+            "format": 1,
+            "start_wall": time.time(),
+            "start_wall_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            **meta,
+        }
+        self._write_meta()
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8", buffering=1)
+        self._audio = {key: _FlacStream(self.dir / name, rate) for key, (name, rate) in AUDIO_FILES.items()}
+        self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
+        self._mic_origin: int = 0
+        self.closed = False
+
+    def _write_meta(self) -> None:
+        tmp = self.dir / "session.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
+        tmp.replace(self.dir / "session.json")
+
+    def emit(self, event: Event) -> None:
+        """Append one event; line-buffered so each line reaches the OS at once."""
+        if self.closed:
+            return
+        self._events.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+
+    def mic(self, t: float, pts_samples: int, samples: np.ndarray) -> None:
+        """Place a received 48 kHz frame at its media position (``pts_samples``), zero-filling gaps."""
+        if self.closed:
+            return
+        if self._mic_next is None:
+            self._mic_origin = pts_samples
+            self._mic_next = pts_samples
+            self.meta["mic_start_t"] = round(t, 6)
+            self._write_meta()
+        gap = pts_samples - self._mic_next
+        if gap > 0:
+            self._audio["mic"].write(np.zeros(min(gap, int(MAX_FILL_S * MIC_RATE)), np.int16))
+        elif gap < 0:
+            samples = samples[-gap:]  # overlaps audio already written: keep only the new part
+        self._audio["mic"].write(samples)
+        self._mic_next = max(self._mic_next, pts_samples + len(samples) - min(gap, 0))
+
+    def sent(self, samples16k: np.ndarray) -> None:
+        if not self.closed:
+            self._audio["sent"].write(samples16k)
+
+    def model(self, samples24k: np.ndarray) -> None:
+        if not self.closed:
+            self._audio["model"].write(samples24k)
+
+    def close(self, **summary: Any) -> None:
+        """Finish the files and mark the recording complete."""
+        if self.closed:
+            return
+        self.closed = True
+        self._events.close()
+        for stream in self._audio.values():
+            stream.close()
+        self.meta.update(summary)
+        self.meta["ended"] = True
+        self.meta["samples"] = {k: s.n_samples for k, s in self._audio.items()}
+        self._write_meta()
+
+
+@dataclass
+class Recording:
+    """A loaded recording: events as a DataFrame, audio as float32 arrays."""
+
+    path: Path
+    meta: dict[str, Any]
+    events: pd.DataFrame
+    mic: np.ndarray
+    sent: np.ndarray
+    model: np.ndarray
+    problems: list[str] = field(default_factory=list)
+    mic_rate: int = MIC_RATE
+    sent_rate: int = SENT_RATE
+    model_rate: int = MODEL_RATE
+
+    @property
+    def cut_short(self) -> bool:
+        """True when the session never closed its recording (killed or crashed)."""
+        return not self.meta.get("ended", False)
+
+    @property
+    def mic_start_t(self) -> float:
+        return float(self.meta.get("mic_start_t", 0.0))
+
+    def of_kind(self, kind: str) -> pd.DataFrame:
+        """The events of one kind, with only the columns that kind uses."""
+        df = self.events[self.events["kind"] == kind]
+        return df.dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def _read_events(path: Path, problems: list[str]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().split("\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict) or not isinstance(d.get("t"), (int, float)):
+                raise ValueError("not an event object with a numeric t")
+        except ValueError as exc:
+            last = i == len(lines) or (i == len(lines) - 1 and not lines[-1])
+            problems.append(
+                f"events.jsonl line {i}: {'truncated last line (cut short)' if last else 'unreadable'}: {exc}"
+            )
+            continue
+        rows.append(from_dict(d).to_dict())
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame({"t": pd.Series(dtype=float), "kind": pd.Series(dtype=str)})
+    return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def _read_audio(path: Path, problems: list[str]) -> np.ndarray:
+    if not path.exists():
+        problems.append(f"{path.name}: missing")
+        return np.zeros(0, np.float32)
+    try:
+        data, _ = sf.read(path, dtype="float32", always_2d=False)
+    except Exception as exc:  # libsndfile reports truncated files in many ways
+        data = _read_audio_partial(path)
+        problems.append(f"{path.name}: read {data.size} samples before an error ({exc})")
+    return np.asarray(data, dtype=np.float32).reshape(-1)
+
+
+def _read_audio_partial(path: Path) -> np.ndarray:
+    """Read block by block up to the first error: a killed session leaves a FLAC without a final block."""
+    out: list[np.ndarray] = []
+    try:
+        with sf.SoundFile(path) as f:
+            while True:
+                block = f.read(4096, dtype="float32")
+                if block.size == 0:
+                    break
+                out.append(block.reshape(-1))
+    except Exception:
+        pass
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load(path: str | os.PathLike[str]) -> Recording:
+    """Load a recording directory written by ``Recorder``.
+
+    Raises ``RecordingError`` with a one-line message when ``path`` is not a recording.
+    Damage short of that (a truncated last line, a cut FLAC) is listed in ``problems``.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise RecordingError(f"{p}: not a recording directory (expected session.json and events.jsonl inside)")
+    problems: list[str] = []
+    meta_path = p / "session.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise RecordingError(f"{p}: no session.json, so this is not a workbench recording") from None
+    except ValueError as exc:
+        raise RecordingError(f"{meta_path}: corrupt session.json ({exc})") from None
+    events_path = p / "events.jsonl"
+    if not events_path.exists():
+        raise RecordingError(f"{p}: no events.jsonl, so this is not a workbench recording")
+    events = _read_events(events_path, problems)
+    audio = {key: _read_audio(p / name, problems) for key, (name, _) in AUDIO_FILES.items()}
+    return Recording(path=p, meta=meta, events=events, problems=problems, **audio)

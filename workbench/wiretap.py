@@ -1,0 +1,113 @@
+"""What really crossed the socket: a websockets connection class that reports its frames.
+
+The SDK opens its websocket with ``websockets.asyncio.client.connect(uri, **async_client_args)``
+and passes ``create_connection`` through, so the bridge hands it a subclass that reports
+every text frame it writes, every frame it reads off the socket, pings, pongs and the close.
+This is the wire-level evidence: the order here is the order the server saw, and the read
+times show when the socket was read, not when the application got round to the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+
+from .events import Event, Sent, Server, Ws
+
+# Client message kinds, recognised by the first keys of the SDK's JSON (it writes them in this order).
+_CLIENT_KINDS = (
+    ('"activity_start"', "activity_start"),
+    ('"activityStart"', "activity_start"),
+    ('"activity_end"', "activity_end"),
+    ('"activityEnd"', "activity_end"),
+    ('"audio_stream_end"', "audio_stream_end"),
+    ('"audioStreamEnd"', "audio_stream_end"),
+    ('"audio"', "audio"),
+    ('"media_chunks"', "audio"),
+    ('"client_content"', "client_content"),
+    ('"clientContent"', "client_content"),
+    ('"tool_response"', "tool_response"),
+    ('"toolResponse"', "tool_response"),
+    ('"setup"', "setup"),
+)
+_SERVER_KINDS = (
+    ("toolCallCancellation", "tool_call_cancellation"),
+    ("toolCall", "tool_call"),
+    ("goAway", "go_away"),
+    ("sessionResumptionUpdate", "session_resumption_update"),
+    ("setupComplete", "setup_complete"),
+    ("turnComplete", "turn_complete"),
+    ("generationComplete", "generation_complete"),
+    ("interrupted", "interrupted"),
+    ("inlineData", "model_audio"),
+    ("outputTranscription", "output_transcription"),
+    ("inputTranscription", "input_transcription"),
+    ("usageMetadata", "usage_metadata"),
+    ("serverContent", "server_content"),
+)
+
+
+def classify_client(text: str) -> str:
+    head = text[:80]
+    for needle, kind in _CLIENT_KINDS:
+        if needle in head:
+            return kind
+    return "unknown"
+
+
+def classify_server(data: bytes) -> str:
+    """Name a server frame by the most specific key it carries (a cheap scan, no JSON parse)."""
+    head = data[:400].decode("utf-8", "replace")
+    for needle, kind in _SERVER_KINDS:
+        if needle in head:
+            return kind
+    return "unknown"
+
+
+def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float]) -> type[ClientConnection]:
+    """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``."""
+
+    class TappedConnection(ClientConnection):
+        _seq = 0
+
+        async def send(self, message: Any, text: bool | None = None) -> None:  # type: ignore[override]
+            await super().send(message, text=text)
+            # websockets writes a whole message to the transport before its first await,
+            # so by now the frame is in the kernel's hands, in call order.
+            TappedConnection._seq += 1
+            s = message if isinstance(message, str) else bytes(message).decode("utf-8", "replace")
+            emit(Sent(t=clock(), msg=classify_client(s), n_bytes=len(message), seq=self._seq, stage="wire"))
+
+        def process_event(self, event: Any) -> None:
+            if isinstance(event, Frame):
+                now = clock()
+                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    data = bytes(event.data)
+                    emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage="wire"))
+                elif event.opcode is Opcode.PONG:
+                    emit(Ws(t=now, what="pong"))
+                elif event.opcode is Opcode.PING:
+                    emit(Ws(t=now, what="server_ping"))
+                elif event.opcode is Opcode.CLOSE:
+                    emit(Ws(t=now, what="close_frame_received"))
+            super().process_event(event)
+
+        async def ping(self, data: Any = None) -> Any:
+            waiter = await super().ping(data)
+            emit(Ws(t=clock(), what="ping"))
+            return waiter
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            rcvd = self.protocol.close_rcvd
+            sent = self.protocol.close_sent
+            code = rcvd.code if rcvd else (sent.code if sent else 1006)
+            reason = rcvd.reason if rcvd else (sent.reason if sent else "no close frame")
+            side = "server" if rcvd else ("client" if sent else "none")
+            detail = f"close frame from {side}" + (f"; transport error {exc!r}" if exc else "")
+            emit(Ws(t=clock(), what="close", code=code, reason=reason, detail=detail))
+
+    return TappedConnection
