@@ -1,0 +1,328 @@
+"""Sans-I/O turn detector: frames and clock ticks in, ActivityStart/End decisions out.
+
+Why a clock: when a speaker goes quiet, WebRTC may stop delivering frames
+altogether (DTX, muted track; aiortc never makes silent frames), so a detector
+that counts silent frames never ends the turn (failure B).  Here silence is
+``clock - last_speech_end`` and ``tick(t)`` alone can end a turn.
+
+Time model.  ``frame(t, samples)`` takes the *media* time of the frame's first
+sample, mapped onto the session clock; ``tick(t)`` takes the clock.  Audio is
+scored in fixed windows (10 ms energy, 10/20/30 ms webrtcvad, 32 ms silero)
+whatever the frame sizes; a frame whose ``t`` does not continue the previous
+frame (pts jump) restarts the windowing and drops the sub-window remainder.
+
+Rules:
+
+- A turn starts when windows that may *start* speech are followed, without a
+  window below the *stay* level, for ``min_speech_ms``; ``speech_t`` is the
+  first window's media time.  Its ``pre_roll`` holds the audio from
+  ``pre_roll_ms`` before ``speech_t`` to the end of the triggering frame, never
+  earlier than the previous ActivityEnd (that audio was already sent).
+- An open turn ends when ``now - last_speech_end >= silence_ms`` (gaps count as
+  silence) or ``now - activity_start >= max_turn_ms``.  ``now`` is the tick, or,
+  inside a frame, the media time at which the condition became true.
+- Decision times never go back: a decision's ``t`` is at least the latest tick.
+- Late frames: audio whose media time is before the last ActivityEnd decision
+  (for instance the ~80 ms aiortc's jitter buffer holds until packets resume,
+  or a re-sent/overlapping frame) is ignored: it cannot reopen that turn,
+  start a new one, or enter a pre-roll.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.scorers import SCORER_NAMES, make_scorer
+
+_EPS = 1e-6  # seconds; absorbs float error in window times (a sample is 62.5 us)
+_CONTIGUOUS_S = 0.001  # a frame starting within 1 ms of the previous end continues the stream
+
+
+@dataclass(frozen=True)
+class TurnParams:
+    """Turn-detection settings; every knob is recorded with a session and replayable offline."""
+
+    start_db: float = -40.0
+    stop_db: float = -45.0
+    min_speech_ms: float = 100
+    silence_ms: float = 700
+    pre_roll_ms: float = 300
+    max_turn_ms: float = 60000
+    scorer: str = "energy"
+    webrtcvad_mode: int = 3
+    webrtcvad_frame_ms: int = 20
+    silero_threshold: float = 0.5
+    silero_neg_threshold: float = 0.35
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad parameter and its allowed range."""
+
+        def check(name: str, lo: float, hi: float, what: str) -> None:
+            v = getattr(self, name)
+            bad_type = isinstance(v, bool) or not isinstance(v, int | float)
+            if bad_type or not math.isfinite(v) or not lo <= v <= hi:
+                raise ValueError(f"TurnParams.{name} = {v!r} is out of range: {what}")
+
+        check("start_db", -120, 0, "must be between -120 and 0 dBFS")
+        check("stop_db", -120, self.start_db, f"must be between -120 dBFS and start_db ({self.start_db:g})")
+        check("min_speech_ms", 0, 5000, "must be between 0 and 5000 ms")
+        check("silence_ms", 10, 60000, "must be between 10 and 60000 ms")
+        check("pre_roll_ms", 0, 5000, "must be between 0 and 5000 ms")
+        check("max_turn_ms", self.min_speech_ms + 1, 3_600_000,
+              f"must be between min_speech_ms + 1 ({self.min_speech_ms + 1:g}) and 3600000 ms")
+        if self.scorer not in SCORER_NAMES:
+            raise ValueError(f"TurnParams.scorer = {self.scorer!r} is not one of: {', '.join(SCORER_NAMES)}")
+        if self.webrtcvad_mode not in (0, 1, 2, 3) or isinstance(self.webrtcvad_mode, bool):
+            raise ValueError(f"TurnParams.webrtcvad_mode = {self.webrtcvad_mode!r} must be 0, 1, 2 or 3")
+        if self.webrtcvad_frame_ms not in (10, 20, 30) or isinstance(self.webrtcvad_frame_ms, bool):
+            raise ValueError(
+                f"TurnParams.webrtcvad_frame_ms = {self.webrtcvad_frame_ms!r} must be 10, 20 or 30"
+            )
+        check("silero_threshold", 0.01, 0.99, "must be between 0.01 and 0.99")
+        check("silero_neg_threshold", 0.01, self.silero_threshold,
+              f"must be between 0.01 and silero_threshold ({self.silero_threshold:g})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TurnParams:
+        """Build and validate; unknown keys and wrong types are errors, not silently dropped."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in fields:
+                raise ValueError(f"unknown TurnParams key {key!r}; known: {', '.join(fields)}")
+            kind = fields[key].type  # a string: annotations are postponed
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                if kind == "str":
+                    if not isinstance(value, str):
+                        raise TypeError
+                    kwargs[key] = value
+                elif kind == "int":
+                    if float(value) != int(value):
+                        raise TypeError
+                    kwargs[key] = int(value)
+                else:
+                    kwargs[key] = float(value)
+            except (TypeError, ValueError):
+                msg = f"TurnParams.{key} = {value!r} has the wrong type; expected {kind}"
+                raise ValueError(msg) from None
+        params = cls(**kwargs)
+        params.validate()
+        return params
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TurnParams:
+        """Read a JSON object of parameters (missing keys keep their defaults)."""
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of TurnParams")
+        return cls.from_dict(d)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A turn boundary: ``t`` is the clock time it was taken, ``speech_t`` the media time it refers to."""
+
+    kind: str  # "speech_start" | "speech_end"
+    t: float
+    speech_t: float
+    reason: str  # start: why; end: "silence" | "max_turn" | "end_of_audio"
+    level_db: float | None = None
+    pre_roll: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+class TurnDetector:
+    """Hysteresis + minimum speech + clock-measured silence + pre-roll + maximum turn length."""
+
+    def __init__(self, params: TurnParams, rate: int = 16000) -> None:
+        params.validate()
+        self.params = params
+        self.rate = rate
+        self._scorer = make_scorer(params, rate)
+        self._win = self._scorer.window
+        self._win_s = self._win / rate
+        self._min_speech_s = params.min_speech_ms / 1000
+        self._silence_s = params.silence_ms / 1000
+        self._pre_roll_s = params.pre_roll_ms / 1000
+        self._max_turn_s = params.max_turn_ms / 1000
+
+        self._clock = -math.inf  # latest tick
+        self._floor = -math.inf  # media time before which audio is late (last ActivityEnd decision)
+        self._open = False
+        self._turn_t = 0.0  # clock time of the open turn's ActivityStart
+        self._last_speech_end = -math.inf
+        self._cand_start: float | None = None  # media time the onset candidate began
+        self._prev_win_end = -math.inf
+        self._level_db: float | None = None
+        # Windowing: window k of a contiguous run starts at anchor_t + (anchor_n + k*win)/rate,
+        # counted in samples so long sessions do not drift.
+        self._anchor_t = 0.0
+        self._anchor_n = 0
+        self._rem = np.zeros(0, np.float32)
+        self._stream_end = -math.inf  # media time just after the last frame's last sample
+        self._history: deque[tuple[float, np.ndarray]] = deque()  # (media t, samples) for pre-roll
+
+    @property
+    def turn_open(self) -> bool:
+        return self._open
+
+    @property
+    def last_level_db(self) -> float | None:
+        """Level of the newest scored window, dBFS (None before the first window)."""
+        return self._level_db
+
+    def frame(self, t: float, samples: np.ndarray) -> list[Decision]:
+        """Feed one mono frame whose first sample has media time ``t``; any length, int16 or float."""
+        raw = np.asarray(samples)
+        if raw.ndim != 1:
+            raise ValueError(f"samples must be mono and 1-D, got shape {raw.shape}")
+        n = raw.shape[0]
+        if n == 0:
+            return []
+        if raw.dtype == np.int16:
+            x = raw.astype(np.float32) * (1 / 32768)
+        else:
+            x = raw.astype(np.float32, copy=False)
+        frame_end = t + n / self.rate
+
+        if self._rem.size and abs(t - self._stream_end) <= _CONTIGUOUS_S:
+            buf = np.concatenate([self._rem, x])
+        else:
+            buf = x
+            self._anchor_t, self._anchor_n = t, 0
+        self._stream_end = frame_end
+        self._history.append((t, raw))
+
+        nwin = buf.shape[0] // self._win
+        out: list[Decision] = []
+        if nwin:
+            windows = buf[: nwin * self._win].reshape(nwin, self._win)
+            ms = np.einsum("ij,ij->i", windows, windows) / self._win
+            level_db = 10.0 * np.log10(np.maximum(ms, 1e-12))
+            base = self._anchor_n
+            w0 = self._anchor_t + base / self.rate
+            # Late windows are cut before scoring so a stateful scorer never sees them.
+            first = 0
+            while first < nwin and w0 + first * self._win_s < max(self._floor, self._prev_win_end) - _EPS:
+                first += 1
+            if first < nwin:
+                scores, starts, stays = self._scorer.score(windows[first:], level_db[first:])
+                levels = level_db[first:].tolist()
+                rows = zip(scores, starts, stays, levels, strict=True)
+                for k, (score, start, stay, lev) in enumerate(rows, start=first):
+                    ws = self._anchor_t + (base + k * self._win) / self.rate
+                    we = self._anchor_t + (base + (k + 1) * self._win) / self.rate
+                    self._window(ws, we, score, start, stay, lev, frame_end, out)
+            self._anchor_n = base + nwin * self._win
+        self._rem = buf[nwin * self._win :]
+        self._trim_history()
+        return out
+
+    def tick(self, t: float) -> list[Decision]:
+        """Advance the clock; ends the open turn on silence or max turn even if no frame arrives."""
+        if t > self._clock:
+            self._clock = t
+        if not self._open:
+            return []
+        due, reason = self._end_due()
+        if self._clock >= due - _EPS:
+            return [self._end(self._clock, reason)]
+        return []
+
+    def finish(self, t: float) -> list[Decision]:
+        """End of audio at clock ``t``: a turn still open ends with reason ``end_of_audio``."""
+        out = self.tick(t)
+        if self._open:
+            out.append(self._end(self._clock, "end_of_audio"))
+        self._cand_start = None
+        return out
+
+    def _end_due(self) -> tuple[float, str]:
+        silence_due = self._last_speech_end + self._silence_s
+        max_due = self._turn_t + self._max_turn_s
+        return (silence_due, "silence") if silence_due <= max_due else (max_due, "max_turn")
+
+    def _window(self, ws: float, we: float, score: float, start: bool, stay: bool, level: float,
+                frame_end: float, out: list[Decision]) -> None:
+        if ws < self._floor - _EPS:
+            return  # late: an ActivityEnd at or after this audio was already decided
+        self._level_db = level
+        gap = ws > self._prev_win_end + _EPS
+        self._prev_win_end = we
+        if self._open:
+            due, reason = self._end_due()
+            if ws < due - _EPS:
+                if stay:
+                    self._last_speech_end = we
+                due, reason = self._end_due()
+                if we >= due - _EPS:
+                    out.append(self._end(max(due, self._clock), reason))
+                return
+            # The silence ran out before this window (in a pts gap): end there, then judge the window afresh.
+            out.append(self._end(max(due, self._clock), reason))
+            if ws < self._floor - _EPS:
+                return
+        if gap or not stay:
+            self._cand_start = None
+        if self._cand_start is None and start:
+            self._cand_start = ws
+        if self._cand_start is None:
+            return
+        speech_s = we - self._cand_start
+        if speech_s >= self._min_speech_s - _EPS:
+            speech_t = self._cand_start
+            t = max(we, self._clock)
+            self._open = True
+            self._turn_t = t
+            self._last_speech_end = we
+            self._cand_start = None
+            lo = max(speech_t - self._pre_roll_s, self._floor)
+            out.append(Decision(
+                kind="speech_start", t=t, speech_t=speech_t,
+                reason=self._scorer.start_reason(score, level, speech_s * 1000),
+                level_db=level, pre_roll=self._audio_between(lo, frame_end),
+            ))
+
+    def _end(self, t: float, reason: str) -> Decision:
+        self._open = False
+        self._floor = max(self._floor, t)
+        self._cand_start = None
+        return Decision(kind="speech_end", t=t, speech_t=self._last_speech_end, reason=reason,
+                        level_db=self._level_db)
+
+    def _audio_between(self, lo: float, hi: float) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for ct, chunk in self._history:
+            ce = ct + chunk.shape[0] / self.rate
+            if ce <= lo + _EPS or ct >= hi - _EPS:
+                continue
+            i0 = max(0, round((lo - ct) * self.rate))
+            i1 = min(chunk.shape[0], round((hi - ct) * self.rate))
+            if i1 > i0:
+                parts.append(chunk[i0:i1])
+        if not parts:
+            return np.zeros(0, np.float32)
+        if all(p.dtype == np.int16 for p in parts):
+            return np.concatenate(parts)
+        return np.concatenate([p.astype(np.float32) / 32768 if p.dtype == np.int16 else p.astype(np.float32)
+                               for p in parts])
+
+    def _trim_history(self) -> None:
+        newest = self._stream_end if self._cand_start is None else min(self._stream_end, self._cand_start)
+        keep_from = newest - self._pre_roll_s - self._min_speech_s - 0.05
+        h = self._history
+        while h and h[0][0] + h[0][1].shape[0] / self.rate < keep_from:
+            h.popleft()
