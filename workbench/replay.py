@@ -196,3 +196,58 @@ def evaluate(turns: list[Turn], truth: list[tuple[float, float]], silence_ms: fl
         "lateness_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
         "onset_ms": onset,
     }
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What ``workbench vad`` prints: the turns found in one source with one parameter set."""
+
+    source: str
+    mode: str  # "file" (media-time frames) | "recording" (recorded arrival times and gaps)
+    params: TurnParams
+    turns: list[Turn]
+
+    def to_json(self) -> dict[str, Any]:
+        return turns_to_json(self.params, self.turns)
+
+    def table(self) -> str:
+        return f"{self.source} ({self.mode} replay, scorer {self.params.scorer})\n{format_table(self.turns)}"
+
+
+def recording_frames(rec: Any) -> tuple[list[tuple[float, float, np.ndarray]], float]:
+    """A recording's received frames as (arrival, media t, 16 kHz samples), plus the session's end time.
+
+    ``mic.flac`` holds the mic by media time (sample i at ``mic_start_t + i / rate``), so each
+    frame event's audio is cut from the whole file resampled once; media time follows the bridge's
+    mapping (first frame's arrival = its media time).
+    """
+    frames_df = rec.of_kind("frame")
+    end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
+    if frames_df.empty or rec.mic.size == 0:
+        return [], end_t
+    mic16 = to_mono_16k(rec.mic, rec.mic_rate)
+    pts0 = float(frames_df["pts_s"].iloc[0])
+    t0 = rec.mic_start_t
+    out: list[tuple[float, float, np.ndarray]] = []
+    for t, pts, n, rate in frames_df[["t", "pts_s", "n_samples", "rate"]].itertuples(index=False):
+        rel = float(pts) - pts0
+        i0 = round(rel * RATE)
+        i1 = round((rel + float(n) / float(rate)) * RATE)
+        out.append((float(t), t0 + rel, mic16[max(0, i0) : max(0, i1)]))
+    return out, end_t
+
+
+def replay_path(source: str | Any, params: TurnParams) -> ReplayReport:
+    """Replay an audio file (any rate, channels) or a recording directory through the detector."""
+    from pathlib import Path
+
+    p = Path(source)
+    if p.is_dir():
+        from workbench.recording import load
+
+        frames, end_t = recording_frames(load(p))
+        return ReplayReport(str(p), "recording", params, detect_frames(frames, params, end_t=end_t))
+    from workbench.audio import load_mono
+
+    x = load_mono(p, RATE)
+    return ReplayReport(str(p), "file", params, detect_file(x, RATE, params))
