@@ -1,0 +1,165 @@
+"""Turn-detection benchmark: synthetic interviews (clean, white/pink noise at 30/15 dB SNR) and real speech.
+
+Run:  /tmp/venv/bin/python bench/bench_turns.py [--write] [--interviews N]
+
+Per parameter set and condition: answers found / split / merged / missed, false turns,
+ActivityEnd lateness (ms above the silence window, vs the synth's exact speech end), onset
+delay, and speed in seconds of audio per CPU second on one core (time.process_time around
+the replay only).  ``--write`` puts the tables in bench/BENCHMARKS.md under "## Turn detection".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synth import Interview, add_noise, interview  # noqa: E402
+
+from workbench.replay import detect_file, evaluate  # noqa: E402
+from workbench.scorers import silero_model_path  # noqa: E402
+from workbench.turns import TurnParams  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SPEECH = Path("/work/shared/speech")
+CONDITIONS: list[tuple[str, str | None, float | None]] = [
+    ("clean", None, None),
+    ("white 30 dB", "white", 30.0),
+    ("pink 30 dB", "pink", 30.0),
+    ("white 15 dB", "white", 15.0),
+    ("pink 15 dB", "pink", 15.0),
+]
+
+
+def param_sets() -> list[tuple[str, TurnParams]]:
+    sets = [
+        ("energy (default)", TurnParams()),
+        ("energy, silence 500", TurnParams(silence_ms=500)),
+        ("webrtcvad mode 3", TurnParams(scorer="webrtcvad")),
+    ]
+    if silero_model_path() is not None:
+        sets.append(("silero 0.5/0.35", TurnParams(scorer="silero")))
+    return sets
+
+
+def timed_detect(x: np.ndarray, rate: int, params: TurnParams) -> tuple[list, float]:
+    t0 = time.process_time()
+    turns = detect_file(x, rate, params)
+    return turns, time.process_time() - t0
+
+
+def fmt(v: float | None, nd: int = 0) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def run(n_interviews: int) -> str:
+    clean = [interview(seed) for seed in range(n_interviews)]
+    data: dict[str, list[Interview]] = {}
+    for name, color, snr in CONDITIONS:
+        noisy = [add_noise(iv, snr, color, seed=i) for i, iv in enumerate(clean)] if color else clean
+        data[name] = noisy
+    total_s = sum(iv.duration_s for iv in clean)
+    n_answers = sum(len(iv.truth) for iv in clean)
+
+    lines = [
+        f"Synthetic interviews: {n_interviews} × espeak-ng voices, {n_answers} answers, "
+        f"{total_s:.0f} s of audio per condition; pauses 200–400 ms inside answers, 1.5–3 s between; "
+        "speech at −23 dBFS RMS.",
+        "Lateness = ActivityEnd − true speech end − silence window (ms; 0 is ideal). "
+        "Speed = seconds of audio per CPU second, one core.",
+        "",
+        "| params | condition | found | split | merged | missed | false | late med | late p95 | onset med "
+        "| speed ×RT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pname, params in param_sets():
+        for cname, _, _ in CONDITIONS:
+            agg = {"found": 0, "split": 0, "merged": 0, "missed": 0, "false_turns": 0}
+            late: list[float] = []
+            onset: list[float] = []
+            cpu = 0.0
+            for iv in data[cname]:
+                turns, dt = timed_detect(iv.audio, 16000, params)
+                cpu += dt
+                r = evaluate(turns, iv.truth, params.silence_ms)
+                for k in agg:
+                    agg[k] += r[k]
+                late += r["lateness_ms"]
+                onset += r["onset_ms"]
+            lat = np.asarray(late)
+            late_med = float(np.median(lat)) if lat.size else None
+            late_p95 = float(np.percentile(lat, 95)) if lat.size else None
+            lines.append(
+                f"| {pname} | {cname} | {agg['found']}/{n_answers} | {agg['split']} | {agg['merged']} | "
+                f"{agg['missed']} | {agg['false_turns']} | {fmt(late_med)} | {fmt(late_p95)} | "
+                f"{fmt(float(np.median(onset)) if onset else None)} | {total_s / max(cpu, 1e-9):.0f} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+
+    files = sorted(SPEECH.glob("*.wav")) if SPEECH.is_dir() else []
+    if files:
+        lines += ["", "Real speech (no labels): turns found and speed.", "",
+                  "| params | file | duration s | turns | ended on silence | speed ×RT |",
+                  "|---|---|---|---|---|---|"]
+        for pname, params in param_sets():
+            for f in files:
+                x, rate = sf.read(f, dtype="float32")
+                turns, dt = timed_detect(x, rate, params)
+                dur = x.shape[0] / rate
+                n_sil = sum(t.end_reason == "silence" for t in turns)
+                speed = dur / max(dt, 1e-9)
+                lines.append(f"| {pname} | {f.name} | {dur:.0f} | {len(turns)} | {n_sil} | {speed:.0f} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = cpu
+    return (f"{model}; os.cpu_count()={os.cpu_count()}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}; numpy {np.__version__}")
+
+
+def write_section(body: str, command: str) -> Path:
+    path = HERE / "BENCHMARKS.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    section = (f"## Turn detection\n\nMachine: {machine()}  \nCommand: `{command}`  \n"
+               f"Date: {time.strftime('%Y-%m-%d')}\n\n{body}\n")
+    pattern = re.compile(r"^## Turn detection\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
+    ap.add_argument("--interviews", type=int, default=4, help="synthetic interviews to run (5 answers each)")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # speed is quoted for one core
+    body = run(args.interviews)
+    print(body)
+    if args.write:
+        argv = " ".join(["/tmp/venv/bin/python", "bench/bench_turns.py", *sys.argv[1:]])
+        print(f"\nwrote {write_section(body, argv)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
