@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import workbench
+from workbench.events import Frame, Other, Sent, Server, Vad, Ws, from_dict
+from workbench.recording import Recorder, RecordingError, load
+
+
+def make(tmp_path, close=True):
+    rec = Recorder(tmp_path / "r", {"name": "t"})
+    rec.emit(Frame(t=0.10, pts_s=0.0, n_samples=960, rate=48_000, level_db=-20.0))
+    rec.mic(0.10, 0, np.full(960, 1000, np.int16))
+    rec.mic(0.50, 960 * 10, np.full(960, 2000, np.int16))  # a gap of 9 frames
+    rec.emit(Vad(t=0.2, decision="speech_start", reason="level", media_t=0.1))
+    rec.emit(Sent(t=0.21, msg="activity_start", n_bytes=0, seq=1, stage="wire"))
+    rec.sent(np.ones(320, np.int16))
+    rec.model(np.ones(480, np.int16))
+    rec.emit(Server(t=0.9, msg="turn_complete"))
+    rec.emit(Ws(t=1.0, what="close", code=1000, reason="bye"))
+    if close:
+        rec.close(note="ok")
+    return rec
+
+
+def test_round_trip(tmp_path):
+    make(tmp_path)
+    r = workbench.load(tmp_path / "r")
+    assert list(r.events["kind"]) == ["frame", "vad", "send", "server", "ws"]
+    assert r.mic.size == 960 * 11  # gap zero-filled by media time
+    assert np.all(r.mic[960:960 * 10] == 0) and r.mic[-1] > 0
+    assert r.sent.size == 320 and r.model.size == 480
+    assert r.meta["ended"] and r.meta["note"] == "ok" and "google-genai" in r.meta["versions"]
+    assert r.mic_start_t == pytest.approx(0.10)
+    assert not r.cut_short and r.problems == []
+    assert r.of_kind("ws")["code"].iloc[0] == 1000
+
+
+def test_unknown_kinds_and_fields_survive():
+    e = from_dict({"t": 1.0, "kind": "brand_new", "x": 3})
+    assert isinstance(e, Other) and e.to_dict() == {"t": 1.0, "kind": "brand_new", "x": 3}
+    assert isinstance(from_dict({"t": 1.0, "kind": "vad"}), Other)  # missing fields: kept, not crashed
+
+
+def test_cut_short_recording_loads_what_was_flushed(tmp_path):
+    make(tmp_path, close=False)  # never closed: as after SIGKILL
+    with open(tmp_path / "r" / "events.jsonl", "a") as fh:
+        fh.write('{"t": 2.0, "kind": "fra')  # a line cut mid-write
+    r = load(tmp_path / "r")
+    assert r.cut_short
+    assert len(r.events) == 5
+    assert any("truncated last line" in p for p in r.problems)
+
+
+def test_refuses_to_overwrite(tmp_path):
+    make(tmp_path)
+    with pytest.raises(RecordingError, match="already holds a recording"):
+        Recorder(tmp_path / "r", {})
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: (d / "session.json").unlink(), "no session.json"),
+    (lambda d: (d / "session.json").write_text("{not json"), "corrupt session.json"),
+    (lambda d: (d / "events.jsonl").unlink(), "no events.jsonl"),
+])
+def test_corrupt_recordings_give_one_line_errors(tmp_path, damage, match):
+    make(tmp_path)
+    damage(tmp_path / "r")
+    with pytest.raises(RecordingError, match=match) as exc:
+        load(tmp_path / "r")
+    assert "\n" not in str(exc.value)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(RecordingError, match="not a recording directory"):
+        load(tmp_path / "nothing")
+
+
+def test_garbage_lines_are_reported_not_fatal(tmp_path):
+    make(tmp_path)
+    p = tmp_path / "r" / "events.jsonl"
+    lines = p.read_text().splitlines()
+    lines.insert(1, "[1, 2, 3]")
+    lines.insert(2, json.dumps({"t": "soon", "kind": "vad"}))
+    p.write_text("\n".join(lines) + "\n")
+    r = load(tmp_path / "r")
+    assert len(r.events) == 5 and len(r.problems) == 2
+
+
+def test_damaged_flac_keeps_readable_part(tmp_path):
+    make(tmp_path)
+    sf.write(tmp_path / "long.flac", np.ones(48_000, np.int16) * 100, 48_000, subtype="PCM_16")
+    data = (tmp_path / "long.flac").read_bytes()
+    (tmp_path / "r" / "mic.flac").write_bytes(data[: len(data) // 2])
+    r = load(tmp_path / "r")
+    assert r.mic.size > 0
