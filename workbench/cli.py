@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BUNDLED = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
+# Modules that add their own subcommands with ``register(subparsers)`` (heavy imports stay inside them).
+PLUGGED: list = []
 DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
 
@@ -68,13 +70,14 @@ def _params(args: argparse.Namespace):
 
 
 def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default: bool) -> int:
-    from . import bridge, live
-    from .analysis import format_turn_table, turn_table
     from .audio import load_mono, to_int16
-    from .recording import load
 
     params = _params(args)
     audio = to_int16(load_mono(audio_path, 48_000))
+
+    from . import bridge, live
+    from .analysis import format_turn_table, turn_table
+    from .recording import load
     out = args.out or _default_out(name)
     if (Path(out) / "events.jsonl").exists():
         raise UsageError(f"{out} already holds a recording; choose another --out or delete it")
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--scorer", "energy | webrtcvad | silero")):
         p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
     p.set_defaults(func=cmd_vad)
+    for module in PLUGGED:
+        module.register(sub)
     return ap
 
 
