@@ -19,16 +19,14 @@ import numpy as np
 from google.genai import types
 
 from . import live
-from .audio import level_dbfs
-from .events import Event, Frame, FrameGap, LoopLag, SessionMark, Vad
+from .events import Error, Event, LoopLag, SessionMark
+from .pipeline import MicPipeline
 from .recording import Recorder
-from .resample import Resampler
-from .sender import Outgoing, SendOrder
-from .turns import Decision, TurnDetector, TurnParams
+from .sender import Outgoing
+from .turns import TurnParams
 from .webrtc import FilePlayerTrack, Received, Tick, ingest, loopback
 from .wiretap import tapped_connection
 
-GAP_S = 0.06  # no frame for this long: a gap (frames are 20 ms apart; jitter rarely exceeds 40 ms)
 LOOP_LAG_PERIOD_S = 0.1
 
 
@@ -62,17 +60,12 @@ class _Session:
         self.rec = recorder
         self.progress = progress or (lambda _msg: None)
         self.t0 = time.monotonic()
-        self.detector = TurnDetector(cfg.params, rate=16_000)
-        self.order = SendOrder(rate=16_000)
-        self.resampler = Resampler()
+        self.mic = MicPipeline(cfg.params)
         self.writer: live.Writer | None = None
         self.turn_completes = 0
         self.greeting_done = asyncio.Event()
         self.answered = asyncio.Event()
         self.ends_sent = 0
-        self.media_offset: float | None = None  # session time of media time 0
-        self.last_arrival: float | None = None
-        self.gap_open = False
 
     def clock(self) -> float:
         return time.monotonic() - self.t0
@@ -102,56 +95,21 @@ class _Session:
             self.writer.put(live.ToolReply(replies))
 
     # -- mic side ----------------------------------------------------------
-    def on_frame(self, item: Received) -> None:
-        t = item.t
-        if self.media_offset is None:
-            self.media_offset = t - item.pts_s
-        if self.last_arrival is not None and t - self.last_arrival > GAP_S:
-            self.emit(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4), resumed=True))
-        self.gap_open = False
-        self.last_arrival = t
-        media_t = item.pts_s + self.media_offset
-        self.emit(Frame(t=t, pts_s=round(item.pts_s, 6), n_samples=item.samples.size, rate=48_000,
-                        level_db=round(level_dbfs(item.samples), 2)))
-        self.rec.mic(t, int(round(item.pts_s * 48_000)), item.samples)
-        for chunk_t, chunk in self.resampler.push(media_t, item.samples):
-            self.feed(chunk_t, chunk)
-
-    def feed(self, media_t: float, chunk: np.ndarray) -> None:
-        """Detector first, then the gate: a start's pre-roll already holds this chunk."""
-        decisions = self.detector.frame(media_t, chunk)
-        started = self.apply(decisions, media_t)
-        if not started:
-            self.send(self.order.audio(media_t, chunk))
-
-    def on_tick(self, t: float) -> None:
-        if self.last_arrival is not None and not self.gap_open and t - self.last_arrival > GAP_S:
-            # Frames stopped: release what soxr holds back so the turn's tail is judged and sent now.
-            self.gap_open = True
-            for chunk_t, chunk in self.resampler.flush():
-                self.feed(chunk_t, chunk)
-        self.apply(self.detector.tick(t), None)
-
-    def apply(self, decisions: list[Decision], media_t: float | None) -> bool:
-        started = False
-        for d in decisions:
-            self.emit(Vad(t=self.clock(), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
-                          level_db=None if d.level_db is None else round(d.level_db, 2)))
-            if d.kind == "speech_start":
-                self.send(self.order.start(d.pre_roll, d.speech_t))
-                started = True
-            elif d.kind == "speech_end":
-                out = self.order.end(d.speech_t)
-                self.ends_sent += sum(1 for o in out if o.msg == "activity_end")
-                if out:
-                    self.answered.clear()
-                self.send(out)
-        return started
-
-    def send(self, out: list[Outgoing]) -> None:
+    def handle(self, outputs: list[Event | Outgoing]) -> None:
+        """Events go to the recorder, messages to the one writer, in the order the pipeline made them."""
         assert self.writer is not None
-        for o in out:
-            self.writer.put(o)
+        for o in outputs:
+            if isinstance(o, Outgoing):
+                if o.msg == "activity_end":
+                    self.ends_sent += 1
+                    self.answered.clear()
+                self.writer.put(o)
+            else:
+                self.rec.emit(o)
+
+    def on_frame(self, item: Received) -> None:
+        self.rec.mic(item.t, int(round(item.pts_s * 48_000)), item.samples)
+        self.handle(self.mic.frame(item.t, item.pts_s, item.samples))
 
     async def sample_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -207,8 +165,8 @@ async def run_session(
                 if isinstance(item, Received):
                     s.on_frame(item)
                 elif isinstance(item, Tick):
-                    s.on_tick(item.t)
-            s.apply(s.detector.finish(s.clock()), None)
+                    s.handle(s.mic.tick(item.t))
+            s.handle(s.mic.finish(s.clock()))
             if receiver.done():
                 receiver.result()  # re-raise why the session ended
             if s.ends_sent:
@@ -219,8 +177,6 @@ async def run_session(
             rec.emit(SessionMark(t=s.clock(), what="end"))
     except Exception as exc:  # recorded, then reported in one line by the caller
         error = _one_line(exc)
-        from .events import Error
-
         rec.emit(Error(t=s.clock(), where="session", message=error))
     finally:
         for task in tasks:
@@ -230,8 +186,8 @@ async def run_session(
                 await task
         if link is not None:
             await link.close()
-        rec.close(activities=s.order.activities, turn_completes=s.turn_completes, error=error)
-    return SessionResult(path=rec.dir, activities=s.order.activities, answered=s.turn_completes, error=error)
+        rec.close(activities=s.mic.order.activities, turn_completes=s.turn_completes, error=error)
+    return SessionResult(path=rec.dir, activities=s.mic.order.activities, answered=s.turn_completes, error=error)
 
 
 async def _wait_or_fail(awaitable: Any, timeout_s: float, receiver: asyncio.Task[Any]) -> None:

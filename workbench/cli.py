@@ -29,7 +29,7 @@ def _default_out(name: str) -> Path:
 
 
 def _add_session_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="write the recording into this directory (default recordings/<name>-<time>)")
+    p.add_argument("--out", type=Path, help="recording directory (default recordings/<name>-<time>)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--base-url", help="a Live endpoint to use instead of the embedded emulator "
                        "(https://host:port; trust its certificate with SSL_CERT_FILE)")

@@ -38,7 +38,6 @@ class SendOrder:
         self.open = False
         self._start_pending = False
         self._samples_in_activity = 0
-        self._closed_at: float | None = None  # media time the last activity ended
         self.dropped_samples = 0
         self.activities = 0
 
@@ -72,7 +71,6 @@ class SendOrder:
         if not self.open:
             return []
         self.open = False
-        self._closed_at = media_t
         if self._start_pending:  # nothing was ever sent for this activity: send nothing
             self._start_pending = False
             return []

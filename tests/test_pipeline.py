@@ -1,0 +1,67 @@
+"""The mic pipeline with exact timestamps: no sockets, no sleeps."""
+
+import numpy as np
+
+from workbench.events import FrameGap, Vad
+from workbench.pipeline import MicPipeline
+from workbench.sender import Outgoing
+from workbench.turns import TurnParams
+
+RATE = 48_000
+
+
+def speech_frame(i, amp=8000):
+    t = (np.arange(960) + i * 960) / RATE
+    return (np.sin(2 * np.pi * 220 * t) * amp * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.int16)
+
+
+def run(frames, ticks_to, params=TurnParams(), tick_s=0.01):
+    """frames: list of (arrival, pts, samples); ticks every tick_s up to ticks_to."""
+    p = MicPipeline(params)
+    out = []
+    k = 0
+    for arrival, pts, x in frames:
+        while k * tick_s < arrival:
+            out += p.tick(k * tick_s)
+            k += 1
+        out += p.frame(arrival, pts, x)
+    while k * tick_s <= ticks_to:
+        out += p.tick(k * tick_s)
+        k += 1
+    return p, out
+
+
+def msgs(out):
+    return [o.msg for o in out if isinstance(o, Outgoing) and o.msg != "audio"]
+
+
+def test_activity_end_fires_on_the_clock_when_frames_stop():
+    # 1 s of speech, then the sender stops sending (DTX): no frame ever arrives again.
+    frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(50)]
+    p, out = run(frames, ticks_to=3.0)
+    assert msgs(out) == ["activity_start", "activity_end"]
+    end = next(o for o in out if isinstance(o, Vad) and o.decision == "speech_end")
+    last_speech = next(o for o in out if isinstance(o, Vad) and o.decision == "speech_end").media_t
+    # ActivityEnd is decided by a tick within one tick of last speech + silence window.
+    assert 0.0 <= end.t - (last_speech + 0.7) <= 0.011
+    assert not p.detector.turn_open
+
+
+def test_every_audio_message_is_inside_an_activity_and_tail_is_flushed_before_end():
+    frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(50)]
+    _, out = run(frames, ticks_to=3.0)
+    seq = [o for o in out if isinstance(o, Outgoing)]
+    assert seq[0].msg == "activity_start" and seq[-1].msg == "activity_end"
+    assert all(o.msg == "audio" for o in seq[1:-1])
+    sent = sum(o.audio.size for o in seq if o.msg == "audio")
+    # all 1 s of speech (minus at most the onset before pre-roll) reached the writer, tail included
+    assert sent >= 16_000 - 320
+
+
+def test_gap_is_recorded_and_late_resume_starts_a_new_turn():
+    frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(25)]
+    frames += [(3.0 + 0.02 * j, 2.98 + 0.02 * j, speech_frame(j)) for j in range(25)]
+    _, out = run(frames, ticks_to=5.0)
+    gaps = [o for o in out if isinstance(o, FrameGap)]
+    assert len(gaps) == 1 and gaps[0].gap_s > 2.4
+    assert msgs(out) == ["activity_start", "activity_end"] * 2

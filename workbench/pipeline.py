@@ -1,0 +1,94 @@
+"""The mic side of the bridge as one sans-I/O object: frames and ticks in, events and messages out.
+
+Live, ``bridge.py`` feeds it what ``track.recv()`` returns and a timer's ticks; offline,
+``replay.replay_recording`` feeds it a recording's frames with their real arrival times.
+Same object, same decisions.
+
+Per frame: map media time (pts) onto the session clock, notice gaps, resample 48k->16k
+(soxr stream), run the turn detector, then gate the audio through ``SendOrder``.  Per tick:
+when frames have stopped, flush what soxr holds back (the turn's tail) and let the
+detector end the turn on the clock.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .audio import level_dbfs
+from .events import Event, Frame, FrameGap, Vad
+from .resample import Resampler
+from .sender import Outgoing, SendOrder
+from .turns import Decision, TurnDetector, TurnParams
+
+GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopback jitter stays well below)
+MIC_RATE = 48_000
+
+Output = Event | Outgoing
+
+
+class MicPipeline:
+    """Ingest -> resample -> turn detector -> send order, for one microphone."""
+
+    def __init__(self, params: TurnParams, gap_s: float = GAP_S) -> None:
+        self.params = params
+        self.gap_s = gap_s
+        self.detector = TurnDetector(params, rate=16_000)
+        self.order = SendOrder(rate=16_000)
+        self.resampler = Resampler()
+        self.media_offset: float | None = None  # session time of media time 0
+        self.last_arrival: float | None = None
+        self._gap_flushed = False
+
+    def frame(self, t: float, pts_s: float, samples: np.ndarray) -> list[Output]:
+        """A frame of int16 mono 48 kHz audio arrived at session time ``t`` with media time ``pts_s``."""
+        out: list[Output] = []
+        if self.media_offset is None:
+            self.media_offset = t - pts_s
+        if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
+            out.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4), resumed=True))
+        out += self.tick(t)  # the clock reached this arrival before the frame is judged
+        self.last_arrival = t
+        self._gap_flushed = False
+        out.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(samples.size), rate=MIC_RATE,
+                         level_db=round(level_dbfs(samples), 2)))
+        for chunk_t, chunk in self.resampler.push(pts_s + self.media_offset, samples):
+            out += self._feed(chunk_t, chunk)
+        return out
+
+    def tick(self, t: float) -> list[Output]:
+        """The clock reads ``t``; decisions must not wait for frames."""
+        out: list[Output] = []
+        if self.last_arrival is not None and not self._gap_flushed and t - self.last_arrival > self.gap_s:
+            # Frames stopped (DTX, muted track, stall): judge and send the tail soxr holds back now.
+            self._gap_flushed = True
+            for chunk_t, chunk in self.resampler.flush():
+                out += self._feed(chunk_t, chunk)
+        out += self._apply(self.detector.tick(t))[0]
+        return out
+
+    def finish(self, t: float) -> list[Output]:
+        """The track ended: flush and close any open turn (``end_of_audio``)."""
+        out: list[Output] = []
+        for chunk_t, chunk in self.resampler.flush():
+            out += self._feed(chunk_t, chunk)
+        out += self._apply(self.detector.finish(t))[0]
+        return out
+
+    def _feed(self, media_t: float, chunk: np.ndarray) -> list[Output]:
+        out, started = self._apply(self.detector.frame(media_t, chunk))
+        if not started:  # a start's pre-roll already holds this chunk
+            out += self.order.audio(media_t, chunk)
+        return out
+
+    def _apply(self, decisions: list[Decision]) -> tuple[list[Output], bool]:
+        out: list[Output] = []
+        started = False
+        for d in decisions:
+            out.append(Vad(t=round(d.t, 6), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
+                           level_db=None if d.level_db is None else round(d.level_db, 2)))
+            if d.kind == "speech_start":
+                out += self.order.start(d.pre_roll, d.speech_t)
+                started = True
+            elif d.kind == "speech_end":
+                out += self.order.end(d.speech_t)
+        return out, started
