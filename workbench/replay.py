@@ -214,27 +214,53 @@ class ReplayReport:
         return f"{self.source} ({self.mode} replay, scorer {self.params.scorer})\n{format_table(self.turns)}"
 
 
-def recording_frames(rec: Any) -> tuple[list[tuple[float, float, np.ndarray]], float]:
-    """A recording's received frames as (arrival, media t, 16 kHz samples), plus the session's end time.
+def replay_recording(rec: Any, params: TurnParams, tick_ms: float = 10) -> list[Turn]:
+    """Replay a recording's received frames through the live mic pipeline (``MicPipeline``).
 
-    ``mic.flac`` holds the mic by media time (sample i at ``mic_start_t + i / rate``), so each
-    frame event's audio is cut from the whole file resampled once; media time follows the bridge's
-    mapping (first frame's arrival = its media time).
+    Each frame event gives its arrival time and pts; its 48 kHz audio is cut from ``mic.flac``
+    (stored by media time).  The clock ticks on a ``tick_ms`` grid between arrivals, so gaps
+    are silence exactly as they were live, and the resampler, gap flushes and detector are the
+    same code the bridge ran: with the recording's own parameters this reproduces its decisions
+    (to within one tick).
     """
+    from workbench.events import Vad
+    from workbench.pipeline import MicPipeline
+
     frames_df = rec.of_kind("frame")
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
-    if frames_df.empty or rec.mic.size == 0:
-        return [], end_t
-    mic16 = to_mono_16k(rec.mic, rec.mic_rate)
-    pts0 = float(frames_df["pts_s"].iloc[0])
-    t0 = rec.mic_start_t
-    out: list[tuple[float, float, np.ndarray]] = []
-    for t, pts, n, rate in frames_df[["t", "pts_s", "n_samples", "rate"]].itertuples(index=False):
-        rel = float(pts) - pts0
-        i0 = round(rel * RATE)
-        i1 = round((rel + float(n) / float(rate)) * RATE)
-        out.append((float(t), t0 + rel, mic16[max(0, i0) : max(0, i1)]))
-    return out, end_t
+    pipe = MicPipeline(params)
+    decisions: list[Vad] = []
+    tick_s = tick_ms / 1000
+    k = 0
+    if not frames_df.empty and rec.mic.size:
+        mic = np.clip(np.round(rec.mic * 32768.0), -32768, 32767).astype(np.int16)
+        origin = round(float(frames_df["pts_s"].iloc[0]) * 48_000)
+        for t, pts, n in frames_df[["t", "pts_s", "n_samples"]].itertuples(index=False):
+            while k * tick_s < t:
+                decisions += [o for o in pipe.tick(k * tick_s) if isinstance(o, Vad)]
+                k += 1
+            i0 = round(float(pts) * 48_000) - origin
+            x = mic[max(0, i0) : max(0, i0 + int(n))]
+            decisions += [o for o in pipe.frame(float(t), float(pts), x) if isinstance(o, Vad)]
+    while k * tick_s < end_t:
+        decisions += [o for o in pipe.tick(k * tick_s) if isinstance(o, Vad)]
+        k += 1
+    decisions += [o for o in pipe.finish(end_t) if isinstance(o, Vad)]
+    return vad_events_to_turns(decisions)
+
+
+def vad_events_to_turns(events: Iterable[Any]) -> list[Turn]:
+    """Pair ``vad`` events (objects or rows with t, decision, media_t, reason) into turns."""
+    turns: list[Turn] = []
+    start: Any = None
+    for e in events:
+        if e.decision == "speech_start":
+            start = e
+        elif e.decision == "speech_end" and start is not None:
+            turns.append(Turn(speech_start=float(start.media_t), activity_start=float(start.t),
+                              activity_end=float(e.t), end_reason=str(e.reason), speech_end=float(e.media_t)))
+            start = None
+    return turns
 
 
 def replay_path(source: str | Any, params: TurnParams) -> ReplayReport:
@@ -245,8 +271,7 @@ def replay_path(source: str | Any, params: TurnParams) -> ReplayReport:
     if p.is_dir():
         from workbench.recording import load
 
-        frames, end_t = recording_frames(load(p))
-        return ReplayReport(str(p), "recording", params, detect_frames(frames, params, end_t=end_t))
+        return ReplayReport(str(p), "recording", params, replay_recording(load(p), params))
     from workbench.audio import load_mono
 
     x = load_mono(p, RATE)
