@@ -1,0 +1,158 @@
+"""Timeline figure: panels, markers at the event times, gaps, zoom, envelope, CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from workbench.events import Error, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws  # noqa: E402
+from workbench.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
+from workbench.recording import Recorder, Recording, RecordingError, load  # noqa: E402
+from workbench.replay import Turn  # noqa: E402
+from workbench.turns import TurnParams  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ANSWERS = [(1.0, 6.7), (9.5, 15.9), (18.7, 25.4)]  # (ActivityStart-ish, ActivityEnd-ish) session seconds
+GAP = (6.0, 7.5)
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    """A recording made with Recorder: candidate audio as mic (with a frame gap) and synthetic events."""
+    out = tmp_path_factory.mktemp("rec") / "synthetic"
+    x, _ = sf.read(REPO / "recordings" / "candidate.flac", dtype="int16")
+    r = Recorder(out, {"name": "synthetic", "params": TurnParams(start_db=-38, stop_db=-44).to_dict()})
+    r.emit(SessionMark(0.0, "start"))
+    for i in range(0, len(x), 960):
+        t = 0.5 + i / 48000
+        if not GAP[0] < t < GAP[1]:
+            r.mic(t, i, x[i : i + 960])
+    r.emit(FrameGap(GAP[1], start_t=GAP[0], gap_s=GAP[1] - GAP[0], resumed=True))
+    for k, (a, b) in enumerate(ANSWERS):
+        r.emit(Vad(a, "speech_start", "level", media_t=a - 0.1, level_db=-30.0))
+        r.emit(Sent(a + 0.01, "activity_start", 0, seq=1, stage="app"))
+        r.emit(Sent(a + 0.02, "activity_start", 0, seq=1, stage="wire"))
+        for tt in np.arange(a, b, 0.1):
+            r.emit(Sent(float(tt) + 0.03, "audio", 3200, seq=2, stage="wire", n_samples=1600))
+        r.emit(Vad(b, "speech_end", "silence", media_t=b - 0.7, level_db=-60.0))
+        r.emit(Sent(b + 0.02, "activity_end", 0, seq=3, stage="wire"))
+        for j in range(10):
+            r.emit(Server(b + 0.5 + j * 0.05, "model_audio", 4800, n_samples=2400))
+        r.emit(Server(b + 0.6, "output_transcription", text=f"reply {k}"))
+        r.emit(Server(b + 1.2, "turn_complete"))
+    for tt in range(0, 26, 5):
+        r.emit(Ws(tt + 0.2, "ping"))
+        r.emit(Ws(tt + 0.25, "pong", latency_ms=50))
+        r.emit(LoopLag(tt + 0.3, lag_ms=2.0 + tt))
+    r.emit(Server(12.0, "tool_call", detail="get_time"))
+    r.emit(Server(26.0, "go_away", detail="10s"))
+    r.emit(Watchdog(20.0, after_s=5.0, action="log"))
+    r.emit(Error(27.0, where="receive", message="ConnectionClosed 1011"))
+    r.emit(Ws(27.0, "close", code=1011, reason="keepalive ping timeout"))
+    r.close()
+    return load(out)
+
+
+def _line(ax, label: str):
+    lines = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    assert lines, f"no {label!r} in {[ln.get_label() for ln in ax.get_lines()]}"
+    return lines[0]
+
+
+def test_timeline_has_six_panels_sharing_x(rec: Recording) -> None:
+    p = TimelinePlot(rec)
+    assert list(p.axes) == ["wave", "level", "turns", "sent", "server", "ws"]
+    wave = p.axes["wave"]
+    for ax in p.axes.values():
+        assert ax.get_shared_x_axes().joined(wave, ax)
+    lo, hi = wave.get_xlim()
+    assert lo < 0.5 and hi >= 27.0  # covers mic and every event
+    assert p.axes["ws"].get_xlabel() == "session time (s)"
+    assert p.axes["level"].get_ylabel().startswith("level")
+
+
+def test_markers_sit_at_event_times(rec: Recording) -> None:
+    p = TimelinePlot(rec)
+    sent = p.axes["sent"]
+    # wire stage preferred: the ActivityStart markers are at the wire times (+0.02), not app (+0.01)
+    assert np.allclose(_line(sent, "ActivityStart").get_xdata(), [a + 0.02 for a, _ in ANSWERS])
+    assert np.allclose(_line(sent, "ActivityEnd").get_xdata(), [b + 0.02 for _, b in ANSWERS])
+    assert sent.get_ylabel() == "sent\n(wire)"
+    server = p.axes["server"]
+    assert np.allclose(_line(server, "turn_complete").get_xdata(), [b + 1.2 for _, b in ANSWERS])
+    assert np.allclose(_line(server, "error").get_xdata(), [27.0])
+    assert np.allclose(_line(p.axes["ws"], "close").get_xdata(), [27.0])
+    texts = [t.get_text() for t in p.axes["ws"].texts]
+    assert any("1011" in t and "keepalive" in t for t in texts)
+    # thresholds come from the recording's params
+    levels = sorted(ln.get_ydata()[0] for ln in p.axes["level"].get_lines() if ln.get_label().startswith(("st",)))
+    assert levels == [-44, -38]
+
+
+def test_frame_gap_is_shaded_and_live_turns_drawn(rec: Recording) -> None:
+    p = TimelinePlot(rec)
+    ax = p.axes["turns"]
+    spans = [patch.get_x() for patch in ax.patches]
+    assert any(abs(x - GAP[0]) < 1e-9 for x in spans)
+    bars = [c for c in ax.collections if c.get_label() == "turn open (ActivityStart..End decided)"]
+    starts = sorted(path.vertices[:, 0].min() for path in bars[0].get_paths())
+    assert np.allclose(starts, [a for a, _ in ANSWERS])
+
+
+def test_model_audio_spans_merge_chunks(rec: Recording) -> None:
+    p = TimelinePlot(rec)
+    bars = [c for c in p.axes["server"].collections if c.get_label().startswith("model audio")][0]
+    assert len(bars.get_paths()) == 3  # ten chunks per answer joined into one span each
+    x0 = sorted(path.vertices[:, 0].min() for path in bars.get_paths())
+    assert np.allclose(x0, [b + 0.5 for _, b in ANSWERS])
+
+
+def test_zoom_and_replay_turns(rec: Recording) -> None:
+    turns = [Turn(speech_start=9.0, activity_start=9.1, activity_end=15.0, end_reason="silence", speech_end=14.3)]
+    p = TimelinePlot(rec, t_range=(8.0, 17.0), replay_turns=turns)
+    assert p.axes["ws"].get_xlim() == (8.0, 17.0)
+    ends = _line(p.axes["turns"], "ActivityEnd (replay)")
+    assert np.allclose(ends.get_xdata(), [15.0 + rec.mic_start_t])  # media time shifted onto the session clock
+    # only events inside the view are drawn; turn numbers stay global
+    assert [t.get_text() for t in p.axes["sent"].texts] == ["start 2", "end 2"]
+    p.set_turns([])
+    assert not [ln for ln in p.axes["turns"].get_lines() if ln.get_label() == "ActivityEnd (replay)"]
+    with pytest.raises(ValueError, match="FROM < TO"):
+        TimelinePlot(rec, t_range=(5, 5))
+
+
+def test_envelope_bounds_long_audio_and_level_units() -> None:
+    x = np.sin(2 * np.pi * 500 * np.arange(48000 * 300) / 48000).astype(np.float32)
+    t, mn, mx = envelope(x, 48000, 2.0)
+    assert t.size <= MAX_WAVE_POINTS + 1 and t[0] >= 2.0 and mn.min() < -0.99 and mx.max() > 0.99
+    _, db = level_db(x[:48000], 48000)
+    assert np.allclose(db, -3.01, atol=0.05)  # full-scale sine is -3 dBFS
+    fig = timeline(None, mic=x, mic_rate=48000)
+    assert len(fig.axes) == 3
+
+
+def test_cli_plot_writes_png_and_reports_errors(rec: Recording, tmp_path: Path) -> None:
+    ap = argparse.ArgumentParser(prog="workbench")
+    register(ap.add_subparsers())
+    out = tmp_path / "t.png"
+    args = ap.parse_args(["plot", str(rec.path), "-o", str(out), "--from", "5", "--to", "12", "--replay"])
+    assert args.func(args) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    for argv, exc, msg in (
+        (["plot", str(rec.path), "-o", str(tmp_path / "x.png"), "--from", "9", "--to", "3"], ValueError, "before"),
+        (["plot", str(tmp_path / "none"), "-o", str(tmp_path / "x.png")], RecordingError, "no such"),
+        (["plot", str(rec.path), "-o", str(tmp_path / "x.nope")], ValueError, "x.nope"),
+        (["plot", str(rec.path), "-o", str(tmp_path / "no" / "x.png")], ValueError, "does not exist"),
+    ):
+        a = ap.parse_args(argv)
+        with pytest.raises(exc, match=msg) as info:
+            a.func(a)
+        assert "\n" not in str(info.value)

@@ -1,0 +1,165 @@
+"""Sweep: the exact energy fast path, the tidy table, grid parsing, Pareto/best, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from workbench.audio import load_mono  # noqa: E402
+from workbench.replay import detect_file  # noqa: E402
+from workbench.sweep import (  # noqa: E402
+    METRICS,
+    PARAM_NAMES,
+    EnergyReplay,
+    best,
+    expand_grid,
+    parse_grid,
+    read_labels,
+    register,
+    summary,
+    sweep,
+    to_params,
+    tradeoff_plot,
+)
+from workbench.turns import TurnParams  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CANDIDATE = REPO / "recordings" / "candidate.flac"
+SPEECH = Path("/work/shared/speech")
+
+EDGE_PARAMS = [
+    TurnParams(),
+    TurnParams(silence_ms=10, min_speech_ms=0),
+    TurnParams(silence_ms=200, start_db=-35, stop_db=-35, min_speech_ms=30),
+    TurnParams(silence_ms=700, max_turn_ms=500, min_speech_ms=100),
+    TurnParams(silence_ms=333, start_db=-50, stop_db=-58, min_speech_ms=55, max_turn_ms=2500),
+]
+
+
+def _same(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.end_reason != y.end_reason:
+            return False
+        if not np.allclose([x.speech_start, x.activity_start, x.activity_end, x.speech_end],
+                           [y.speech_start, y.activity_start, y.activity_end, y.speech_end], atol=1e-9):
+            return False
+    return True
+
+
+def test_fast_path_equals_turn_detector_on_candidate_and_noise() -> None:
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal(16000 * 12).astype(np.float32)
+    noise *= np.repeat(rng.uniform(0, 0.05, 120), 1600).astype(np.float32)
+    for x in (load_mono(CANDIDATE, 16000), noise[:-77]):  # odd length: a partial last frame
+        fast = EnergyReplay(x)
+        for p in EDGE_PARAMS:
+            assert _same(fast.turns(p), detect_file(x, 16000, p)), p
+
+
+@pytest.mark.skipif(not (SPEECH / "aepyx_8k.wav").exists(), reason="real speech not available")
+def test_fast_path_equals_turn_detector_on_real_speech() -> None:
+    for name in ("aepyx_8k.wav", "silero_test_16k.wav"):
+        x = load_mono(SPEECH / name, 16000)
+        fast = EnergyReplay(x)
+        for p in EDGE_PARAMS[:3]:
+            ref = detect_file(x, 16000, p)
+            assert len(ref) >= 2
+            assert _same(fast.turns(p), ref), (name, p)
+
+
+def test_fast_path_refuses_other_scorers() -> None:
+    with pytest.raises(ValueError, match="energy"):
+        EnergyReplay(np.zeros(1600, np.float32)).turns(TurnParams(scorer="webrtcvad"))
+
+
+def test_sweep_table_rows_and_splits_drop_as_silence_grows() -> None:
+    df = sweep(str(CANDIDATE), {"silence_ms": [100, 300, 500, 700]}, jobs=1, progress=False)
+    assert list(df.columns) == [*PARAM_NAMES, "source", *METRICS]
+    assert len(df) == 4 and set(df["source"]) == {"candidate.flac"}
+    assert list(df["silence_ms"]) == [100, 300, 500, 700]
+    splits = df["split"].tolist()
+    assert splits == sorted(splits, reverse=True) and splits[0] > 0 and splits[-1] == 0
+    assert (df["found"] == 3).all() and (df["missed"] == 0).all()
+    assert df["turns"].iloc[0] > df["turns"].iloc[-1] == 3
+
+
+def test_sweep_parallel_equals_serial_and_many_sources(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    x = load_mono(CANDIDATE, 16000)
+    sf.write(tmp_path / "b.wav", x, 16000)
+    (tmp_path / "b.labels.txt").write_text((REPO / "recordings" / "candidate.labels.txt").read_text())
+    sources = [str(CANDIDATE), str(tmp_path / "b.wav"), (x, 16000)]
+    grid = {"silence_ms": [300, 700], "start_db": [-45, -40]}
+    one = sweep(sources, grid, labels=[None, None, None], jobs=1, progress=False)
+    two = sweep(sources, grid, labels=[None, None, None], jobs=2, progress=False)
+    assert len(one) == 2 * 2 * 3
+    assert one.equals(two)
+    unlabelled = one[one["source"] == "samples"]
+    assert unlabelled["split"].isna().all() and (unlabelled["turns"] > 0).all()
+    # stop_db follows start_db so -45 stays valid
+    assert set(zip(one["start_db"], one["stop_db"], strict=True)) == {(-45.0, -50.0), (-40.0, -45.0)}
+
+
+def test_sweep_other_scorer_goes_through_detector() -> None:
+    df = sweep(str(CANDIDATE), {"scorer": ["webrtcvad"], "silence_ms": [700]}, jobs=1, progress=False)
+    assert df["found"].iloc[0] == 3
+
+
+def test_parse_grid_and_errors() -> None:
+    assert parse_grid(["silence_ms=300,500", "start_db=-45:-35:5"]) == {
+        "silence_ms": [300.0, 500.0], "start_db": [-45.0, -40.0, -35.0]}
+    cases = [(["silence_ms"], "expected NAME="), (["nope=1"], "unknown parameter"),
+             (["silence_ms=a,b"], "must be numbers"), (["silence_ms=1", "silence_ms=2"], "twice"),
+             ([], "no --grid"), (["silence_ms=5:1:1"], "must be numbers")]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            parse_grid(bad)
+    with pytest.raises(ValueError, match="grid combination stop_db=-30"):
+        expand_grid({"stop_db": [-30]})
+
+
+def test_read_labels(tmp_path: Path) -> None:
+    assert read_labels(REPO / "recordings" / "candidate.labels.txt")[0] == (0.5, 5.497)
+    (tmp_path / "bad.txt").write_text("1\tzero\tx\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_labels(tmp_path / "bad.txt")
+
+
+def test_summary_best_and_tradeoff_plot() -> None:
+    df = sweep(str(CANDIDATE), {"silence_ms": [100, 300, 500, 700, 1000]}, jobs=1, progress=False)
+    s = summary(df)
+    top = best(df)
+    assert top["errors"] == 0 and top["silence_ms"] in (500.0, 700.0, 1000.0)
+    assert s["pareto"].any() and bool(s.loc[0, "pareto"])
+    assert to_params(top).silence_ms == top["silence_ms"]
+    fig = tradeoff_plot(df)
+    ax = fig.axes[0]
+    stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert len(stars) == 1 and stars[0].get_xdata()[0] == top["errors"]
+    assert stars[0].get_ydata()[0] == pytest.approx(top["lateness_ms"])
+
+
+def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ap = argparse.ArgumentParser(prog="workbench")
+    register(ap.add_subparsers())
+    args = ap.parse_args([
+        "sweep", str(CANDIDATE), "--grid", "silence_ms=300,700", "--jobs", "1", "--no-progress",
+        "-o", str(tmp_path / "r.csv"), "--plot", str(tmp_path / "r.png"), "--best-params", str(tmp_path / "best.json")])
+    assert args.func(args) == 0
+    assert "best: silence_ms=700" in capsys.readouterr().out
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
+    assert TurnParams.from_file(tmp_path / "best.json").silence_ms == 700
+    bad = ap.parse_args(["sweep", str(CANDIDATE), "--grid", "silence=1"])
+    with pytest.raises(ValueError, match="unknown parameter 'silence'"):
+        bad.func(bad)

@@ -1,0 +1,98 @@
+"""Tuning panel without a browser: sliders drive the replay, thresholds stay ordered, save writes --params JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from workbench.events import SessionMark  # noqa: E402
+from workbench.recording import Recorder, load  # noqa: E402
+from workbench.replay import detect_file  # noqa: E402
+from workbench.tuning import TuningPanel  # noqa: E402
+from workbench.turns import TurnParams  # noqa: E402
+
+CANDIDATE = Path(__file__).resolve().parents[1] / "recordings" / "candidate.flac"
+
+
+@pytest.fixture(scope="module")
+def panel() -> TuningPanel:
+    return TuningPanel(str(CANDIDATE))
+
+
+def test_silence_slider_changes_turns_like_the_detector(panel: TuningPanel) -> None:
+    panel.sliders["silence_ms"].value = 700
+    assert len(panel.turns) == 3
+    image = panel.image.value
+    panel.sliders["silence_ms"].value = 300
+    assert len(panel.turns) > 3  # pauses inside answers now end turns
+    assert panel.params.silence_ms == 300
+    x16, _ = sf.read(CANDIDATE, dtype="float32")
+    from workbench.replay import to_mono_16k
+
+    ref = detect_file(to_mono_16k(x16, 48000), 16000, TurnParams(silence_ms=300))
+    assert [round(t.activity_end, 6) for t in panel.turns] == [round(t.activity_end, 6) for t in ref]
+    assert panel.image.value[:4] == b"\x89PNG" and panel.image.value != image
+    assert panel.table.value.count("<tr>") == len(panel.turns) + 1  # header row + one per turn
+    assert panel.last_update_ms["total"] < 1000
+
+
+def test_stop_threshold_never_exceeds_start(panel: TuningPanel) -> None:
+    panel.sliders["start_db"].value = -40
+    panel.sliders["stop_db"].value = -45
+    panel.sliders["start_db"].value = -50  # below stop: stop follows
+    assert panel.sliders["stop_db"].value == -50 and panel.params.stop_db == -50
+    assert "stop_db" in panel.message.value
+    panel.sliders["stop_db"].value = -30  # above start: held at start
+    assert panel.sliders["stop_db"].value == -50
+    assert panel.params.stop_db <= panel.params.start_db
+    panel.sliders["start_db"].value = -40
+    panel.sliders["stop_db"].value = -45
+
+
+def test_scorer_dropdown_reruns_detector(panel: TuningPanel) -> None:
+    panel.sliders["silence_ms"].value = 700
+    panel.scorer.value = "webrtcvad"
+    assert panel.params.scorer == "webrtcvad" and len(panel.turns) == 3
+    panel.scorer.value = "energy"
+    assert panel.params.scorer == "energy"
+
+
+def test_save_button_writes_params_file(panel: TuningPanel, tmp_path: Path) -> None:
+    panel.sliders["min_speech_ms"].value = 120
+    panel.save_path.value = str(tmp_path / "p.json")
+    panel.save_button.click()
+    assert TurnParams.from_file(tmp_path / "p.json") == panel.params
+    assert TurnParams.from_file(tmp_path / "p.json").min_speech_ms == 120
+    panel.save_path.value = str(tmp_path / "missing" / "p.json")
+    panel.save_button.click()  # never raises into the kernel
+    assert "not saved" in panel.message.value
+
+
+def test_recording_source_uses_session_clock(tmp_path: Path) -> None:
+    x = np.zeros(48000 * 3, np.int16)
+    x[48000 : 48000 + 24000] = (8000 * np.sin(np.arange(24000) * 0.05)).astype(np.int16)
+    r = Recorder(tmp_path / "rec", {"params": TurnParams().to_dict()})
+    r.emit(SessionMark(0.0, "start"))
+    for i in range(0, x.size, 960):
+        r.mic(2.0 + i / 48000, i, x[i : i + 960])
+    r.close()
+    p = TuningPanel(load(tmp_path / "rec"))
+    assert p.offset_s == 2.0 and len(p.turns) == 1
+    assert abs(p.turns[0].speech_start - 1.0) < 0.02
+    assert ">3.00<" in p.table.value  # speech start shown on the session clock (2.0 + 1.0)
+    assert p.plot.axes["wave"].get_xlim()[0] < 2.05
+
+
+def test_samples_source_and_bad_values_do_not_crash() -> None:
+    x = np.zeros(16000, np.float32)
+    p = TuningPanel((x, 16000))
+    assert p.turns == [] and "no turns" in p.table.value
+    p.sliders["silence_ms"].value = 10  # clipped by the slider's own minimum, still valid
+    assert p.params.silence_ms >= 10

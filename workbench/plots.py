@@ -1,0 +1,534 @@
+"""One timeline figure of a session: mic, level vs thresholds, turn state, messages, server, websocket.
+
+Why one figure with a shared x axis (session clock, seconds): every failure in DESIGN.md §3 is a
+question of *order in time* across stages (speech ended, ActivityEnd left, a pong never came).
+Dense event streams are drawn as rugs and row markers with a legend, never as free text, so labels
+cannot pile up; text appears only where few events are in view.
+
+matplotlib is imported inside functions so that ``workbench --help`` stays fast; figures are made
+with ``matplotlib.figure.Figure`` (no pyplot state), so they render headless (Agg) anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.recording import Recording, RecordingError
+from workbench.replay import Turn
+from workbench.turns import TurnParams
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LEVEL_WIN_S = 0.02  # level panel resolution: the detector's frame size
+MAX_WAVE_POINTS = 4000  # envelope buckets; a screen cannot show more
+MAX_TEXT_LABELS = 8  # more events than this in view: markers + legend only
+PANELS = ("wave", "level", "turns", "sent", "server", "ws")
+
+# Row positions inside the categorical panels (y ticks carry the names).
+TURN_ROWS = {"speech (live VAD)": 3, "turn open (live)": 2, "speech (replay)": 1, "turn open (replay)": 0}
+SENT_ROWS = {"audio": 2, "activity": 1, "other": 0}
+SERVER_ROWS = {"model audio": 5, "transcript": 4, "turn": 3, "tool / go_away": 2, "session": 1, "error / watchdog": 0}
+WS_ROWS = {"ping": 2, "pong": 1, "close / connect": 0}
+
+
+def _mpl() -> Any:
+    """Import matplotlib with Agg when there is no display (headless CI, SSH)."""
+    import os
+
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND") and "inline" not in matplotlib.get_backend():
+        matplotlib.use("Agg")
+    return matplotlib
+
+
+def level_db(samples: np.ndarray, rate: int, win_s: float = LEVEL_WIN_S) -> tuple[np.ndarray, np.ndarray]:
+    """RMS level per window in dBFS (-120 floor), and each window's start offset in seconds."""
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    n = max(1, round(rate * win_s))
+    k = x.shape[0] // n
+    if k == 0:
+        return np.zeros(0), np.zeros(0)
+    w = x[: k * n].reshape(k, n)
+    ms = np.einsum("ij,ij->i", w, w) / n
+    return np.arange(k) * n / rate, np.maximum(10 * np.log10(np.maximum(ms, 1e-12)), -120.0)
+
+
+def envelope(samples: np.ndarray, rate: int, t0: float, buckets: int = MAX_WAVE_POINTS
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, min, max) per bucket: a long waveform drawn as its envelope costs the same as a short one."""
+    x = np.asarray(samples, dtype=np.float32).reshape(-1)
+    if x.size <= 2 * buckets:
+        t = t0 + np.arange(x.size) / rate
+        return t, x, x
+    per = x.size // buckets
+    k = x.size // per
+    w = x[: k * per].reshape(k, per)
+    return t0 + (np.arange(k) * per + per / 2) / rate, w.min(axis=1), w.max(axis=1)
+
+
+def _in_range(df: pd.DataFrame, lo: float, hi: float, col: str = "t") -> pd.DataFrame:
+    return df[(df[col] >= lo) & (df[col] <= hi)] if len(df) else df
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    import pandas as pd
+
+    return df[name] if name in df else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+class TimelinePlot:
+    """A persistent timeline: the tuning panel keeps the waveform and redraws only turns and thresholds."""
+
+    def __init__(self, rec: Recording | None = None, *, mic: np.ndarray | None = None, mic_rate: int = 48_000,
+                 mic_start_t: float = 0.0, t_range: tuple[float, float] | None = None,
+                 replay_turns: Sequence[Turn] | None = None, replay_offset_s: float | None = None,
+                 params: TurnParams | None = None, fig: Figure | None = None, width_in: float = 14.0,
+                 title: str | None = None) -> None:
+        _mpl()
+        from matplotlib.figure import Figure
+
+        self.rec = rec
+        if rec is not None and mic is None:
+            mic, mic_rate, mic_start_t = rec.mic, rec.mic_rate, rec.mic_start_t
+        self.mic = np.zeros(0, np.float32) if mic is None else np.asarray(mic, dtype=np.float32).reshape(-1)
+        self.mic_rate = mic_rate
+        self.mic_start_t = mic_start_t
+        # Replay turns are in mic media time: shift them onto the session clock.
+        self.replay_offset_s = mic_start_t if replay_offset_s is None else replay_offset_s
+        if params is None and rec is not None and isinstance(rec.meta.get("params"), dict):
+            try:
+                params = TurnParams.from_dict(rec.meta["params"])
+            except ValueError:
+                params = None
+        self.params = params
+        events = rec.events if rec is not None else None
+        lo, hi = self._full_range(events)
+        if t_range is not None:
+            a, b = float(t_range[0]), float(t_range[1])
+            if not (np.isfinite(a) and np.isfinite(b) and b > a):
+                raise ValueError(f"bad time range {a:g}..{b:g}: need FROM < TO (seconds)")
+            lo, hi = a, b
+        self.t_range = (lo, hi)
+        self.panels = list(PANELS if rec is not None else PANELS[:3])
+        ratios = {"wave": 1.6, "level": 1.4, "turns": 1.0, "sent": 0.8, "server": 1.5, "ws": 0.9}
+        if fig is None:
+            fig = Figure(figsize=(width_in, 1.35 * sum(ratios[p] for p in self.panels) + 0.8), layout="constrained")
+        self.fig = fig
+        axs = fig.subplots(len(self.panels), 1, sharex=True,
+                           gridspec_kw={"height_ratios": [ratios[p] for p in self.panels]})
+        self.axes: dict[str, Axes] = dict(zip(self.panels, np.atleast_1d(axs), strict=True))
+        self.legend_values = True  # threshold values in the legend (off when the legend is drawn once)
+        self._turn_artists: list[Any] = []
+        self._threshold_artists: list[Any] = []
+
+        self._draw_wave()
+        self._draw_level()
+        self._setup_turns()
+        if rec is not None:
+            self._draw_live_turns()
+            self._draw_sent()
+            self._draw_server()
+            self._draw_ws()
+        self._draw_gaps()
+        self.set_turns(replay_turns)
+        self.set_thresholds(params)
+        last = self.axes[self.panels[-1]]
+        last.set_xlim(lo, hi)
+        last.set_xlabel("session time (s)" if rec is not None else "time (s)")
+        if title is None and rec is not None:
+            title = f"{rec.path.name}" + ("  (cut short)" if rec.cut_short else "")
+        if title:
+            fig.suptitle(title)
+        for ax in self.axes.values():
+            ax.grid(axis="x", alpha=0.3)
+
+    # --- layout helpers ---------------------------------------------------------------------
+
+    def _full_range(self, events: pd.DataFrame | None) -> tuple[float, float]:
+        lo, hi = np.inf, -np.inf
+        if self.mic.size:
+            lo, hi = self.mic_start_t, self.mic_start_t + self.mic.size / self.mic_rate
+        if events is not None and len(events):
+            lo, hi = min(lo, float(events["t"].min())), max(hi, float(events["t"].max()))
+        if not np.isfinite(lo) or hi <= lo:
+            return 0.0, 1.0
+        pad = 0.01 * (hi - lo)
+        return lo - pad, hi + pad
+
+    @staticmethod
+    def _rows(ax: Axes, rows: dict[str, int]) -> None:
+        ax.set_yticks(list(rows.values()), list(rows.keys()), fontsize="small")
+        ax.set_ylim(min(rows.values()) - 0.7, max(rows.values()) + 0.7)
+
+    @staticmethod
+    def _legend(ax: Axes, x: float = 1.005) -> None:
+        handles, labels = ax.get_legend_handles_labels()
+        seen: dict[str, Any] = {}
+        for h, lab in zip(handles, labels, strict=True):
+            if not lab.startswith("_"):
+                seen.setdefault(lab, h)
+        if seen:
+            ax.legend(seen.values(), seen.keys(), loc="upper left", bbox_to_anchor=(x, 1.0), fontsize="small",
+                      frameon=False, borderaxespad=0)
+
+    def _events(self, kind: str) -> pd.DataFrame:
+        assert self.rec is not None
+        lo, hi = self.t_range
+        return _in_range(self.rec.of_kind(kind), lo, hi)
+
+    def _texts(self, ax: Axes, ts: Sequence[float], y: float, texts: Sequence[str], color: str) -> None:
+        """Text beside markers only when few; staggered in three heights so neighbours never collide."""
+        if not 0 < len(ts) <= MAX_TEXT_LABELS:
+            return
+        lo, hi = self.t_range
+        for i, (t, s) in enumerate(zip(ts, texts, strict=True)):
+            right = t > lo + 0.8 * (hi - lo)  # near the right edge: grow leftwards, away from the legend
+            ax.annotate(s[:40], (t, y), xytext=(-3 if right else 3, 6 + 8 * (i % 3)), textcoords="offset points",
+                        fontsize=7, color=color, ha="right" if right else "left", annotation_clip=True)
+
+    # --- panels -------------------------------------------------------------------------------
+
+    def _draw_wave(self) -> None:
+        ax = self.axes["wave"]
+        lo, hi = self.t_range
+        i0 = max(0, int((lo - self.mic_start_t) * self.mic_rate))
+        i1 = max(i0, min(self.mic.size, int(np.ceil((hi - self.mic_start_t) * self.mic_rate)) + 1))
+        seg = self.mic[i0:i1]
+        if seg.size:
+            t, mn, mx = envelope(seg, self.mic_rate, self.mic_start_t + i0 / self.mic_rate)
+            ax.fill_between(t, mn, mx, color="tab:blue", lw=0.4, label="mic (min/max envelope)")
+            peak = float(max(np.abs(mn).max(), np.abs(mx).max(), 1e-3))
+            ax.set_ylim(-1.1 * peak, 1.1 * peak)
+        else:
+            ax.text(0.5, 0.5, "no mic audio", transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.set_ylabel("mic\n(full scale)")
+
+    def _draw_level(self) -> None:
+        ax = self.axes["level"]
+        lo, hi = self.t_range
+        i0 = max(0, int((lo - self.mic_start_t) * self.mic_rate))
+        i1 = max(i0, min(self.mic.size, int(np.ceil((hi - self.mic_start_t) * self.mic_rate)) + 1))
+        t, db = level_db(self.mic[i0:i1], self.mic_rate)
+        if t.size:
+            ax.step(self.mic_start_t + i0 / self.mic_rate + t, db, where="post", color="tab:blue", lw=0.8,
+                    label=f"level, {LEVEL_WIN_S * 1000:.0f} ms RMS")
+            ax.set_ylim(max(-100.0, float(db.min()) - 5), min(5.0, float(db.max()) + 10))
+        else:
+            ax.set_ylim(-100, 0)
+        if self.rec is not None:
+            vad = self._events("vad")
+            if len(vad) and "level_db" in vad:
+                for dec, marker, color in (("speech_start", "^", "tab:green"), ("speech_end", "v", "tab:red")):
+                    d = vad[vad["decision"] == dec]
+                    if len(d):
+                        ax.plot(d["t"], d["level_db"].fillna(-100), ls="none", marker=marker, color=color, ms=6,
+                                label=f"live VAD {dec}")
+        ax.set_ylabel("level\n(dBFS)")
+
+    def _setup_turns(self) -> None:
+        ax = self.axes["turns"]
+        rows = TURN_ROWS if self.rec is not None else {k: v for k, v in TURN_ROWS.items() if "replay" in k}
+        self._rows(ax, rows)
+
+    def _draw_live_turns(self) -> None:
+        ax = self.axes["turns"]
+        vad = self.rec.of_kind("vad") if self.rec is not None else None
+        if vad is None or not len(vad):
+            return
+        speech, open_ = [], []
+        start = None
+        for row in vad.itertuples(index=False):
+            if row.decision == "speech_start":
+                start = row
+            elif row.decision == "speech_end" and start is not None:
+                m0 = getattr(start, "media_t", None)
+                m1 = getattr(row, "media_t", None)
+                if m0 is not None and m1 is not None and np.isfinite(m0) and np.isfinite(m1):
+                    speech.append((m0, max(m1 - m0, 1e-3)))
+                open_.append((start.t, max(row.t - start.t, 1e-3)))
+                start = None
+        if start is not None:  # a turn still open when the recording ended
+            open_.append((start.t, max(self._full_range(self.rec.events)[1] - start.t, 1e-3)))
+        ax.broken_barh(speech, (TURN_ROWS["speech (live VAD)"] - 0.35, 0.7), color="tab:green", alpha=0.8,
+                       label="speech (detector, media time)")
+        ax.broken_barh(open_, (TURN_ROWS["turn open (live)"] - 0.35, 0.7), color="tab:olive", alpha=0.8,
+                       label="turn open (ActivityStart..End decided)")
+
+    def set_turns(self, turns: Sequence[Turn] | None) -> None:
+        """Replace the replay's turn bars (the only artists that change when parameters change)."""
+        for a in self._turn_artists:
+            a.remove()
+        self._turn_artists = []
+        if turns is None:
+            return
+        ax = self.axes["turns"]
+        off = self.replay_offset_s
+        speech = [(t.speech_start + off, max(t.speech_end - t.speech_start, 1e-3)) for t in turns]
+        open_ = [(t.activity_start + off, max(t.activity_end - t.activity_start, 1e-3)) for t in turns]
+        ends = [t.activity_end + off for t in turns]
+        self._turn_artists += [
+            ax.broken_barh(speech, (TURN_ROWS["speech (replay)"] - 0.35, 0.7), color="tab:purple", alpha=0.8,
+                           label="speech (replay)"),
+            ax.broken_barh(open_, (TURN_ROWS["turn open (replay)"] - 0.35, 0.7), color="tab:pink", alpha=0.8,
+                           label="turn open (replay)"),
+        ]
+        if ends:
+            (line,) = ax.plot(ends, [TURN_ROWS["turn open (replay)"]] * len(ends), ls="none", marker="|", ms=14,
+                              mew=2, color="black", label="ActivityEnd (replay)")
+            self._turn_artists.append(line)
+        self._legend(ax)
+
+    def set_thresholds(self, params: TurnParams | None) -> None:
+        """Draw the energy start/stop thresholds on the level panel."""
+        for a in self._threshold_artists:
+            a.remove()
+        self._threshold_artists = []
+        self.params = params
+        if params is None or params.scorer != "energy":
+            self._legend(self.axes["level"])
+            return
+        ax = self.axes["level"]
+        self._threshold_artists = [
+            ax.axhline(params.start_db, color="tab:green", ls="-", lw=1,
+                       label=f"start_db {params.start_db:g}" if self.legend_values else "start_db"),
+            ax.axhline(params.stop_db, color="tab:red", ls="--", lw=1,
+                       label=f"stop_db {params.stop_db:g}" if self.legend_values else "stop_db"),
+        ]
+        self._legend(ax)
+
+    def _draw_gaps(self) -> None:
+        if self.rec is None:
+            return
+        gaps = self.rec.of_kind("frame_gap")
+        lo, hi = self.t_range
+        if not len(gaps):
+            return
+        gaps = gaps[(gaps["t"] >= lo) & (gaps["start_t"] <= hi)]
+        for name in ("wave", "turns"):
+            ax = self.axes[name]
+            for i, g in enumerate(gaps.itertuples(index=False)):
+                ax.axvspan(g.start_t, g.t, color="grey", alpha=0.25, hatch="//", lw=0,
+                           label="frame gap (no frames arrived)" if i == 0 else "_")
+            self._legend(ax)
+
+    def _draw_sent(self) -> None:
+        ax = self.axes["sent"]
+        from workbench.analysis import _wire_or_app
+
+        snd = _wire_or_app(self.rec.of_kind("send")) if self.rec is not None else None
+        if snd is not None and len(snd):  # number turns over the whole session, then zoom
+            snd = _in_range(snd.assign(n=snd.groupby("msg").cumcount() + 1), *self.t_range)
+        stage = str(snd["stage"].iloc[0]) if len(snd) and "stage" in snd else "app"
+        if len(snd):
+            audio = snd[snd["msg"] == "audio"]
+            if len(audio):
+                ax.vlines(audio["t"], SENT_ROWS["audio"] - 0.3, SENT_ROWS["audio"] + 0.3, color="tab:blue", lw=0.6,
+                          label=f"audio chunk ({len(audio)})")
+            for msg, marker, color, label in (("activity_start", ">", "tab:green", "ActivityStart"),
+                                              ("activity_end", "s", "tab:red", "ActivityEnd")):
+                d = snd[snd["msg"] == msg]
+                if len(d):
+                    ax.plot(d["t"], [SENT_ROWS["activity"]] * len(d), ls="none", marker=marker, color=color, ms=8,
+                            label=label)
+                    dy = 0.0 if msg == "activity_start" else -0.001
+                    self._texts(ax, list(d["t"]), SENT_ROWS["activity"] + dy,
+                                [f"{'start' if msg == 'activity_start' else 'end'} {n}" for n in d["n"]],
+                                color)
+            for msg, marker, color in (("client_content", "D", "tab:purple"), ("tool_response", "P", "tab:orange")):
+                d = snd[snd["msg"] == msg]
+                if len(d):
+                    ax.plot(d["t"], [SENT_ROWS["other"]] * len(d), ls="none", marker=marker, color=color, ms=7,
+                            label=msg)
+        self._rows(ax, SENT_ROWS)
+        ax.set_ylabel(f"sent\n({stage})")
+        self._legend(ax)
+
+    def _draw_server(self) -> None:
+        ax = self.axes["server"]
+        srv = self._events("server")
+        if len(srv) and "stage" in srv:
+            srv = srv[srv["stage"] == "app"] if (srv["stage"] == "app").any() else srv
+        if len(srv):
+            audio = srv[srv["msg"] == "model_audio"]
+            if len(audio):
+                ax.broken_barh(self._audio_spans(audio), (SERVER_ROWS["model audio"] - 0.3, 0.6), color="tab:orange",
+                               alpha=0.85, label="model audio (arrival, 24 kHz duration)")
+            tr = srv[srv["msg"].isin(["input_transcription", "output_transcription"])]
+            for msg, marker, color in (("input_transcription", "o", "tab:green"),
+                                       ("output_transcription", "o", "tab:orange")):
+                d = tr[tr["msg"] == msg]
+                if len(d):
+                    ax.plot(d["t"], [SERVER_ROWS["transcript"]] * len(d), ls="none", marker=marker, mfc="none",
+                            color=color, ms=6, label=msg.replace("_", " "))
+            if len(tr):
+                self._texts(ax, list(tr["t"]), SERVER_ROWS["transcript"],
+                            [str(x) for x in _col(tr, "text").fillna("")], "dimgrey")
+            for msg, row, marker, color in (
+                ("turn_complete", "turn", "*", "tab:green"), ("generation_complete", "turn", "|", "tab:olive"),
+                ("interrupted", "turn", "x", "tab:red"), ("tool_call", "tool / go_away", "P", "tab:purple"),
+                ("go_away", "tool / go_away", "X", "tab:red"), ("setup_complete", "session", "o", "tab:blue"),
+                ("session_resumption_update", "session", ".", "tab:cyan"), ("usage_metadata", "session", "2", "grey"),
+                ("unknown", "session", "?", "black"),
+            ):
+                d = srv[srv["msg"] == msg]
+                if len(d):
+                    ax.plot(d["t"], [SERVER_ROWS[row]] * len(d), ls="none", marker=marker if msg != "unknown" else "d",
+                            color=color, ms=9 if marker == "*" else 7, label=msg)
+        err = self._events("error")
+        if len(err):
+            ax.plot(err["t"], [SERVER_ROWS["error / watchdog"]] * len(err), ls="none", marker="X", color="red", ms=9,
+                    label="error")
+            self._texts(ax, list(err["t"]), SERVER_ROWS["error / watchdog"],
+                        [f"{w}: {m}" for w, m in zip(_col(err, "where"), _col(err, "message"), strict=True)], "red")
+        wd = self._events("watchdog")
+        if len(wd):
+            ax.plot(wd["t"], [SERVER_ROWS["error / watchdog"]] * len(wd), ls="none", marker="h", color="tab:orange",
+                    ms=9, label="watchdog fired")
+        self._rows(ax, SERVER_ROWS)
+        ax.set_ylabel("server\n(app)")
+        self._legend(ax)
+
+    @staticmethod
+    def _audio_spans(audio: pd.DataFrame, rate: int = 24_000, join_s: float = 0.3) -> list[tuple[float, float]]:
+        """Model audio chunks merged into spans: a chunk plays for n_samples / 24 kHz after it arrives."""
+        n = _col(audio, "n_samples").fillna(0).to_numpy(float)
+        nb = _col(audio, "n_bytes").fillna(0).to_numpy(float)
+        dur = np.where(n > 0, n / rate, nb / 2 / rate)
+        spans: list[list[float]] = []
+        for t, d in zip(audio["t"].to_numpy(float), dur, strict=True):
+            if spans and t <= spans[-1][1] + join_s:
+                spans[-1][1] = max(spans[-1][1], t + d)
+            else:
+                spans.append([t, t + d])
+        return [(a, max(b - a, 1e-3)) for a, b in spans]
+
+    def _draw_ws(self) -> None:
+        ax = self.axes["ws"]
+        ws = self._events("ws")
+        if len(ws):
+            for what, row, marker, color in (("ping", "ping", "^", "tab:blue"),
+                                             ("server_ping", "ping", "^", "tab:cyan"),
+                                             ("pong", "pong", "v", "tab:green"),
+                                             ("connect", "close / connect", "o", "tab:blue"),
+                                             ("reconnect", "close / connect", "o", "tab:orange"),
+                                             ("close_frame_received", "close / connect", "x", "tab:red"),
+                                             ("close", "close / connect", "X", "red")):
+                d = ws[ws["what"] == what]
+                if len(d):
+                    ax.plot(d["t"], [WS_ROWS[row]] * len(d), ls="none", marker=marker, color=color, ms=8 if what !=
+                            "close" else 11, label=what.replace("_", " "))
+            closes = ws[ws["what"].isin(["close", "close_frame_received"])]
+            if len(closes):
+                codes = _col(closes, "code")
+                reasons = _col(closes, "reason").fillna("")
+                self._texts(ax, list(closes["t"]), WS_ROWS["close / connect"],
+                            [f"close {int(c) if c == c and c is not None else '?'} {r}".strip()
+                             for c, r in zip(codes, reasons, strict=True)], "red")
+        self._rows(ax, WS_ROWS)
+        ax.set_ylabel("websocket")
+        lag = self._events("loop_lag")
+        if len(lag):
+            ax2 = ax.twinx()
+            ax2.step(lag["t"], lag["lag_ms"], where="post", color="tab:grey", lw=0.8, alpha=0.8)
+            ax2.set_ylabel("loop lag (ms)", color="tab:grey", fontsize="small")
+            ax2.set_ylim(0, max(50.0, float(lag["lag_ms"].max()) * 1.2))
+            ax.plot([], [], color="tab:grey", lw=0.8, label="event-loop lag (right axis, ms)")
+            self._legend(ax, x=1.06)  # clear of the twin axis' ticks and label
+            return
+        self._legend(ax)
+
+
+def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | None = None,
+             replay_turns: Sequence[Turn] | None = None, params: TurnParams | None = None, ax: Any = None,
+             mic: np.ndarray | None = None, mic_rate: int = 48_000, mic_start_t: float = 0.0,
+             title: str | None = None) -> Figure:
+    """The session timeline as one matplotlib Figure (panels share the x axis, seconds).
+
+    ``rec=None`` with ``mic`` plots audio alone (waveform, level, replay turns).  ``replay_turns``
+    are in mic media time and shifted by ``mic_start_t``.  ``params`` (default: the recording's)
+    gives the level thresholds.  ``ax``: a Figure to draw into (the panels need a whole figure).
+    """
+    if rec is None and mic is None:
+        raise ValueError("timeline needs a recording or mic samples")
+    fig = ax if ax is not None and hasattr(ax, "subplots") else None
+    if ax is not None and fig is None:
+        raise ValueError("timeline draws several panels: pass a Figure as ax, not a single Axes")
+    return TimelinePlot(rec, mic=mic, mic_rate=mic_rate, mic_start_t=mic_start_t, t_range=t_range,
+                        replay_turns=replay_turns, params=params, fig=fig, title=title).fig
+
+
+def save_timeline(rec: Recording | str | Path, path: str | Path, t_range: tuple[float, float] | None = None,
+                  **kwargs: Any) -> Path:
+    """Render the timeline of a recording (object or directory) to an image file."""
+    from workbench.recording import load
+
+    if not isinstance(rec, Recording):
+        rec = load(rec)
+    out = Path(path)
+    if not out.parent.exists():
+        raise ValueError(f"{out}: directory {out.parent} does not exist")
+    fig = timeline(rec, t_range=t_range, **kwargs)
+    try:
+        fig.savefig(out, dpi=110)
+    except ValueError as exc:  # unknown extension: matplotlib's message names the formats
+        raise ValueError(f"{out}: {str(exc).splitlines()[0]}") from None
+    return out
+
+
+def register(subparsers: Any) -> None:
+    """Add ``workbench plot``."""
+    p = subparsers.add_parser(
+        "plot", help="draw a recording's timeline (waveform, VAD, messages, server, websocket) to an image",
+        description="Draw one figure of a recording on the session clock: mic waveform; level in dBFS with the "
+                    "start/stop thresholds; turn state and frame gaps; messages sent (audio rug, ActivityStart/End); "
+                    "server events (model audio, transcriptions, turn_complete, tool calls, goAway, errors, "
+                    "watchdog); websocket pings, pongs, close codes and event-loop lag.",
+        epilog="example: workbench plot recordings/demo-20260101-120000 -o timeline.png --from 5 --to 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recording", type=Path, help="recording directory (recordings/<session>)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="image file to write (.png, .svg, .pdf)")
+    p.add_argument("--from", dest="t_from", type=float, metavar="S", help="start of the view, session seconds")
+    p.add_argument("--to", dest="t_to", type=float, metavar="S", help="end of the view, session seconds")
+    p.add_argument("--replay", action="store_true",
+                   help="also replay the recording's mic through the turn detector (its own params) and draw the turns")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from workbench.recording import load
+
+    if not args.recording.exists():
+        raise RecordingError(f"{args.recording}: no such recording directory")
+    rec = load(args.recording)
+    t_range = None
+    if args.t_from is not None or args.t_to is not None:
+        lo, hi = _rec_range(rec)
+        t_range = (args.t_from if args.t_from is not None else lo, args.t_to if args.t_to is not None else hi)
+        if not t_range[1] > t_range[0]:
+            raise ValueError(f"--from {t_range[0]:g} must be before --to {t_range[1]:g}")
+    turns = None
+    if args.replay:
+        from workbench.sweep import load_source, replay
+
+        params = TurnParams.from_dict(rec.meta["params"]) if isinstance(rec.meta.get("params"), dict) else TurnParams()
+        turns = replay(load_source(rec).samples16k, params)
+    out = save_timeline(rec, args.out, t_range=t_range, replay_turns=turns)
+    print(f"wrote {out}")
+    return 0
+
+
+def _rec_range(rec: Recording) -> tuple[float, float]:
+    lo = float(rec.events["t"].min()) if len(rec.events) else 0.0
+    hi = float(rec.events["t"].max()) if len(rec.events) else 0.0
+    if rec.mic.size:
+        lo, hi = min(lo, rec.mic_start_t), max(hi, rec.mic_start_t + rec.mic.size / rec.mic_rate)
+    return lo, hi

@@ -1,0 +1,244 @@
+"""The tuning panel: move a slider, see the turns the detector would take on this audio.
+
+Why it is fast enough to drag: for the ``energy`` scorer the window levels are computed once
+(``workbench.sweep.EnergyReplay``, exact against ``TurnDetector``), so a change replays only the
+state machine (about a millisecond for 5 minutes); the figure's static part (waveform, level) is
+rendered once and kept as a bitmap, and each change draws only the turn bars and thresholds on
+top (blitting).  webrtcvad and Silero are stateful, so they rerun ``detect_file`` (slower; results
+are cached per parameter set).
+
+Everything is plain ipywidgets and testable without a browser: set ``panel.sliders[name].value``,
+read ``panel.turns``; ``panel.save_button.click()`` writes the ``--params`` JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.replay import RATE, Turn
+from workbench.sweep import EnergyReplay, Source, load_source, replay
+from workbench.turns import TurnParams
+
+# name: (min, max, step, unit)
+SLIDERS: dict[str, tuple[float, float, float, str]] = {
+    "start_db": (-90.0, -5.0, 1.0, "dBFS"),
+    "stop_db": (-90.0, -5.0, 1.0, "dBFS"),
+    "silence_ms": (50.0, 3000.0, 10.0, "ms"),
+    "min_speech_ms": (0.0, 1000.0, 10.0, "ms"),
+    "pre_roll_ms": (0.0, 2000.0, 10.0, "ms"),
+    "max_turn_ms": (2000.0, 120000.0, 1000.0, "ms"),
+}
+_CACHE_SIZE = 64  # parameter sets whose turns are kept (slow scorers)
+
+
+class TuningPanel:
+    """Sliders over TurnParams, an offline replay on every change, a timeline and a turn table."""
+
+    def __init__(self, source: Any, params: TurnParams | None = None, *,
+                 save_path: str | Path = "params.json", width_in: float = 12.0) -> None:
+        import ipywidgets as w
+
+        from workbench.recording import Recording, load
+
+        params = params or TurnParams()
+        params.validate()
+        rec = source if isinstance(source, Recording) else None
+        if rec is None and not isinstance(source, tuple) and Path(source).is_dir():
+            rec = load(source)
+        self.source: Source = load_source(rec if rec is not None else source)
+        # Replay times are mic media time; on a recording the plot and table use the session clock.
+        self.offset_s = rec.mic_start_t if rec is not None else 0.0
+        self.params = params
+        self.turns: list[Turn] = []
+        self.last_update_ms: dict[str, float] = {}
+        self._energy = EnergyReplay(self.source.samples16k)
+        self._cache: OrderedDict[TurnParams, list[Turn]] = OrderedDict()
+        self._busy = False
+
+        self.sliders: dict[str, Any] = {}
+        for name, (lo, hi, step, unit) in SLIDERS.items():
+            value = float(np.clip(getattr(params, name), lo, hi))
+            s = w.FloatSlider(value=value, min=lo, max=hi, step=step, description=f"{name}",
+                              continuous_update=False, readout_format=".0f",
+                              style={"description_width": "110px"}, layout=w.Layout(width="420px"))
+            s.tooltip = unit
+            s.observe(self._on_slider, names="value")
+            self.sliders[name] = s
+        self.scorer = w.Dropdown(options=["energy", "webrtcvad", "silero"], value=params.scorer,
+                                 description="scorer", style={"description_width": "110px"})
+        self.scorer.observe(self._on_slider, names="value")
+        self.message = w.HTML()
+        self.stats = w.HTML()
+        self.table = w.HTML()
+        self.image = w.Image(format="png")
+        self.audio = w.Audio(value=_wav_bytes(self.source.samples16k, RATE), format="wav", autoplay=False, loop=False)
+        self.save_path = w.Text(value=str(save_path), description="params file",
+                                style={"description_width": "110px"}, layout=w.Layout(width="420px"))
+        self.save_button = w.Button(description="Save parameters", icon="save",
+                                    tooltip="write JSON for `workbench run --params FILE`")
+        self.save_button.on_click(self._on_save)
+
+        from workbench.plots import TimelinePlot
+
+        self.plot = TimelinePlot(None, mic=self.source.samples16k, mic_rate=RATE, mic_start_t=self.offset_s,
+                                 params=params, width_in=width_in, title=f"{self.source.name}: replay")
+        self.plot.legend_values = False  # the legend is blitted once; values are on the sliders
+        self._canvas = _agg_canvas(self.plot.fig)
+        self._background: Any = None
+
+        controls = w.VBox([*self.sliders.values(), self.scorer, w.HBox([self.save_path, self.save_button]),
+                           self.message, self.stats])
+        self.widget = w.VBox([w.HBox([controls, self.audio]), self.image, self.table])
+        self.update()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # --- reacting to the controls -----------------------------------------------------------
+
+    def _on_slider(self, change: dict[str, Any]) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            owner = change.get("owner")
+            start, stop = self.sliders["start_db"], self.sliders["stop_db"]
+            note = ""
+            if stop.value > start.value:  # the detector needs stop <= start: move the other slider
+                if owner is start:
+                    stop.value = start.value
+                    note = f"stop_db lowered to {start.value:g} (must stay <= start_db)"
+                else:
+                    stop.value = start.value
+                    note = f"stop_db held at start_db {start.value:g} (must stay <= start_db)"
+            self.update(note)
+        finally:
+            self._busy = False
+
+    def current_params(self) -> TurnParams:
+        """The parameters the controls show (validated)."""
+        d = {**self.params.to_dict(), **{k: float(s.value) for k, s in self.sliders.items()},
+             "scorer": self.scorer.value}
+        return TurnParams.from_dict(d)
+
+    def update(self, note: str = "") -> None:
+        """Replay with the controls' parameters and redraw the turns; problems become a message."""
+        t0 = time.perf_counter()
+        try:
+            params = self.current_params()
+            turns = self._replay(params)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            self.message.value = f"<span style='color:#b00'>not applied: {_esc(str(exc))}</span>"
+            return
+        t1 = time.perf_counter()
+        self.params, self.turns = params, turns
+        self._redraw()
+        t2 = time.perf_counter()
+        self.table.value = self.turn_table_html()
+        self.last_update_ms = {"replay": (t1 - t0) * 1000, "draw": (t2 - t1) * 1000,
+                               "total": (time.perf_counter() - t0) * 1000}
+        self.message.value = f"<span style='color:#a60'>{_esc(note)}</span>" if note else ""
+        ends = sum(1 for t in turns if t.end_reason == "silence")
+        self.stats.value = (f"<b>{len(turns)}</b> turns ({ends} ended on silence); replay "
+                            f"{self.last_update_ms['replay']:.0f} ms, draw {self.last_update_ms['draw']:.0f} ms")
+
+    def _replay(self, params: TurnParams) -> list[Turn]:
+        if params.scorer == "energy":
+            return self._energy.turns(params)
+        hit = self._cache.get(params)
+        if hit is None:
+            hit = replay(self.source.samples16k, params)
+            self._cache[params] = hit
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(params)
+        return hit
+
+    def _redraw(self) -> None:
+        """Blit: the static figure is drawn once; turn bars and thresholds are drawn on a copy of it."""
+        self.plot.set_turns(self.turns)
+        self.plot.set_thresholds(self.params)
+        dynamic = self.plot._turn_artists + self.plot._threshold_artists
+        for a in dynamic:
+            a.set_animated(True)
+        if self._background is None:
+            self._canvas.draw()  # animated artists are left out of a full draw
+            self._background = self._canvas.copy_from_bbox(self.plot.fig.bbox)
+        self._canvas.restore_region(self._background)
+        for a in dynamic:
+            self.plot.fig.draw_artist(a)
+        self.image.value = _png(self._canvas)
+
+    def turn_table_html(self) -> str:
+        """The turns as an HTML table (seconds on the plot's clock)."""
+        import pandas as pd
+
+        off = self.offset_s
+        df = pd.DataFrame([{
+            "speech start (s)": t.speech_start + off, "ActivityStart (s)": t.activity_start + off,
+            "speech end (s)": t.speech_end + off, "ActivityEnd (s)": t.activity_end + off,
+            "length (s)": t.activity_end - t.activity_start,
+            "end after speech (ms)": (t.activity_end - t.speech_end) * 1000, "ended by": t.end_reason,
+        } for t in self.turns])
+        if df.empty:
+            return "<i>no turns with these parameters</i>"
+        df.index = pd.RangeIndex(1, len(df) + 1, name="turn")
+        return df.to_html(float_format=lambda v: f"{v:.2f}", border=0)
+
+    def _on_save(self, _button: Any = None) -> None:
+        try:
+            self.save()
+        except ValueError as exc:  # a button callback must not raise into the kernel
+            self.message.value = f"<span style='color:#b00'>not saved: {_esc(str(exc))}</span>"
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the current parameters as JSON that ``TurnParams.from_file`` (and ``--params``) reads."""
+        p = Path(path or self.save_path.value)
+        try:
+            text = json.dumps(self.current_params().to_dict(), indent=2) + "\n"
+            p.write_text(text)
+        except OSError as exc:
+            raise ValueError(f"{p}: cannot write parameters ({exc.strerror})") from None
+        self.message.value = f"saved {_esc(str(p))}"
+        return p
+
+
+def _agg_canvas(fig: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return FigureCanvasAgg(fig)
+
+
+def _png(canvas: Any) -> bytes:
+    """PNG of the canvas buffer; fast compression, since it is redone on every change."""
+    from PIL import Image
+
+    w, h = canvas.get_width_height(physical=True)
+    img = Image.frombuffer("RGBA", (w, h), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _wav_bytes(x: np.ndarray, rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1, 1), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _esc(s: str) -> str:
+    import html
+
+    return html.escape(s)
