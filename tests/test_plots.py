@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from workbench.events import Error, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws  # noqa: E402
+from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws  # noqa: E402
 from workbench.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
 from workbench.recording import Recorder, Recording, RecordingError, load  # noqa: E402
 from workbench.replay import Turn  # noqa: E402
@@ -35,6 +35,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recording:
         t = 0.5 + i / 48000
         if not GAP[0] < t < GAP[1]:
             r.mic(t, i, x[i : i + 960])
+            r.emit(Frame(t + 0.02, pts_s=i / 48000, n_samples=960, rate=48000, level_db=-30.0))
     r.emit(FrameGap(GAP[1], start_t=GAP[0], gap_s=GAP[1] - GAP[0], resumed=True))
     for k, (a, b) in enumerate(ANSWERS):
         r.emit(Vad(a, "speech_start", "level", media_t=a - 0.1, level_db=-30.0))
@@ -144,8 +145,14 @@ def test_cli_plot_writes_png_and_reports_errors(rec: Recording, tmp_path: Path) 
     register(ap.add_subparsers())
     out = tmp_path / "t.png"
     args = ap.parse_args(["plot", str(rec.path), "-o", str(out), "--from", "5", "--to", "12", "--replay"])
-    assert args.func(args) == 0
+    assert args.func(args) == 0  # --replay goes through replay_recording: the fixture has frame events
     assert out.read_bytes()[:4] == b"\x89PNG"
+    from workbench.replay import replay_recording
+
+    turns = replay_recording(rec, TurnParams.from_dict(rec.meta["params"]))
+    p = TimelinePlot(rec, replay_turns=turns, replay_offset_s=0.0)
+    ends = _line(p.axes["turns"], "ActivityEnd (replay)").get_xdata()
+    assert len(ends) >= 3 and np.allclose(ends, [t.activity_end for t in turns])
     for argv, exc, msg in (
         (["plot", str(rec.path), "-o", str(tmp_path / "x.png"), "--from", "9", "--to", "3"], ValueError, "before"),
         (["plot", str(tmp_path / "none"), "-o", str(tmp_path / "x.png")], RecordingError, "no such"),

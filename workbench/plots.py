@@ -450,12 +450,14 @@ class TimelinePlot:
 def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | None = None,
              replay_turns: Sequence[Turn] | None = None, params: TurnParams | None = None, ax: Any = None,
              mic: np.ndarray | None = None, mic_rate: int = 48_000, mic_start_t: float = 0.0,
-             title: str | None = None) -> Figure:
+             replay_offset_s: float | None = None, title: str | None = None) -> Figure:
     """The session timeline as one matplotlib Figure (panels share the x axis, seconds).
 
     ``rec=None`` with ``mic`` plots audio alone (waveform, level, replay turns).  ``replay_turns``
-    are in mic media time and shifted by ``mic_start_t``.  ``params`` (default: the recording's)
-    gives the level thresholds.  ``ax``: a Figure to draw into (the panels need a whole figure).
+    are shifted by ``replay_offset_s`` (default ``mic_start_t``: turns from a file replay of the
+    mic are in mic media time; pass 0 for ``replay_recording``'s session-clock turns).  ``params``
+    (default: the recording's) gives the level thresholds.  ``ax``: a Figure to draw into (the
+    panels need a whole figure, not one Axes).
     """
     if rec is None and mic is None:
         raise ValueError("timeline needs a recording or mic samples")
@@ -463,7 +465,8 @@ def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | Non
     if ax is not None and fig is None:
         raise ValueError("timeline draws several panels: pass a Figure as ax, not a single Axes")
     return TimelinePlot(rec, mic=mic, mic_rate=mic_rate, mic_start_t=mic_start_t, t_range=t_range,
-                        replay_turns=replay_turns, params=params, fig=fig, title=title).fig
+                        replay_turns=replay_turns, replay_offset_s=replay_offset_s, params=params, fig=fig,
+                        title=title).fig
 
 
 def save_timeline(rec: Recording | str | Path, path: str | Path, t_range: tuple[float, float] | None = None,
@@ -499,7 +502,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--from", dest="t_from", type=float, metavar="S", help="start of the view, session seconds")
     p.add_argument("--to", dest="t_to", type=float, metavar="S", help="end of the view, session seconds")
     p.add_argument("--replay", action="store_true",
-                   help="also replay the recording's mic through the turn detector (its own params) and draw the turns")
+                   help="also replay the recording through the turn detector with its own params and draw the turns "
+                        "(received frames with their arrival times when recorded, else mic.flac as a file)")
     p.set_defaults(func=cmd_plot)
 
 
@@ -515,13 +519,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
         t_range = (args.t_from if args.t_from is not None else lo, args.t_to if args.t_to is not None else hi)
         if not t_range[1] > t_range[0]:
             raise ValueError(f"--from {t_range[0]:g} must be before --to {t_range[1]:g}")
-    turns = None
+    turns, offset = None, None
     if args.replay:
-        from workbench.sweep import load_source, replay
-
         params = TurnParams.from_dict(rec.meta["params"]) if isinstance(rec.meta.get("params"), dict) else TurnParams()
-        turns = replay(load_source(rec).samples16k, params)
-    out = save_timeline(rec, args.out, t_range=t_range, replay_turns=turns)
+        if len(rec.of_kind("frame")):  # the frames as they arrived, through the bridge's own mic pipeline
+            from workbench.replay import replay_recording
+
+            turns, offset = replay_recording(rec, params), 0.0
+        else:
+            from workbench.sweep import load_source, replay
+
+            turns = replay(load_source(rec).samples16k, params)
+    out = save_timeline(rec, args.out, t_range=t_range, replay_turns=turns, replay_offset_s=offset)
     print(f"wrote {out}")
     return 0
 
