@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workbench.recording import Recording, RecordingError
-from workbench.replay import Turn
 from workbench.turns import TurnParams
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from workbench.recording import Recording
+    from workbench.replay import Turn
 
 LEVEL_WIN_S = 0.02  # level panel resolution: the detector's frame size
 MAX_WAVE_POINTS = 4000  # envelope buckets; a screen cannot show more
@@ -472,7 +473,7 @@ def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | Non
 def save_timeline(rec: Recording | str | Path, path: str | Path, t_range: tuple[float, float] | None = None,
                   **kwargs: Any) -> Path:
     """Render the timeline of a recording (object or directory) to an image file."""
-    from workbench.recording import load
+    from workbench.recording import Recording, load
 
     if not isinstance(rec, Recording):
         rec = load(rec)
@@ -508,7 +509,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from workbench.recording import load
+    from workbench.recording import RecordingError, load
 
     if not args.recording.exists():
         raise RecordingError(f"{args.recording}: no such recording directory")
