@@ -6,6 +6,7 @@ Every command turns bad input into one line on stderr (``workbench: error: ...``
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 BUNDLED = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
 # Modules that add their own subcommands with ``register(subparsers)`` (heavy imports stay inside them).
-PLUGGED: list = []
+PLUGGED = ("workbench.plots", "workbench.sweep", "workbench.diagnose")
 DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
 
@@ -204,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--scorer", "energy | webrtcvad | silero")):
         p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
     p.set_defaults(func=cmd_vad)
-    for module in PLUGGED:
-        module.register(sub)
+    for name in PLUGGED:
+        importlib.import_module(name).register(sub)
     return ap
 
 

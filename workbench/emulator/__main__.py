@@ -1,0 +1,64 @@
+"""``workbench emulator``: serve the Live API emulator until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+
+from .core import EmulatorConfig
+from .faults import FAULTS, parse_fault
+from .server import Emulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="workbench emulator",
+        description="Serve a Gemini Live API emulator over TLS on 127.0.0.1. Point the google-genai SDK at it "
+                    "with HttpOptions(base_url=URL) and trust its certificate with SSL_CERT_FILE=CERT.",
+        epilog="faults: " + "; ".join(f"{k}: {v}" for k, v in FAULTS.items()),
+    )
+    ap.add_argument("--port", type=int, default=9443, help="TCP port (default %(default)s; 0 picks a free one)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--cert-out", help="also copy the self-signed certificate (PEM) to this file")
+    ap.add_argument("--reply-s", type=float, default=1.0, help="length of each spoken answer, s")
+    ap.add_argument("--latency-s", type=float, default=0.15, help="activityEnd -> first answer message, s")
+    ap.add_argument("--strict", action="store_true", help="close with 1007 on audio outside an activity")
+    ap.add_argument("--tool-call-turns", default="", help="answers (1-based, comma separated) that call a tool first")
+    ap.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]", help="inject a fault")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        turns = tuple(int(x) for x in args.tool_call_turns.split(",") if x.strip())
+        config = EmulatorConfig(reply_s=args.reply_s, latency_s=args.latency_s,
+                                outside_audio="strict" if args.strict else "discard",
+                                tool_call_turns=turns, faults=[parse_fault(f) for f in args.fault])
+    except ValueError as exc:
+        print(f"workbench emulator: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        emu = Emulator(config, port=args.port, host=args.host)
+        async with emu:
+            if args.cert_out:
+                shutil.copy(emu.cert_path, args.cert_out)
+            print(f"Live API emulator at {emu.base_url}", flush=True)
+            print(f"certificate: {args.cert_out or emu.cert_path}  (export SSL_CERT_FILE=...)", flush=True)
+            await asyncio.Future()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"workbench emulator: error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
