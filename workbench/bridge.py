@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiortc.mediastreams import MediaStreamTrack
 from google.genai import types
 
 from . import live
@@ -120,12 +121,17 @@ class _Session:
 
 
 async def run_session(
-    audio_48k: np.ndarray,
+    source: np.ndarray | MediaStreamTrack,
     cfg: SessionConfig,
     out_dir: str | Path,
     progress: Callable[[str], None] | None = None,
 ) -> SessionResult:
-    """Play ``audio_48k`` (int16 mono) as the microphone through loopback WebRTC into a Live session."""
+    """Bridge one microphone into a Live session, recording everything.
+
+    ``source`` is either int16 mono 48 kHz audio, played through a loopback WebRTC link by a
+    ``FilePlayerTrack``, or a received WebRTC audio track (a browser's), consumed until it ends.
+    """
+    audio_48k = source if isinstance(source, np.ndarray) else None
     meta: dict[str, Any] = {
         "name": cfg.name,
         "source": cfg.source,
@@ -133,7 +139,7 @@ async def run_session(
         "live": cfg.live.describe(),
         "dtx": cfg.dtx,
         "tail_s": cfg.tail_s,
-        "audio_s": round(audio_48k.size / 48_000, 3),
+        "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
     }
     rec = Recorder(out_dir, meta)
     s = _Session(cfg, rec, progress)
@@ -157,9 +163,13 @@ async def run_session(
                 await _wait_or_fail(s.greeting_done.wait(), cfg.greeting_timeout_s, receiver)
             rec.emit(SessionMark(t=s.clock(), what="mic_open"))
             s.progress("playing the microphone")
-            track = FilePlayerTrack(audio_48k, dtx=cfg.dtx, tail_s=cfg.tail_s)
-            link = await loopback(track)
-            async for item in ingest(link.remote_track, s.clock):
+            if audio_48k is not None:
+                link = await loopback(FilePlayerTrack(audio_48k, dtx=cfg.dtx, tail_s=cfg.tail_s))
+                mic_track: MediaStreamTrack = link.remote_track
+            else:
+                assert isinstance(source, MediaStreamTrack)
+                mic_track = source
+            async for item in ingest(mic_track, s.clock):
                 if receiver.done():
                     break
                 if isinstance(item, Received):
