@@ -1,0 +1,417 @@
+"""Diagnosis rules over synthetic recordings that mimic each failure to the event."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from workbench import cli, diagnose
+from workbench.diagnose import Finding, context, format_findings
+from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
+from workbench.recording import Recorder, Recording, load
+
+META = {
+    "name": "synthetic",
+    "live": {"ping_interval_s": 20.0, "ping_timeout_s": 20.0, "max_queue": 16},
+    "params": {"silence_ms": 700.0},
+}
+
+
+class Session:
+    """Writes a recording the way the bridge, the writer and the wire tap would."""
+
+    def __init__(self, tmp_path, name: str = "r", meta: dict | None = None) -> None:
+        self.rec = Recorder(tmp_path / name, META if meta is None else meta)
+        self.seq = 0
+        self.emit(SessionMark(t=0.0, what="start"))
+
+    def emit(self, *events) -> Session:
+        for e in events:
+            self.rec.emit(e)
+        return self
+
+    def send(self, t: float, msg: str, *, app: bool = True, wire: bool = True) -> Session:
+        self.seq += 1
+        if app:
+            self.emit(Sent(t=t, msg=msg, n_bytes=3200 if msg == "audio" else 0, seq=self.seq, stage="app"))
+        if wire:
+            self.emit(Sent(t=t + 0.0005, msg=msg, n_bytes=4400 if msg == "audio" else 60, seq=self.seq, stage="wire"))
+        return self
+
+    def audio(self, t0: float, t1: float, dt: float = 0.1, **kw) -> Session:
+        for t in np.arange(t0, t1 + 1e-9, dt):
+            self.send(round(float(t), 4), "audio", **kw)
+        return self
+
+    def server(self, t: float, msg: str, *, app: bool = True, wire: bool = True, **kw) -> Session:
+        if wire:
+            self.emit(Server(t=t, msg=msg, stage="wire", n_bytes=100))
+        if app:
+            self.emit(Server(t=t + 0.001, msg=msg, stage="app", **kw))
+        return self
+
+    def frames(self, t0: float, t1: float, dt: float = 0.02) -> Session:
+        for t in np.arange(t0, t1 + 1e-9, dt):
+            self.emit(Frame(t=round(float(t), 4), pts_s=round(float(t) - t0, 4), n_samples=960, rate=48_000,
+                            level_db=-60.0))
+        return self
+
+    def lag(self, t0: float, t1: float, lag_ms: float = 1.0) -> Session:
+        for t in np.arange(t0, t1 + 1e-9, 0.5):
+            self.emit(LoopLag(t=round(float(t), 3), lag_ms=lag_ms))
+        return self
+
+    def greeting(self, wire: bool = True) -> Session:
+        """setupComplete, the greeting prompt and the model's answer, read by the application."""
+        self.emit(Ws(t=0.2, what="connect"))
+        self.server(0.5, "setup_complete", app=False, wire=wire)
+        self.send(0.6, "client_content", wire=wire)
+        for t in np.arange(1.0, 2.0, 0.1):
+            self.server(round(float(t), 3), "model_audio", n_samples=2400)
+        return self.server(2.5, "turn_complete")
+
+    def turn(self, start: float, end: float | None, audio_until: float) -> Session:
+        """One user turn: VAD start, ActivityStart, audio, and (optionally) VAD end + ActivityEnd."""
+        self.emit(Vad(t=start, decision="speech_start", reason="level", media_t=start))
+        self.send(start + 0.01, "activity_start")
+        self.audio(start + 0.02, audio_until)
+        if end is not None:
+            self.emit(Vad(t=end, decision="speech_end", reason="silence", media_t=audio_until))
+            self.send(end + 0.001, "activity_end")
+        return self
+
+    def answer(self, t: float) -> Session:
+        for k in range(5):
+            self.server(round(t + 0.1 * k, 3), "model_audio", n_samples=2400)
+        return self.server(t + 1.0, "turn_complete")
+
+    def keepalive_close(self, t: float) -> Session:
+        """What the field report shows: the client gives up, no close frame from the server."""
+        self.emit(Ws(t=t, what="close", code=1011, reason="keepalive ping timeout", detail="close frame from client"))
+        return self.emit(Error(t=t + 0.01, where="session",
+                               message="ConnectionClosedError: sent 1011 (internal error) keepalive ping timeout"))
+
+    def done(self, ended: bool = True) -> Recording:
+        if ended:
+            self.rec.close()
+        return load(self.rec.dir)
+
+
+def codes(findings: list[Finding]) -> set[str]:
+    return {f.code for f in findings}
+
+
+def one(findings: list[Finding], code: str) -> Finding:
+    matching = [f for f in findings if f.code == code]
+    assert len(matching) == 1, (code, findings)
+    return matching[0]
+
+
+def healthy_session(tmp_path, name: str = "r") -> Recording:
+    """Greeting, one turn; frames stop in the silence after speech (DTX) and ActivityEnd goes out on the clock."""
+    s = Session(tmp_path, name).greeting()
+    s.frames(3.0, 7.2).frames(12.0, 14.0).lag(0.0, 14.0)
+    s.turn(4.0, 7.9, audio_until=7.2).answer(8.4)
+    s.emit(Ws(t=5.0, what="ping"), Ws(t=5.01, what="pong"), Ws(t=14.0, what="ping"))  # last ping still pending
+    s.emit(SessionMark(t=14.4, what="end"), Ws(t=14.5, what="close", code=1000, reason="", detail="close frame from "
+                                                                                                   "client"))
+    return s.done()
+
+
+def failure_a(tmp_path) -> Recording:
+    """ActivityEnd at 10.0, then silence from the server; ping at 20 unanswered; 1011 keepalive at 40."""
+    s = Session(tmp_path).greeting().frames(3.0, 40.0).lag(0.0, 40.0)
+    s.turn(5.0, 9.999, audio_until=9.9)
+    s.emit(Ws(t=20.0, what="ping"))
+    return s.keepalive_close(40.0).done()
+
+
+def failure_b(tmp_path, gap_event: bool = False) -> Recording:
+    """Speech from 7 s, audio until 38 s, frames stop at 38.1 s, no ActivityEnd; 1011 keepalive at 49.5."""
+    s = Session(tmp_path).greeting().frames(3.0, 38.1).lag(0.0, 49.5)
+    s.turn(7.0, None, audio_until=38.0)
+    s.emit(Ws(t=9.5, what="ping"), Ws(t=9.6, what="pong"), Ws(t=29.5, what="ping"))
+    if gap_event:
+        s.emit(FrameGap(t=49.5, start_t=38.1, gap_s=11.4, resumed=False))
+    return s.keepalive_close(49.5).done()
+
+
+def receive_stopped(tmp_path) -> Recording:
+    """The app's receive() ended at the greeting's turn_complete; the server's answer piles up on the wire."""
+    s = Session(tmp_path).greeting().frames(3.0, 40.0).lag(0.0, 40.0)
+    s.turn(4.0, 7.0, audio_until=6.3)
+    for k in range(16):  # max_queue frames, then websockets stops reading the socket
+        s.server(round(7.5 + 0.05 * k, 3), "model_audio", app=False)
+    s.emit(Ws(t=20.0, what="ping"))
+    return s.keepalive_close(40.0).done()
+
+
+def test_healthy_session_is_one_finding_with_summary(tmp_path):
+    findings = diagnose.diagnose(healthy_session(tmp_path))
+    assert [f.code for f in findings] == ["healthy"]
+    h = findings[0]
+    assert h.severity == "info"
+    assert "1 turn(s), 1 answered" in h.evidence
+    assert "pings answered 1/1" in h.evidence
+    assert "ActivityEnd still sent at 7.90 s" in h.evidence  # the DTX gap, ended on the clock
+
+
+def test_failure_a_no_answer_after_activity_end(tmp_path):
+    findings = diagnose.diagnose(failure_a(tmp_path))
+    assert {"no_response_after_activity_end", "unanswered_pings", "close", "errors"} <= codes(findings)
+    assert not {"no_activity_end", "receive_loop_idle", "loop_lag"} & codes(findings)
+    nr = one(findings, "no_response_after_activity_end")
+    assert nr.severity == "error" and nr.t == pytest.approx(10.0, abs=0.01)
+    assert "Failure A" in nr.cause
+    cl = one(findings, "close")
+    assert cl.severity == "error" and "1011" in cl.title
+    assert "client-side keepalive failure" in cl.cause and "server stalled" in cl.cause
+    assert "ping at 20.00 s" in cl.cause and "Failure A" in cl.cause
+    assert findings[0].severity == "error"  # errors sort first
+
+
+def test_failure_b_no_activity_end_frames_stopped(tmp_path):
+    findings = diagnose.diagnose(failure_b(tmp_path))
+    assert {"no_activity_end", "frames_stopped_in_turn", "unanswered_pings", "close"} <= codes(findings)
+    na = one(findings, "no_activity_end")
+    assert na.t == pytest.approx(7.01, abs=0.01)
+    assert "Failure B" in na.cause and "frames stopped at 38.10 s" in na.cause
+    fs = one(findings, "frames_stopped_in_turn")
+    assert fs.severity == "error" and "never resumed" in fs.evidence and "Failure B" in fs.cause
+    cl = one(findings, "close")
+    assert "server stalled" in cl.cause and "Failure B" in cl.cause
+    assert "no_response_after_activity_end" not in codes(findings)
+
+
+def test_failure_b_with_frame_gap_event(tmp_path):
+    fs = one(diagnose.diagnose(failure_b(tmp_path, gap_event=True)), "frames_stopped_in_turn")
+    assert fs.t == pytest.approx(38.1) and "11.40 s (never resumed)" in fs.evidence
+
+
+def test_receive_loop_stopped_after_turn_complete(tmp_path):
+    findings = diagnose.diagnose(receive_stopped(tmp_path))
+    idle = one(findings, "receive_loop_idle")
+    assert idle.severity == "error" and idle.t == pytest.approx(2.501)
+    assert "16 frame(s)" in idle.evidence and "max_queue=16" in idle.evidence
+    assert "while True" in idle.cause
+    assert "receive loop stopped" in one(findings, "no_response_after_activity_end").cause
+    cl = one(findings, "close")
+    assert "receive loop stopped" in cl.cause and "max_queue reached" in cl.cause
+    assert "server stalled" not in cl.cause
+
+
+def test_loop_blocked_names_the_loop(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 18.0).lag(0.0, 18.0)
+    s.turn(4.0, 7.0, audio_until=6.3).answer(7.5)
+    s.emit(Ws(t=20.0, what="ping"), LoopLag(t=41.0, lag_ms=23_000.0))
+    findings = diagnose.diagnose(s.keepalive_close(41.0).done())
+    lag = one(findings, "loop_lag")
+    assert lag.severity == "error" and "max 23000 ms" in lag.evidence
+    assert "event loop was blocked" in one(findings, "close").cause
+
+
+def test_loop_lag_warning_with_stats(tmp_path):
+    s = Session(tmp_path).greeting().lag(0.0, 10.0)
+    s.emit(LoopLag(t=3.3, lag_ms=150.0), LoopLag(t=4.3, lag_ms=400.0))
+    lag = one(diagnose.diagnose(s.done()), "loop_lag")
+    assert lag.severity == "warning"
+    assert "2 of" in lag.evidence and "max 400 ms at 4.30 s" in lag.evidence and "p99" in lag.evidence
+
+
+def test_audio_after_activity_end_counts_the_window(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.turn(4.0, 9.999, audio_until=9.9)
+    for dt in (0.05, 0.1, 0.2):  # the field report's 50-200 ms race
+        s.send(10.0 + dt, "audio")
+    s.emit(Ws(t=10.5, what="close_frame_received"),
+           Ws(t=10.5, what="close", code=1007, reason="Request contains an invalid argument.",
+              detail="close frame from server"))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "audio_after_activity_end")
+    assert "3 audio chunk(s) (wire stage) 50–200 ms after ActivityEnd at 10.00 s" in f.evidence
+    cl = one(findings, "close")
+    assert "invalid argument" in cl.cause and "3 audio chunk(s) were sent outside an activity" in cl.cause
+
+
+def test_app_stage_used_without_wire_tap(tmp_path):
+    s = Session(tmp_path).greeting(wire=False)
+    s.emit(Sent(t=4.0, msg="activity_start", n_bytes=0, seq=1), Sent(t=4.1, msg="audio", n_bytes=3200, seq=2),
+           Sent(t=4.5, msg="activity_end", n_bytes=0, seq=3), Sent(t=4.6, msg="audio", n_bytes=3200, seq=4))
+    s.answer(5.0)
+    f = one(diagnose.diagnose(s.done()), "audio_after_activity_end")
+    assert "(app stage) 100–100 ms" in f.evidence
+
+
+def test_audio_before_activity_start(tmp_path):
+    s = Session(tmp_path).greeting().audio(3.0, 3.2).turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    f = one(diagnose.diagnose(s.done()), "audio_before_activity_start")
+    assert "3 audio chunk(s)" in f.evidence and f.t == pytest.approx(3.0005)
+
+
+def test_empty_activity(tmp_path):
+    s = Session(tmp_path).greeting().send(5.0, "activity_start").send(5.5, "activity_end")
+    findings = diagnose.diagnose(s.done())
+    assert one(findings, "empty_activity").t == pytest.approx(5.0005)
+    assert "empty" in one(findings, "no_response_after_activity_end").cause
+
+
+def test_activity_end_without_start(tmp_path):
+    s = Session(tmp_path).greeting().send(3.0, "activity_end").turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.send(9.0, "activity_end")
+    f = one(diagnose.diagnose(s.done()), "activity_end_without_start")
+    assert "2 ActivityEnd(s)" in f.title and "3.00 s" in f.evidence and "9.00 s" in f.evidence
+
+
+def test_late_answer_is_a_warning(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(12.0)
+    f = one(diagnose.diagnose(s.done(), response_timeout_s=5.0), "no_response_after_activity_end")
+    assert f.severity == "warning" and "answered late" in f.title
+    assert diagnose.diagnose(load(s.rec.dir), response_timeout_s=10.0)[0].code == "healthy"
+
+
+def test_activity_end_that_never_left_the_socket(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 20.0)
+    s.turn(4.0, None, audio_until=6.0).send(6.7, "activity_end", wire=False)
+    na = one(diagnose.diagnose(s.done()), "no_activity_end")
+    assert "handed ActivityEnd to the SDK at 6.70 s but it never left the socket" in na.cause
+
+
+def test_frames_stopped_then_turn_ended_only_after_they_resumed(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 5.0).frames(8.0, 9.0)
+    s.turn(4.0, 8.5, audio_until=8.4).answer(9.0)
+    f = one(diagnose.diagnose(s.done()), "frames_stopped_in_turn")
+    assert f.severity == "warning" and f.t == pytest.approx(5.0) and "3.00 s" in f.evidence
+
+
+def test_server_internal_error_close(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=30.0, what="close_frame_received"),
+           Ws(t=30.0, what="close", code=1011, reason="Internal error encountered.", detail="close frame from server"))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert cl.cause == "server internal error (1011 sent by the server)"
+
+
+@pytest.mark.parametrize(("code", "words"), [(1006, "abnormal closure"), (1008, "policy violation")])
+def test_other_close_codes(tmp_path, code, words):
+    s = Session(tmp_path).greeting().emit(Ws(t=9.0, what="close", code=code, reason=""))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert cl.severity == "error" and words in cl.cause
+
+
+def test_normal_close_is_healthy(tmp_path):
+    s = Session(tmp_path).greeting().emit(Ws(t=9.0, what="close", code=1000, reason="bye"))
+    findings = diagnose.diagnose(s.done())
+    assert [f.code for f in findings] == ["healthy"] and "close 1000 'bye'" in findings[0].evidence
+
+
+def test_go_away_without_and_with_reconnect(tmp_path):
+    s = Session(tmp_path, "a").greeting().server(30.0, "go_away", detail="50s")
+    s.emit(Ws(t=80.0, what="close", code=1000, reason="Session time limit reached."))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "go_away")
+    assert f.severity == "warning" and "time left 50s" in f.evidence and "no reconnect" in f.title
+    assert "after the server's goAway at 30.00 s" in one(findings, "close").cause
+    s = Session(tmp_path, "b").greeting().server(30.0, "go_away", detail="50s").emit(Ws(t=31.0, what="reconnect"))
+    f = one(diagnose.go_away(context(s.done())), "go_away")
+    assert f.severity == "info" and "reconnected at 31.00 s" in f.evidence
+
+
+def test_reconnect_that_lost_a_turn(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 10.0, audio_until=9.5)
+    s.emit(Ws(t=11.0, what="close", code=1006, reason="no close frame"), Ws(t=12.0, what="reconnect"))
+    s.turn(15.0, 17.0, audio_until=16.5).answer(17.5)
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "reconnects")
+    assert f.severity == "error" and "ActivityEnd at 10.00 s unanswered" in f.evidence
+    assert one(findings, "close").severity == "warning"  # the bridge came back
+
+
+def test_reconnect_that_resent_the_turn(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 10.0, audio_until=9.5)
+    s.emit(Ws(t=11.0, what="close", code=1006, reason="no close frame"), Ws(t=12.0, what="reconnect"))
+    s.send(12.5, "activity_start").audio(12.6, 13.0).send(13.1, "activity_end").answer(13.5)
+    f = one(diagnose.reconnects(context(s.done())), "reconnects")
+    assert f.severity == "info" and "no user turn lost" in f.title
+
+
+def test_speech_while_disconnected_is_lost(tmp_path):
+    s = Session(tmp_path).greeting().emit(Ws(t=3.0, what="close", code=1006, reason="no close frame"))
+    s.emit(Vad(t=4.0, decision="speech_start", reason="level"), Vad(t=6.0, decision="speech_end", reason="silence"))
+    s.emit(Ws(t=9.0, what="reconnect"))
+    f = one(diagnose.diagnose(s.done()), "reconnects")
+    assert "speech at 4.00 s never reached a connection" in f.evidence
+
+
+def test_errors_grouped(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.emit(Error(t=3.0, where="writer", message="boom"), Error(t=4.0, where="writer", message="boom"))
+    f = one(diagnose.diagnose(s.done()), "errors")
+    assert f.evidence.startswith("2× in writer, first at 3.00 s")
+
+
+def test_cut_short(tmp_path):
+    s = Session(tmp_path).greeting()
+    f = one(diagnose.diagnose(s.done(ended=False)), "cut_short")
+    assert f.title == "recording was cut short (process killed?) after t=2.50 s"
+
+
+def test_watchdog(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.emit(Watchdog(t=11.0, after_s=5.0, action="resend_activity_end")).answer(11.5)
+    f = one(diagnose.diagnose(s.done()), "watchdog")
+    assert "no response 5 s after ActivityEnd; action: resend_activity_end" in f.evidence
+    assert "a response followed at 11.50 s" in f.evidence
+
+
+def test_pending_ping_at_session_end_is_not_unanswered(tmp_path):
+    s = Session(tmp_path).greeting().emit(Ws(t=9.0, what="ping"), SessionMark(t=10.0, what="end"))
+    assert diagnose.diagnose(s.done())[0].code == "healthy"
+
+
+def test_bad_arguments(tmp_path):
+    rec = healthy_session(tmp_path)
+    with pytest.raises(ValueError, match="response timeout"):
+        diagnose.diagnose(rec, response_timeout_s=0)
+
+
+def test_format_findings(tmp_path):
+    text = format_findings(diagnose.diagnose(failure_a(tmp_path)))
+    assert "ERROR   no_response_after_activity_end  t=10.00s" in text
+    assert "likely cause:" in text and text.splitlines()[-1].startswith("4 error(s)")
+
+
+def test_registered_subcommand(tmp_path, monkeypatch, capsys):
+    healthy_session(tmp_path, "ok")
+    failure_a(tmp_path / "x")
+    monkeypatch.setattr(cli, "PLUGGED", ("workbench.diagnose",))
+    assert cli.main(["diagnose", str(tmp_path / "ok")]) == 0
+    assert "healthy" in capsys.readouterr().out
+    assert cli.main(["diagnose", str(tmp_path / "x" / "r"), "--format", "json", "--response-timeout", "3"]) == 1
+    assert "no_response_after_activity_end" in {d["code"] for d in json.loads(capsys.readouterr().out)}
+    assert cli.main(["diagnose", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("workbench: error: ")
+    ap = argparse.ArgumentParser()
+    diagnose.register(ap.add_subparsers())
+    assert ap.parse_args(["diagnose", "R", "--format", "json"]).format == "json"
+
+
+def test_module_entry_point(tmp_path):
+    healthy_session(tmp_path, "ok")
+    failure_b(tmp_path / "b")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "workbench.diagnose", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    ok = run(str(tmp_path / "ok"))
+    assert ok.returncode == 0 and "healthy session" in ok.stdout
+    bad = run(str(tmp_path / "b" / "r"), "--format", "json")
+    assert bad.returncode == 1 and "no_activity_end" in {d["code"] for d in json.loads(bad.stdout)}
+    missing = run(str(tmp_path / "nope"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith("workbench: error: ") and "not a recording directory" in missing.stderr

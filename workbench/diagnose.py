@@ -1,0 +1,849 @@
+"""Diagnosis of a recording: which failure happened, with the evidence, and its likely cause.
+
+Sans-I/O: every rule is a plain function over the recording's events (a ``Context`` holds the
+events DataFrame split by kind, plus the session's keepalive settings) and returns findings.
+Nothing here touches a socket; the only I/O is ``load`` in the command-line shell.
+
+The rules test the hypotheses of DESIGN.md section 3: receive loop stopped after the first
+``turn_complete`` (unread frames reach ``max_queue``, pongs go unread), event loop blocked,
+server stalled (Failure A: ActivityEnd without an answer), no ActivityEnd because frames stopped
+in silence (Failure B), audio outside an activity, goAway, reconnects and lost turns.
+
+A session with no ``error`` or ``warning`` finding yields exactly one finding, ``healthy``,
+whose evidence carries the summary and any ``info`` notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas and the recording stack load with the recording, not with ``workbench --help``
+    import pandas as pd
+
+    from .recording import Recording
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+# A server message that counts as the model answering an ActivityEnd.
+RESPONSE_KINDS = ("model_audio", "turn_complete", "tool_call")
+DEFAULT_PING_TIMEOUT_S = 20.0  # websockets' default, for recordings that do not say
+DEFAULT_SILENCE_MS = 700.0  # the turn detector's default silence window
+READ_GRACE_S = 1.0  # how long the application may take to read a frame before it counts as unread
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One conclusion: what happened (``title``), the times and counts behind it, and why."""
+
+    code: str
+    severity: Severity
+    title: str
+    evidence: str
+    t: float | None = None
+    cause: str | None = None
+
+
+@dataclass
+class Activity:
+    """One ActivityStart on the wire and what followed it, up to its ActivityEnd (``end_t``)."""
+
+    start_t: float
+    end_t: float | None = None
+    n_audio: int = 0
+    first_audio_t: float | None = None
+    last_audio_t: float | None = None
+    next_start_t: float = math.inf
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A keepalive ping; ``pending`` when the session ended before its timeout could elapse."""
+
+    t: float
+    pong_t: float | None
+    answered: bool
+    pending: bool = False
+
+
+@dataclass(frozen=True)
+class Context:
+    """The events split the way the rules read them, plus the session's settings."""
+
+    events: pd.DataFrame
+    sends: pd.DataFrame  # wire-stage sends when the wire tap ran, else app-stage
+    app_sends: pd.DataFrame
+    wire_sends: bool  # the wire tap recorded client frames: ``sends`` is what the server saw
+    wire_server: bool  # the wire tap recorded server frames
+    server_app: pd.DataFrame  # server messages the application read
+    server_wire: pd.DataFrame  # frames read off the socket (wire tap)
+    ws: pd.DataFrame
+    frames_t: np.ndarray
+    end_t: float
+    ping_timeout_s: float
+    max_queue: int | None
+    silence_ms: float
+    response_timeout_s: float
+    lag_threshold_ms: float
+    cut_short: bool
+    problems: tuple[str, ...] = ()
+    activities: list[Activity] = field(default_factory=list)
+    orphan_ends: list[float] = field(default_factory=list)
+    stray_audio: list[tuple[float, float | None]] = field(default_factory=list)  # (t, preceding ActivityEnd t)
+
+
+# -- reading the events -----------------------------------------------------------------------------------------
+
+
+def _select(ev: pd.DataFrame, kind: str, **eq: Any) -> pd.DataFrame:
+    """Rows of one kind whose columns equal (or, for tuples, are in) the given values."""
+    df = ev[ev["kind"] == kind] if "kind" in ev else ev.iloc[0:0]
+    for col, val in eq.items():
+        if col not in df:
+            return df.iloc[0:0]
+        df = df[df[col].isin(val)] if isinstance(val, tuple) else df[df[col] == val]
+    return df.reset_index(drop=True)
+
+
+def _times(df: pd.DataFrame, **eq: Any) -> np.ndarray:
+    for col, val in eq.items():
+        if col not in df:
+            return np.array([])
+        df = df[df[col].isin(val)] if isinstance(val, tuple) else df[df[col] == val]
+    return df["t"].to_numpy(float)
+
+
+def _between(times: np.ndarray, lo: float, hi: float, *, closed_hi: bool = True) -> np.ndarray:
+    """Times in (lo, hi] (or (lo, hi))."""
+    return times[(times > lo) & ((times <= hi) if closed_hi else (times < hi))]
+
+
+def _walk(sends: pd.DataFrame) -> tuple[list[Activity], list[float], list[tuple[float, float | None]]]:
+    """Walk the sends in wire order: activities, ActivityEnds without a start, audio outside an activity."""
+    acts: list[Activity] = []
+    orphans: list[float] = []
+    stray: list[tuple[float, float | None]] = []
+    cur: Activity | None = None
+    last_end: float | None = None
+    if "msg" not in sends:
+        return acts, orphans, stray
+    for t, msg in zip(sends["t"].to_numpy(float), sends["msg"], strict=True):
+        if msg == "activity_start":
+            if cur is not None:
+                acts.append(cur)
+            cur, last_end = Activity(start_t=t), None
+        elif msg == "activity_end":
+            if cur is None:
+                orphans.append(t)
+            else:
+                cur.end_t = t
+                acts.append(cur)
+                cur = None
+            last_end = t
+        elif msg == "audio":
+            if cur is None:
+                stray.append((t, last_end))
+            else:
+                cur.n_audio += 1
+                cur.first_audio_t = t if cur.first_audio_t is None else cur.first_audio_t
+                cur.last_audio_t = t
+    if cur is not None:
+        acts.append(cur)
+    for a, b in zip(acts, acts[1:], strict=False):
+        a.next_start_t = b.start_t
+    return acts, orphans, stray
+
+
+def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms: float = 100.0) -> Context:
+    """Split a loaded recording's events for the rules."""
+    if not response_timeout_s > 0:
+        raise ValueError(f"response timeout must be > 0 s, got {response_timeout_s}")
+    if not lag_threshold_ms >= 0:
+        raise ValueError(f"loop-lag threshold must be >= 0 ms, got {lag_threshold_ms}")
+    ev = rec.events
+    live = rec.meta.get("live") or {}
+    params = rec.meta.get("params") or {}
+    all_sends = _select(ev, "send")
+    wire_sends = _select(all_sends, "send", stage="wire")
+    app_sends = _select(all_sends, "send", stage="app")
+    sends = wire_sends if len(wire_sends) else app_sends
+    ping_timeout = live.get("ping_timeout_s", DEFAULT_PING_TIMEOUT_S)
+    max_queue = live.get("max_queue")
+    acts, orphans, stray = _walk(sends)
+    return Context(
+        events=ev,
+        sends=sends,
+        app_sends=app_sends,
+        wire_sends=bool(len(wire_sends)),
+        wire_server=bool(len(_select(ev, "server", stage="wire"))),
+        server_app=_select(ev, "server", stage="app"),
+        server_wire=_select(ev, "server", stage="wire"),
+        ws=_select(ev, "ws"),
+        frames_t=_select(ev, "frame")["t"].to_numpy(float),
+        end_t=float(ev["t"].max()) if len(ev) else 0.0,
+        ping_timeout_s=math.inf if ping_timeout is None else float(ping_timeout),
+        max_queue=None if max_queue is None else int(max_queue),
+        silence_ms=float(params.get("silence_ms", DEFAULT_SILENCE_MS)),
+        response_timeout_s=response_timeout_s,
+        lag_threshold_ms=lag_threshold_ms,
+        cut_short=rec.cut_short,
+        problems=tuple(rec.problems),
+        activities=acts,
+        orphan_ends=orphans,
+        stray_audio=stray,
+    )
+
+
+def _text(row: Any, col: str) -> str | None:
+    """A row's value as text, None when the column is absent or NaN."""
+    v = row.get(col)
+    return None if v is None or v != v else str(v)
+
+
+def _col(df: pd.DataFrame, col: str, default: Any) -> list[Any]:
+    return list(df[col]) if col in df else [default] * len(df)
+
+
+def _s(t: float) -> str:
+    return f"{t:.2f} s"
+
+
+def _responses(c: Context, df: pd.DataFrame | None = None) -> np.ndarray:
+    return _times(c.server_app if df is None else df, msg=RESPONSE_KINDS)
+
+
+def _pings(c: Context) -> list[Ping]:
+    """Each ping with the first pong after it; a pong acknowledges every earlier ping (RFC 6455)."""
+    pings = _times(c.ws, what="ping")
+    pongs = _times(c.ws, what="pong")
+    closes = _select(c.ws, "ws", what="close")
+    keepalive = np.array(["keepalive" in str(r) for r in _col(closes, "reason", "")], dtype=bool)
+    keepalive_close = closes["t"].to_numpy(float)[keepalive] if keepalive.size else np.array([])
+    out = []
+    for t in pings:
+        later = pongs[pongs >= t]
+        pong_t = float(later[0]) if later.size else None
+        answered = pong_t is not None and pong_t - t <= c.ping_timeout_s
+        # Slack for the close landing a little before the clock reads t + timeout.
+        pending = (pong_t is None and c.end_t - t < 0.9 * c.ping_timeout_s
+                   and not (keepalive_close >= t).any())
+        out.append(Ping(t=float(t), pong_t=pong_t, answered=answered, pending=pending))
+    return out
+
+
+@dataclass(frozen=True)
+class _Idle:
+    last_app_t: float | None
+    last_app_msg: str | None
+    unread_t: np.ndarray
+
+
+def _receive_idle(c: Context) -> _Idle | None:
+    """Frames read off the socket after the application's last read, left unread for more than a grace period."""
+    if "msg" not in c.server_wire:
+        return None
+    # The SDK reads setupComplete itself inside connect(); the application never sees it.
+    wire = c.server_wire[c.server_wire["msg"] != "setup_complete"]
+    if not len(wire):
+        return None
+    last_app = c.server_app.iloc[-1] if len(c.server_app) else None
+    last_app_t = None if last_app is None else float(last_app["t"])
+    unread = wire["t"].to_numpy(float)
+    if last_app_t is not None:
+        unread = unread[unread > last_app_t]
+    if not unread.size or c.end_t - unread[0] <= READ_GRACE_S:
+        return None
+    return _Idle(last_app_t, None if last_app is None else str(last_app["msg"]), unread)
+
+
+def _max_lag(c: Context) -> tuple[float, float | None]:
+    lag = _select(c.events, "loop_lag")
+    if "lag_ms" not in lag or not len(lag):
+        return 0.0, None
+    i = int(lag["lag_ms"].to_numpy(float).argmax())
+    return float(lag["lag_ms"].iloc[i]), float(lag["t"].iloc[i])
+
+
+def _loop_blocked(c: Context) -> bool:
+    """A loop blocked for half the ping timeout or more can make the keepalive fail on its own."""
+    max_ms, _ = _max_lag(c)
+    return max_ms >= 0.5 * c.ping_timeout_s * 1000.0
+
+
+def _frame_gaps(c: Context, min_s: float) -> list[tuple[float, float, bool]]:
+    """Stretches with no frame of at least ``min_s``: (last frame, next frame or session end, resumed)."""
+    gaps: dict[float, tuple[float, float, bool]] = {}
+    ft = c.frames_t
+    for a, b in zip(ft, ft[1:], strict=False):
+        if b - a >= min_s:
+            gaps[round(a, 3)] = (float(a), float(b), True)
+    fg = _select(c.events, "frame_gap")
+    if {"start_t", "gap_s"} <= set(fg.columns):
+        resumed = _col(fg, "resumed", True)
+        for start, gap_s, t, res in zip(fg["start_t"], fg["gap_s"], fg["t"], resumed, strict=True):
+            if gap_s >= min_s:
+                gaps.setdefault(round(start, 3), (float(start), float(max(t, start + gap_s)), res is not False))
+    # A gap still open when the session ended is logged by nobody: measure it to the last event.
+    # With no frame events at all there is nothing to measure (a recording made without ingest).
+    if ft.size and c.end_t - ft[-1] >= min_s and round(ft[-1], 3) not in gaps:
+        gaps[round(ft[-1], 3)] = (float(ft[-1]), c.end_t, False)
+    return sorted(gaps.values())
+
+
+# -- rules -------------------------------------------------------------------------------------------------------
+
+
+def no_activity_end(c: Context) -> list[Finding]:
+    """Speech started but no ActivityEnd followed before the next start or the end of the session (Failure B).
+
+    Needs ``send`` activity_start/activity_end (wire stage preferred) and ``vad`` speech_start/speech_end.
+    """
+    out = []
+    for a in c.activities:
+        if a.end_t is not None:
+            continue
+        until = min(a.next_start_t, c.end_t)
+        audio = (f"{a.n_audio} audio chunks sent {_s(a.first_audio_t)}–{_s(a.last_audio_t)}"
+                 if a.n_audio and a.first_audio_t is not None and a.last_audio_t is not None else "no audio sent")
+        where = "before the next ActivityStart" if a.next_start_t < math.inf else "before the session ended"
+        out.append(Finding(
+            "no_activity_end", "error", f"ActivityStart at {_s(a.start_t)} was never followed by ActivityEnd",
+            f"ActivityStart at {_s(a.start_t)}; {audio}; no ActivityEnd {where} at {_s(until)} "
+            f"({until - a.start_t:.1f} s open)",
+            a.start_t, _why_no_end(c, a.start_t, until)))
+    vad = _select(c.events, "vad")
+    starts = _times(vad, decision="speech_start")
+    ends = _times(vad, decision="speech_end")
+    act_starts = np.array([a.start_t for a in c.activities])
+    for i, ts in enumerate(starts):
+        nxt = float(starts[i + 1]) if i + 1 < len(starts) else math.inf
+        if _between(ends, ts, nxt, closed_hi=False).size or _between(act_starts, ts - 1e-6, nxt, closed_hi=False).size:
+            continue
+        until = min(nxt, c.end_t)
+        out.append(Finding(
+            "no_activity_end", "error",
+            f"speech started at {_s(ts)} but neither ActivityStart nor ActivityEnd was sent",
+            f"turn detector speech_start at {_s(ts)}; no speech_end and no activity signal until {_s(until)}",
+            float(ts), _why_no_end(c, float(ts), until)))
+    return out
+
+
+def _why_no_end(c: Context, start: float, until: float) -> str:
+    ends = _times(_select(c.events, "vad"), decision="speech_end")
+    decided = _between(ends, start, until)
+    if decided.size:
+        return (f"the turn detector decided speech_end at {_s(decided[0])} but no ActivityEnd left the socket: "
+                "the send path (send order / writer) lost it")
+    app_end = _between(_times(c.app_sends, msg="activity_end"), start, until)
+    if c.wire_sends and app_end.size:
+        return (f"the application handed ActivityEnd to the SDK at {_s(app_end[0])} but it never left the socket "
+                "(writer blocked or connection gone)")
+    gaps = [g for g in _frame_gaps(c, c.silence_ms / 1000.0) if start <= g[1] and g[0] < until]
+    if gaps:
+        g0, g1, resumed = gaps[0]
+        return (f"frames stopped at {_s(max(g0, start))} (track.recv() returned nothing for {g1 - max(g0, start):.1f} s"
+                f"{'' if resumed else ', never resumed'}) and the detector did not end the turn on the clock: "
+                "silence was measured by counting frames (Failure B)")
+    return ("frames kept arriving but the turn detector never measured enough silence "
+            "(threshold too low for the noise floor, or a maximum turn length missing)")
+
+
+def frames_stopped_in_turn(c: Context) -> list[Finding]:
+    """Frames stopped while a turn was open for longer than the silence window: was the turn ended on the clock?
+
+    Needs ``frame`` events (or ``frame_gap``); a gap still open at the end is measured to the last event.
+    A gap during which ActivityEnd was still sent is an ``info`` note: the detector ends turns on the clock.
+    """
+    out = []
+    min_s = c.silence_ms / 1000.0
+    gaps = _frame_gaps(c, min_s)
+    for a in c.activities:
+        until = a.end_t if a.end_t is not None else min(a.next_start_t, c.end_t)
+        for g0, g1, resumed in gaps:
+            if not (g0 < until and g1 > a.start_t):
+                continue
+            g0 = max(g0, a.start_t)
+            span = f"frames stopped at {_s(g0)} for {g1 - g0:.2f} s" + ("" if resumed else " (never resumed)")
+            if a.end_t is not None and g0 <= a.end_t <= g1:
+                out.append(Finding(
+                    "frames_stopped_in_turn", "info", f"frames stopped in the turn at {_s(g0)}; ActivityEnd sent on "
+                    "the clock", f"{span}; ActivityEnd still sent at {_s(a.end_t)}, {(a.end_t - g0) * 1000:.0f} ms "
+                    f"after the last frame", g0))
+            elif a.end_t is None:
+                out.append(Finding(
+                    "frames_stopped_in_turn", "error", f"frames stopped at {_s(g0)} in an open turn and no "
+                    "ActivityEnd followed", f"turn opened at {_s(a.start_t)}; {span}; silence window "
+                    f"{c.silence_ms:.0f} ms; no ActivityEnd before {_s(until)}", g0,
+                    "the turn detector waits for frames to measure silence: track.recv() stops returning frames "
+                    "in silence (DTX, muted track), so ActivityEnd is never sent (Failure B mechanism)"))
+            else:
+                out.append(Finding(
+                    "frames_stopped_in_turn", "warning", f"frames stopped at {_s(g0)} in a turn that stayed open",
+                    f"{span} (silence window {c.silence_ms:.0f} ms) yet ActivityEnd came only at {_s(a.end_t)}, "
+                    f"after frames resumed", g0,
+                    "silence measured by counting frames: the gap did not count as silence (Failure B mechanism)"))
+    return out
+
+
+def audio_after_activity_end(c: Context) -> list[Finding]:
+    """Audio sent after ActivityEnd and before the next ActivityStart (field report question 2).
+
+    Uses wire-stage sends when the wire tap ran (that is the order the server saw), else app-stage.
+    """
+    by_end: dict[float, list[float]] = {}
+    for t, end in c.stray_audio:
+        if end is not None:
+            by_end.setdefault(end, []).append(t)
+    out = []
+    stage = "wire" if c.wire_sends else "app"
+    for end, ts in by_end.items():
+        ms = [(t - end) * 1000.0 for t in ts]
+        out.append(Finding(
+            "audio_after_activity_end", "warning", f"{len(ts)} audio chunk(s) sent after ActivityEnd at {_s(end)}",
+            f"{len(ts)} audio chunk(s) ({stage} stage) {min(ms):.0f}–{max(ms):.0f} ms after ActivityEnd at {_s(end)}, "
+            "before the next ActivityStart", end,
+            "audio outside an activity: the server discards it, or a strict server closes with 1007; two tasks "
+            "calling send_realtime_input race (one writer draining one queue fixes the order)"))
+    return out
+
+
+def audio_before_activity_start(c: Context) -> list[Finding]:
+    """Audio sent before the first ActivityStart: outside any activity, like audio after ActivityEnd."""
+    ts = [t for t, end in c.stray_audio if end is None]
+    if not ts:
+        return []
+    return [Finding(
+        "audio_before_activity_start", "warning", f"{len(ts)} audio chunk(s) sent outside any activity",
+        f"{len(ts)} audio chunk(s) {_s(ts[0])}–{_s(ts[-1])} with no ActivityStart before them", ts[0],
+        "with manual activity detection, audio outside an activity is discarded or rejected (1007)")]
+
+
+def empty_activity(c: Context) -> list[Finding]:
+    """ActivityStart followed by ActivityEnd with no audio between them."""
+    return [Finding(
+        "empty_activity", "warning", f"empty activity {_s(a.start_t)}–{_s(a.end_t)}",
+        f"ActivityStart at {_s(a.start_t)} and ActivityEnd at {_s(a.end_t)} with no audio between", a.start_t,
+        "an empty activity gives the model nothing to answer; the send order must hold ActivityStart until audio")
+        for a in c.activities if a.end_t is not None and a.n_audio == 0]
+
+
+def activity_end_without_start(c: Context) -> list[Finding]:
+    """ActivityEnd with no open activity (none started, or the previous one already ended)."""
+    if not c.orphan_ends:
+        return []
+    ts = c.orphan_ends
+    return [Finding(
+        "activity_end_without_start", "warning", f"{len(ts)} ActivityEnd(s) without an open activity",
+        "ActivityEnd at " + ", ".join(_s(t) for t in ts[:10]) + (" …" if len(ts) > 10 else ""), ts[0],
+        "the turn detector and the send order disagree about whether a turn is open")]
+
+
+def no_response_after_activity_end(c: Context) -> list[Finding]:
+    """No model_audio, turn_complete or tool_call within the response timeout after an ActivityEnd (Failure A)."""
+    out = []
+    responses = _responses(c)
+    wire_responses = _responses(c, c.server_wire)
+    for a in c.activities:
+        if a.end_t is None:
+            continue
+        deadline = a.end_t + c.response_timeout_s
+        if _between(responses, a.end_t, deadline).size:
+            continue
+        late = _between(responses, deadline, a.next_start_t, closed_hi=False)
+        if late.size:
+            out.append(Finding(
+                "no_response_after_activity_end", "warning", f"ActivityEnd at {_s(a.end_t)} answered late",
+                f"first response {late[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)} "
+                f"(timeout {c.response_timeout_s:g} s)", a.end_t, "slow model response"))
+            continue
+        cut = c.end_t < deadline
+        heard = _between(c.server_app["t"].to_numpy(float), a.end_t, min(deadline, c.end_t)).size
+        evidence = (f"ActivityEnd left at {_s(a.end_t)} after {a.n_audio} audio chunk(s); "
+                    + (f"the session ended {c.end_t - a.end_t:.1f} s later" if cut else
+                       f"no model_audio/turn_complete/tool_call within {c.response_timeout_s:g} s")
+                    + f"; {heard} server message(s) of any kind read in that time")
+        out.append(Finding(
+            "no_response_after_activity_end", "warning" if cut else "error",
+            f"no response to ActivityEnd at {_s(a.end_t)}", evidence, a.end_t,
+            _why_no_response(c, a, wire_responses)))
+    return out
+
+
+def _why_no_response(c: Context, a: Activity, wire_responses: np.ndarray) -> str:
+    assert a.end_t is not None
+    on_wire = _between(wire_responses, a.end_t, min(a.next_start_t, c.end_t))
+    if on_wire.size:
+        return (f"the server did answer ({on_wire.size} response frame(s) on the wire from {_s(on_wire[0])}) but the "
+                "application never read them: the receive loop stopped (see receive_loop_idle)")
+    if a.n_audio == 0:
+        return "the activity was empty: no audio between ActivityStart and ActivityEnd"
+    after = [t for t, end in c.stray_audio if end == a.end_t]
+    if after:
+        return f"{len(after)} audio chunk(s) followed ActivityEnd before the next ActivityStart"
+    if not c.wire_sends:
+        return "no wire tap: cannot tell whether ActivityEnd left the socket or the server stayed silent"
+    return (f"ActivityEnd left the socket at {_s(a.end_t)} after the turn's audio and the server sent no response: "
+            "inference never triggered on the server side (Failure A); nothing in the recording points at the client")
+
+
+def receive_loop_idle(c: Context) -> list[Finding]:
+    """The socket kept delivering frames but the application stopped reading them.
+
+    The SDK's ``receive()`` ends at every turn_complete; a bridge that iterates it once reads nothing
+    after the greeting. Needs wire-stage ``server`` events (the wire tap's ``process_event``).
+    """
+    idle = _receive_idle(c)
+    if idle is None:
+        return []
+    n = idle.unread_t.size
+    if idle.last_app_t is None:
+        last = "the application never read a server message"
+        t = float(idle.unread_t[0])
+    else:
+        last = f"the application's last read was at {_s(idle.last_app_t)} ({idle.last_app_msg})"
+        t = idle.last_app_t
+    evidence = (f"{last}; {n} frame(s) read off the socket after it ({_s(idle.unread_t[0])}–{_s(idle.unread_t[-1])}) "
+                f"were never read by the application; session ended at {_s(c.end_t)}")
+    full = c.max_queue is not None and n >= c.max_queue
+    if full:
+        evidence += (f"; max_queue={c.max_queue} frames were waiting, so websockets stopped reading the socket "
+                     "(pongs unread from then on)")
+    after_complete = idle.last_app_msg == "turn_complete"
+    return [Finding(
+        "receive_loop_idle", "error", "the application stopped reading server messages", evidence, t,
+        ("receive() ended at turn_complete and was not called again: the receive loop must be "
+         "`while True: async for msg in session.receive()`" if after_complete else
+         "the receive loop stopped or is stuck") + ("; with max_queue full, pongs go unread and the keepalive "
+                                                     "closes the session with 1011" if full else ""))]
+
+
+def unanswered_pings(c: Context) -> list[Finding]:
+    """Keepalive pings with no pong within the ping timeout (``live.ping_timeout_s`` in session.json)."""
+    bad = [p for p in _pings(c) if not p.answered and not p.pending]
+    if not bad:
+        return []
+    parts = []
+    for p in bad[:5]:
+        if p.pong_t is None:
+            parts.append(f"ping at {_s(p.t)}: no pong ({c.end_t - p.t:.1f} s to session end)")
+        else:
+            parts.append(f"ping at {_s(p.t)}: pong {p.pong_t - p.t:.1f} s later")
+    return [Finding(
+        "unanswered_pings", "error", f"{len(bad)} keepalive ping(s) unanswered within {c.ping_timeout_s:g} s",
+        "; ".join(parts) + (" …" if len(bad) > 5 else ""), bad[0].t, _keepalive_cause(c, c.end_t))]
+
+
+def loop_lag(c: Context) -> list[Finding]:
+    """Event-loop lag samples above the threshold: a blocked loop delays pongs like an unread socket."""
+    lag = _select(c.events, "loop_lag")
+    if "lag_ms" not in lag or not len(lag):
+        return []
+    ms = lag["lag_ms"].to_numpy(float)
+    above = ms > c.lag_threshold_ms
+    if not above.any():
+        return []
+    max_ms, max_t = _max_lag(c)
+    blocked = _loop_blocked(c)
+    return [Finding(
+        "loop_lag", "error" if blocked else "warning",
+        f"event loop lagged above {c.lag_threshold_ms:g} ms {int(above.sum())} time(s)",
+        f"{int(above.sum())} of {ms.size} samples above {c.lag_threshold_ms:g} ms; max {max_ms:.0f} ms at "
+        f"{_s(max_t or 0.0)}; p99 {np.percentile(ms, 99):.0f} ms", max_t,
+        "CPU work or a blocking call inside a coroutine" + (
+            f"; a stall of {max_ms / 1000:.1f} s is long enough to miss the {c.ping_timeout_s:g} s ping timeout"
+            if blocked else ""))]
+
+
+CLOSE_CODES = {
+    1000: ("info", "normal closure"),
+    1001: ("info", "going away"),
+    1006: ("error", "abnormal closure, no close frame: network drop or the peer process died"),
+    1007: ("error", "invalid argument from the server (e.g. audio outside an activity with a strict server)"),
+    1008: ("error", "policy violation from the server (API key, quota, model or config not allowed)"),
+    1011: ("error", "internal error"),
+}
+
+
+def close(c: Context) -> list[Finding]:
+    """The websocket close: code, reason, which side, and the likely cause given the other evidence."""
+    closes = _select(c.ws, "ws", what="close")
+    out = []
+    reconnect_ts = _connect_times(c)[1:]
+    for _, row in closes.iterrows():
+        t = float(row["t"])
+        code = int(float(_text(row, "code") or 0)) or None
+        reason = _text(row, "reason") or ""
+        detail = _text(row, "detail") or ""
+        frame_rcvd = _between(_times(c.ws, what="close_frame_received"), t - 30.0, t)
+        from_server = "from server" in detail or bool(frame_rcvd.size)
+        severity, meaning = CLOSE_CODES.get(code or 0, ("error", "unexpected close code"))
+        if code == 1011 and "keepalive" in reason:
+            meaning = "client-side keepalive failure: " + _keepalive_cause(c, t)
+        elif code == 1011 and from_server:
+            meaning = "server internal error (1011 sent by the server)"
+        elif code == 1007:
+            stray = len(c.stray_audio)
+            meaning += f"; {stray} audio chunk(s) were sent outside an activity" if stray else ""
+        went = _between(_times(c.server_app, msg="go_away"), -math.inf, t)
+        if went.size and (not reconnect_ts or reconnect_ts[-1] < went[-1]):
+            meaning += f"; after the server's goAway at {_s(went[-1])} (connection time limit)"
+        later = [r for r in reconnect_ts if r > t]
+        if severity == "error" and later:
+            severity, meaning = "warning", meaning + f"; the bridge reconnected at {_s(later[0])}"
+        out.append(Finding(
+            "close", severity, f"websocket closed {code} {reason}".rstrip(),
+            f"close {code} '{reason}' at {_s(t)}" + (f" ({detail})" if detail else ""), t, meaning))
+    return out
+
+
+def _keepalive_cause(c: Context, close_t: float) -> str:
+    """Tell apart why pongs did not arrive in time: unread socket, blocked loop, or a stalled server."""
+    idle = _receive_idle(c)
+    unanswered = [p for p in _pings(c) if not p.answered and not p.pending and p.t <= close_t]
+    if idle is not None:
+        return (f"pongs went unread because the receive loop stopped (last application read at "
+                f"{_s(idle.last_app_t) if idle.last_app_t is not None else 'never'}, {idle.unread_t.size} frame(s) "
+                f"unread{'; max_queue reached' if c.max_queue and idle.unread_t.size >= c.max_queue else ''})")
+    if _loop_blocked(c):
+        max_ms, max_t = _max_lag(c)
+        return f"the event loop was blocked ({max_ms / 1000:.1f} s at {_s(max_t or 0.0)}), so pongs were read too late"
+    if not unanswered:
+        return "no unanswered ping in the recording: cannot tell which (was the wire tap installed?)"
+    first = unanswered[0].t
+    if not c.wire_server:
+        return "no wire tap: cannot tell a stalled server from an unread socket"
+    wire_t = c.server_wire["t"].to_numpy(float) if len(c.server_wire) else np.array([])
+    if _between(wire_t, first, close_t).size:
+        return (f"the server kept sending frames after the ping at {_s(first)} but no pong came back in "
+                f"{c.ping_timeout_s:g} s (slow pongs; consider a longer ping_timeout or ping_interval=None)")
+    last_wire = f"last server frame at {_s(wire_t[wire_t <= first][-1])}" if (wire_t <= first).any() else "no frames"
+    cause = (f"server stalled: the ping at {_s(first)} went unanswered while the application's receive loop was "
+             f"still running and no frames arrived ({last_wire})")
+    open_turn = [a for a in c.activities if a.end_t is None and a.start_t < first]
+    unanswered_end = [a for a in c.activities if a.end_t is not None and a.end_t < first
+                      and not _between(_responses(c), a.end_t, min(a.next_start_t, close_t)).size]
+    if open_turn:
+        cause += (f"; a turn was open without ActivityEnd since {_s(open_turn[-1].start_t)} (Failure B): the server "
+                  "was still waiting for the end of the user's turn")
+    elif unanswered_end:
+        cause += f"; ActivityEnd at {_s(unanswered_end[-1].end_t or 0.0)} got no response (Failure A)"
+    return cause
+
+
+def _connect_times(c: Context) -> list[float]:
+    return sorted(_times(c.ws, what=("connect", "reconnect")).tolist())
+
+
+def go_away(c: Context) -> list[Finding]:
+    """Server goAway: when, the time left, and whether the bridge reconnected afterwards.
+
+    Reconnection is seen as ``ws`` what="connect"/"reconnect" after the goAway (the bridge does not emit it yet).
+    """
+    app = _select(c.server_app, "server", msg="go_away")
+    df = app if len(app) else _select(c.server_wire, "server", msg="go_away")
+    out = []
+    connects = _connect_times(c)
+    for _, row in df.iterrows():
+        t = float(row["t"])
+        left = _text(row, "detail") or "?"
+        after = [x for x in connects if x > t]
+        if after:
+            out.append(Finding("go_away", "info", f"server goAway at {_s(t)}; reconnected",
+                               f"goAway at {_s(t)} (time left {left}); reconnected at {_s(after[0])}", t))
+        else:
+            out.append(Finding("go_away", "warning", f"server goAway at {_s(t)} and no reconnect",
+                               f"goAway at {_s(t)} (time left {left}); no reconnect before the session ended at "
+                               f"{_s(c.end_t)}", t, "the connection time limit (~10 min): resume with the session "
+                                                    "handle before timeLeft runs out"))
+    return out
+
+
+def reconnects(c: Context) -> list[Finding]:
+    """Reconnections, and user turns lost across them.
+
+    Expects ``ws`` what="connect" per connection (or what="reconnect"). A turn is lost when its ActivityEnd
+    went out before a reconnect, no response came before the reconnect, and it was not re-sent: no
+    ActivityStart after the reconnect before the next ``vad`` speech_start (a re-send is not driven by new
+    speech). Speech is also lost when a speech_start's window saw no audio sent at all (no connection).
+    """
+    connects = _connect_times(c)
+    again = connects[1:]
+    if not again:
+        return []
+    responses = _responses(c)
+    speech = _times(_select(c.events, "vad"), decision="speech_start")
+    lost: list[str] = []
+    for i, r in enumerate(again):
+        prev = connects[i]
+        next_speech = speech[speech > r]
+        resend_by = float(next_speech[0]) if next_speech.size else math.inf
+        resent = any(r < a.start_t < resend_by for a in c.activities)
+        for a in c.activities:
+            if a.end_t is None or not prev <= a.end_t < r:
+                continue
+            if not _between(responses, a.end_t, r).size and not resent:
+                lost.append(f"ActivityEnd at {_s(a.end_t)} unanswered before the reconnect at {_s(r)} and not re-sent")
+    audio_t = _times(c.sends, msg=("audio", "activity_start"))
+    ends = _times(_select(c.events, "vad"), decision="speech_end")
+    for i, ts in enumerate(speech):
+        nxt = float(speech[i + 1]) if i + 1 < len(speech) else c.end_t
+        stop = _between(ends, ts, nxt)
+        if not _between(audio_t, ts - 1e-6, float(stop[0]) + 1.0 if stop.size else nxt).size:
+            lost.append(f"speech at {_s(ts)} never reached a connection (no audio sent)")
+    evidence = f"{len(again)} reconnect(s) at " + ", ".join(_s(x) for x in again)
+    if lost:
+        return [Finding("reconnects", "error", f"{len(lost)} user turn(s) lost across reconnects",
+                        evidence + "; " + "; ".join(lost), again[0],
+                        "turns in flight when the connection dropped must be re-sent after resuming")]
+    return [Finding("reconnects", "info", f"{len(again)} reconnect(s), no user turn lost", evidence, again[0])]
+
+
+def errors(c: Context) -> list[Finding]:
+    """Errors a stage caught, grouped by where and message."""
+    err = _select(c.events, "error")
+    if not len(err):
+        return []
+    out = []
+    where = _col(err, "where", "?")
+    message = _col(err, "message", "")
+    groups: dict[tuple[str, str], list[float]] = {}
+    for t, w, m in zip(err["t"], where, message, strict=True):
+        groups.setdefault((str(w), str(m)), []).append(float(t))
+    for (w, m), ts in groups.items():
+        out.append(Finding("errors", "error", f"error in {w}: {m}"[:160],
+                           f"{len(ts)}× in {w}, first at {_s(ts[0])}: {m}", ts[0]))
+    return out
+
+
+def cut_short(c: Context) -> list[Finding]:
+    """The recording was never closed: the process was killed or crashed, so the tail may be missing."""
+    if not c.cut_short:
+        return []
+    evidence = f"session.json has no 'ended'; last event at {_s(c.end_t)}"
+    if c.problems:
+        evidence += "; " + "; ".join(c.problems)
+    return [Finding("cut_short", "warning", f"recording was cut short (process killed?) after t={c.end_t:.2f} s",
+                    evidence, c.end_t, "the bridge process did not reach Recorder.close()")]
+
+
+def watchdog(c: Context) -> list[Finding]:
+    """The response watchdog fired (``watchdog`` events: ``after_s``, ``action``), and whether an answer followed."""
+    wd = _select(c.events, "watchdog")
+    out = []
+    responses = _responses(c)
+    for _, row in wd.iterrows():
+        t = float(row["t"])
+        after_s = _text(row, "after_s")
+        waited = f"{float(after_s):g} s" if after_s is not None else "some time"
+        action = row.get("action") if isinstance(row.get("action"), str) else "?"
+        nxt = min((a.next_start_t for a in c.activities if a.start_t <= t), default=math.inf)
+        answered = _between(responses, t, min(nxt, c.end_t))
+        out.append(Finding(
+            "watchdog", "warning", f"response watchdog fired at {_s(t)} ({action})",
+            f"no response {waited} after ActivityEnd; action: {action}; "
+            + (f"a response followed at {_s(answered[0])}" if answered.size else "no response followed"), t,
+            None if answered.size else "the server did not answer; see no_response_after_activity_end"))
+    return out
+
+
+RULES: tuple[Callable[[Context], list[Finding]], ...] = (
+    no_activity_end, frames_stopped_in_turn, audio_after_activity_end, audio_before_activity_start,
+    empty_activity, activity_end_without_start, no_response_after_activity_end, receive_loop_idle,
+    unanswered_pings, loop_lag, close, go_away, reconnects, errors, cut_short, watchdog,
+)
+
+
+def summary(c: Context) -> str:
+    """Turns, answered turns, pings answered, loop lag: one line for the healthy finding."""
+    responses = _responses(c)
+    answered = sum(1 for a in c.activities if a.end_t is not None
+                   and _between(responses, a.end_t, min(a.next_start_t, c.end_t)).size)
+    pings = [p for p in _pings(c) if not p.pending]
+    max_ms, _ = _max_lag(c)
+    return (f"{len(c.activities)} turn(s), {answered} answered; pings answered {sum(p.answered for p in pings)}/"
+            f"{len(pings)}; max loop lag {max_ms:.0f} ms; session length {_s(c.end_t)}")
+
+
+def diagnose(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms: float = 100.0) -> list[Finding]:
+    """Run every rule; with no error or warning, return one ``healthy`` finding carrying the info notes."""
+    c = context(rec, response_timeout_s=response_timeout_s, lag_threshold_ms=lag_threshold_ms)
+    found = [f for rule in RULES for f in rule(c)]
+    if any(f.severity != "info" for f in found):
+        return sorted(found, key=lambda f: (SEVERITY_RANK[f.severity], math.inf if f.t is None else f.t))
+    notes = "".join(f"; {f.evidence}" for f in found)
+    return [Finding("healthy", "info", "healthy session", summary(c) + notes)]
+
+
+# -- output and command line --------------------------------------------------------------------------------------
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """Findings for the terminal: severity, code and time on one line, evidence and cause indented below."""
+    lines = []
+    for f in findings:
+        when = "" if f.t is None else f"  t={f.t:.2f}s"
+        lines.append(f"{f.severity.upper():<7} {f.code}{when}: {f.title}")
+        lines.append(f"        evidence: {f.evidence}")
+        if f.cause:
+            lines.append(f"        likely cause: {f.cause}")
+    n = {s: sum(f.severity == s for f in findings) for s in SEVERITY_RANK}
+    lines.append(f"{n['error']} error(s), {n['warning']} warning(s), {n['info']} note(s)")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recording", help="recording directory (recordings/<session>)")
+    p.add_argument("--response-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds after ActivityEnd within which a response must arrive (default %(default)s)")
+    p.add_argument("--lag-threshold-ms", type=float, default=100.0, metavar="MS",
+                   help="event-loop lag worth reporting, ms (default %(default)s)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, diagnose, print; exit code 1 when any finding is an error."""
+    from .recording import load
+
+    rec = load(args.recording)
+    findings = diagnose(rec, response_timeout_s=args.response_timeout, lag_threshold_ms=args.lag_threshold_ms)
+    if args.format == "json":
+        print(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        print(f"{rec.path}:")
+        print(format_findings(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``workbench diagnose`` to the CLI."""
+    p = subparsers.add_parser(
+        "diagnose", help="diagnose a recording: which failure happened, the evidence and the likely cause",
+        description="Check a recording for the known failures (no ActivityEnd, no answer, receive loop stopped, "
+                    "unanswered pings, blocked loop, close codes, goAway, reconnects). Exit 0 when no error "
+                    "finding, 1 otherwise.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="workbench diagnose", description="Diagnose a workbench recording.")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    from .recording import RecordingError
+
+    try:
+        return run(args)
+    except (RecordingError, ValueError) as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
