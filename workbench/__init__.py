@@ -1,6 +1,17 @@
 """Gemini Live turn-taking workbench: bridge, emulator, recorder, replay and diagnosis."""
 
-from .recording import Recording, RecordingError, load
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["Recording", "RecordingError", "load", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `workbench --help` does not pay for pandas.
+    if name in ("Recording", "RecordingError", "load"):
+        from . import recording
+
+        return getattr(recording, name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
