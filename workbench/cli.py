@@ -6,8 +6,8 @@ Every command turns bad input into one line on stderr (``workbench: error: ...``
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -152,12 +152,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _session(args, args.audio, args.audio.stem, dtx_default=False)
 
 
-def cmd_emulator(args: argparse.Namespace) -> int:
-    from .emulator.__main__ import main as emulator_main
-
-    return emulator_main(args.rest)
-
-
 def cmd_vad(args: argparse.Namespace) -> int:
     from .replay import replay_path
 
@@ -190,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("emulator", help="serve the Live API emulator (TLS websocket)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_emulator)
+    sub.add_parser("emulator", help="serve the Live API emulator (TLS websocket); see workbench emulator --help")
 
     p = sub.add_parser("vad", help="replay the turn detector offline over audio or a recording",
                        description="Run the live turn detector over an audio file, or over a recording's received "
@@ -211,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:  # its own parser, options and --help included
+        from .emulator.__main__ import main as emulator_main
+
+        return emulator_main(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     from .audio import AudioInputError
