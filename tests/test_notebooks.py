@@ -1,0 +1,95 @@
+"""Every notebook in notebooks/ runs headless, top to bottom, with short parameters.
+
+Parameters are injected papermill-style: a cell after the ``parameters``-tagged cell overrides the
+names that cell defines (only those, so a new notebook gets what applies to it).  The notebooks run
+in the current interpreter, cwd ``notebooks/`` as in JupyterLab; executed copies go to tmp and the
+committed notebooks are never written.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+CELL_TIMEOUT_S = 300
+
+
+def _parameter_names(cell: Any) -> set[str]:
+    tree = ast.parse(cell.source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)}
+
+
+def _overrides(shared: Path) -> dict[str, Any]:
+    """Short-run values for every parameter name a notebook may define."""
+    return {
+        "SECONDS": 10,  # one full answer and the start of the next
+        "RECORDINGS_DIR": str(shared),  # 01 writes here, 02 reads its recording from here
+        "USE_GEMINI": False,
+        "JOBS": 2,
+    }
+
+
+def _inject(nb: Any, values: dict[str, Any]) -> list[str]:
+    """Add an ``injected-parameters`` cell after the ``parameters`` cell; returns the names set."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            names = sorted(_parameter_names(cell) & values.keys())
+            source = "\n".join(f"{k} = {values[k]!r}" for k in names)
+            new = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+            nb.cells.insert(i + 1, new)
+            return names
+    return []
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``python3`` kernelspec for this interpreter, found first whatever else is installed."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python",
+    }))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("notebook-recordings")
+
+
+@pytest.mark.timeout(len(list(NOTEBOOKS.glob("*.ipynb"))) * CELL_TIMEOUT_S)
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebook_runs(path: Path, kernel_dir: Path, shared: Path, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    before = path.read_bytes()
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec must be python3"
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: clear its outputs"
+    _inject(nb, _overrides(shared))
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    t0 = time.monotonic()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, tmp_path / path.name)  # the executed copy, errors included, for a look afterwards
+    print(f"{path.name}: {time.monotonic() - t0:.1f} s; executed copy {tmp_path / path.name}")
+    assert path.read_bytes() == before
+    unrendered = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs
+                  if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o.data]
+    assert not unrendered, f"{path.name}: figures not drawn in cells {unrendered} (add %matplotlib inline)"
