@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cert-out", help="also copy the self-signed certificate (PEM) to this file")
     ap.add_argument("--reply-s", type=float, default=1.0, help="length of each spoken answer, s")
     ap.add_argument("--latency-s", type=float, default=0.15, help="activityEnd -> first answer message, s")
+    ap.add_argument("--greet", action=argparse.BooleanOptionalAction, default=True,
+                    help="answer a clientContent turn (e.g. 'greet the candidate') with a spoken greeting")
     ap.add_argument("--strict", action="store_true", help="close with 1007 on audio outside an activity")
-    ap.add_argument("--tool-call-turns", default="", help="answers (1-based, comma separated) that call a tool first")
+    ap.add_argument("--tool-call-turns", default="",
+                    help="user turns (1-based, comma separated) answered with a toolCall first")
     ap.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]", help="inject a fault")
     return ap
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         turns = tuple(int(x) for x in args.tool_call_turns.split(",") if x.strip())
-        config = EmulatorConfig(reply_s=args.reply_s, latency_s=args.latency_s,
+        config = EmulatorConfig(reply_s=args.reply_s, latency_s=args.latency_s, greet=args.greet,
                                 outside_audio="strict" if args.strict else "discard",
                                 tool_call_turns=turns, faults=[parse_fault(f) for f in args.fault])
     except ValueError as exc:

@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 import itertools
 import json
+import shutil
 import ssl
 import time
 from pathlib import Path
-from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from .certs import client_context, make_cert, server_context
-from .core import Close, Conversation, EmulatorConfig, LogEntry, PauseReading, SendJson, SessionCore, Violation
+from .core import Action, Close, Conversation, EmulatorConfig, LogEntry, PauseReading, SendJson, SessionCore, Violation
 
-TICK_S = 0.01
+TICK_S = 0.01  # the longest a due message waits for the timer
 
 
 class Emulator:
@@ -25,6 +25,7 @@ class Emulator:
 
     ``async with Emulator(config) as emu:`` serves until the block ends.  ``log`` and
     ``violations`` gather every connection's entries, with ``time.monotonic()`` times.
+    Conversations (kept across connections by resumption handles) live here, not in a connection.
     """
 
     def __init__(self, config: EmulatorConfig | None = None, port: int = 0, host: str = "127.0.0.1",
@@ -32,18 +33,21 @@ class Emulator:
         self.config = config or EmulatorConfig()
         self.host = host
         self.port = port
+        self._own_cert_dir = cert_dir is None
         self.cert_path, self.key_path = make_cert(cert_dir)
         self.cores: list[SessionCore] = []
         self.conversations: dict[str, Conversation] = {}
         self._conv_ids = itertools.count(1)
         self._conn_ids = itertools.count(0)
-        self._server: Any = None
+        self._server: Server | None = None
 
     @property
     def base_url(self) -> str:
+        """What to give ``HttpOptions(base_url=...)``."""
         return f"https://{self.host}:{self.port}"
 
     def client_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context that trusts this emulator's certificate (``async_client_args={"ssl": ...}``)."""
         return client_context(self.cert_path)
 
     @property
@@ -56,7 +60,8 @@ class Emulator:
 
     @property
     def turns_answered(self) -> int:
-        return sum(1 for e in self.log if e.kind == "turn_complete")
+        """Model turns that reached turnComplete, over all connections (the greeting included)."""
+        return sum(1 for c in self.cores for e in c.log if e.kind == "turn_complete")
 
     def _new_conversation(self) -> Conversation:
         return Conversation(id=next(self._conv_ids))
@@ -64,70 +69,88 @@ class Emulator:
     async def __aenter__(self) -> Emulator:
         self._server = await serve(
             self._handle, self.host, self.port, ssl=server_context(self.cert_path, self.key_path),
-            ping_interval=None, max_size=None, compression=None,
+            ping_interval=None, max_size=None, compression=None, close_timeout=2.0,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 5.0)
-
-    async def serve_forever(self) -> None:
-        async with self:
-            await asyncio.Future()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
+        if self._own_cert_dir:
+            shutil.rmtree(self.cert_path.parent, ignore_errors=True)
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = next(self._conn_ids)
         faults = [f for f in self.config.faults if f.every_connection or conn == 0]
-        core = SessionCore(self.config, conn, self.conversations, self._new_conversation,
-                           faults[0] if faults else None)
+        core = SessionCore(self.config, conn, self.conversations, self._new_conversation, faults)
         self.cores.append(core)
-        ticker = asyncio.create_task(self._tick(ws, core))
+        shell = _Shell(ws, core)
+        ticker = asyncio.create_task(shell.tick_loop())
         try:
-            async for raw in ws:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    msg = None
-                if not await self._act(ws, core, core.receive(time.monotonic(), msg)):
-                    break
-        except ConnectionClosed:
-            pass
+            await shell.receive_loop()
         finally:
             ticker.cancel()
             with contextlib.suppress(BaseException):
                 await ticker
             if not core.closed:
-                code = ws.close_code
                 core.closed = True
                 core.log.append(LogEntry(time.monotonic(), conn, "in", "client_closed", 0,
-                                         f"{code} {ws.close_reason or ''}".strip()))
+                                         f"{ws.close_code} {ws.close_reason or ''}".strip()))
 
-    async def _tick(self, ws: ServerConnection, core: SessionCore) -> None:
+
+class _Shell:
+    """Moves one connection's messages between the socket and its core."""
+
+    def __init__(self, ws: ServerConnection, core: SessionCore) -> None:
+        self.ws = ws
+        self.core = core
+        self.resume_at: float | None = None
+
+    async def receive_loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
-            if not await self._act(ws, core, core.tick(time.monotonic())):
+            if self.resume_at is not None:
+                # not consuming the queue too, so websockets' own flow control cannot resume reading for us
+                await asyncio.sleep(max(0.0, self.resume_at - time.monotonic()))
+                self.resume_at = None
+                if not self.ws.recv_messages.paused:
+                    with contextlib.suppress(Exception):
+                        self.ws.transport.resume_reading()
+            try:
+                raw = await self.ws.recv()
+            except ConnectionClosed:
+                return
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                msg = None
+            if not await self.act(self.core.receive(time.monotonic(), msg)):
                 return
 
-    async def _act(self, ws: ServerConnection, core: SessionCore, actions: list[Any]) -> bool:
+    async def tick_loop(self) -> None:
+        while True:
+            due = self.core.next_due()
+            now = time.monotonic()
+            await asyncio.sleep(TICK_S if due is None else min(TICK_S, max(0.0, due - now)))
+            if not await self.act(self.core.tick(time.monotonic())):
+                return
+
+    async def act(self, actions: list[Action]) -> bool:
         """Carry out the core's actions; False once the connection is being closed."""
         for a in actions:
             if isinstance(a, SendJson):
                 try:
-                    await ws.send(json.dumps(a.payload))
+                    await self.ws.send(json.dumps(a.payload))
                 except ConnectionClosed:
                     return False
             elif isinstance(a, Close):
-                await ws.close(a.code, a.reason)
+                with contextlib.suppress(Exception):
+                    await self.ws.close(a.code, a.reason)
                 return False
             elif isinstance(a, PauseReading):
-                ws.transport.pause_reading()
-                asyncio.get_running_loop().call_later(a.seconds, _resume, ws)
+                self.ws.transport.pause_reading()
+                self.resume_at = a.until_t
         return True
 
-
-def _resume(ws: ServerConnection) -> None:
-    with contextlib.suppress(Exception):
-        ws.transport.resume_reading()
