@@ -25,9 +25,10 @@ CELL_TIMEOUT_S = 300
 
 
 def _parameter_names(cell: Any) -> set[str]:
-    tree = ast.parse(cell.source)
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-            if isinstance(t, ast.Name)}
+    targets = [t for node in ast.parse(cell.source).body
+               for t in (node.targets if isinstance(node, ast.Assign) else
+                         [node.target] if isinstance(node, ast.AnnAssign) else [])]
+    return {t.id for t in targets if isinstance(t, ast.Name)}
 
 
 def _overrides(shared: Path) -> dict[str, Any]:
