@@ -163,3 +163,13 @@ def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.Cap
     bad = ap.parse_args(["sweep", str(CANDIDATE), "--grid", "silence=1"])
     with pytest.raises(ValueError, match="unknown parameter 'silence'"):
         bad.func(bad)
+
+
+def test_labels_for_one_source_may_be_a_one_item_list_or_spans():
+    from workbench.sweep import sweep as run_sweep
+
+    src = str(Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac")
+    aligned = run_sweep([src], {"silence_ms": [700]}, labels=[None], jobs=1, progress=False)
+    spans = run_sweep([src], {"silence_ms": [700]}, labels=[(0.5, 5.5), (9.0, 14.7), (18.2, 24.2)], jobs=1,
+                      progress=False)
+    assert aligned["found"].iloc[0] == spans["found"].iloc[0] == 3

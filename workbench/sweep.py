@@ -311,6 +311,12 @@ def _run_params(params: TurnParams) -> list[dict[str, Any]]:
     return rows
 
 
+def _is_spans(x: Any) -> bool:
+    """A list of (start, end[, label]) answer spans, as opposed to a list of per-source labels."""
+    return isinstance(x, list | tuple) and all(
+        isinstance(i, list | tuple) and len(i) >= 2 and isinstance(i[0], int | float) for i in x)
+
+
 def sweep(sources: Any, grid: Mapping[str, Iterable[Any]], labels: Any = None, jobs: int | None = None,
           progress: bool = True, base: TurnParams | None = None) -> pd.DataFrame:
     """Replay every parameter combination over every source; one row per (params, source).
@@ -326,14 +332,16 @@ def sweep(sources: Any, grid: Mapping[str, Iterable[Any]], labels: Any = None, j
     src_list = list(sources) if isinstance(sources, list | tuple) and not _is_samples(sources) else [sources]
     if not src_list:
         raise ValueError("sweep needs at least one source")
-    if labels is None or (isinstance(labels, list) and len(src_list) > 1):
-        label_list = labels if labels is not None else [None] * len(src_list)
-        if len(label_list) != len(src_list):
-            raise ValueError(f"{len(label_list)} labels for {len(src_list)} sources")
-    else:
+    if labels is None:
+        label_list: list[Any] = [None] * len(src_list)
+    elif isinstance(labels, str | os.PathLike) or _is_spans(labels):
         if len(src_list) > 1:
             raise ValueError("give one labels entry per source (a list) when sweeping several sources")
         label_list = [labels]
+    else:
+        label_list = list(labels)
+        if len(label_list) != len(src_list):
+            raise ValueError(f"{len(label_list)} labels for {len(src_list)} sources")
     loaded = [load_source(s, lab) for s, lab in zip(src_list, label_list, strict=True)]
     param_sets = expand_grid(grid, base)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(param_sets)))
