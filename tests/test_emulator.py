@@ -239,6 +239,20 @@ def test_resumption_handles_keep_the_conversation_across_connections():
         Close(1008, "Invalid session resumption handle.")]
 
 
+def test_resume_while_the_old_connection_is_open_can_be_rejected():
+    conversations: dict = {}
+    strict = EmulatorConfig(reject_resume_while_open=True)
+    first = make_core(strict, conversations, resumption={})
+    user_turn(first, 0.0)
+    run_until(first, 1.0)
+    second = SessionCore(strict, 1, conversations, lambda: Conversation(2))
+    assert second.receive(2.0, setup_msg(resumption={"handle": "conv1-h1"})) == [
+        Close(1011, "Internal error encountered.")]
+    first.connection_lost(2.5, "1000")
+    assert first.log[-1].kind == "client_closed"
+    make_core(strict, conversations, conn=2, resumption={"handle": "conv1-h1"})
+
+
 def test_fault_no_response_ignores_only_the_chosen_turn():
     core = make_core(faults=("no-response:2",))
     for k in range(3):

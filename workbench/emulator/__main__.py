@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--strict", action="store_true", help="close with 1007 on audio outside an activity")
     ap.add_argument("--tool-call-turns", default="",
                     help="user turns (1-based, comma separated) answered with a toolCall first")
+    ap.add_argument("--reject-resume-while-open", action="store_true",
+                    help="close 1011 a resume whose old connection is still open (reported of the real service)")
     ap.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]", help="inject a fault")
     return ap
 
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         turns = tuple(int(x) for x in args.tool_call_turns.split(",") if x.strip())
         config = EmulatorConfig(reply_s=args.reply_s, latency_s=args.latency_s, greet=args.greet,
                                 outside_audio="strict" if args.strict else "discard",
-                                tool_call_turns=turns, faults=[parse_fault(f) for f in args.fault])
+                                tool_call_turns=turns, reject_resume_while_open=args.reject_resume_while_open,
+                                faults=[parse_fault(f) for f in args.fault])
     except ValueError as exc:
         print(f"workbench emulator: error: {exc}", file=sys.stderr)
         return 2

@@ -91,6 +91,7 @@ class EmulatorConfig:
     greet: bool = True  # answer a clientContent turn (turnComplete) with a spoken greeting
     outside_audio: str = "discard"  # audio outside an activity: "discard" (logged) or "strict" (close 1007)
     tool_call_turns: tuple[int, ...] = ()  # user turns (1-based) answered first with a toolCall
+    reject_resume_while_open: bool = False  # close 1011 a resume whose conversation still has an open connection
     faults: list[Fault] = field(default_factory=list)
     phrases: tuple[str, ...] = (
         "Thank you.", "That is interesting.", "Could you tell me more?", "Great.", "Next question.",
@@ -113,6 +114,7 @@ class Conversation:
     user_turns: int = 0
     answers: int = 0
     handles: int = 0
+    open_conns: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -220,8 +222,19 @@ class SessionCore:
             self._log(t, "out", "fault", 0, f"{name}: {what}")
         return f
 
-    def _close(self, t: float, code: int, reason: str) -> list[Action]:
+    def connection_lost(self, t: float, detail: str) -> None:
+        """The socket is gone without our Close (the client closed it, or the network did)."""
+        if not self.closed:
+            self._log(t, "in", "client_closed", 0, detail)
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
         self.closed = True
+        if self.conversation is not None:
+            self.conversation.open_conns.discard(self.conn)
+
+    def _close(self, t: float, code: int, reason: str) -> list[Action]:
+        self._mark_closed()
         self._queue.clear()
         self._flood_next = None
         self._log(t, "out", "close", 0, f"{code} {reason}")
@@ -275,10 +288,15 @@ class SessionCore:
             if conv is None:
                 self._log(t, "in", "resume_rejected", 0, str(handle))
                 return self._close(t, 1008, "Invalid session resumption handle.")
+            if self.config.reject_resume_while_open and conv.open_conns:
+                self._log(t, "in", "resume_rejected", 0, f"{handle}: connection(s) {sorted(conv.open_conns)} "
+                                                         "of the conversation still open")
+                return self._close(t, 1011, "Internal error encountered.")
             self.conversation = conv
             self._log(t, "in", "resumed", 0, f"handle {handle}: {conv.user_turns} user turns so far")
         else:
             self.conversation = self.new_conversation()
+        self.conversation.open_conns.add(self.conn)
         self.setup_done = True
         self._log(t, "out", "setup_complete")
         f = self.faults.get("close-1011")

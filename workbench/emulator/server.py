@@ -40,6 +40,7 @@ class Emulator:
         self._conv_ids = itertools.count(1)
         self._conn_ids = itertools.count(0)
         self._server: Server | None = None
+        self._shells: set[_Shell] = set()
 
     @property
     def base_url(self) -> str:
@@ -75,6 +76,8 @@ class Emulator:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for shell in list(self._shells):
+            shell.wake.set()  # end stalls, so closing does not wait for them
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -88,17 +91,16 @@ class Emulator:
         core = SessionCore(self.config, conn, self.conversations, self._new_conversation, faults)
         self.cores.append(core)
         shell = _Shell(ws, core)
+        self._shells.add(shell)
         ticker = asyncio.create_task(shell.tick_loop())
         try:
             await shell.receive_loop()
         finally:
+            self._shells.discard(shell)
             ticker.cancel()
             with contextlib.suppress(BaseException):
                 await ticker
-            if not core.closed:
-                core.closed = True
-                core.log.append(LogEntry(time.monotonic(), conn, "in", "client_closed", 0,
-                                         f"{ws.close_code} {ws.close_reason or ''}".strip()))
+            core.connection_lost(time.monotonic(), f"{ws.close_code} {ws.close_reason or ''}".strip())
 
 
 class _Shell:
@@ -108,12 +110,14 @@ class _Shell:
         self.ws = ws
         self.core = core
         self.resume_at: float | None = None
+        self.wake = asyncio.Event()
 
     async def receive_loop(self) -> None:
         while True:
             if self.resume_at is not None:
                 # not consuming the queue too, so websockets' own flow control cannot resume reading for us
-                await asyncio.sleep(max(0.0, self.resume_at - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, self.resume_at - time.monotonic()))
                 self.resume_at = None
                 if not self.ws.recv_messages.paused:
                     with contextlib.suppress(Exception):
