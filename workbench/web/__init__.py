@@ -1,0 +1,1 @@
+"""The browser page (``index.html``, ``app.js``) and its aiohttp/aiortc server (``server.py``)."""
