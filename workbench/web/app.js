@@ -42,7 +42,7 @@ function say(who, text) {
 
 // Opus DTX happens only when usedtx=1 is in the description the browser applies as remote.
 function withDtx(sdp) {
-  const m = sdp.match(/a=rtpmap:(\d+) opus\/48000/i);
+  const m = sdp.match(/a=rtpmap:(\d+) opus\/48000[^\r\n]*/i);  // the whole line: opus/48000/2
   if (!m) return sdp;
   const pt = m[1];
   const fmtp = new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`);
@@ -89,6 +89,22 @@ function onEvent(e) {
   }
 }
 
+// What the browser saw, for /status: packets out, the agent's voice in (its energy proves it was heard).
+async function reportStats() {
+  if (!wb.pc) return;
+  const out = { page: "stats", packets_sent: 0, packets_received: 0, audio_energy_in: 0, samples_in: 0 };
+  (await wb.pc.getStats()).forEach((r) => {
+    if (r.type === "outbound-rtp" && r.kind === "audio") out.packets_sent += r.packetsSent || 0;
+    if (r.type === "inbound-rtp" && r.kind === "audio") {
+      out.packets_received += r.packetsReceived || 0;
+      out.audio_energy_in += r.totalAudioEnergy || 0;
+      out.samples_in += r.totalSamplesReceived || 0;
+    }
+  });
+  wb.stats = out;
+  tell(JSON.stringify(out));
+}
+
 function tell(msg) {
   if (wb.channel && wb.channel.readyState === "open") wb.channel.send(msg);
 }
@@ -99,6 +115,7 @@ async function start() {
   const pc = (wb.pc = new RTCPeerConnection({ iceServers: [] }));
   wb.channel = pc.createDataChannel("events");
   wb.channel.onmessage = (m) => onEvent(JSON.parse(m.data));
+  wb.channel.onopen = () => wb.timers.push(setInterval(() => reportStats().catch(() => {}), 1000));
   // The microphone joins this transceiver when the bridge opens it (after the greeting).
   const transceiver = pc.addTransceiver("audio", { direction: "sendrecv" });
   wb.sender = transceiver.sender;
@@ -157,7 +174,8 @@ function hangup() {
 }
 
 function finish() {
-  wb.timers.forEach(clearTimeout);
+  reportStats().catch(() => {});
+  wb.timers.forEach((id) => { clearTimeout(id); clearInterval(id); });
   if (wb.mic) wb.mic.stop();
   setTimeout(() => wb.pc && wb.pc.close(), 1000);
   $("hangup").disabled = true;

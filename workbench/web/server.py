@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import bridge, live
@@ -41,6 +41,7 @@ WEB = Path(__file__).resolve().parent
 MODEL_RATE = 24_000
 # Events the page does not need (one per 20 ms frame, or per 100 ms sample).
 QUIET_KINDS = ("frame", "loop_lag")
+OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
 
 # -- the model's voice, back to the browser --------------------------------------------------------
@@ -129,6 +130,7 @@ class HangupTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._pending is None:
             self._pending = asyncio.ensure_future(self.remote.recv())
+            self._pending.add_done_callback(_retrieve)
         stop = asyncio.ensure_future(self._hung_up.wait())
         try:
             await asyncio.wait({self._pending, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -143,6 +145,12 @@ class HangupTrack(MediaStreamTrack):
         super().stop()
         if self._pending is not None:
             self._pending.cancel()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # A recv() left pending at hang-up must not log "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 # -- observing a session --------------------------------------------------------------------------
@@ -167,12 +175,14 @@ class BrowserSession:
     result: bridge.SessionResult | None = None
     backlog: list[str] = field(default_factory=list)
     page: list[dict[str, Any]] = field(default_factory=list)  # what the page reported doing (mute, unmute)
+    browser_stats: dict[str, Any] = field(default_factory=dict)  # the page's latest WebRTC getStats summary
 
     # The observer interface (what a Recorder sees): events and the model's audio.
     def event(self, e: Event) -> None:
-        key = e.kind if e.kind not in ("send", "server", "vad", "session") else \
-            f"{e.kind}:{getattr(e, 'msg', None) or getattr(e, 'decision', None) or getattr(e, 'what', '')}"
-        self.counts[key] = self.counts.get(key, 0) + 1
+        if getattr(e, "stage", "app") == "app":  # a message once, not again as it crosses the socket
+            name = getattr(e, "msg", None) or getattr(e, "decision", None) or getattr(e, "what", None)
+            key = f"{e.kind}:{name}" if e.kind in ("send", "server", "vad", "session") else e.kind
+            self.counts[key] = self.counts.get(key, 0) + 1
         if e.kind == "server" and getattr(e, "msg", "") == "interrupted":
             self.voice.clear()
         if e.kind == "session" and getattr(e, "what", "") == "mic_open":
@@ -200,7 +210,8 @@ class BrowserSession:
 
     def status(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "dir": str(self.dir), "state": self.state,
-                "options": self.options, "page": list(self.page), "counts": dict(self.counts), "error": self.error,
+                "options": self.options, "page": list(self.page), "browser_stats": self.browser_stats,
+                "counts": dict(self.counts), "error": self.error,
                 "activities": None if self.result is None else self.result.activities,
                 "answered": None if self.result is None else self.result.answered}
 
@@ -260,7 +271,6 @@ class Server:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.sessions: dict[str, BrowserSession] = {}
-        self.emulator: Any = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._count = 0
@@ -283,11 +293,6 @@ class Server:
     async def start(self) -> None:
         patch_aioice_loopback()
         self.config.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.config.live and not self.config.base_url:
-            from ..emulator import Emulator, EmulatorConfig
-
-            self.emulator = Emulator(EmulatorConfig(reply_s=self.config.reply_s))
-            await self.emulator.__aenter__()
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port)
@@ -305,13 +310,11 @@ class Server:
             await s.pc.close()
         if self.runner is not None:
             await self.runner.cleanup()
-        if self.emulator is not None:
-            await self.emulator.__aexit__(None, None, None)
 
-    def live_settings(self) -> live.LiveSettings:
-        if self.emulator is not None:
-            return live.LiveSettings(base_url=self.emulator.base_url, ssl_context=self.emulator.client_ssl_context())
-        return live.LiveSettings(base_url=None if self.config.live else self.config.base_url)
+    @property
+    def endpoint(self) -> str:
+        """``emulator`` (one embedded emulator per browser session), ``gemini`` or the base URL."""
+        return "gemini" if self.config.live else (self.config.base_url or "emulator")
 
     # -- pages --
     async def index(self, _request: web.Request) -> web.StreamResponse:
@@ -323,8 +326,7 @@ class Server:
     async def status(self, _request: web.Request) -> web.Response:
         return web.json_response({
             "listening": True, "url": self.url, "out_dir": str(self.config.out_dir),
-            "endpoint": "emulator" if self.emulator is not None else ("gemini" if self.config.live
-                                                                     else self.config.base_url),
+            "endpoint": self.endpoint,
             "sessions": [s.status() for s in self.sessions.values()],
         })
 
@@ -397,7 +399,11 @@ class Server:
                     s.mic.hangup()
                 elif isinstance(message, str) and message.startswith("{"):
                     with contextlib.suppress(ValueError):
-                        s.page.append({"t_wall": round(time.time(), 3), **json.loads(message)})
+                        report = json.loads(message)
+                        if report.get("page") == "stats":
+                            s.browser_stats = report
+                        else:
+                            s.page.append({"t_wall": round(time.time(), 3), **report})
 
             if channel.readyState == "open":
                 s.flush_backlog()
@@ -414,6 +420,9 @@ class Server:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         pc.addTrack(s.voice)  # onto the browser's audio transceiver: the agent's voice goes back on it
+        for transceiver in pc.getTransceivers():  # Opus only: the bridge takes 48 kHz frames, G722 decodes to 16 kHz
+            if transceiver.kind == "audio":
+                transceiver.setCodecPreferences(OPUS)
         await pc.setLocalDescription(await pc.createAnswer())
         if s.mic is None:
             await pc.close()
@@ -424,19 +433,26 @@ class Server:
                                   "session": s.id, "name": s.name})
 
     async def _session(self, s: BrowserSession) -> None:
-        cfg = bridge.SessionConfig(params=self.config.params, live=self.live_settings(), name="browser",
+        settings = live.LiveSettings(base_url=None if self.config.live else self.config.base_url)
+        cfg = bridge.SessionConfig(params=self.config.params, live=settings, name="browser",
                                    source=f"browser {json.dumps(s.options, sort_keys=True)}")
+        assert s.mic is not None
         try:
-            assert s.mic is not None
-            s.result = await _run_observed(s, s.mic, cfg)
+            if self.endpoint != "emulator":
+                s.result = await _run_observed(s, s.mic, cfg)
+            else:  # its own emulator, so emulator.jsonl holds this session only
+                from ..emulator import Emulator, EmulatorConfig
+
+                async with Emulator(EmulatorConfig(reply_s=self.config.reply_s)) as emu:
+                    settings.base_url = emu.base_url
+                    settings.ssl_context = emu.client_ssl_context()
+                    s.result = await _run_observed(s, s.mic, cfg)
+                _write_emulator_log(s.dir, emu)
             s.error = s.result.error
         except Exception as exc:  # reported to the page and in /status
             s.error = f"{type(exc).__name__}: {exc}"
         finally:
             s.state = "ended"
-            if self.emulator is not None:
-                with contextlib.suppress(Exception):
-                    _write_emulator_log(s.dir, self.emulator)
             s.send({"kind": "ended", "error": s.error, "recording": s.name,
                     "activities": s.result.activities if s.result else None,
                     "answered": s.result.answered if s.result else None})
