@@ -20,6 +20,9 @@ system:
 	@command -v espeak-ng >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
 	  echo "note: espeak-ng not installed; tests that synthesise speech will skip"; }
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: chromium not installed; tests/test_browser.py will skip"; }
 
 demo: $(STAMP)
 	$(BIN)/workbench demo
