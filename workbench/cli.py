@@ -48,7 +48,23 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
     p.add_argument("--ping-interval", type=float, default=20.0, help="websocket keepalive ping interval, s")
     p.add_argument("--ping-timeout", type=float, default=20.0, help="websocket keepalive ping timeout, s")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="websocket frames buffered unread before reading pauses (websockets max_queue)")
+    p.add_argument("--close-timeout", type=float, default=5.0, help="websocket close handshake timeout, s")
     p.add_argument("--reply-s", type=float, default=1.0, help="emulator: length of each spoken answer, s")
+    p.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]",
+                   help="emulator fault, repeatable: no-response[:TURN], stall[:S[@start]], close-1011[:S|mid-turn], "
+                        "go-away[:S], slow[:S], flood[:RATE] (see workbench emulator --help)")
+    p.add_argument("--naive", metavar="MODE", help="reproduce a naive-bridge mistake: receive-once, frame-count, "
+                   "two-tasks (turns reconnect and the watchdog off unless asked for)")
+    p.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
+                   help="on 1011/1006/goAway/watchdog resume with the latest handle and re-send unanswered turns "
+                        "(default on, off with --naive)")
+    p.add_argument("--watchdog", type=float, default=None, metavar="S",
+                   help="response watchdog: seconds without a response after ActivityEnd (default 5, 0 = off; "
+                        "off with --naive)")
+    p.add_argument("--watchdog-action", choices=["reconnect", "none"], default="reconnect",
+                   help="what the watchdog does: reconnect and re-send the turn (default), or only record it")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
@@ -89,18 +105,28 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
         base_url=args.base_url,
         ping_interval_s=args.ping_interval,
         ping_timeout_s=args.ping_timeout,
+        max_queue=args.max_queue,
+        close_timeout_s=args.close_timeout,
         greeting_prompt=None if args.no_greeting else live.GREETING_PROMPT,
     )
+    from .emulator import EmulatorConfig, parse_fault
+
+    faults = [parse_fault(f) for f in args.fault]
+    if faults and (args.live or args.base_url):
+        raise UsageError("--fault needs the embedded emulator (not --live or --base-url)")
+    watchdog = (None if args.naive else 5.0) if args.watchdog is None else args.watchdog
     cfg = bridge.SessionConfig(params=params, live=settings, name=name, source=str(audio_path),
-                               dtx=dtx_default if args.dtx is None else args.dtx)
+                               dtx=dtx_default if args.dtx is None else args.dtx, naive=args.naive,
+                               reconnect=not args.naive if args.reconnect is None else args.reconnect,
+                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
 
     async def go() -> bridge.SessionResult:
         if args.live or args.base_url:
             return await bridge.run_session(audio, cfg, out, progress=say)
-        from .emulator import Emulator, EmulatorConfig
+        from .emulator import Emulator
 
-        async with Emulator(EmulatorConfig(reply_s=args.reply_s), port=0) as emu:
+        async with Emulator(EmulatorConfig(reply_s=args.reply_s, faults=faults), port=0) as emu:
             say(f"embedded emulator at {emu.base_url}")
             settings.base_url = emu.base_url
             settings.ssl_context = emu.client_ssl_context()
@@ -123,7 +149,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     if result.error:
         print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
         return 1
-    unanswered = int((~tt["answered"]).sum()) if len(tt) else 0
+    if result.reconnects:
+        print(f"reconnected {result.reconnects} time(s); re-sent turns appear again in the table")
+    unanswered = result.unanswered
     if unanswered:
         print(f"workbench: {unanswered} turn(s) got no answer", file=sys.stderr)
         return 1

@@ -74,6 +74,7 @@ class LiveSettings:
     ping_timeout_s: float | None = 20.0
     max_queue: int | None = 16
     close_timeout_s: float = 5.0
+    resume: bool = True  # ask for session resumption handles (needed to reconnect without losing context)
     system_instruction: str = SYSTEM_INSTRUCTION
     greeting_prompt: str | None = GREETING_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -122,7 +123,7 @@ def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> 
         output_audio_transcription=types.AudioTranscriptionConfig(),
         thinking_config=types.ThinkingConfig(thinking_budget=0),
         tools=interview_tools(),
-        session_resumption=types.SessionResumptionConfig(handle=resume_handle),
+        session_resumption=types.SessionResumptionConfig(handle=resume_handle) if settings.resume else None,
     )
 
 
@@ -146,7 +147,10 @@ WriterItem = Outgoing | ToolReply | TextTurn
 class Writer:
     """The only task that writes to the session: everything goes through one FIFO queue.
 
-    Stopping is by queue (a ``None`` sentinel), never by cancelling a task inside ``ws.send``.
+    It outlives connections: ``attach`` hands it a new session (and what to re-send first) and
+    drops what was queued for the old one; while detached it waits.  Stopping is by queue (a
+    ``None`` sentinel), never by cancelling a task inside ``ws.send``.  ``on_lost(conn, exc)``
+    reports a send that failed on connection ``conn`` (the ``gen`` it was queued for).
     """
 
     def __init__(
@@ -155,55 +159,93 @@ class Writer:
         emit: Callable[[Event], None],
         clock: Callable[[], float],
         on_audio: Callable[[np.ndarray], None] | None = None,
+        on_lost: Callable[[int, BaseException], None] | None = None,
     ) -> None:
-        self.session = session
         self.emit = emit
         self.clock = clock
         self.on_audio = on_audio
-        self.queue: asyncio.Queue[WriterItem | None] = asyncio.Queue()
+        self.on_lost = on_lost
+        self.queue: asyncio.Queue[tuple[int, WriterItem] | None] = asyncio.Queue()
         self.seq = 0
         self.failed: BaseException | None = None
+        self.session: Any = None
+        self.gen = 0  # connection number the queued items are for
+        self.connected = asyncio.Event()
+        if session is not None:
+            self.attach(session)
+
+    def attach(self, session: Any, first: list[WriterItem] | None = None) -> None:
+        """Write to ``session`` from now on, starting with ``first``; items queued before are dropped."""
+        self.gen += 1
+        self._drain()
+        self.session = session
+        self.failed = None
+        for item in first or []:
+            self.put(item)
+        self.connected.set()
+
+    def detach(self) -> None:
+        """Hold everything queued until the next ``attach`` (the connection is being replaced)."""
+        self.connected.clear()
+
+    def _drain(self) -> None:
+        stop = False
+        while not self.queue.empty():
+            stop |= self.queue.get_nowait() is None
+        if stop:
+            self.queue.put_nowait(None)
 
     def put(self, item: WriterItem) -> None:
-        self.queue.put_nowait(item)
+        self.queue.put_nowait((self.gen, item))
 
     def stop(self) -> None:
         self.queue.put_nowait(None)
 
     async def run(self) -> None:
-        while (item := await self.queue.get()) is not None:
-            try:
-                await self._send(item)
-            except Exception as exc:  # the connection is gone: record it and stop writing
+        while (entry := await self.queue.get()) is not None:
+            await self._write(*entry)
+
+    async def _write(self, gen: int, item: WriterItem) -> None:
+        """Send one item if its connection is still the current one; report a failure once."""
+        await self.connected.wait()
+        if gen != self.gen:
+            return  # queued for a connection that is gone: the ledger decides what to re-send
+        try:
+            await self._send(item)
+        except Exception as exc:  # the connection is gone: record it, wait for the next one
+            self.emit(Error(t=self.clock(), where="writer", message=f"{type(exc).__name__}: {exc}"))
+            if gen == self.gen and self.connected.is_set():
                 self.failed = exc
-                self.emit(Error(t=self.clock(), where="writer", message=f"{type(exc).__name__}: {exc}"))
-                return
+                self.connected.clear()
+                if self.on_lost is not None:
+                    self.on_lost(gen, exc)
 
     async def _send(self, item: WriterItem) -> None:
         self.seq += 1
+        session = self.session
         if isinstance(item, Outgoing):
             if item.msg == "audio":
                 assert item.audio is not None
                 data = item.audio.astype("<i2").tobytes()
                 self.emit(Sent(t=self.clock(), msg="audio", n_bytes=len(data), seq=self.seq,
                                n_samples=item.audio.size))
-                await self.session.send_realtime_input(audio=types.Blob(data=data, mime_type="audio/pcm;rate=16000"))
+                await session.send_realtime_input(audio=types.Blob(data=data, mime_type="audio/pcm;rate=16000"))
                 if self.on_audio is not None:
                     self.on_audio(item.audio)
             elif item.msg == "activity_start":
                 self.emit(Sent(t=self.clock(), msg="activity_start", n_bytes=0, seq=self.seq))
-                await self.session.send_realtime_input(activity_start=types.ActivityStart())
+                await session.send_realtime_input(activity_start=types.ActivityStart())
             elif item.msg == "activity_end":
                 self.emit(Sent(t=self.clock(), msg="activity_end", n_bytes=0, seq=self.seq))
-                await self.session.send_realtime_input(activity_end=types.ActivityEnd())
+                await session.send_realtime_input(activity_end=types.ActivityEnd())
             else:
                 raise ValueError(f"unknown outgoing message {item.msg!r}")
         elif isinstance(item, ToolReply):
             self.emit(Sent(t=self.clock(), msg="tool_response", n_bytes=0, seq=self.seq))
-            await self.session.send_tool_response(function_responses=item.responses)
+            await session.send_tool_response(function_responses=item.responses)
         elif isinstance(item, TextTurn):
             self.emit(Sent(t=self.clock(), msg="client_content", n_bytes=len(item.text), seq=self.seq))
-            await self.session.send_client_content(
+            await session.send_client_content(
                 turns=types.Content(role="user", parts=[types.Part(text=item.text)]), turn_complete=True
             )
 

@@ -9,6 +9,7 @@ times show when the socket was read, not when the application got round to the m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,8 +71,16 @@ def classify_server(data: bytes) -> str:
 def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float]) -> type[ClientConnection]:
     """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``."""
 
+    conns = itertools.count(1)
+
     class TappedConnection(ClientConnection):
+        """Each instance is one connection, numbered from 1 in ``detail`` (a bridge reconnects)."""
+
         _seq = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.conn = next(conns)
 
         async def send(self, message: Any, text: bool | None = None) -> None:  # type: ignore[override]
             await super().send(message, text=text)
@@ -88,7 +97,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float])
                     data = bytes(event.data)
                     emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage="wire"))
                 elif event.opcode is Opcode.PONG:
-                    emit(Ws(t=now, what="pong"))
+                    emit(Ws(t=now, what="pong", detail=f"conn {self.conn}"))
                 elif event.opcode is Opcode.PING:
                     emit(Ws(t=now, what="server_ping"))
                 elif event.opcode is Opcode.CLOSE:
@@ -97,7 +106,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float])
 
         async def ping(self, data: Any = None) -> Any:
             waiter = await super().ping(data)
-            emit(Ws(t=clock(), what="ping"))
+            emit(Ws(t=clock(), what="ping", detail=f"conn {self.conn}"))
             return waiter
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -107,7 +116,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float])
             code = rcvd.code if rcvd else (sent.code if sent else 1006)
             reason = rcvd.reason if rcvd else (sent.reason if sent else "no close frame")
             side = "server" if rcvd else ("client" if sent else "none")
-            detail = f"close frame from {side}" + (f"; transport error {exc!r}" if exc else "")
+            detail = f"conn {self.conn}: close frame from {side}" + (f"; transport error {exc!r}" if exc else "")
             emit(Ws(t=clock(), what="close", code=code, reason=reason, detail=detail))
 
     return TappedConnection
