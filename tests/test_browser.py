@@ -33,10 +33,8 @@ MUTE = {"mute_at": 3.0, "unmute_at": 4.5, "stop_after": TWO_ANSWERS_S + 1.0}
 RUNS = {"enabled": {"mute_mode": "enabled", "dtx": 0}, "enabled_dtx": {"mute_mode": "enabled", "dtx": 1},
         "replace": {"mute_mode": "replace", "dtx": 0}}
 # Chrome does not advance RTP timestamps over a replaceTrack(null) gap: after unmuting, media time lags
-# the clock by the mute's length, and the bridge (silence on the clock, speech placed by media time) ends
-# every turn 10 ms after it starts.  A bridge bug this test found; strict, so the fix shows up here.
-BRIDGE_PTS_BUG = pytest.mark.xfail(strict=True, reason="bridge: media time not re-anchored after a sender gap "
-                                                       "whose RTP timestamps did not advance (replaceTrack(null))")
+# the clock by the mute's length.  The pipeline re-anchors media time (pipeline.REANCHOR_*); the "replace"
+# run checks turns still come out whole.
 DEADLINE_S = 60.0
 
 
@@ -102,7 +100,7 @@ def browser_sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
     return {s["options"]["mute_mode"] + ("_dtx" if s["options"]["dtx"] else ""): s for s in sessions}
 
 
-@pytest.mark.parametrize("run", ["enabled", "enabled_dtx", pytest.param("replace", marks=BRIDGE_PTS_BUG)])
+@pytest.mark.parametrize("run", ["enabled", "enabled_dtx", "replace"])
 def test_turns_detected_sent_in_order_and_answered(browser_sessions: dict[str, dict], run: str) -> None:
     s = browser_sessions[run]
     assert s["error"] is None

@@ -15,9 +15,9 @@ def speech_frame(i, amp=8000):
     return (np.sin(2 * np.pi * 220 * t) * amp * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.int16)
 
 
-def run(frames, ticks_to, params=TurnParams(), tick_s=0.01):
+def run(frames, ticks_to, params=None, tick_s=0.01):
     """frames: list of (arrival, pts, samples); ticks every tick_s up to ticks_to."""
-    p = MicPipeline(params)
+    p = MicPipeline(params or TurnParams())
     out = []
     k = 0
     for arrival, pts, x in frames:
@@ -65,3 +65,25 @@ def test_gap_is_recorded_and_late_resume_starts_a_new_turn():
     gaps = [o for o in out if isinstance(o, FrameGap)]
     assert len(gaps) == 1 and gaps[0].gap_s > 2.4
     assert msgs(out) == ["activity_start", "activity_end"] * 2
+
+
+def test_media_time_re_anchors_when_the_sender_clock_stood_still():
+    # replaceTrack(null) for 1.5 s: no packets, and pts resumes where it stopped.
+    frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(50)]
+    frames += [(2.5 + 0.02 * j, 1.0 + 0.02 * j, speech_frame(j)) for j in range(100)]
+    p, out = run(frames, ticks_to=6.0)
+    assert p.reanchors == 1
+    ends = [o for o in out if isinstance(o, Vad) and o.decision == "speech_end"]
+    starts = [o for o in out if isinstance(o, Vad) and o.decision == "speech_start"]
+    # two real turns, the second lasting the 2 s it was spoken, not a burst of tiny turns
+    assert len(starts) == len(ends) == 2
+    assert ends[1].media_t - starts[1].media_t > 1.5
+
+
+def test_a_short_stale_tail_does_not_re_anchor():
+    # the jitter buffer releases 80 ms of old audio 1 s late, then on-time frames follow
+    frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(20)]
+    frames += [(1.4 + 0.001 * k, 0.40 + 0.02 * k, speech_frame(k)) for k in range(4)]
+    frames += [(1.42 + 0.02 * j, 1.40 + 0.02 * j, speech_frame(j)) for j in range(30)]
+    p, _ = run(frames, ticks_to=3.0)
+    assert p.reanchors == 0

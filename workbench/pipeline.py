@@ -21,6 +21,11 @@ from .sender import Outgoing, SendOrder
 from .turns import Decision, TurnDetector, TurnParams
 
 GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopback jitter stays well below)
+# Media time that keeps arriving this late, for this much audio, means the sender's clock stood still
+# (a browser's replaceTrack(null) resumes pts where it stopped): re-anchor media time on arrival.
+# aiortc's jitter buffer releases at most ~100 ms of stale audio after a gap, so that alone never re-anchors.
+REANCHOR_LATE_S = 0.3
+REANCHOR_AFTER_S = 0.2
 MIC_RATE = 48_000
 
 Output = Event | Outgoing
@@ -38,6 +43,8 @@ class MicPipeline:
         self.media_offset: float | None = None  # session time of media time 0
         self.last_arrival: float | None = None
         self._gap_flushed = False
+        self._late_run_s = 0.0  # media seconds of consecutive frames arriving > REANCHOR_LATE_S late
+        self.reanchors = 0
 
     def frame(self, t: float, pts_s: float, samples: np.ndarray) -> list[Output]:
         """A frame of int16 mono 48 kHz audio arrived at session time ``t`` with media time ``pts_s``."""
@@ -51,6 +58,14 @@ class MicPipeline:
         self._gap_flushed = False
         out.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(samples.size), rate=MIC_RATE,
                          level_db=round(level_dbfs(samples), 2)))
+        if t - (pts_s + self.media_offset) > REANCHOR_LATE_S:
+            self._late_run_s += samples.size / MIC_RATE
+            if self._late_run_s >= REANCHOR_AFTER_S:
+                self.media_offset = t - pts_s
+                self._late_run_s = 0.0
+                self.reanchors += 1
+        else:
+            self._late_run_s = 0.0
         for chunk_t, chunk in self.resampler.push(pts_s + self.media_offset, samples):
             out += self._feed(chunk_t, chunk)
         return out
