@@ -16,7 +16,8 @@ from workbench.replay import replay_recording
 from workbench.turns import TurnParams
 
 pytestmark = pytest.mark.slow
-TRUTH = [tuple(map(float, line.split("\t")[:2])) for line in BUNDLED.with_suffix(".labels.txt").read_text().splitlines()]
+LABELS = BUNDLED.with_suffix(".labels.txt").read_text().splitlines()
+TRUTH = [tuple(map(float, line.split("\t")[:2])) for line in LABELS]
 
 
 def bundled() -> np.ndarray:
@@ -47,6 +48,8 @@ def test_every_turn_answered_in_order_with_no_violation(dtx_session):
     tt = turn_table(rec)
     assert len(tt) == len(TRUTH) == 3
     assert tt["answered"].all()
+    # PCM seconds per activity: about each answer's length (DTX drops the digital silence between words)
+    assert all(3.0 < a < 6.5 for a in tt["audio_s"])
     # ActivityEnd, then the answer, then turn_complete, per turn
     assert (tt["activity_end"] < tt["first_audio"]).all() and (tt["first_audio"] < tt["turn_complete"]).all()
     # the server received, per activity: start, audio..., end, nothing else in between
@@ -83,7 +86,8 @@ def test_recording_round_trip(dtx_session):
     app_audio = rec.of_kind("send").query("stage == 'app' and msg == 'audio'")
     assert rec.sent.size == app_audio["n_samples"].sum()
     assert rec.model.size > 24_000 * 3 * 0.5  # three spoken answers (and the greeting)
-    assert abs(rec.mic.size / 48_000 - (rec.of_kind("frame")["pts_s"].iloc[-1] + 0.02 - rec.of_kind("frame")["pts_s"].iloc[0])) < 0.05
+    pts = rec.of_kind("frame")["pts_s"]
+    assert abs(rec.mic.size / 48_000 - (pts.iloc[-1] + 0.02 - pts.iloc[0])) < 0.05  # mic placed by media time
 
 
 def test_replay_of_the_recording_reproduces_live_decisions(dtx_session):

@@ -50,7 +50,10 @@ def turn_table(rec: Recording) -> pd.DataFrame:
     vad = rec.of_kind("vad")
     starts = snd[snd["msg"] == "activity_start"]["t"].to_numpy() if len(snd) else np.array([])
     ends = snd[snd["msg"] == "activity_end"]["t"].to_numpy() if len(snd) else np.array([])
-    audio = snd[snd["msg"] == "audio"] if len(snd) else snd
+    app = rec.of_kind("send")
+    if "stage" in app:
+        app = app[app["stage"] == "app"]
+    app_audio = app[app["msg"] == "audio"] if len(app) else app  # n_samples: PCM, not JSON bytes
     vad_starts = vad[vad["decision"] == "speech_start"]["media_t"].to_numpy() if len(vad) else np.array([])
     vad_ends = vad[vad["decision"] == "speech_end"]["media_t"].to_numpy() if len(vad) else np.array([])
     audio_t = srv[srv["msg"] == "model_audio"]["t"].to_numpy() if len(srv) else np.array([])
@@ -62,8 +65,11 @@ def turn_table(rec: Recording) -> pd.DataFrame:
         after = a_end if not np.isnan(a_end) else np.inf
         first_audio = _first_between(audio_t, after, nxt)
         complete = _first_between(complete_t, after, nxt)
-        in_act = audio[(audio["t"] >= a_start) & (audio["t"] <= (a_end if not np.isnan(a_end) else np.inf))]
-        n_bytes = float(in_act["n_bytes"].sum()) if len(in_act) else 0.0
+        # App-stage sends are logged just before the wire ones, so the window opens a little early.
+        lo = a_start - 0.05
+        hi = a_end if not np.isnan(a_end) else np.inf
+        in_act = app_audio[(app_audio["t"] >= lo) & (app_audio["t"] <= hi)] if len(app_audio) else app_audio
+        n_samples = float(in_act["n_samples"].sum()) if len(in_act) and "n_samples" in in_act else 0.0
         rows.append({
             "turn": i + 1,
             "speech_start": vad_starts[i] if i < len(vad_starts) else np.nan,
@@ -72,7 +78,7 @@ def turn_table(rec: Recording) -> pd.DataFrame:
             "activity_end": a_end,
             "first_audio": first_audio,
             "turn_complete": complete,
-            "audio_s": n_bytes / 2 / 16_000,
+            "audio_s": n_samples / 16_000,
         })
     df = pd.DataFrame(rows, columns=["turn", "speech_start", "activity_start", "speech_end", "activity_end",
                                      "first_audio", "turn_complete", "audio_s"])
