@@ -61,6 +61,7 @@ class Activity:
     first_audio_t: float | None = None
     last_audio_t: float | None = None
     next_start_t: float = math.inf
+    cut_t: float | None = None  # the connection was replaced while the activity was open (the bridge re-sends it)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,13 @@ def _between(times: np.ndarray, lo: float, hi: float, *, closed_hi: bool = True)
     return times[(times > lo) & ((times <= hi) if closed_hi else (times < hi))]
 
 
-def _walk(sends: pd.DataFrame) -> tuple[list[Activity], list[float], list[tuple[float, float | None]]]:
-    """Walk the sends in wire order: activities, ActivityEnds without a start, audio outside an activity."""
+def _walk(sends: pd.DataFrame, connects: Sequence[float] = ()) -> tuple[
+        list[Activity], list[float], list[tuple[float, float | None]]]:
+    """Walk the sends in wire order: activities, ActivityEnds without a start, audio outside an activity.
+
+    A new connection (``connects`` after the first) ends the wire stream of the old one: an activity
+    still open then is ``cut``, not an activity that never ended.
+    """
     acts: list[Activity] = []
     orphans: list[float] = []
     stray: list[tuple[float, float | None]] = []
@@ -134,7 +140,14 @@ def _walk(sends: pd.DataFrame) -> tuple[list[Activity], list[float], list[tuple[
     last_end: float | None = None
     if "msg" not in sends:
         return acts, orphans, stray
+    swaps = sorted(connects)[1:]
     for t, msg in zip(sends["t"].to_numpy(float), sends["msg"], strict=True):
+        while swaps and swaps[0] <= t:
+            if cur is not None:
+                cur.cut_t = swaps[0]
+                acts.append(cur)
+            cur, last_end = None, None
+            swaps.pop(0)
         if msg == "activity_start":
             if cur is not None:
                 acts.append(cur)
@@ -176,7 +189,7 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
     sends = wire_sends if len(wire_sends) else app_sends
     ping_timeout = live.get("ping_timeout_s", DEFAULT_PING_TIMEOUT_S)
     max_queue = live.get("max_queue")
-    acts, orphans, stray = _walk(sends)
+    acts, orphans, stray = _walk(sends, _connect_times_of(_select(ev, "ws")))
     return Context(
         events=ev,
         sends=sends,
@@ -307,7 +320,7 @@ def no_activity_end(c: Context) -> list[Finding]:
     """
     out = []
     for a in c.activities:
-        if a.end_t is not None:
+        if a.end_t is not None or a.cut_t is not None:
             continue
         until = min(a.next_start_t, c.end_t)
         audio = (f"{a.n_audio} audio chunks sent {_s(a.first_audio_t)}–{_s(a.last_audio_t)}"
@@ -638,7 +651,18 @@ def _keepalive_cause(c: Context, close_t: float) -> str:
 
 
 def _connect_times(c: Context) -> list[float]:
-    return sorted(_times(c.ws, what=("connect", "reconnect")).tolist())
+    return _connect_times_of(c.ws)
+
+
+def _connect_times_of(ws: pd.DataFrame) -> list[float]:
+    """When each connection began: the first ``connect``, then each ``reconnect`` (the bridge's decision to
+    replace the connection, which it follows with its own ``connect``); without reconnects, the ``connect``s."""
+    connects = np.sort(_times(ws, what="connect"))
+    again = np.sort(_times(ws, what="reconnect"))
+    if not again.size:
+        return connects.tolist()
+    first = [float(connects[0])] if connects.size and connects[0] < again[0] else []
+    return first + again.tolist()
 
 
 def go_away(c: Context) -> list[Finding]:
@@ -705,6 +729,36 @@ def reconnects(c: Context) -> list[Finding]:
     return [Finding("reconnects", "info", f"{len(again)} reconnect(s), no user turn lost", evidence, again[0])]
 
 
+FLOOD_PER_S = 25.0  # server messages of one kind per second that is more than a live answer sends
+
+
+def server_flood(c: Context) -> list[Finding]:
+    """Bursts of one server message kind faster than ``FLOOD_PER_S`` for a second or more (e.g. transcripts)."""
+    if "msg" not in c.server_wire and "msg" not in c.server_app:
+        return []
+    df = c.server_wire if "msg" in c.server_wire and len(c.server_wire) else c.server_app
+    out = []
+    for kind, group in df.groupby("msg"):
+        if kind == "model_audio":  # paced audio chunks are many by design
+            continue
+        t = np.sort(group["t"].to_numpy(float))
+        n = int(FLOOD_PER_S)
+        if t.size <= n:
+            continue
+        window = t[n:] - t[:-n]  # time taken by n + 1 consecutive messages
+        fast = np.flatnonzero(window <= 1.0)
+        if not fast.size:
+            continue
+        t0 = float(t[fast[0]])
+        rate = n / max(float(window.min()), 1e-3)
+        out.append(Finding(
+            "server_flood", "warning", f"server flooded {kind} messages from {_s(t0)}",
+            f"{t.size} {kind} message(s) in all, up to {rate:.0f}/s (more than {FLOOD_PER_S:g}/s) from {_s(t0)}", t0,
+            "many small server messages: a receive loop that stops or reads slowly fills max_queue "
+            "quickly, and then pongs go unread (1011 keepalive ping timeout)"))
+    return out
+
+
 def errors(c: Context) -> list[Finding]:
     """Errors a stage caught, grouped by where and message."""
     err = _select(c.events, "error")
@@ -756,7 +810,7 @@ def watchdog(c: Context) -> list[Finding]:
 RULES: tuple[Callable[[Context], list[Finding]], ...] = (
     no_activity_end, frames_stopped_in_turn, audio_after_activity_end, audio_before_activity_start,
     empty_activity, activity_end_without_start, no_response_after_activity_end, receive_loop_idle,
-    unanswered_pings, loop_lag, close, go_away, reconnects, errors, cut_short, watchdog,
+    unanswered_pings, loop_lag, close, go_away, reconnects, server_flood, errors, cut_short, watchdog,
 )
 
 
