@@ -12,7 +12,7 @@ Layout of a recording directory:
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
 The recorder is an observer: stages hand it events and audio; it never calls back.
-Writes are flushed as they happen so that a killed process leaves a readable recording.
+Events reach the OS line by line and audio block by block, so a killed process leaves a readable recording.
 """
 
 from __future__ import annotations
@@ -57,14 +57,18 @@ def package_versions() -> dict[str, str]:
 
 
 class _FlacStream:
-    """An append-only FLAC file flushed often, so a crash loses at most the last block."""
+    """An append-only FLAC file that a killed process leaves readable up to its last whole block.
 
-    def __init__(self, path: Path, rate: int, flush_every_s: float = 0.5) -> None:
+    libsndfile hands each FLAC block (4096 samples) to the OS as soon as it is encoded, so after a
+    SIGKILL the file holds everything but the block in progress (85 ms of mic, 256 ms of sent
+    audio) and lacks only its length, which the loader does without.  No ``flush()``: for FLAC it
+    is only an ``fsync``, which blocks the event loop and guards against power loss, not a crash.
+    """
+
+    def __init__(self, path: Path, rate: int) -> None:
         self.path = path
         self.rate = rate
         self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
-        self._unflushed = 0
-        self._flush_every = int(rate * flush_every_s)
         self.n_samples = 0
 
     def write(self, samples: np.ndarray) -> None:
@@ -74,10 +78,6 @@ class _FlacStream:
             samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
         self._file.write(samples.reshape(-1))
         self.n_samples += samples.size
-        self._unflushed += samples.size
-        if self._unflushed >= self._flush_every:
-            self._file.flush()
-            self._unflushed = 0
 
     def close(self) -> None:
         if not self._file.closed:
@@ -218,26 +218,46 @@ def _read_audio(path: Path, problems: list[str]) -> np.ndarray:
         problems.append(f"{path.name}: missing")
         return np.zeros(0, np.float32)
     try:
-        data, _ = sf.read(path, dtype="float32", always_2d=False)
-    except Exception as exc:  # libsndfile reports truncated files in many ways
+        with sf.SoundFile(path) as f:
+            # libsndfile writes the FLAC length on close; a killed writer leaves it unknown (huge or 0)
+            finalised = 0 < f.frames < 2**40
+    except Exception as exc:  # not audio, or damaged before the first block
+        problems.append(f"{path.name}: unreadable ({_one_line(exc)})")
+        return np.zeros(0, np.float32)
+    data = None
+    if finalised:
+        try:
+            data = sf.read(path, dtype="float32", always_2d=True)[0]
+        except Exception as exc:  # truncated or damaged after the header: keep what decodes
+            data = _read_audio_partial(path)
+            problems.append(f"{path.name}: damaged; read {data.shape[0]} samples before an error ({_one_line(exc)})")
+    else:
         data = _read_audio_partial(path)
-        problems.append(f"{path.name}: read {data.size} samples before an error ({exc})")
-    return np.asarray(data, dtype=np.float32).reshape(-1)
+        problems.append(f"{path.name}: not finalised (cut short); read {data.shape[0]} samples "
+                        "up to the last whole block")
+    return np.ascontiguousarray(data[:, 0], dtype=np.float32)
 
 
 def _read_audio_partial(path: Path) -> np.ndarray:
-    """Read block by block up to the first error: a killed session leaves a FLAC without a final block."""
+    """Read block by block up to the first error: a killed session leaves a FLAC without its length.
+
+    The error is where the cut block begins, so it is the expected end, not a problem of its own.
+    """
     out: list[np.ndarray] = []
     try:
         with sf.SoundFile(path) as f:
             while True:
-                block = f.read(4096, dtype="float32")
-                if block.size == 0:
+                block = f.read(4096, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
                     break
-                out.append(block.reshape(-1))
+                out.append(block)
     except Exception:
         pass
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def load(path: str | os.PathLike[str]) -> Recording:
