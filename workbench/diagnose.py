@@ -703,12 +703,16 @@ def reconnects(c: Context) -> list[Finding]:
         return []
     responses = _responses(c)
     speech = _times(_select(c.events, "vad"), decision="speech_start")
+    resend_marks = _times(_select(c.events, "session"), what="resend")
     lost: list[str] = []
     for i, r in enumerate(again):
         prev = connects[i]
         next_speech = speech[speech > r]
         resend_by = float(next_speech[0]) if next_speech.size else math.inf
-        resent = any(r < a.start_t < resend_by for a in c.activities)
+        next_r = again[i + 1] if i + 1 < len(again) else math.inf
+        # The bridge marks its re-send (session "resend"); without the mark, an ActivityStart not driven by speech.
+        resent = bool(_between(resend_marks, r, next_r, closed_hi=False).size) or any(
+            r < a.start_t < resend_by for a in c.activities)
         for a in c.activities:
             if a.end_t is None or not prev <= a.end_t < r:
                 continue
