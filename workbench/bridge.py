@@ -215,7 +215,7 @@ class _Session:
         u = msg.session_resumption_update
         if u is not None and u.new_handle and u.resumable is not False:
             self.handle = u.new_handle
-        if msg.go_away is not None:
+        if msg.go_away is not None and self.cfg.reconnect:  # without reconnecting, ride it out until the close
             self.lost(self.conn, f"goAway (time left {msg.go_away.time_left})")
         if msg.tool_call is not None:
             replies = [
