@@ -96,3 +96,45 @@ def test_damaged_flac_keeps_readable_part(tmp_path):
     (tmp_path / "r" / "mic.flac").write_bytes(data[: len(data) // 2])
     r = load(tmp_path / "r")
     assert r.mic.size > 0
+
+
+def test_turn_table_follows_resends_across_connections(tmp_path):
+    """A turn cut by a reconnect and re-sent is one user turn with two attempts; answers stay on their connection."""
+    from workbench.analysis import turn_table, user_turns
+    from workbench.events import SessionMark
+
+    rec = Recorder(tmp_path / "r", {})
+    ev = [
+        Ws(t=0.1, what="connect", detail="conn 1"),
+        Vad(t=1.0, decision="speech_start", reason="x", media_t=0.9),
+        Sent(t=1.0, msg="activity_start", n_bytes=0, seq=1, stage="wire"),
+        Vad(t=3.0, decision="speech_end", reason="silence", media_t=2.3),
+        Sent(t=3.0, msg="activity_end", n_bytes=0, seq=2, stage="wire"),
+        Server(t=3.5, msg="turn_complete"),
+        Vad(t=5.0, decision="speech_start", reason="x", media_t=4.9),
+        Sent(t=5.0, msg="activity_start", n_bytes=0, seq=3, stage="wire"),
+        Vad(t=6.0, decision="speech_end", reason="silence", media_t=5.3),
+        Sent(t=6.0, msg="activity_end", n_bytes=0, seq=4, stage="wire"),  # never answered on conn 1
+        Vad(t=8.0, decision="speech_start", reason="x", media_t=7.9),
+        Sent(t=8.0, msg="activity_start", n_bytes=0, seq=5, stage="wire"),  # cut by the reconnect
+        Ws(t=11.0, what="reconnect"),
+        Ws(t=11.1, what="connect", detail="conn 2"),
+        SessionMark(t=11.1, what="resend", detail="conn 2: 9 message(s) of unanswered turn(s) [2, 3]"),
+        Sent(t=11.2, msg="activity_start", n_bytes=0, seq=6, stage="wire"),
+        Sent(t=11.3, msg="activity_end", n_bytes=0, seq=7, stage="wire"),
+        Sent(t=11.3, msg="activity_start", n_bytes=0, seq=8, stage="wire"),
+        Server(t=11.9, msg="turn_complete"),
+        Vad(t=12.5, decision="speech_end", reason="silence", media_t=11.8),
+        Sent(t=12.5, msg="activity_end", n_bytes=0, seq=9, stage="wire"),
+        Server(t=13.0, msg="turn_complete"),
+    ]
+    for e in ev:
+        rec.emit(e)
+    rec.close()
+    r = load(tmp_path / "r")
+    tt = turn_table(r)
+    assert list(zip(tt["turn"], tt["attempt"], tt["conn"], strict=True)) == [
+        (1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 2), (3, 2, 2)]
+    assert list(tt["answered"]) == [True, False, False, True, True]
+    assert tt["turn_complete"].iloc[3] == pytest.approx(11.9) and tt["turn_complete"].iloc[4] == pytest.approx(13.0)
+    assert user_turns(r)["answered"].all()

@@ -2,7 +2,8 @@
 
 Columns of ``turn_table`` (seconds on the session clock, NaN where it never happened):
 
-- ``turn``: 1-based activity number (the greeting is not a turn)
+- ``turn``: 1-based user turn (the greeting is not a turn); ``attempt``: 2+ when re-sent after a reconnect
+- ``conn``: which websocket connection (1-based) carried it
 - ``speech_start``: media time the detector placed the start of speech
 - ``activity_start``: ActivityStart left the socket
 - ``speech_end``: media time of the last speech before ActivityEnd
@@ -15,6 +16,8 @@ Columns of ``turn_table`` (seconds on the session clock, NaN where it never happ
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -43,13 +46,38 @@ def server_messages(rec: Recording) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def _connections(rec: Recording) -> np.ndarray:
+    """Session times at which each websocket connection started (one entry per ``ws connect``)."""
+    ws = rec.of_kind("ws")
+    if len(ws) and "what" in ws:
+        t = ws[ws["what"] == "connect"]["t"].to_numpy()
+        if t.size:
+            return np.concatenate([[-np.inf], t[1:]]) if t[0] > 0 else t
+    return np.array([-np.inf])
+
+
+def _resends(rec: Recording) -> list[tuple[float, list[int]]]:
+    """The bridge's ``session resend`` marks: when, and which user turns it sent again."""
+    ses = rec.of_kind("session")
+    out = []
+    if len(ses) and "what" in ses:
+        for row in ses[ses["what"] == "resend"].itertuples():
+            m = re.search(r"\[([\d,\s]+)\]", str(getattr(row, "detail", "")))
+            if m:
+                out.append((float(row.t), [int(x) for x in m.group(1).split(",") if x.strip()]))
+    return out
+
+
 def turn_table(rec: Recording) -> pd.DataFrame:
-    """One row per activity: when speech started, when the signals left, when the answer came."""
+    """One row per activity on the wire: when speech started, when the signals left, when the answer came.
+
+    An activity re-sent on a new connection after a reconnect is a row of its own with the same
+    ``turn`` and ``attempt`` > 1.  An answer belongs to an activity when it came on the same
+    connection after its ActivityEnd and before the next ActivityEnd.
+    """
     snd = sends(rec)
     srv = server_messages(rec)
     vad = rec.of_kind("vad")
-    starts = snd[snd["msg"] == "activity_start"]["t"].to_numpy() if len(snd) else np.array([])
-    ends = snd[snd["msg"] == "activity_end"]["t"].to_numpy() if len(snd) else np.array([])
     app = rec.of_kind("send")
     if "stage" in app:
         app = app[app["stage"] == "app"]
@@ -58,34 +86,73 @@ def turn_table(rec: Recording) -> pd.DataFrame:
     vad_ends = vad[vad["decision"] == "speech_end"]["media_t"].to_numpy() if len(vad) else np.array([])
     audio_t = srv[srv["msg"] == "model_audio"]["t"].to_numpy() if len(srv) else np.array([])
     complete_t = srv[srv["msg"] == "turn_complete"]["t"].to_numpy() if len(srv) else np.array([])
+    conn_t = _connections(rec)
+
+    acts: list[dict] = []
+    if len(snd):
+        for row in snd[snd["msg"].isin(["activity_start", "activity_end"])].itertuples():
+            if row.msg == "activity_start":
+                acts.append({"activity_start": float(row.t), "activity_end": np.nan})
+            elif acts and np.isnan(acts[-1]["activity_end"]):
+                acts[-1]["activity_end"] = float(row.t)
+    resends = _resends(rec)
+    pending: list[int] = []
+    attempts: dict[int, int] = {}
+    next_turn = 1
+    for act in acts:
+        while resends and resends[0][0] <= act["activity_start"]:
+            pending += resends.pop(0)[1]
+        turn = pending.pop(0) if pending else next_turn
+        next_turn = max(next_turn, turn + 1)
+        attempts[turn] = attempts.get(turn, 0) + 1
+        act["turn"], act["attempt"] = turn, attempts[turn]
+        act["conn"] = int(np.searchsorted(conn_t, act["activity_start"], side="right"))
+
     rows = []
-    for i, a_start in enumerate(starts):
-        a_end = ends[i] if i < len(ends) else np.nan
-        nxt = starts[i + 1] if i + 1 < len(starts) else np.inf
-        after = a_end if not np.isnan(a_end) else np.inf
-        first_audio = _first_between(audio_t, after, nxt)
-        complete = _first_between(complete_t, after, nxt)
+    for i, act in enumerate(acts):
+        a_start, a_end, turn = act["activity_start"], act["activity_end"], act["turn"]
+        conn_end = conn_t[act["conn"]] if act["conn"] < len(conn_t) else np.inf
+        later = [b["activity_end"] for b in acts[i + 1:]
+                 if b["conn"] == act["conn"] and not np.isnan(b["activity_end"])]
+        hi = min(later[0] if later else np.inf, conn_end)
+        lo = a_end if not np.isnan(a_end) else np.inf
+        complete = _first_between(complete_t, lo, hi + 1e-9)
+        first_audio = _first_between(audio_t, lo, (complete if not np.isnan(complete) else hi) + 1e-9)
         # App-stage sends are logged just before the wire ones, so the window opens a little early.
-        lo = a_start - 0.05
-        hi = a_end if not np.isnan(a_end) else np.inf
-        in_act = app_audio[(app_audio["t"] >= lo) & (app_audio["t"] <= hi)] if len(app_audio) else app_audio
+        win_hi = a_end if not np.isnan(a_end) else conn_end
+        if len(app_audio):
+            in_act = app_audio[(app_audio["t"] >= a_start - 0.05) & (app_audio["t"] <= win_hi)]
+        else:
+            in_act = app_audio
         n_samples = float(in_act["n_samples"].sum()) if len(in_act) and "n_samples" in in_act else 0.0
         rows.append({
-            "turn": i + 1,
-            "speech_start": vad_starts[i] if i < len(vad_starts) else np.nan,
+            "turn": turn,
+            "attempt": act["attempt"],
+            "conn": act["conn"],
+            "speech_start": vad_starts[turn - 1] if turn - 1 < len(vad_starts) else np.nan,
             "activity_start": a_start,
-            "speech_end": vad_ends[i] if i < len(vad_ends) else np.nan,
+            "speech_end": vad_ends[turn - 1] if turn - 1 < len(vad_ends) else np.nan,
             "activity_end": a_end,
             "first_audio": first_audio,
             "turn_complete": complete,
             "audio_s": n_samples / 16_000,
         })
-    df = pd.DataFrame(rows, columns=["turn", "speech_start", "activity_start", "speech_end", "activity_end",
-                                     "first_audio", "turn_complete", "audio_s"])
+    df = pd.DataFrame(rows, columns=["turn", "attempt", "conn", "speech_start", "activity_start", "speech_end",
+                                     "activity_end", "first_audio", "turn_complete", "audio_s"])
     df["answered"] = df["turn_complete"].notna()
     df["end_to_audio_ms"] = (df["first_audio"] - df["activity_end"]) * 1000.0
     df["end_to_complete_ms"] = (df["turn_complete"] - df["activity_end"]) * 1000.0
     return df
+
+
+def user_turns(rec: Recording) -> pd.DataFrame:
+    """One row per user turn: how many times it was sent, and whether any attempt was answered."""
+    tt = turn_table(rec)
+    if tt.empty:
+        return pd.DataFrame(columns=["turn", "attempts", "answered", "turn_complete"])
+    g = tt.groupby("turn")
+    return pd.DataFrame({"attempts": g["attempt"].max(), "answered": g["answered"].any(),
+                         "turn_complete": g["turn_complete"].max()}).reset_index()
 
 
 def latency_stats(rec: Recording) -> pd.DataFrame:
@@ -113,7 +180,7 @@ def _first_between(times: np.ndarray, lo: float, hi: float) -> float:
 
 def format_turn_table(tt: pd.DataFrame) -> str:
     """The demo's printed table: one line per turn, times in seconds."""
-    header = (f"{'turn':>4}  {'speech start':>12}  {'ActivityEnd sent':>16}  {'first response audio':>20}  "
+    header = (f"{'turn':>7}  {'speech start':>12}  {'ActivityEnd sent':>16}  {'first response audio':>20}  "
               f"{'turn_complete':>13}  answered")
     lines = [header, "-" * len(header)]
 
@@ -121,6 +188,9 @@ def format_turn_table(tt: pd.DataFrame) -> str:
         return "-" if pd.isna(x) else f"{x:.2f}"
 
     for r in tt.itertuples():
-        lines.append(f"{r.turn:>4}  {f(r.speech_start):>12}  {f(r.activity_end):>16}  {f(r.first_audio):>20}  "
-                     f"{f(r.turn_complete):>13}  {'yes' if r.answered else 'NO'}")
+        name = f"{r.turn}" if r.attempt == 1 else f"{r.turn} re{r.attempt - 1}"
+        retried = ((tt["turn"] == r.turn) & (tt["attempt"] > r.attempt)).any()
+        verdict = "yes" if r.answered else ("re-sent" if retried else "NO")
+        lines.append(f"{name:>7}  {f(r.speech_start):>12}  {f(r.activity_end):>16}  {f(r.first_audio):>20}  "
+                     f"{f(r.turn_complete):>13}  {verdict}")
     return "\n".join(lines)

@@ -150,7 +150,7 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
         print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
         return 1
     if result.reconnects:
-        print(f"reconnected {result.reconnects} time(s); re-sent turns appear again in the table")
+        print(f"reconnected {result.reconnects} time(s); rows marked reN are turns re-sent on a new connection")
     unanswered = result.unanswered
     if unanswered:
         print(f"workbench: {unanswered} turn(s) got no answer", file=sys.stderr)
