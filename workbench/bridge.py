@@ -23,7 +23,7 @@ from . import live, naive
 from .events import Error, Event, LoopLag, SessionMark, Watchdog, Ws
 from .ledger import TurnLedger
 from .pipeline import MicPipeline
-from .recording import Recorder
+from .recording import Observer, Recorder
 from .sender import Outgoing
 from .turns import TurnParams
 from .webrtc import FilePlayerTrack, Received, Tick, ingest, loopback
@@ -281,8 +281,9 @@ async def run_session(
     cfg: SessionConfig,
     out_dir: str | Path,
     progress: Callable[[str], None] | None = None,
+    observer: Observer | None = None,
 ) -> SessionResult:
-    """Bridge one microphone into a Live session, recording everything.
+    """Bridge one microphone into a Live session, recording everything (``observer`` sees it too).
 
     ``source`` is either int16 mono 48 kHz audio, played through a loopback WebRTC link by a
     ``FilePlayerTrack``, or a received WebRTC audio track (a browser's), consumed until it ends.
@@ -298,7 +299,7 @@ async def run_session(
         "tail_s": cfg.tail_s,
         "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
     }
-    rec = Recorder(out_dir, meta)
+    rec = Recorder(out_dir, meta, observer=observer)
     s = _Session(cfg, rec, progress)
     rec.meta["t0_monotonic"] = s.t0
     rec.emit(SessionMark(t=0.0, what="start", detail=cfg.name + (f" (naive: {cfg.naive})" if cfg.naive else "")))

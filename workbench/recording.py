@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -84,10 +84,19 @@ class _FlacStream:
             self._file.close()
 
 
-class Recorder:
-    """Writes one session's recording directory as the session runs."""
+class Observer(Protocol):
+    """Watches a session as it is recorded (the browser page does): events and the model's audio."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    def event(self, event: Event) -> None: ...
+
+    def model_audio(self, samples24k: np.ndarray) -> None: ...
+
+
+class Recorder:
+    """Writes one session's recording directory as the session runs; an optional observer sees the same."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None) -> None:
+        self.observer = observer
         self.dir = Path(out_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +128,8 @@ class Recorder:
         if self.closed:
             return
         self._events.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+        if self.observer is not None:
+            self.observer.event(event)
 
     def mic(self, t: float, pts_samples: int, samples: np.ndarray) -> None:
         """Place a received 48 kHz frame at its media position (``pts_samples``), zero-filling gaps."""
@@ -144,6 +155,8 @@ class Recorder:
     def model(self, samples24k: np.ndarray) -> None:
         if not self.closed:
             self._audio["model"].write(samples24k)
+            if self.observer is not None:
+                self.observer.model_audio(samples24k)
 
     def close(self, **summary: Any) -> None:
         """Finish the files and mark the recording complete."""

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import fractions
 import html
-import inspect
 import json
 import time
 from collections import deque
@@ -33,7 +31,6 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import bridge, live
 from ..events import Event
-from ..recording import Recorder
 from ..turns import TurnParams
 from ..webrtc import FRAME_S, FRAME_SAMPLES, RATE, _config, mono_frame, patch_aioice_loopback
 
@@ -216,39 +213,9 @@ class BrowserSession:
                 "answered": None if self.result is None else self.result.answered}
 
 
-_observer: contextvars.ContextVar[BrowserSession | None] = contextvars.ContextVar("workbench_observer", default=None)
-
-
-class _ObservedRecorder(Recorder):
-    """A Recorder that also shows each event and the model's audio to the session's page.
-
-    Stop-gap until ``bridge.run_session`` takes an observer: it is installed as ``bridge.Recorder``
-    and finds its observer in a context variable set by the task that runs the session, so
-    sessions started elsewhere (no observer set) record exactly as before.
-    """
-
-    def __init__(self, out_dir: Any, meta: dict[str, Any]) -> None:
-        super().__init__(out_dir, meta)
-        self._observer = _observer.get()
-
-    def emit(self, event: Event) -> None:
-        super().emit(event)
-        if self._observer is not None and not self.closed:
-            self._observer.event(event)
-
-    def model(self, samples24k: np.ndarray) -> None:
-        super().model(samples24k)
-        if self._observer is not None:
-            self._observer.model_audio(samples24k)
-
-
 async def _run_observed(session: BrowserSession, source: MediaStreamTrack, cfg: bridge.SessionConfig
                         ) -> bridge.SessionResult:
-    if "observer" in inspect.signature(bridge.run_session).parameters:
-        return await bridge.run_session(source, cfg, session.dir, observer=session)
-    bridge.Recorder = _ObservedRecorder  # type: ignore[misc]  # see _ObservedRecorder
-    _observer.set(session)
-    return await bridge.run_session(source, cfg, session.dir)
+    return await bridge.run_session(source, cfg, session.dir, observer=session)
 
 
 # -- the server -------------------------------------------------------------------------------------
