@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,3 +60,72 @@ def write_section(title: str, text: str, path: Path = BENCHMARKS) -> Path:
 def pct(values: list[float] | np.ndarray, q: float) -> float:
     a = np.asarray(values, dtype=float)
     return float(np.percentile(a, q)) if a.size else float("nan")
+
+
+# -- live sessions -------------------------------------------------------------------------------------------------
+
+ROOT = HERE.parent
+OUT = HERE / "out"
+CANDIDATE = ROOT / "recordings" / "candidate.flac"
+
+
+class ExternalEmulator:
+    """``workbench emulator`` in its own process, so the bridge process's CPU is the bridge's alone."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.base_url = ""
+        self.cert = ""
+
+    def __enter__(self) -> ExternalEmulator:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        self.cert = str(Path(self._dir.name) / "cert.pem")
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "emulator", "--port", "0",
+                                      "--cert-out", self.cert], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "emulator at" not in line:
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        self.base_url = line.split(" at ", 1)[1].strip()
+        self.proc.stdout.readline()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self._dir.cleanup()
+
+    def ssl_context(self):  # noqa: ANN201
+        from workbench.emulator.certs import client_context
+
+        return client_context(Path(self.cert))
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each live thread of this process, by thread id, with its name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def process_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
