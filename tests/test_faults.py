@@ -18,7 +18,7 @@ import soundfile as sf
 
 import workbench
 from workbench import bridge, live
-from workbench.cli import BUNDLED, _write_emulator_log
+from workbench.cli import BUNDLED
 from workbench.diagnose import Finding, diagnose
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.ledger import TurnLedger
@@ -61,7 +61,7 @@ async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, n
         cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=dtx, name=out.name, naive=naive,
                                    reconnect=reconnect, watchdog_s=watchdog_s, response_timeout_s=response_timeout_s)
         result = await bridge.run_session(samples, cfg, out)
-    _write_emulator_log(out, emu)
+    emu.write_log(out)
     return Run(result, workbench.load(out), list(emu.log), list(emu.violations))
 
 

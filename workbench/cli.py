@@ -132,7 +132,7 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
             settings.ssl_context = emu.client_ssl_context()
             result = await bridge.run_session(audio, cfg, out, progress=say)
             violations = list(emu.violations)
-        _write_emulator_log(Path(out), emu)
+        emu.write_log(out)
         if violations:
             say(f"emulator saw {len(violations)} protocol violation(s): " +
                 "; ".join(f"{v.rule} ({v.detail})" for v in violations[:5]))
@@ -156,18 +156,6 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
         print(f"workbench: {unanswered} turn(s) got no answer", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_emulator_log(out: Path, emu) -> None:
-    """Keep the server's own view of the session next to the recording."""
-    t0 = json.loads((out / "session.json").read_text()).get("t0_monotonic", 0.0)
-    with open(out / "emulator.jsonl", "w") as fh:
-        for e in emu.log:
-            fh.write(json.dumps({"t": round(e.t_mono - t0, 6), "conn": e.conn, "direction": e.direction,
-                                 "kind": e.kind, "n_bytes": e.n_bytes, "detail": e.detail}) + "\n")
-        for v in emu.violations:
-            fh.write(json.dumps({"t": round(v.t_mono - t0, 6), "conn": v.conn, "direction": "violation",
-                                 "kind": v.rule, "detail": v.detail}) + "\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

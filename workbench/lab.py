@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from . import bridge, live
-from .cli import _write_emulator_log
 from .emulator import Emulator, EmulatorConfig, parse_fault
 from .recording import Recording, load
 from .turns import TurnParams
@@ -62,7 +61,7 @@ async def run(name: str, samples: np.ndarray, out_dir: str | Path, *, fixed: boo
                                    naive=None if fixed else sc.naive, reconnect=fixed,
                                    watchdog_s=3.0 if fixed else None, response_timeout_s=4.0)
         result = await bridge.run_session(samples, cfg, out_dir)
-    _write_emulator_log(Path(out_dir), emu)
+    emu.write_log(out_dir)
     return LabRun(name, fixed, load(out_dir), result)
 
 

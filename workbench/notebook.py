@@ -45,7 +45,6 @@ async def session(audio: str | Path = BUNDLED, *, seconds: float | None = None, 
     """
     from . import bridge, live
     from .audio import load_mono, to_int16
-    from .cli import _write_emulator_log
     from .emulator import Emulator, EmulatorConfig
 
     if seconds is not None and seconds <= 0:
@@ -66,7 +65,7 @@ async def session(audio: str | Path = BUNDLED, *, seconds: float | None = None, 
             settings.base_url = emu.base_url
             settings.ssl_context = emu.client_ssl_context()
             result = await bridge.run_session(samples, cfg, out_dir)
-        _write_emulator_log(Path(out_dir), emu)
+        emu.write_log(out_dir)
     return NotebookSession(load(result.path), "gemini" if gemini else "emulator", result.activities,
                            result.answered, result.error)
 

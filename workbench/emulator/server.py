@@ -64,6 +64,20 @@ class Emulator:
         """Model turns that reached turnComplete, over all connections (the greeting included)."""
         return sum(1 for c in self.cores for e in c.log if e.kind == "turn_complete")
 
+    def write_log(self, recording_dir: str | Path) -> Path:
+        """Keep the server's own view (what it received, violations) beside a recording, on its clock."""
+        out = Path(recording_dir)
+        t0 = json.loads((out / "session.json").read_text()).get("t0_monotonic", 0.0)
+        path = out / "emulator.jsonl"
+        with open(path, "w") as fh:
+            for e in self.log:
+                fh.write(json.dumps({"t": round(e.t_mono - t0, 6), "conn": e.conn, "direction": e.direction,
+                                     "kind": e.kind, "n_bytes": e.n_bytes, "detail": e.detail}) + "\n")
+            for v in self.violations:
+                fh.write(json.dumps({"t": round(v.t_mono - t0, 6), "conn": v.conn, "direction": "violation",
+                                     "kind": v.rule, "detail": v.detail}) + "\n")
+        return path
+
     def _new_conversation(self) -> Conversation:
         return Conversation(id=next(self._conv_ids))
 

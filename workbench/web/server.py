@@ -414,7 +414,7 @@ class Server:
                     settings.base_url = emu.base_url
                     settings.ssl_context = emu.client_ssl_context()
                     s.result = await _run_observed(s, s.mic, cfg)
-                _write_emulator_log(s.dir, emu)
+                emu.write_log(s.dir)
             s.error = s.result.error
         except Exception as exc:  # reported to the page and in /status
             s.error = f"{type(exc).__name__}: {exc}"
@@ -425,12 +425,6 @@ class Server:
                     "answered": s.result.answered if s.result else None})
             await asyncio.sleep(0.5)  # let the last message and the last words reach the page
             await s.pc.close()
-
-
-def _write_emulator_log(path: Path, emu: Any) -> None:
-    from ..cli import _write_emulator_log as write
-
-    write(path, emu)
 
 
 def _draw_timeline(path: Path, png: Path) -> None:
