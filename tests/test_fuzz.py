@@ -96,7 +96,7 @@ def test_core_huge_audio_is_counted_not_fatal() -> None:
     assert not [a for a in _feed(msgs) if isinstance(a, Close)]
 
 
-# Found by this fuzzer; the fix belongs in workbench/emulator/core.py (a type check before indexing or iterating).
+# Found by this fuzzer (they used to raise inside the core and end the connection with 1011).
 CORE_CRASHES = [
     [SETUP, {"realtimeInput": {"mediaChunks": {"a": 1}}}],  # chunks[0] on a dict: KeyError
     [SETUP, {"realtimeInput": {"mediaChunks": 5}}],  # chunks[0] on an int: TypeError
@@ -106,26 +106,17 @@ CORE_CRASHES = [
 ]
 
 
-@pytest.mark.xfail(reason="emulator core indexes/iterates fields without a type check (see CORE_CRASHES)",
-                   strict=False)
 @pytest.mark.parametrize("msgs", CORE_CRASHES)
-def test_core_wrong_types_do_not_raise(msgs: list[Any]) -> None:
-    _feed(msgs)
+def test_core_wrong_types_close_1007(msgs: list[Any]) -> None:
+    assert [a.code for a in _feed(msgs) if isinstance(a, Close)] == [1007]
 
 
-def test_core_random_messages_never_raise_outside_known_crashes() -> None:
+def test_core_random_messages_never_raise() -> None:
     rng = random.Random(20261125)
-    crashes: dict[str, int] = {}
     for _ in range(3000):
-        try:
-            actions = _feed(_random_session(rng))
-        except (KeyError, TypeError) as exc:  # the known CORE_CRASHES family, counted
-            crashes[type(exc).__name__] = crashes.get(type(exc).__name__, 0) + 1
-            continue
-        for a in actions:
+        for a in _feed(_random_session(rng)):
             if isinstance(a, Close):
                 assert a.code in (1000, 1007, 1008, 1011)
-    assert sum(crashes.values()) < 300, crashes
 
 
 # -- the server over a real websocket ---------------------------------------------------------------------------------
@@ -165,8 +156,6 @@ def test_server_closes_1007_and_keeps_serving(name: str, frames: list[str | byte
     async def go() -> None:
         async with Emulator(EmulatorConfig()) as emu:
             code, _ = await _exchange(emu, frames)
-            if name == "deep nesting" and code == 1011:
-                pytest.xfail("json.loads raises RecursionError, which the server shell does not catch (1011)")
             if name == "huge number" and code is None:
                 return  # 1e999999 parses as inf; a setup without fields is accepted, cleanly (no 1011)
             assert code == 1007, f"{name}: closed with {code}"

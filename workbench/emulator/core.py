@@ -245,6 +245,14 @@ class SessionCore:
         """One client message (parsed JSON; anything else is answered like Google does, with 1007)."""
         if self.closed:
             return []
+        try:
+            return self._receive(t, msg)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+            # A field of the wrong type: the real server fails to parse the proto and says 1007.
+            self._log(t, "in", "malformed", 0, f"{type(exc).__name__}: {exc}"[:200])
+            return self._close(t, 1007, INVALID)
+
+    def _receive(self, t: float, msg: Any) -> list[Action]:
         if not isinstance(msg, dict) or not msg:
             self._log(t, "in", "unknown", 0, "not a JSON object")
             return self._close(t, 1007, INVALID)

@@ -142,7 +142,7 @@ class _Shell:
                 return
             try:
                 msg = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                 msg = None
             if not await self.act(self.core.receive(time.monotonic(), msg)):
                 return
