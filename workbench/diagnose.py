@@ -352,6 +352,13 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
     ends = _times(_select(c.events, "vad"), decision="speech_end")
     decided = _between(ends, start, until)
     if decided.size:
+        wire = c.sends["t"].to_numpy() if c.wire_sends and len(c.sends) else np.array([])
+        app = c.app_sends["t"].to_numpy() if len(c.app_sends) else np.array([])
+        last_wire = float(wire[wire <= decided[0]].max()) if (wire <= decided[0]).any() else None
+        if last_wire is not None and app.size and (app > last_wire + 0.5).sum() == 0 and decided[0] - last_wire > 0.5:
+            return (f"the turn detector decided speech_end at {_s(decided[0])} but no ActivityEnd left the socket: "
+                    f"nothing was written after {_s(last_wire)}; the writer was stuck in a send that never "
+                    "completed (the peer stopped reading, e.g. a server blocked on a client that stopped receiving)")
         return (f"the turn detector decided speech_end at {_s(decided[0])} but no ActivityEnd left the socket: "
                 "the send path (send order / writer) lost it")
     app_end = _between(_times(c.app_sends, msg="activity_end"), start, until)
@@ -366,6 +373,13 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
                 "silence was measured by counting frames (Failure B)")
     return ("frames kept arriving but the turn detector never measured enough silence "
             "(threshold too low for the noise floor, or a maximum turn length missing)")
+
+
+def _vad_end_between(c: Context, lo: float, hi: float) -> float | None:
+    """When the turn detector decided speech_end within [lo, hi], if it did."""
+    ts = _times(_select(c.events, "vad", decision="speech_end"))
+    ts = ts[(ts >= lo) & (ts <= hi)]
+    return float(ts[0]) if ts.size else None
 
 
 def frames_stopped_in_turn(c: Context) -> list[Finding]:
@@ -389,6 +403,12 @@ def frames_stopped_in_turn(c: Context) -> list[Finding]:
                     "frames_stopped_in_turn", "info", f"frames stopped in the turn at {_s(g0)}; ActivityEnd sent on "
                     "the clock", f"{span}; ActivityEnd still sent at {_s(a.end_t)}, {(a.end_t - g0) * 1000:.0f} ms "
                     f"after the last frame", g0))
+            elif a.end_t is None and (decided := _vad_end_between(c, g0, until)) is not None:
+                out.append(Finding(
+                    "frames_stopped_in_turn", "info", f"frames stopped in the turn at {_s(g0)}; the detector "
+                    "ended it on the clock", f"{span}; speech_end decided at {_s(decided)}, "
+                    f"{(decided - g0) * 1000:.0f} ms after the last frame; the ActivityEnd itself never left "
+                    "the socket (see no_activity_end)", g0))
             elif a.end_t is None:
                 out.append(Finding(
                     "frames_stopped_in_turn", "error", f"frames stopped at {_s(g0)} in an open turn and no "
