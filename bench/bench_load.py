@@ -1,16 +1,26 @@
-"""Load benchmark: one process bridges N concurrent sessions into one embedded emulator.
+"""Load benchmark: one bridge process bridges N concurrent sessions; browsers and the Live endpoint run elsewhere.
 
-Run:  /tmp/venv/bin/python bench/bench_load.py [--write] [--n 1,5,10,20] [--profile N]
+Run:  /tmp/venv/bin/python bench/bench_load.py [--write] [--n 1,5,10,20] [--profile N] [--no-all-in-one]
 
-Each session plays 13.5 s of the candidate track (two answers, frames never stop: no DTX) through
-its own loopback WebRTC link into ``bridge.run_session``; all N run at once under ``asyncio.gather``
-in this process, with the Live API emulator (TLS websocket server) on the same event loop, and
-record into ``bench/out/load/N/<i>/``.  Per N: event-loop lag p50/p99/max pooled over every
-session's ``loop_lag`` events (sampled every 100 ms), process CPU in % of one core over the wall
-time, RSS growth per session (peak), frames lost (player frames − ``frame`` events), and turns
-that missed their ActivityEnd or their answer (turn table).  ``--profile N`` runs that N under
-cProfile and prints the top functions (``bench/out/load/N.prof``).
-``--write`` replaces the "## Concurrent sessions" section of bench/BENCHMARKS.md.
+Three processes, as in production.  The *bridge process* (this one) holds only what a deployed
+bridge holds: N receiving ``RTCPeerConnection``s (SRTP, Opus decode) and N ``bridge.run_session``
+(pipeline, detector, recorder, the SDK's websocket to the Live endpoint).  A *player process*
+(this script with ``--players N``, the browsers' side) holds N ``FilePlayerTrack`` senders (Opus
+encode, RTP/SRTP send) and does WebRTC signalling with the bridge over its stdin/stdout (JSON
+lines: SDP offers, answers, "play" when the session has opened its mic, "ended").  The Live API
+emulator runs as ``workbench emulator`` in a third process (``benchlib.ExternalEmulator``).
+
+Each session plays 13.5 s of the candidate track (two answers, frames never stop: no DTX) + a
+1.5 s tail, starting when its bridge reaches ``mic_open`` (after the greeting), and records into
+``bench/out/load/N/<i>/``.  Per N: event-loop lag p50/p99/max pooled over every session's
+``loop_lag`` events (sampled every 100 ms), all of them and the streaming phase only (samples
+after the session's ``mic_open``, i.e. without the start-up handshakes); CPU of each process in
+% of one core over the wall time; the bridge's RSS growth per session (peak); frames lost
+(player frames − ``frame`` events) and turns that missed their ActivityEnd or their answer.
+Unless ``--no-all-in-one``, one more row runs N = 10 the old way for comparison: players,
+emulator and bridges in one process and one event loop.
+``--profile N`` runs that N with the bridge process under cProfile and prints the top functions
+(``bench/out/load/N.prof``).  ``--write`` replaces the "## Concurrent sessions" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -19,30 +29,35 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
+import os
 import pstats
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import CANDIDATE, OUT, pct, process_cpu, rss_mb, section, write_section  # noqa: E402
+from benchlib import (  # noqa: E402
+    CANDIDATE, OUT, ExternalEmulator, pct, pid_cpu, process_cpu, rss_mb, section, write_section,
+)
 
 import workbench  # noqa: E402
 from workbench import bridge, live  # noqa: E402
 from workbench.analysis import turn_table  # noqa: E402
 from workbench.audio import load_mono, to_int16  # noqa: E402
-from workbench.emulator import Emulator, EmulatorConfig  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
-from workbench.webrtc import FRAME_S  # noqa: E402
+from workbench.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
 
 TITLE = "Concurrent sessions"
 LAG_TARGET_MS = 20.0
 TAIL_S = 1.5
 TURNS = 2
+ALL_IN_ONE_N = 10
 
 
 def short_audio() -> np.ndarray:
@@ -51,8 +66,217 @@ def short_audio() -> np.ndarray:
     return np.concatenate([x[: 7 * 48_000], x[int(8.7 * 48_000):int(15.2 * 48_000)]])
 
 
-async def run_n(n: int, audio: np.ndarray) -> dict[str, float]:
+def _rtc_config():  # noqa: ANN202
+    from aiortc import RTCConfiguration
+
+    return RTCConfiguration(iceServers=[])  # no STUN: aiortc would wait on Google's
+
+
+# -- the player process (the browsers' side) ---------------------------------------------------------------------
+
+
+class GatedPlayer(FilePlayerTrack):
+    """A FilePlayerTrack that hands out nothing until ``gate`` is set (the bridge has opened its mic)."""
+
+    def __init__(self, samples: np.ndarray, **kw: Any) -> None:
+        super().__init__(samples, **kw)
+        self.gate = asyncio.Event()
+
+    async def recv(self):  # noqa: ANN201
+        await self.gate.wait()
+        return await super().recv()
+
+
+async def players_main(n: int) -> None:
+    from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+    patch_aioice_loopback()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def say(msg: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    audio = short_audio()
+    cpu0 = process_cpu()
+    pcs: list[RTCPeerConnection] = []
+    tracks: list[GatedPlayer] = []
+    stops: set[asyncio.Task[None]] = set()
+    opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+    for i in range(n):
+        pc = RTCPeerConnection(_rtc_config())
+        track = GatedPlayer(audio, dtx=False, tail_s=TAIL_S)
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(opus)
+
+        def ended(i: int = i, track: GatedPlayer = track, sender=transceiver.sender) -> None:  # noqa: ANN001
+            # As a browser hanging up: RTCP BYE, so the bridge's remote track ends.
+            task = asyncio.ensure_future(sender.stop())
+            stops.add(task)
+            task.add_done_callback(stops.discard)
+            say({"ended": i, "frames_sent": track.frames_sent})
+
+        track.on("ended", ended)
+        await pc.setLocalDescription(await pc.createOffer())
+        say({"offer": i, "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+        pcs.append(pc)
+        tracks.append(track)
+    while line := await reader.readline():
+        msg = json.loads(line)
+        if "answer" in msg:
+            await pcs[msg["answer"]].setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type=msg["type"]))
+        elif "play" in msg:
+            tracks[msg["play"]].gate.set()
+        elif "quit" in msg:
+            break
+    for pc in pcs:
+        await pc.close()
+    say({"cpu_s": process_cpu() - cpu0})
+
+
+# -- the bridge process ------------------------------------------------------------------------------------------
+
+
+class Players:
+    """The player process and the signalling with it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.proc: asyncio.subprocess.Process | None = None
+        self.offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.ended: dict[int, int] = {}
+        self.cpu_s = float("nan")
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--players", str(self.n),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**20)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            msg = json.loads(line)
+            if "offer" in msg:
+                self.offers.put_nowait(msg)
+            elif "ended" in msg:
+                self.ended[msg["ended"]] = msg["frames_sent"]
+            elif "cpu_s" in msg:
+                self.cpu_s = msg["cpu_s"]
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+
+    async def stop(self) -> None:
+        assert self.proc is not None
+        self.send({"quit": True})
+        await asyncio.wait_for(self.proc.wait(), 20)
+        if self._reader is not None:
+            await self._reader
+
+
+async def answer(players: Players) -> tuple[int, Any, Any]:
+    """Take the next offer, answer it with a receiving peer connection; the offer's index, the pc, its track."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    offer = await players.offers.get()
+    pc = RTCPeerConnection(_rtc_config())
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def _on_track(remote: Any) -> None:
+        if remote.kind == "audio" and not got.done():
+            got.set_result(remote)
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
+    await pc.setLocalDescription(await pc.createAnswer())
+    players.send({"answer": offer["offer"], "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+    return offer["offer"], pc, await got
+
+
+async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, Any]:
+    """N sessions: player process -> WebRTC -> this process's bridges -> the emulator's process."""
     out = OUT / "load" / str(n)
+    shutil.rmtree(out, ignore_errors=True)
+    patch_aioice_loopback()
+    rss0 = rss_mb()
+    peak = [rss0]
+
+    async def watch_rss() -> None:
+        while True:
+            peak[0] = max(peak[0], rss_mb())
+            await asyncio.sleep(0.5)
+
+    def cfg(i: int) -> bridge.SessionConfig:
+        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.ssl_context())
+        return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=False, tail_s=TAIL_S,
+                                    name=f"load-{n}-{i}")
+
+    players = Players(n)
+    watcher = asyncio.create_task(watch_rss())
+    emu_cpu0 = pid_cpu(emu.proc.pid) if emu.proc else float("nan")
+    cpu0, wall0 = process_cpu(), time.monotonic()
+    await players.start()
+    pcs = []
+
+    async def one() -> bridge.SessionResult:
+        i, pc, track = await answer(players)
+        pcs.append(pc)
+
+        def progress(msg: str) -> None:
+            if msg == "playing the microphone":
+                players.send({"play": i})
+
+        return await bridge.run_session(track, cfg(i), out / str(i), progress=progress)
+
+    results = await asyncio.gather(*(one() for _ in range(n)))
+    cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
+    emu_cpu = (pid_cpu(emu.proc.pid) if emu.proc else float("nan")) - emu_cpu0
+    watcher.cancel()
+    for pc in pcs:
+        await pc.close()
+    await players.stop()
+    row = summarise(n, results, audio)
+    row.update(cpu_pct=100 * cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
+               emulator_cpu_pct=100 * emu_cpu / wall, wall_s=wall,
+               rss_per_session_mb=(peak[0] - rss0) / n, players_frames=sum(players.ended.values()))
+    return row
+
+
+def summarise(n: int, results: list[bridge.SessionResult], audio: np.ndarray) -> dict[str, Any]:
+    lags: list[float] = []
+    streaming: list[float] = []
+    lost = missed_end = unanswered = errors = 0
+    expected_frames = int(round(audio.size / 48_000 / FRAME_S + TAIL_S / FRAME_S))
+    for r in results:
+        errors += r.error is not None
+        rec = workbench.load(r.path)
+        lag = rec.of_kind("loop_lag")
+        lags += lag["lag_ms"].tolist()
+        marks = rec.of_kind("session")
+        opened = marks[marks["what"] == "mic_open"]["t"] if "what" in marks else []
+        if len(opened):
+            streaming += lag[lag["t"] > float(opened.iloc[0])]["lag_ms"].tolist()
+        lost += max(0, expected_frames - len(rec.of_kind("frame")))
+        tt = turn_table(rec)
+        missed_end += max(0, TURNS - int(tt["activity_end"].notna().sum()))
+        unanswered += int((~tt["answered"]).sum()) + max(0, TURNS - len(tt))
+    return {"n": n, "lag_p50": pct(lags, 50), "lag_p99": pct(lags, 99), "lag_max": max(lags, default=float("nan")),
+            "stream_p50": pct(streaming, 50), "stream_p99": pct(streaming, 99),
+            "stream_max": max(streaming, default=float("nan")),
+            "frames_lost": lost, "frames_expected": expected_frames * n, "missed_end": missed_end,
+            "unanswered": unanswered, "errors": errors}
+
+
+async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
+    """The old measurement: file players, their sending peers, the emulator and the bridges on one event loop."""
+    from workbench.emulator import Emulator, EmulatorConfig
+
+    out = OUT / "load" / f"{n}-all-in-one"
     shutil.rmtree(out, ignore_errors=True)
     rss0 = rss_mb()
     peak = [rss0]
@@ -73,65 +297,90 @@ async def run_n(n: int, audio: np.ndarray) -> dict[str, float]:
         results = await asyncio.gather(*(bridge.run_session(audio, cfg(i), out / str(i)) for i in range(n)))
         cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
         watcher.cancel()
-    lags: list[float] = []
-    lost = missed_end = unanswered = errors = 0
-    expected_frames = int(round(audio.size / 48_000 / FRAME_S + TAIL_S / FRAME_S))
-    for r in results:
-        errors += r.error is not None
-        rec = workbench.load(r.path)
-        lags += rec.of_kind("loop_lag")["lag_ms"].tolist()
-        lost += max(0, expected_frames - len(rec.of_kind("frame")))
-        tt = turn_table(rec)
-        missed_end += max(0, TURNS - int(tt["activity_end"].notna().sum()))
-        unanswered += int((~tt["answered"]).sum()) + max(0, TURNS - len(tt))
-    return {"n": n, "lag_p50": pct(lags, 50), "lag_p99": pct(lags, 99), "lag_max": max(lags, default=float("nan")),
-            "cpu_pct": 100 * cpu / wall, "wall_s": wall, "rss_per_session_mb": (peak[0] - rss0) / n,
-            "frames_lost": lost, "frames_expected": expected_frames * n, "missed_end": missed_end,
-            "unanswered": unanswered, "errors": errors}
+    row = summarise(n, results, audio)
+    row.update(cpu_pct=100 * cpu / wall, players_cpu_pct=float("nan"), emulator_cpu_pct=float("nan"), wall_s=wall,
+               rss_per_session_mb=(peak[0] - rss0) / n, all_in_one=True)
+    return row
 
 
-def report(rows: list[dict[str, float]], audio_s: float) -> str:
+def report(rows: list[dict[str, Any]], audio_s: float) -> str:
     lines = [
-        f"N sessions at once in one process (one event loop, the emulator on it too), each {audio_s:.1f} s of the "
-        f"candidate track (2 answers) + {TAIL_S:g} s tail, no DTX, energy detector, recording everything. "
-        "Loop lag pooled over every session's 100 ms samples. CPU in % of one core (2 cores here).",
+        f"N sessions at once, each {audio_s:.1f} s of the candidate track (2 answers) + {TAIL_S:g} s tail, no DTX, "
+        "energy detector, recording everything, the greeting first.",
         "",
-        "| N | loop lag p50 | loop lag p99 | loop lag max | process CPU | RSS per session | frames lost | "
-        "turns without ActivityEnd | turns unanswered | session errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Processes: the **bridge process** holds what a deployed bridge holds: N receiving peer connections "
+        "(ICE, DTLS/SRTP, Opus decode) and N `bridge.run_session` (pipeline, detector, recorder, the SDK's TLS "
+        "websocket). A **player process** (`bench_load.py --players N`, the browsers) holds N `FilePlayerTrack` "
+        "senders (Opus encode, RTP/SRTP send) and signals with the bridge over a pipe (JSON lines: offer, answer, "
+        "play at `mic_open`); the **Live API emulator** runs as `workbench emulator` in a third process. "
+        "Aioice is patched to offer 127.0.0.1 in both WebRTC processes.",
+        "",
+        "Loop lag: the bridge process's event loop, pooled over every session's 100 ms `loop_lag` samples; "
+        "*all* = the whole session, connect and greeting included; *streaming* = samples after the session's "
+        "`mic_open` (the start-up handshakes left out). CPU in % of one core over the wall time (2 cores here).",
+        "",
+        "| N | loop lag p50 / p99 / max, all | loop lag p50 / p99 / max, streaming | bridge process CPU | "
+        "player process CPU | emulator CPU | bridge RSS per session | frames lost | turns without ActivityEnd | "
+        "turns unanswered | session errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cpu(v: float) -> str:
+        return "–" if np.isnan(v) else f"{v:.0f} %"
+
     for r in rows:
         mark = ""
-        if r["n"] == 10:
+        if r["n"] == 10 and not r.get("all_in_one"):
             mark = f" (target < {LAG_TARGET_MS:g} ms: {'met' if r['lag_p99'] < LAG_TARGET_MS else 'MISSED'})"
+        name = f"{r['n']} all in one process" if r.get("all_in_one") else str(r["n"])
         lines.append(
-            f"| {r['n']} | {r['lag_p50']:.1f} ms | {r['lag_p99']:.1f} ms{mark} | {r['lag_max']:.0f} ms | "
-            f"{r['cpu_pct']:.0f} % | {r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
+            f"| {name} | {r['lag_p50']:.1f} / {r['lag_p99']:.1f}{mark} / {r['lag_max']:.0f} ms | "
+            f"{r['stream_p50']:.1f} / {r['stream_p99']:.1f} / {r['stream_max']:.0f} ms | "
+            f"{cpu(r['cpu_pct'])} | {cpu(r['players_cpu_pct'])} | {cpu(r['emulator_cpu_pct'])} | "
+            f"{r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
             f"{r['missed_end']}/{TURNS * r['n']} | {r['unanswered']}/{TURNS * r['n']} | {r['errors']} |")
+    if any(r.get("all_in_one") for r in rows):
+        lines += ["", "The *all in one process* row is the earlier measurement for comparison: players with their "
+                  "Opus encoders and sending peers, the emulator and the bridges all on one event loop, so its loop "
+                  "lag and CPU include the browsers' and the server's work."]
     return "\n".join(lines)
+
+
+async def bridge_main(ns: list[int], audio: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    with ExternalEmulator() as emu:
+        for n in ns:
+            rows.append(await run_n(n, audio, emu))
+            print(rows[-1], file=sys.stderr)
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
     ap.add_argument("--n", default="1,5,10,20", help="session counts, comma-separated")
-    ap.add_argument("--profile", type=int, help="run this N under cProfile and print the top functions")
+    ap.add_argument("--profile", type=int, help="run this N under cProfile (bridge process) and print the top functions")
+    ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
+    ap.add_argument("--players", type=int, help=argparse.SUPPRESS)  # the player process
     args = ap.parse_args()
+    if args.players:
+        asyncio.run(players_main(args.players))
+        return 0
     audio = short_audio()
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        row = asyncio.run(run_n(args.profile, audio))
+        rows = asyncio.run(bridge_main([args.profile], audio))
         prof.disable()
         prof.dump_stats(OUT / "load" / f"{args.profile}.prof")
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
         print(s.getvalue())
-        print(report([row], audio.size / 48_000))
+        print(report(rows, audio.size / 48_000))
         return 0
-    rows = []
-    for n in (int(x) for x in args.n.split(",")):
-        rows.append(asyncio.run(run_n(n, audio)))
+    rows = asyncio.run(bridge_main([int(x) for x in args.n.split(",")], audio))
+    if not args.no_all_in_one:
+        rows.append(asyncio.run(run_all_in_one(ALL_IN_ONE_N, audio)))
         print(rows[-1], file=sys.stderr)
     text = section(TITLE, report(rows, audio.size / 48_000))
     print(text)
