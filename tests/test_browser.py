@@ -152,3 +152,15 @@ def test_the_agent_is_heard_in_the_browser(browser_sessions: dict[str, dict]) ->
         stats = s["browser_stats"]
         assert stats["packets_sent"] > 0 and stats["packets_received"] > 0
         assert stats["audio_energy_in"] > 0, "the model's audio never reached the page"
+
+
+def test_browser_recordings_plot_and_diagnose_like_any_other(browser_sessions: dict[str, dict], tmp_path: Path) -> None:
+    from workbench.diagnose import diagnose
+    from workbench.plots import save_timeline
+
+    for run, s in browser_sessions.items():
+        rec = workbench.load(s["dir"])
+        png = save_timeline(rec, tmp_path / f"{run}.png")
+        assert png.stat().st_size > 10_000
+        findings = diagnose(rec)
+        assert not [f for f in findings if f.severity == "error"], [f.title for f in findings]
