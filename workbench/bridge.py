@@ -299,7 +299,7 @@ async def run_session(
         "tail_s": cfg.tail_s,
         "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
     }
-    rec = Recorder(out_dir, meta, observer=observer)
+    rec = Recorder(out_dir, meta, observer=observer, audio_thread=True)  # FLAC encoding off the event loop
     s = _Session(cfg, rec, progress)
     rec.meta["t0_monotonic"] = s.t0
     rec.emit(SessionMark(t=0.0, what="start", detail=cfg.name + (f" (naive: {cfg.naive})" if cfg.naive else "")))
@@ -307,7 +307,10 @@ async def run_session(
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(s.sample_loop_lag())]
     link = None
     try:
-        s.client = live.make_client(cfg.live, create_connection=tapped_connection(rec.emit, s.clock))
+        # On a thread: building the SDK client loads the CA bundle into ~3 SSL contexts, ~60 ms that would
+        # stall every other session on this loop (OpenSSL releases the GIL meanwhile).
+        s.client = await asyncio.to_thread(
+            live.make_client, cfg.live, create_connection=tapped_connection(rec.emit, s.clock))
         s.progress("connecting")
         await s.connect()
         writer_task = asyncio.create_task(s.writer.run())

@@ -12,7 +12,8 @@ Layout of a recording directory:
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
 The recorder is an observer: stages hand it events and audio; it never calls back.
-Events reach the OS line by line and audio block by block, so a killed process leaves a readable recording.
+Events reach the OS line by line and audio block by block, so a killed process leaves a readable recording
+(with ``audio_thread``, as the bridge records, the FLAC blocks are encoded on a thread of their own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -63,12 +67,17 @@ class _FlacStream:
     SIGKILL the file holds everything but the block in progress (85 ms of mic, 256 ms of sent
     audio) and lacks only its length, which the loader does without.  No ``flush()``: for FLAC it
     is only an ``fsync``, which blocks the event loop and guards against power loss, not a crash.
+
+    With ``writer`` (the recorder's ``_AudioWriter``) the encoding runs on that thread, off the
+    caller's event loop; ``write`` only converts and queues (a copy), so a killed process also
+    loses what was still queued, a few ms.  ``n_samples`` counts on the caller's side at once.
     """
 
-    def __init__(self, path: Path, rate: int) -> None:
+    def __init__(self, path: Path, rate: int, writer: _AudioWriter | None = None) -> None:
         self.path = path
         self.rate = rate
         self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
+        self._writer = writer
         self.n_samples = 0
 
     def write(self, samples: np.ndarray) -> None:
@@ -76,12 +85,56 @@ class _FlacStream:
             return
         if samples.dtype != np.int16:
             samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
-        self._file.write(samples.reshape(-1))
+        if self._writer is None:
+            self._file.write(samples.reshape(-1))
+        else:  # a copy: the caller may reuse its buffer once this returns
+            self._writer.put(self._file.write, np.array(samples, dtype=np.int16, copy=True).reshape(-1))
         self.n_samples += samples.size
 
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+class _AudioWriter:
+    """One thread that encodes a recorder's FLAC blocks in the order they were queued.
+
+    libsndfile's encoder runs without the GIL (cffi), so the event loop goes on meanwhile.  A
+    failure (disk full) is kept and raised by the next ``put`` or by ``close``, as it would have
+    been raised by the write itself, one call later.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[np.ndarray], Any], np.ndarray] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            fn, samples = item
+            try:
+                fn(samples)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
+
+    def put(self, fn: Callable[[np.ndarray], Any], samples: np.ndarray) -> None:
+        self._raise()
+        self._queue.put((fn, samples))
+
+    def close(self) -> None:
+        """Wait until everything queued is encoded; raise a failure not yet raised."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
 
 
 class Observer(Protocol):
@@ -95,7 +148,9 @@ class Observer(Protocol):
 class Recorder:
     """Writes one session's recording directory as the session runs; an optional observer sees the same."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None,
+                 audio_thread: bool = False) -> None:
+        """``audio_thread``: encode the FLAC files on a thread of their own, off the caller's event loop."""
         self.observer = observer
         self.dir = Path(out_dir)
         try:
@@ -113,7 +168,8 @@ class Recorder:
         }
         self._write_meta()
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8", buffering=1)
-        self._audio = {key: _FlacStream(self.dir / name, rate) for key, (name, rate) in AUDIO_FILES.items()}
+        self._writer = _AudioWriter(f"recorder-{self.dir.name}") if audio_thread else None
+        self._audio = {key: _FlacStream(self.dir / name, rate, self._writer) for key, (name, rate) in AUDIO_FILES.items()}
         self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
         self._mic_origin: int = 0
         self.closed = False
@@ -164,12 +220,20 @@ class Recorder:
             return
         self.closed = True
         self._events.close()
+        failed: BaseException | None = None
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception as exc:  # raised below, once the recording is marked complete, as a write would be
+                failed = exc
         for stream in self._audio.values():
             stream.close()
         self.meta.update(summary)
         self.meta["ended"] = True
         self.meta["samples"] = {k: s.n_samples for k, s in self._audio.items()}
         self._write_meta()
+        if failed is not None:
+            raise failed
 
 
 @dataclass
