@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
-    CANDIDATE, OUT, ExternalEmulator, pct, pid_cpu, process_cpu, rss_mb, section, write_section,
+    CANDIDATE, OUT, ExternalEmulator, pct, pid_cpu, process_cpu, rss_mb, section, thread_cpu, write_section,
 )
 
 import workbench  # noqa: E402
@@ -211,15 +211,17 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
             peak[0] = max(peak[0], rss_mb())
             await asyncio.sleep(0.5)
 
+    ssl_context = emu.ssl_context()  # one for all sessions, as a deployed bridge has
+
     def cfg(i: int) -> bridge.SessionConfig:
-        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.ssl_context())
+        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=ssl_context)
         return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=False, tail_s=TAIL_S,
                                     name=f"load-{n}-{i}")
 
     players = Players(n)
     watcher = asyncio.create_task(watch_rss())
     emu_cpu0 = pid_cpu(emu.proc.pid) if emu.proc else float("nan")
-    cpu0, wall0 = process_cpu(), time.monotonic()
+    cpu0, wall0, loop0 = process_cpu(), time.monotonic(), loop_thread_cpu()
     await players.start()
     pcs = []
 
@@ -234,17 +236,22 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
         return await bridge.run_session(track, cfg(i), out / str(i), progress=progress)
 
     results = await asyncio.gather(*(one() for _ in range(n)))
-    cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
+    cpu, wall, loop_cpu = process_cpu() - cpu0, time.monotonic() - wall0, loop_thread_cpu() - loop0
     emu_cpu = (pid_cpu(emu.proc.pid) if emu.proc else float("nan")) - emu_cpu0
     watcher.cancel()
     for pc in pcs:
         await pc.close()
     await players.stop()
     row = summarise(n, results, audio)
-    row.update(cpu_pct=100 * cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
+    row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=100 * loop_cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
                emulator_cpu_pct=100 * emu_cpu / wall, wall_s=wall,
                rss_per_session_mb=(peak[0] - rss0) / n, players_frames=sum(players.ended.values()))
     return row
+
+
+def loop_thread_cpu() -> float:
+    """CPU seconds of this process's main thread, where the event loop runs."""
+    return thread_cpu().get(os.getpid(), ("", float("nan")))[1]
 
 
 def summarise(n: int, results: list[bridge.SessionResult], audio: np.ndarray) -> dict[str, Any]:
@@ -298,7 +305,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
         cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
         watcher.cancel()
     row = summarise(n, results, audio)
-    row.update(cpu_pct=100 * cpu / wall, players_cpu_pct=float("nan"), emulator_cpu_pct=float("nan"), wall_s=wall,
+    row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=float("nan"), players_cpu_pct=float("nan"), emulator_cpu_pct=float("nan"), wall_s=wall,
                rss_per_session_mb=(peak[0] - rss0) / n, all_in_one=True)
     return row
 
@@ -320,9 +327,9 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         "`mic_open` (the start-up handshakes left out). CPU in % of one core over the wall time (2 cores here).",
         "",
         "| N | loop lag p50 / p99 / max, all | loop lag p50 / p99 / max, streaming | bridge process CPU | "
-        "player process CPU | emulator CPU | bridge RSS per session | frames lost | turns without ActivityEnd | "
+        "of which event-loop thread | player process CPU | emulator CPU | bridge RSS per session | frames lost | turns without ActivityEnd | "
         "turns unanswered | session errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cpu(v: float) -> str:
@@ -336,7 +343,7 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         lines.append(
             f"| {name} | {r['lag_p50']:.1f} / {r['lag_p99']:.1f}{mark} / {r['lag_max']:.0f} ms | "
             f"{r['stream_p50']:.1f} / {r['stream_p99']:.1f} / {r['stream_max']:.0f} ms | "
-            f"{cpu(r['cpu_pct'])} | {cpu(r['players_cpu_pct'])} | {cpu(r['emulator_cpu_pct'])} | "
+            f"{cpu(r['cpu_pct'])} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | {cpu(r['emulator_cpu_pct'])} | "
             f"{r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
             f"{r['missed_end']}/{TURNS * r['n']} | {r['unanswered']}/{TURNS * r['n']} | {r['errors']} |")
     if any(r.get("all_in_one") for r in rows):
