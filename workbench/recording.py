@@ -43,6 +43,7 @@ AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), 
 # A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
 # could otherwise make the file grow without bound); the frame events still show the real gap.
 MAX_FILL_S = 120.0
+FLAC_BLOCK = 4096  # samples libsndfile encodes at a time
 
 
 class RecordingError(Exception):
@@ -69,8 +70,9 @@ class _FlacStream:
     is only an ``fsync``, which blocks the event loop and guards against power loss, not a crash.
 
     With ``writer`` (the recorder's ``_AudioWriter``) the encoding runs on that thread, off the
-    caller's event loop; ``write`` only converts and queues (a copy), so a killed process also
-    loses what was still queued, a few ms.  ``n_samples`` counts on the caller's side at once.
+    caller's event loop; ``write`` only converts and collects copies, handing them over a FLAC block
+    (4096 samples) at a time, so a killed process loses up to one block more than without.
+    ``n_samples`` counts on the caller's side at once.
     """
 
     def __init__(self, path: Path, rate: int, writer: _AudioWriter | None = None) -> None:
@@ -78,6 +80,8 @@ class _FlacStream:
         self.rate = rate
         self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
         self._writer = writer
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
         self.n_samples = 0
 
     def write(self, samples: np.ndarray) -> None:
@@ -87,9 +91,22 @@ class _FlacStream:
             samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
         if self._writer is None:
             self._file.write(samples.reshape(-1))
-        else:  # a copy: the caller may reuse its buffer once this returns
-            self._writer.put(self._file.write, np.array(samples, dtype=np.int16, copy=True).reshape(-1))
+        else:  # copies (the caller may reuse its buffer), handed over a FLAC block at a time: fewer thread wake-ups
+            self._pending.append(np.array(samples, dtype=np.int16, copy=True).reshape(-1))
+            self._pending_n += samples.size
+            if self._pending_n >= FLAC_BLOCK:
+                self._hand_over()
         self.n_samples += samples.size
+
+    def _hand_over(self) -> None:
+        if self._pending and self._writer is not None:
+            block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+            self._pending, self._pending_n = [], 0
+            self._writer.put(self._file.write, block)
+
+    def finish(self) -> None:
+        """Hand what is still pending to the writer thread (before it is closed)."""
+        self._hand_over()
 
     def close(self) -> None:
         if not self._file.closed:
@@ -221,11 +238,12 @@ class Recorder:
         self.closed = True
         self._events.close()
         failed: BaseException | None = None
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception as exc:  # raised below, once the recording is marked complete, as a write would be
-                failed = exc
+        if self._writer is not None:  # a failure is raised below, once the recording is marked complete
+            for finish in [*(stream.finish for stream in self._audio.values()), self._writer.close]:
+                try:
+                    finish()
+                except Exception as exc:
+                    failed = failed or exc
         for stream in self._audio.values():
             stream.close()
         self.meta.update(summary)
