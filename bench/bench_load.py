@@ -346,6 +346,14 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
             f"{cpu(r['cpu_pct'])} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | {cpu(r['emulator_cpu_pct'])} | "
             f"{r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
             f"{r['missed_end']}/{TURNS * r['n']} | {r['unanswered']}/{TURNS * r['n']} | {r['errors']} |")
+    split = [r for r in rows if not r.get("all_in_one")]
+    if split:
+        top = max(split, key=lambda r: r["n"])
+        both = top["cpu_pct"] + top["players_cpu_pct"] + top["emulator_cpu_pct"]
+        lines += ["", f"The three processes share this machine's {os.cpu_count()} cores: at N = {top['n']} they use "
+                  f"{both:.0f} % of one core together (other work on the machine comes on top), so the bridge's loop "
+                  "also waits for a core and for the GIL (aiortc's decoder threads, the recorders' FLAC threads); "
+                  "figures near saturation vary from run to run by a factor of two."]
     if any(r.get("all_in_one") for r in rows):
         lines += ["", "The *all in one process* row is the earlier measurement for comparison: players with their "
                   "Opus encoders and sending peers, the emulator and the bridges all on one event loop, so its loop "
