@@ -138,3 +138,21 @@ def test_turn_table_follows_resends_across_connections(tmp_path):
     assert list(tt["answered"]) == [True, False, False, True, True]
     assert tt["turn_complete"].iloc[3] == pytest.approx(11.9) and tt["turn_complete"].iloc[4] == pytest.approx(13.0)
     assert user_turns(r)["answered"].all()
+
+
+def test_audio_thread_writes_the_same_files(tmp_path):
+    """The bridge encodes FLAC on a thread; the files must equal the ones written inline."""
+    rng = np.random.default_rng(7)
+    chunks = [(rng.standard_normal(960) * 3000).astype(np.int16) for _ in range(300)]
+    out = {}
+    for threaded in (False, True):
+        rec = Recorder(tmp_path / f"r{threaded}", {}, audio_thread=threaded)
+        for i, c in enumerate(chunks):
+            rec.mic(i * 0.02, i * 960 + (480_000 if i >= 150 else 0), c)  # a 10 s gap half way
+            rec.sent(c[::3])
+            rec.model(c[::2])
+        rec.close()
+        out[threaded] = load(tmp_path / f"r{threaded}")
+    for attr in ("mic", "sent", "model"):
+        assert np.array_equal(getattr(out[False], attr), getattr(out[True], attr))
+    assert out[True].mic.size == 300 * 960 + 480_000 and out[True].meta["samples"]["mic"] == out[True].mic.size
