@@ -43,7 +43,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (  # noqa: E402
-    CANDIDATE, OUT, ExternalEmulator, pct, pid_cpu, process_cpu, rss_mb, section, thread_cpu, write_section,
+    CANDIDATE,
+    OUT,
+    ExternalEmulator,
+    pct,
+    pid_cpu,
+    process_cpu,
+    rss_mb,
+    section,
+    thread_cpu,
+    write_section,
 )
 
 import workbench  # noqa: E402
@@ -305,7 +314,8 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
         cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
         watcher.cancel()
     row = summarise(n, results, audio)
-    row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=float("nan"), players_cpu_pct=float("nan"), emulator_cpu_pct=float("nan"), wall_s=wall,
+    nan = float("nan")
+    row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=nan, players_cpu_pct=nan, emulator_cpu_pct=nan, wall_s=wall,
                rss_per_session_mb=(peak[0] - rss0) / n, all_in_one=True)
     return row
 
@@ -327,7 +337,8 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         "`mic_open` (the start-up handshakes left out). CPU in % of one core over the wall time (2 cores here).",
         "",
         "| N | loop lag p50 / p99 / max, all | loop lag p50 / p99 / max, streaming | bridge process CPU | "
-        "of which event-loop thread | player process CPU | emulator CPU | bridge RSS per session | frames lost | turns without ActivityEnd | "
+        "of which event-loop thread | player process CPU | emulator CPU | bridge RSS per session | frames lost | "
+        "turns without ActivityEnd | "
         "turns unanswered | session errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -343,7 +354,8 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         lines.append(
             f"| {name} | {r['lag_p50']:.1f} / {r['lag_p99']:.1f}{mark} / {r['lag_max']:.0f} ms | "
             f"{r['stream_p50']:.1f} / {r['stream_p99']:.1f} / {r['stream_max']:.0f} ms | "
-            f"{cpu(r['cpu_pct'])} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | {cpu(r['emulator_cpu_pct'])} | "
+            f"{cpu(r['cpu_pct'])} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | "
+            f"{cpu(r['emulator_cpu_pct'])} | "
             f"{r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
             f"{r['missed_end']}/{TURNS * r['n']} | {r['unanswered']}/{TURNS * r['n']} | {r['errors']} |")
     split = [r for r in rows if not r.get("all_in_one")]
@@ -374,7 +386,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
     ap.add_argument("--n", default="1,5,10,20", help="session counts, comma-separated")
-    ap.add_argument("--profile", type=int, help="run this N under cProfile (bridge process) and print the top functions")
+    ap.add_argument("--profile", type=int,
+                    help="run this N under cProfile (bridge process) and print the top functions")
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
     ap.add_argument("--players", type=int, help=argparse.SUPPRESS)  # the player process
     args = ap.parse_args()

@@ -30,7 +30,7 @@ from workbench.scorers import silero_model_path  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SPEECH = Path("/work/shared/speech")
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
 CONDITIONS: list[tuple[str, str | None, float | None]] = [
     ("clean", None, None),
     ("white 30 dB", "white", 30.0),

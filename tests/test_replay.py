@@ -21,7 +21,7 @@ from workbench.replay import (
 from workbench.turns import TurnParams
 
 RATE = 16000
-SPEECH = Path("/work/shared/speech")
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
 REPO = Path(__file__).resolve().parents[1]
 
 

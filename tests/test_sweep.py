@@ -32,7 +32,7 @@ from workbench.turns import TurnParams  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = REPO / "recordings" / "candidate.flac"
-SPEECH = Path("/work/shared/speech")
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
 
 EDGE_PARAMS = [
     TurnParams(),

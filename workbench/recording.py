@@ -186,7 +186,8 @@ class Recorder:
         self._write_meta()
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8", buffering=1)
         self._writer = _AudioWriter(f"recorder-{self.dir.name}") if audio_thread else None
-        self._audio = {key: _FlacStream(self.dir / name, rate, self._writer) for key, (name, rate) in AUDIO_FILES.items()}
+        self._audio = {key: _FlacStream(self.dir / name, rate, self._writer)
+                       for key, (name, rate) in AUDIO_FILES.items()}
         self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
         self._mic_origin: int = 0
         self.closed = False
