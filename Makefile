@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(BIN)/workbench demo
 
 test: $(STAMP) system
+	$(BIN)/ruff check workbench tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system
