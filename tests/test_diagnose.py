@@ -415,3 +415,28 @@ def test_module_entry_point(tmp_path):
     missing = run(str(tmp_path / "nope"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert missing.stderr.startswith("workbench: error: ") and "not a recording directory" in missing.stderr
+
+
+def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
+    """Failure A survived: the original ActivityEnd stays on record, as a warning naming the answer."""
+    from workbench.recording import Recorder, load
+
+    rec = Recorder(tmp_path / "r", {"params": {"silence_ms": 700}, "live": {"ping_timeout_s": 20}})
+    for e in [
+        Ws(t=0.1, what="connect", detail="conn 1"),
+        Sent(t=1.0, msg="activity_start", n_bytes=0, seq=1, stage="wire"),
+        Sent(t=1.1, msg="audio", n_bytes=640, seq=2, stage="wire"),
+        Sent(t=2.0, msg="activity_end", n_bytes=0, seq=3, stage="wire"),
+        Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
+        Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
+        SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
+        Sent(t=7.3, msg="activity_start", n_bytes=0, seq=4, stage="wire"),
+        Sent(t=7.3, msg="audio", n_bytes=640, seq=5, stage="wire"),
+        Sent(t=7.4, msg="activity_end", n_bytes=0, seq=6, stage="wire"),
+        Server(t=7.6, msg="model_audio", stage="app"),
+        Server(t=8.0, msg="turn_complete", stage="app"),
+    ]:
+        rec.emit(e)
+    rec.close()
+    found = [f for f in diagnose.diagnose(load(tmp_path / "r")) if f.code == "no_response_after_activity_end"]
+    assert len(found) == 1 and found[0].severity == "warning" and "8.00 s" in found[0].evidence

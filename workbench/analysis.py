@@ -82,8 +82,9 @@ def turn_table(rec: Recording) -> pd.DataFrame:
     if "stage" in app:
         app = app[app["stage"] == "app"]
     app_audio = app[app["msg"] == "audio"] if len(app) else app  # n_samples: PCM, not JSON bytes
-    vad_starts = vad[vad["decision"] == "speech_start"]["media_t"].to_numpy() if len(vad) else np.array([])
-    vad_ends = vad[vad["decision"] == "speech_end"]["media_t"].to_numpy() if len(vad) else np.array([])
+    has_vad = len(vad) and {"decision", "media_t"} <= set(vad.columns)
+    vad_starts = vad[vad["decision"] == "speech_start"]["media_t"].to_numpy() if has_vad else np.array([])
+    vad_ends = vad[vad["decision"] == "speech_end"]["media_t"].to_numpy() if has_vad else np.array([])
     audio_t = srv[srv["msg"] == "model_audio"]["t"].to_numpy() if len(srv) else np.array([])
     complete_t = srv[srv["msg"] == "turn_complete"]["t"].to_numpy() if len(srv) else np.array([])
     conn_t = _connections(rec)

@@ -98,6 +98,7 @@ class Context:
     activities: list[Activity] = field(default_factory=list)
     orphan_ends: list[float] = field(default_factory=list)
     stray_audio: list[tuple[float, float | None]] = field(default_factory=list)  # (t, preceding ActivityEnd t)
+    recovered: dict[float, float] = field(default_factory=dict)  # unanswered ActivityEnd t -> re-sent turn's answer
 
 
 # -- reading the events -----------------------------------------------------------------------------------------
@@ -211,7 +212,21 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
         activities=acts,
         orphan_ends=orphans,
         stray_audio=stray,
+        recovered=_recovered(rec),
     )
+
+
+def _recovered(rec: Recording) -> dict[float, float]:
+    """ActivityEnd times whose turn went unanswered but was answered after a re-send: end t -> answer t."""
+    from .analysis import turn_table
+
+    tt = turn_table(rec)
+    out: dict[float, float] = {}
+    for row in tt[~tt["answered"] & tt["activity_end"].notna()].itertuples():
+        later = tt[(tt["turn"] == row.turn) & (tt["attempt"] > row.attempt) & tt["answered"]]
+        if len(later):
+            out[float(row.activity_end)] = float(later["turn_complete"].iloc[0])
+    return out
 
 
 def _text(row: Any, col: str) -> str | None:
@@ -502,10 +517,13 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
                     + (f"the session ended {c.end_t - a.end_t:.1f} s later" if cut else
                        f"no model_audio/turn_complete/tool_call within {c.response_timeout_s:g} s")
                     + f"; {heard} server message(s) of any kind read in that time")
+        answered = next((v for k, v in c.recovered.items() if abs(k - a.end_t) < 1e-6), None)
+        if answered is not None:
+            evidence += f"; the bridge re-sent the turn on a new connection and it was answered at {_s(answered)}"
         out.append(Finding(
-            "no_response_after_activity_end", "warning" if cut else "error",
-            f"no response to ActivityEnd at {_s(a.end_t)}", evidence, a.end_t,
-            _why_no_response(c, a, wire_responses)))
+            "no_response_after_activity_end", "warning" if cut or answered is not None else "error",
+            f"no response to ActivityEnd at {_s(a.end_t)}" + (" (recovered by a re-send)" if answered else ""),
+            evidence, a.end_t, _why_no_response(c, a, wire_responses)))
     return out
 
 
