@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "serve", help="serve a web page that bridges a real browser's microphone (WebRTC) into a Live session",
         description="Start a local web server: its page takes the microphone, connects to the bridge over WebRTC, "
                     "shows turn state and transcripts as they happen and plays the agent back. Each browser "
-                    "session is recorded into OUT_DIR/browser-<time>/. Page options by query: autostart=1, "
+                    "session is recorded into OUT_DIR/browser-<time>-<n>/. Page options by query: autostart=1, "
                     "dtx=1, mute_at=S, unmute_at=S, mute_mode=enabled|replace, stop_after=S.",
         epilog="example: workbench serve --port 8080, then open http://127.0.0.1:8080/?dtx=1")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default %(default)s; 0: any)")

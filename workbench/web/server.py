@@ -2,7 +2,7 @@
 
 The page (``workbench/web/``) takes the microphone, negotiates a WebRTC connection with ``POST
 /offer`` and hands its audio track to ``bridge.run_session``, which records it like any other
-session into ``<out-dir>/browser-<time>/``.  The session's events go back to the page on the
+session into ``<out-dir>/browser-<time>-<n>/``.  The session's events go back to the page on the
 data channel the page opens (``events``), and the model's 24 kHz audio goes back resampled to
 48 kHz on an outgoing aiortc track.  ``/recordings`` lists what was recorded, ``/status`` is JSON
 for tests and notebooks.
@@ -345,8 +345,7 @@ class Server:
             raise web.HTTPBadRequest(text="expected {sdp, type: 'offer'}")
         self._count += 1
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = f"browser-{stamp}" if not (self.config.out_dir / f"browser-{stamp}").exists() \
-            else f"browser-{stamp}-{self._count}"
+        name = f"browser-{stamp}-{self._count}"  # the counter: offers in the same second get their own dir
         pc = RTCPeerConnection(_config())
         s = BrowserSession(id=str(self._count), name=name, dir=self.config.out_dir / name, pc=pc,
                            voice=ModelAudioTrack(), options=dict(body.get("options") or {}))
