@@ -230,7 +230,8 @@ def test_loopback_delivers_audio_in_real_time() -> None:
     assert slope == pytest.approx(1.0, abs=0.02)  # real-time pace
     corr, lag = envelope_match(src, frames)
     assert corr > 0.9 and lag == 0
-    assert np.diff(ticks).max() < 0.25  # the clock keeps ticking (10 ms asked; generous for a loaded machine)
+    # the clock keeps ticking (10 ms asked); a percentile, so one stall of the whole machine does not count
+    assert np.percentile(np.diff(ticks), 99) < 0.05
 
 
 def test_dtx_stops_frames_in_silence_and_releases_the_stale_tail_late() -> None:
@@ -243,7 +244,7 @@ def test_dtx_stops_frames_in_silence_and_releases_the_stale_tail_late() -> None:
     assert len(gaps) == 2  # one per digital silence, frames resume after each
     for g in gaps:
         inside = [x for x in ticks if t[g] < x < t[g + 1]]
-        assert len(inside) > 20 and np.diff([t[g], *inside, t[g + 1]]).max() < 0.25
+        assert len(inside) > 20 and np.percentile(np.diff([t[g], *inside, t[g + 1]]), 95) < 0.05
     # What the receiver's jitter buffer did to the first burst's tail: it arrives after the gap.
     mc = MediaClock()
     late = np.array([mc.late_s(f.t, f.pts_s) for f in frames])
