@@ -46,13 +46,13 @@ from benchlib import (  # noqa: E402
     CANDIDATE,
     OUT,
     ExternalEmulator,
+    RssPeak,
     pct,
     pid_cpu,
     process_cpu,
-    rss_mb,
+    publish,
     section,
     thread_cpu,
-    write_section,
 )
 
 import workbench  # noqa: E402
@@ -212,13 +212,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
     out = OUT / "load" / str(n)
     shutil.rmtree(out, ignore_errors=True)
     patch_aioice_loopback()
-    rss0 = rss_mb()
-    peak = [rss0]
-
-    async def watch_rss() -> None:
-        while True:
-            peak[0] = max(peak[0], rss_mb())
-            await asyncio.sleep(0.5)
+    rss = RssPeak()
 
     ssl_context = emu.ssl_context()  # one for all sessions, as a deployed bridge has
 
@@ -228,7 +222,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
                                     name=f"load-{n}-{i}")
 
     players = Players(n)
-    watcher = asyncio.create_task(watch_rss())
+    watcher = asyncio.create_task(rss.run())
     emu_cpu0 = pid_cpu(emu.proc.pid) if emu.proc else float("nan")
     cpu0, wall0, loop0 = process_cpu(), time.monotonic(), loop_thread_cpu()
     await players.start()
@@ -254,7 +248,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
     row = summarise(n, results, audio)
     row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=100 * loop_cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
                emulator_cpu_pct=100 * emu_cpu / wall, wall_s=wall,
-               rss_per_session_mb=(peak[0] - rss0) / n, players_frames=sum(players.ended.values()))
+               rss_per_session_mb=rss.growth_mb / n, players_frames=sum(players.ended.values()))
     return row
 
 
@@ -294,13 +288,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
 
     out = OUT / "load" / f"{n}-all-in-one"
     shutil.rmtree(out, ignore_errors=True)
-    rss0 = rss_mb()
-    peak = [rss0]
-
-    async def watch_rss() -> None:
-        while True:
-            peak[0] = max(peak[0], rss_mb())
-            await asyncio.sleep(0.5)
+    rss = RssPeak()
 
     async with Emulator(EmulatorConfig()) as emu:
         def cfg(i: int) -> bridge.SessionConfig:
@@ -308,7 +296,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
             return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=False, tail_s=TAIL_S,
                                         name=f"load-{n}-{i}")
 
-        watcher = asyncio.create_task(watch_rss())
+        watcher = asyncio.create_task(rss.run())
         cpu0, wall0 = process_cpu(), time.monotonic()
         results = await asyncio.gather(*(bridge.run_session(audio, cfg(i), out / str(i)) for i in range(n)))
         cpu, wall = process_cpu() - cpu0, time.monotonic() - wall0
@@ -316,7 +304,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
     row = summarise(n, results, audio)
     nan = float("nan")
     row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=nan, players_cpu_pct=nan, emulator_cpu_pct=nan, wall_s=wall,
-               rss_per_session_mb=(peak[0] - rss0) / n, all_in_one=True)
+               rss_per_session_mb=rss.growth_mb / n, all_in_one=True)
     return row
 
 
@@ -411,9 +399,7 @@ def main() -> int:
         rows.append(asyncio.run(run_all_in_one(ALL_IN_ONE_N, audio)))
         print(rows[-1], file=sys.stderr)
     text = section(TITLE, report(rows, audio.size / 48_000))
-    print(text)
-    if args.write:
-        print(f"wrote {write_section(TITLE, text)}", file=sys.stderr)
+    publish(TITLE, text, args.write)
     return 0
 
 

@@ -32,7 +32,7 @@ from scipy.signal import resample_poly
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import section, write_section  # noqa: E402
+from benchlib import publish, section  # noqa: E402
 
 from workbench.audio import load_mono, to_int16  # noqa: E402
 from workbench.resample import Resampler  # noqa: E402
@@ -163,9 +163,7 @@ def main() -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # speed is quoted for one core
     text = section(TITLE, measure(args.rounds))
-    print(text)
-    if args.write:
-        print(f"wrote {write_section(TITLE, text)}", file=sys.stderr)
+    publish(TITLE, text, args.write)
     return 0
 
 

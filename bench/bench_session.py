@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import CANDIDATE, OUT, ExternalEmulator, pct, process_cpu, section, thread_cpu, write_section  # noqa: E402
+from benchlib import CANDIDATE, OUT, ExternalEmulator, pct, process_cpu, publish, section, thread_cpu  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench import bridge, live  # noqa: E402
@@ -211,9 +211,7 @@ def main() -> int:
               (ln.split("\t") for ln in CANDIDATE.with_suffix(".labels.txt").read_text().splitlines() if ln.strip())]
     res = asyncio.run(sessions(args.sessions, audio, labels))
     text = section(TITLE, report(res, args.sessions, TurnParams()))
-    print(text)
-    if args.write:
-        print(f"wrote {write_section(TITLE, text)}", file=sys.stderr)
+    publish(TITLE, text, args.write)
     return 0
 
 

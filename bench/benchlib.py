@@ -57,6 +57,32 @@ def write_section(title: str, text: str, path: Path = BENCHMARKS) -> Path:
     return path
 
 
+def publish(title: str, text: str, write: bool) -> None:
+    """Print a section; with ``write``, also put it into BENCHMARKS.md."""
+    print(text)
+    if write:
+        print(f"wrote {write_section(title, text)}", file=sys.stderr)
+
+
+class RssPeak:
+    """Peak resident memory (MB) above the level at creation, sampled every 0.5 s while ``run()`` runs."""
+
+    def __init__(self) -> None:
+        self.base = rss_mb()
+        self.peak = self.base
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            self.peak = max(self.peak, rss_mb())
+            await asyncio.sleep(0.5)
+
+    @property
+    def growth_mb(self) -> float:
+        return self.peak - self.base
+
+
 def pct(values: list[float] | np.ndarray, q: float) -> float:
     a = np.asarray(values, dtype=float)
     return float(np.percentile(a, q)) if a.size else float("nan")
