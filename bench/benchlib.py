@@ -83,6 +83,35 @@ class RssPeak:
         return self.peak - self.base
 
 
+class CpuTrace:
+    """This process's CPU seconds (all threads, and the calling thread's) sampled every ``period_s`` while
+    ``run()`` runs, so a window of the run (e.g. all sessions streaming) can be cut out afterwards."""
+
+    def __init__(self, period_s: float = 0.05) -> None:
+        self.period_s = period_s
+        self.samples: list[tuple[float, float, float]] = []  # (monotonic, process CPU s, loop-thread CPU s)
+
+    def sample(self) -> None:
+        t = resource.getrusage(resource.RUSAGE_THREAD)
+        self.samples.append((time.monotonic(), process_cpu(), t.ru_utime + t.ru_stime))
+
+    async def run(self) -> None:
+        import asyncio
+
+        while True:
+            self.sample()
+            await asyncio.sleep(self.period_s)
+
+    def window(self, start: float, end: float) -> tuple[float, float, float]:
+        """(seconds, process CPU s, loop-thread CPU s) between the first sample at/after ``start`` and the last
+        at/before ``end``."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan"), float("nan"), float("nan")
+        a, b = inside[0], inside[-1]
+        return b[0] - a[0], b[1] - a[1], b[2] - a[2]
+
+
 def pct(values: list[float] | np.ndarray, q: float) -> float:
     a = np.asarray(values, dtype=float)
     return float(np.percentile(a, q)) if a.size else float("nan")

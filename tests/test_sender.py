@@ -49,3 +49,36 @@ def test_double_start_and_double_end_are_ignored():
     assert s.start(chunk(), 0.1) == []
     assert kinds(s.end(0.5)) == ["activity_end"]
     assert s.end(0.6) == []
+
+
+def test_chunking_gathers_audio_and_end_flushes_it_first():
+    s = SendOrder(chunk_ms=100)  # 1600 samples at 16 kHz
+    out = s.start(chunk(320), 0.0)
+    assert kinds(out) == ["activity_start"]  # the start goes out at once, the audio waits for a full chunk
+    for i in range(1, 4):
+        assert s.audio(i * 0.02, chunk(320)) == []
+    out = s.audio(0.08, chunk(320))
+    assert kinds(out) == ["audio"] and out[0].audio.size == 1600 and out[0].media_t == 0.0
+    out = s.audio(0.1, chunk(100)) + s.end(0.5)
+    assert kinds(out) == ["audio", "activity_end"] and out[0].audio.size == 100 and out[0].media_t == 0.1
+
+
+def test_chunking_keeps_every_sample_in_order():
+    s = SendOrder(chunk_ms=60)
+    rng = np.random.default_rng(1)
+    pieces = [rng.integers(-1000, 1000, int(n), dtype=np.int16) for n in rng.integers(0, 500, 40)]
+    out = s.start(pieces[0], 0.0)
+    for p in pieces[1:]:
+        out += s.audio(0.0, p)
+    out += s.end(1.0)
+    audio = [o.audio for o in out if o.msg == "audio"]
+    assert all(a.size >= 960 for a in audio[:-1])
+    np.testing.assert_array_equal(np.concatenate(audio), np.concatenate(pieces))
+    assert kinds(out)[0] == "activity_start" and kinds(out)[-1] == "activity_end"
+
+
+def test_bad_chunk_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="send chunk"):
+        SendOrder(chunk_ms=-1)

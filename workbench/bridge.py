@@ -22,7 +22,7 @@ from google.genai import types
 from . import live, naive
 from .events import Error, Event, LoopLag, SessionMark, Watchdog, Ws
 from .ledger import TurnLedger
-from .pipeline import MicPipeline
+from .pipeline import SEND_CHUNK_MS, MicPipeline
 from .recording import Observer, Recorder
 from .sender import Outgoing
 from .turns import TurnParams
@@ -47,6 +47,7 @@ class SessionConfig:
     watchdog_s: float | None = 5.0  # no response this long after ActivityEnd: Watchdog event and its action
     watchdog_action: str = "reconnect"  # "reconnect" (resume and re-send the turn) or "none" (record only)
     naive: str | None = None  # one of naive.MODES: reproduce a field-report mistake
+    send_chunk_ms: float = SEND_CHUNK_MS  # audio per message at least this long (ActivityEnd flushes it first)
     name: str = "session"
     source: str = ""
 
@@ -55,12 +56,15 @@ class SessionConfig:
         if self.watchdog_action not in WATCHDOG_ACTIONS:
             raise ValueError(f"watchdog action must be one of {', '.join(WATCHDOG_ACTIONS)}, "
                              f"not {self.watchdog_action!r}")
+        if not self.send_chunk_ms >= 0:
+            raise ValueError(f"send chunk must be >= 0 ms, got {self.send_chunk_ms}")
         if self.watchdog_s is not None and not self.watchdog_s > 0:
             raise ValueError(f"watchdog must be > 0 s (or None for off), got {self.watchdog_s}")
 
     def describe(self) -> dict[str, Any]:
         return {"reconnect": self.reconnect, "watchdog_s": self.watchdog_s, "watchdog_action": self.watchdog_action,
-                "naive": self.naive, "response_timeout_s": self.response_timeout_s}
+                "naive": self.naive, "response_timeout_s": self.response_timeout_s,
+                "send_chunk_ms": self.send_chunk_ms}
 
 
 WATCHDOG_ACTIONS = ("reconnect", "none")
@@ -90,7 +94,7 @@ class _Session:
         self.rec = recorder
         self.progress = progress or (lambda _msg: None)
         self.t0 = time.monotonic()
-        self.mic = MicPipeline(cfg.params)
+        self.mic = MicPipeline(cfg.params, send_chunk_ms=cfg.send_chunk_ms)
         if cfg.naive == "frame-count":
             self.mic.detector = naive.FrameCountDetector(cfg.params)  # type: ignore[assignment]
         self.ledger = TurnLedger(cfg.watchdog_s)
@@ -327,7 +331,7 @@ async def run_session(
         else:
             assert isinstance(source, MediaStreamTrack)
             mic_track = source
-        async for item in ingest(mic_track, s.clock):
+        async for item in ingest(mic_track, s.clock, deadline=s.mic.next_deadline):
             if s.dead.is_set():
                 break
             if isinstance(item, Received):

@@ -69,6 +69,9 @@ class FrameCountDetector:
         self._last_speech_end = 0.0
         self._history: deque[tuple[float, np.ndarray]] = deque()
 
+    def next_deadline(self) -> float | None:
+        return None  # nothing is ever decided on the clock: that is Failure B
+
     def frame(self, t: float, samples: np.ndarray) -> list[Decision]:
         n_s = samples.size / self.rate
         level = level_dbfs(samples)

@@ -1,8 +1,8 @@
 """The mic side of the bridge as one sans-I/O object: frames and ticks in, events and messages out.
 
-Live, ``bridge.py`` feeds it what ``track.recv()`` returns and a timer's ticks; offline,
-``replay.replay_recording`` feeds it a recording's frames with their real arrival times.
-Same object, same decisions.
+Live, ``bridge.py`` feeds it what ``track.recv()`` returns and ticks at ``next_deadline()``
+when no frame came first; offline, ``replay.replay_recording`` feeds it a recording's frames
+with their real arrival times and ticks at the same deadlines.  Same object, same decisions.
 
 Per frame: map media time (pts) onto the session clock, notice gaps, resample 48k->16k
 (soxr stream), run the turn detector, then gate the audio through ``SendOrder``.  Per tick:
@@ -27,6 +27,11 @@ GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopbac
 REANCHOR_LATE_S = 0.3
 REANCHOR_AFTER_S = 0.2
 MIC_RATE = 48_000
+# A tick this long after the gap is due: the gap test is strict (> gap_s), so a tick exactly on time would not see it.
+GAP_MARGIN_S = 0.001
+# Audio goes out in messages of at least this much (ActivityEnd sends what is pending first): each SDK message
+# costs ~0.2 ms of CPU, and with manual activity detection the answer waits for ActivityEnd anyway.
+SEND_CHUNK_MS = 100.0
 
 Output = Event | Outgoing
 
@@ -34,11 +39,11 @@ Output = Event | Outgoing
 class MicPipeline:
     """Ingest -> resample -> turn detector -> send order, for one microphone."""
 
-    def __init__(self, params: TurnParams, gap_s: float = GAP_S) -> None:
+    def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS) -> None:
         self.params = params
         self.gap_s = gap_s
         self.detector = TurnDetector(params, rate=16_000)
-        self.order = SendOrder(rate=16_000)
+        self.order = SendOrder(rate=16_000, chunk_ms=send_chunk_ms)
         self.resampler = Resampler()
         self.media_offset: float | None = None  # session time of media time 0
         self.last_arrival: float | None = None
@@ -80,6 +85,18 @@ class MicPipeline:
                 out += self._feed(chunk_t, chunk)
         out += self._apply(self.detector.tick(t))[0]
         return out
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which ``tick`` next has something to do (flush a gap, end a turn); None: only frames.
+
+        While frames keep coming every frame ticks the clock itself, so the live loop needs a timer
+        only for this: the moment frames are late enough to matter (Failure B's case).
+        """
+        due = self.detector.next_deadline()
+        if self.last_arrival is not None and not self._gap_flushed:
+            gap_due = self.last_arrival + self.gap_s + GAP_MARGIN_S
+            due = gap_due if due is None else min(due, gap_due)
+        return due
 
     def finish(self, t: float) -> list[Output]:
         """The track ended: flush and close any open turn (``end_of_audio``)."""

@@ -214,14 +214,14 @@ class ReplayReport:
         return f"{self.source} ({self.mode} replay, scorer {self.params.scorer})\n{format_table(self.turns)}"
 
 
-def replay_recording(rec: Any, params: TurnParams, tick_ms: float = 10) -> list[Turn]:
+def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
     """Replay a recording's received frames through the live mic pipeline (``MicPipeline``).
 
     Each frame event gives its arrival time and pts; its 48 kHz audio is cut from ``mic.flac``
-    (stored by media time).  The clock ticks on a ``tick_ms`` grid between arrivals, so gaps
-    are silence exactly as they were live, and the resampler, gap flushes and detector are the
-    same code the bridge ran: with the recording's own parameters this reproduces its decisions
-    (to within one tick).
+    (stored by media time).  Between arrivals the clock ticks where the live loop ticks: at the
+    pipeline's ``next_deadline()`` when no frame came first, so gaps are silence exactly as they
+    were live, and the resampler, gap flushes and detector are the same code the bridge ran.
+    With the recording's own parameters this reproduces its decisions.
     """
     from workbench.events import Vad
     from workbench.pipeline import MicPipeline
@@ -230,21 +230,20 @@ def replay_recording(rec: Any, params: TurnParams, tick_ms: float = 10) -> list[
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
     pipe = MicPipeline(params)
     decisions: list[Vad] = []
-    tick_s = tick_ms / 1000
-    k = 0
+
+    def run_clock_to(t: float) -> None:
+        while (due := pipe.next_deadline()) is not None and due < t:
+            decisions.extend(o for o in pipe.tick(due) if isinstance(o, Vad))
+
     if not frames_df.empty and rec.mic.size:
         mic = np.clip(np.round(rec.mic * 32768.0), -32768, 32767).astype(np.int16)
         origin = round(float(frames_df["pts_s"].iloc[0]) * 48_000)
         for t, pts, n in frames_df[["t", "pts_s", "n_samples"]].itertuples(index=False):
-            while k * tick_s < t:
-                decisions += [o for o in pipe.tick(k * tick_s) if isinstance(o, Vad)]
-                k += 1
+            run_clock_to(float(t))
             i0 = round(float(pts) * 48_000) - origin
             x = mic[max(0, i0) : max(0, i0 + int(n))]
             decisions += [o for o in pipe.frame(float(t), float(pts), x) if isinstance(o, Vad)]
-    while k * tick_s < end_t:
-        decisions += [o for o in pipe.tick(k * tick_s) if isinstance(o, Vad)]
-        k += 1
+    run_clock_to(end_t)
     decisions += [o for o in pipe.finish(end_t) if isinstance(o, Vad)]
     return vad_events_to_turns(decisions)
 

@@ -31,10 +31,19 @@ class SendOrder:
     end for an activity that never got audio sends nothing, so no activity is empty.
     Audio outside an activity is dropped and counted: the server would discard it, or
     close the session (strict servers answer 1007).
+
+    With ``chunk_ms`` audio is gathered into messages of at least that length; ActivityEnd
+    sends what is pending first, so the end of a turn is never delayed by it.
     """
 
-    def __init__(self, rate: int = 16_000) -> None:
+    def __init__(self, rate: int = 16_000, chunk_ms: float = 0.0) -> None:
+        if not chunk_ms >= 0:
+            raise ValueError(f"send chunk must be >= 0 ms, got {chunk_ms}")
         self.rate = rate
+        self.chunk_samples = int(round(rate * chunk_ms / 1000))
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._pending_t: float | None = None
         self.open = False
         self._start_pending = False
         self._samples_in_activity = 0
@@ -64,7 +73,20 @@ class SendOrder:
             self._start_pending = False
             self.activities += 1
         self._samples_in_activity += samples.size
-        out.append(Outgoing("audio", audio=samples, media_t=media_t))
+        if not self._pending:
+            self._pending_t = media_t
+        self._pending.append(samples)
+        self._pending_n += samples.size
+        if self._pending_n >= self.chunk_samples:
+            out += self._flush()
+        return out
+
+    def _flush(self) -> list[Outgoing]:
+        if not self._pending:
+            return []
+        audio = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        out = [Outgoing("audio", audio=audio, media_t=self._pending_t)]
+        self._pending, self._pending_n, self._pending_t = [], 0, None
         return out
 
     def end(self, media_t: float | None = None) -> list[Outgoing]:
@@ -74,4 +96,4 @@ class SendOrder:
         if self._start_pending:  # nothing was ever sent for this activity: send nothing
             self._start_pending = False
             return []
-        return [Outgoing("activity_end", media_t=media_t)]
+        return [*self._flush(), Outgoing("activity_end", media_t=media_t)]

@@ -242,6 +242,13 @@ class TurnDetector:
             return [self._end(self._clock, reason)]
         return []
 
+    def next_deadline(self) -> float | None:
+        """Clock time at which ``tick`` would end the open turn (silence or max turn); None when none is open.
+
+        Lets the live loop sleep until then instead of ticking on a grid while frames flow.
+        """
+        return self._end_due()[0] if self._open else None
+
     def finish(self, t: float) -> list[Decision]:
         """End of audio at clock ``t``: a turn still open ends with reason ``end_of_audio``."""
         out = self.tick(t)
