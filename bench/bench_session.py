@@ -39,8 +39,9 @@ from benchlib import CANDIDATE, OUT, ExternalEmulator, pct, process_cpu, publish
 import workbench  # noqa: E402
 from workbench import bridge, live  # noqa: E402
 from workbench.audio import load_mono, to_int16  # noqa: E402
+from workbench.ingest import ingest  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
-from workbench.webrtc import FilePlayerTrack, ingest, loopback  # noqa: E402
+from workbench.webrtc import FilePlayerTrack, loopback  # noqa: E402
 
 TITLE = "Session CPU and end-of-turn latency"
 CPU_TARGET_PCT = 3.0
@@ -94,8 +95,7 @@ async def baseline(audio: np.ndarray) -> tuple[float, dict[str, float]]:
         link = await loopback(FilePlayerTrack(audio))
         t0 = time.monotonic()
         try:
-            async for _ in ingest(link.remote_track, lambda: time.monotonic() - t0):
-                pass
+            await ingest(link.remote_track, lambda: time.monotonic() - t0, lambda _frame: None)
         finally:
             await link.close()
 

@@ -46,6 +46,7 @@ def test_run_against_a_separate_emulator_with_ssl_cert_file(tmp_path):
         emu.wait(10)
     rec = workbench.load(out)
     assert rec.meta["params"]["silence_ms"] == 600 and rec.meta["live"]["endpoint"] == url
+    assert rec.meta["event_loop"] == "uvloop"  # the commands run on uvloop (workbench.eventloop)
     tt = turn_table(rec)
     assert len(tt) == 1 and tt["answered"].all()
 
@@ -55,6 +56,13 @@ def test_live_without_key_is_a_clear_error(tmp_path, monkeypatch):
     p = subprocess.run([sys.executable, "-m", "workbench.cli", "run", "--audio", str(short_wav(tmp_path, 1.0)),
                         "--live", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 2 and "GEMINI_API_KEY" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_event_loop_choice_is_one_line(tmp_path):
+    env = {**os.environ, "WORKBENCH_LOOP": "tokio"}
+    p = subprocess.run([sys.executable, "-m", "workbench.cli", "run", "--audio", str(short_wav(tmp_path, 1.0)),
+                        "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and "WORKBENCH_LOOP" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_emulator_bad_fault_is_one_line():

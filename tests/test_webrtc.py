@@ -13,16 +13,14 @@ import aioice.ice
 import av
 import numpy as np
 import pytest
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
+from workbench.ingest import Received, ingest
 from workbench.webrtc import (
     FRAME_S,
     FRAME_SAMPLES,
     FilePlayerTrack,
     MediaClock,
-    Received,
-    Tick,
-    ingest,
     loopback,
     mono_frame,
     patch_aioice_loopback,
@@ -58,20 +56,18 @@ def frame_rms(x: np.ndarray) -> np.ndarray:
 
 
 async def play(
-    audio: np.ndarray, dtx: bool, jitter_prefetch: int | None = None, tail_s: float = 0.2
+    audio: np.ndarray, dtx: bool, jitter_prefetch: int | None = None, tail_s: float = 0.2, loop_decode: bool = True
 ) -> tuple[FilePlayerTrack, list[Received], list[float]]:
-    """Play ``audio`` through a real loopback link and ingest it on time.monotonic()."""
+    """Play ``audio`` through a real loopback link and ingest it on time.monotonic(), asking for a tick every 10 ms."""
     track = FilePlayerTrack(audio, dtx=dtx, tail_s=tail_s)
-    link = await loopback(track, jitter_prefetch=jitter_prefetch)
+    link = await loopback(track, jitter_prefetch=jitter_prefetch, loop_decode=loop_decode)
     frames: list[Received] = []
     ticks: list[float] = []
+    start = time.monotonic()
     try:
         async with asyncio.timeout(audio.size / RATE + tail_s + 5):
-            async for item in ingest(link.remote_track, time.monotonic):
-                if isinstance(item, Received):
-                    frames.append(item)
-                else:
-                    ticks.append(item.t)
+            await ingest(link.remote_track, time.monotonic, frames.append, ticks.append,
+                         lambda: (ticks[-1] if ticks else start) + 0.01)
     finally:
         await link.close()
     assert track.done.is_set()
@@ -150,50 +146,6 @@ def test_player_dtx_skips_digital_silence_but_keeps_time() -> None:
     assert [p for _, p in out] == [0, 11 * FRAME_SAMPLES, -1]
     assert out[1][0] == pytest.approx(0.22, abs=0.02)  # slept through the silence to the true due time
     assert out[2][0] == pytest.approx(0.34, abs=0.02)  # and through the tail before ending
-
-
-class QueueTrack(MediaStreamTrack):
-    """A track fed by the test, blocking in recv() like aiortc's RemoteStreamTrack."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queue: asyncio.Queue[av.AudioFrame | None] = asyncio.Queue()
-
-    async def recv(self) -> av.AudioFrame:
-        frame = await self.queue.get()
-        if frame is None:
-            raise MediaStreamError
-        return frame
-
-
-def test_ingest_ticks_while_recv_blocks_and_loses_no_frame() -> None:
-    async def run() -> list[Received | Tick]:
-        track = QueueTrack()
-        items: list[Received | Tick] = []
-
-        async def feed() -> None:
-            for i in range(3):
-                await asyncio.sleep(0.013)  # off the tick grid on purpose
-                track.queue.put_nowait(mono_frame(np.full(960, i + 1, np.int16), i * 960))
-            await asyncio.sleep(0.2)  # a gap: only ticks
-            track.queue.put_nowait(mono_frame(np.full(960, 9, np.int16), 30 * 960))
-            track.queue.put_nowait(None)
-
-        feeder = asyncio.create_task(feed())
-        async for item in ingest(track, time.monotonic, tick_s=0.01):
-            items.append(item)
-        await feeder
-        return items
-
-    items = asyncio.run(run())
-    frames = [i for i in items if isinstance(i, Received)]
-    assert [int(f.samples[0]) for f in frames] == [1, 2, 3, 9]
-    assert [f.pts_s for f in frames] == pytest.approx([0.0, 0.02, 0.04, 0.6])
-    ticks = np.array([i.t for i in items if isinstance(i, Tick)])
-    assert ticks.size >= 20 and np.diff(ticks).max() < 0.15  # the clock ran through the gap (10 ms asked)
-    assert all(b.t >= a.t for a, b in zip(items, items[1:], strict=False))
 
 
 def test_media_clock_flags_a_released_tail() -> None:
@@ -291,7 +243,7 @@ def test_closing_a_link_mid_play_ends_ingest() -> None:
         link = await loopback(track)
         asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(link.close()))
         t0 = time.monotonic()
-        n = sum([isinstance(i, Received) async for i in ingest(link.remote_track, time.monotonic)])
+        n = await ingest(link.remote_track, time.monotonic, lambda _frame: None)
         elapsed = time.monotonic() - t0
         await link.close()  # twice is fine
         return n, elapsed, track

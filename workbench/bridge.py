@@ -20,13 +20,15 @@ from aiortc.mediastreams import MediaStreamTrack
 from google.genai import types
 
 from . import live, naive
+from .eventloop import running_loop_name
 from .events import Error, Event, LoopLag, SessionMark, Watchdog, Ws
+from .ingest import Received, ingest
 from .ledger import TurnLedger
 from .pipeline import SEND_CHUNK_MS, MicPipeline
 from .recording import Observer, Recorder
 from .sender import Outgoing
 from .turns import TurnParams
-from .webrtc import FilePlayerTrack, Received, Tick, ingest, loopback
+from .webrtc import FilePlayerTrack, loopback
 from .wiretap import tapped_connection
 
 LOOP_LAG_PERIOD_S = 0.1
@@ -248,6 +250,9 @@ class _Session:
         self.rec.mic(item.t, int(round(item.pts_s * 48_000)), item.samples)
         self.handle_outputs(self.mic.frame(item.t, item.pts_s, item.samples))
 
+    def on_tick(self, t: float) -> None:
+        self.handle_outputs(self.mic.tick(t))
+
     async def sample_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -302,6 +307,7 @@ async def run_session(
         "dtx": cfg.dtx,
         "tail_s": cfg.tail_s,
         "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
+        "event_loop": running_loop_name(),
     }
     rec = Recorder(out_dir, meta, observer=observer, audio_thread=True)  # FLAC encoding off the event loop
     s = _Session(cfg, rec, progress)
@@ -331,13 +337,13 @@ async def run_session(
         else:
             assert isinstance(source, MediaStreamTrack)
             mic_track = source
-        async for item in ingest(mic_track, s.clock, deadline=s.mic.next_deadline):
-            if s.dead.is_set():
-                break
-            if isinstance(item, Received):
-                s.on_frame(item)
-            elif isinstance(item, Tick):
-                s.handle_outputs(s.mic.tick(item.t))
+        mic = asyncio.create_task(ingest(mic_track, s.clock, s.on_frame, s.on_tick, s.mic.next_deadline))
+        dead = asyncio.create_task(s.dead.wait())
+        await asyncio.wait((mic, dead), return_when=asyncio.FIRST_COMPLETED)
+        for task in (mic, dead):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mic  # an exception from the mic side (recording, pipeline) is the session's error
         s.handle_outputs(s.mic.finish(s.clock()))
         s.mic_done_t = s.clock()
         if not s.dead.is_set() and s.ledger.pending:

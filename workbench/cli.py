@@ -6,7 +6,6 @@ Every command turns bad input into one line on stderr (``workbench: error: ...``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import os
@@ -141,7 +140,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
         return result
 
     say(f"{audio_path}: {audio.size / 48_000:.1f} s of audio; params {params.to_dict()}")
-    result = asyncio.run(go())
+    from . import eventloop
+
+    result = eventloop.run(go())
     rec = load(result.path)
     tt = turn_table(rec)
     print(format_turn_table(tt))

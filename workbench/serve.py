@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import eventloop
+
 
 def register(subparsers: Any) -> None:
     """Add ``workbench serve``."""
@@ -64,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await server.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(go())
+        eventloop.run(go())
     return 0
 
 
@@ -77,7 +79,7 @@ class ServerHandle:
     def __init__(self, config: Any) -> None:
         from .web.server import Server
 
-        self.loop = asyncio.new_event_loop()
+        self.loop = eventloop.new_event_loop()
         self.server = Server(config)
         self._ready = threading.Event()
         self._error: BaseException | None = None

@@ -1,10 +1,10 @@
-"""The WebRTC I/O shell: a file-playing microphone track, a loopback link, and ingest with a running clock.
+"""The WebRTC I/O shell: frame helpers, a file-playing microphone track, a loopback link, media time.
 
-Every microphone source is an aiortc ``MediaStreamTrack``; the bridge only ever sees ``ingest``'s
-items.  Facts this module is built on (aiortc 1.16, measured on loopback):
+Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes it through
+``workbench.ingest``.  Facts this module is built on (aiortc 1.16, measured on loopback):
 
-- ``RemoteStreamTrack.recv()`` blocks forever while no packets arrive, so ``ingest`` keeps one
-  pending ``recv()`` and yields ``Tick``s around it: silence is measured on the clock.
+- ``RemoteStreamTrack.recv()`` blocks forever while no packets arrive, so ``ingest`` runs the
+  consumer's clock with a timer beside it: silence is measured on the clock.
 - The receiver's jitter buffer (prefetch 4) holds the newest ~80 ms until 4 later packets arrive.
   When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
   when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
@@ -13,7 +13,8 @@ items.  Facts this module is built on (aiortc 1.16, measured on loopback):
 - aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
   timestamp continuing the previous burst; the next packet carries the true time.  So one 20 ms
   frame of each new burst looks, by pts, as if it followed the old burst directly.
-- Opus is decoded as packed s16 stereo, ``to_ndarray()`` shape (1, 1920) even from a mono sender.
+- aiortc decodes Opus as packed s16 stereo, ``to_ndarray()`` shape (1, 1920) even from a mono
+  sender; ``workbench.loopdecode`` (what the bridge uses) decodes it to s16 mono.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import contextvars
 import fractions
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aioice.ice
@@ -31,6 +31,8 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .loopdecode import decode_audio_on_loop
 
 RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
@@ -55,10 +57,12 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Mono int16 samples of a 48 kHz frame: channels averaged (aiortc decodes Opus as packed stereo)."""
     if frame.sample_rate != RATE:
         raise ValueError(f"expected a {RATE} Hz frame, got {frame.sample_rate} Hz")
-    channels = len(frame.layout.channels)
-    if frame.format.name == "s16" and channels == 2:  # the hot path (aiortc's Opus decoder): read the plane in place
-        x = np.frombuffer(frame.planes[0], np.int16, count=2 * frame.samples)
-        return ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)
+    channels = frame.layout.nb_channels
+    if frame.format.name == "s16" and channels <= 2:  # the hot paths (Opus decoders): read the plane in place
+        x = np.frombuffer(frame.planes[0], np.int16, count=channels * frame.samples)
+        if channels == 1:  # workbench.loopdecode decodes to mono
+            return x.copy()
+        return ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)  # aiortc's decoder thread: stereo
     x = frame.to_ndarray()
     x = x.reshape(channels, -1).T if frame.format.is_planar else x.reshape(-1, channels)
     if x.dtype != np.int16:  # float formats from other decoders
@@ -232,12 +236,18 @@ def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
 
 
 async def loopback(
-    track: MediaStreamTrack, *, jitter_prefetch: int | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+    track: MediaStreamTrack,
+    *,
+    jitter_prefetch: int | None = None,
+    loop_decode: bool = True,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> LoopbackLink:
     """Send ``track`` as Opus 48 kHz from one peer connection to another over 127.0.0.1.
 
     ``jitter_prefetch`` sets the receiver's jitter buffer depth (``None``: aiortc's 4, as a
     browser-facing aiortc bridge has unless it too calls ``set_jitter_prefetch``).
+    ``loop_decode`` decodes on the event loop (``workbench.loopdecode``), as the bridge's browser
+    server does; False keeps aiortc's decoder thread.
 
     When ``track`` ends, the sending peer's RTP sender is stopped, which sends an RTCP BYE; the
     receiver then ends ``remote_track`` as it would for a browser that hung up.
@@ -264,6 +274,8 @@ async def loopback(
             if jitter_prefetch is not None:
                 for receiver in pc_recv.getReceivers():
                     set_jitter_prefetch(receiver, jitter_prefetch)
+            if loop_decode:
+                decode_audio_on_loop(pc_recv)
             await pc_recv.setLocalDescription(await pc_recv.createAnswer())
             await pc_send.setRemoteDescription(pc_recv.localDescription)
             await asyncio.gather(_connected(pc_send), _connected(pc_recv))
@@ -292,89 +304,7 @@ async def loopback(
     return link
 
 
-# -- ingest --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A frame from ``track.recv()``: arrival ``t`` on the session clock, media time ``pts_s``, mono int16 48 kHz."""
-
-    t: float
-    pts_s: float
-    samples: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """The clock ran to ``t``; lets silence be measured while ``recv()`` returns nothing."""
-
-    t: float
-
-
-Item = Received | Tick
-MIN_TICK_S = 0.001
-
-
-def _retrieve(task: asyncio.Future[av.AudioFrame]) -> None:
-    # A recv() left pending when the consumer stops early must not log "exception never retrieved".
-    if not task.cancelled():
-        task.exception()
-
-
-async def ingest(
-    track: MediaStreamTrack,
-    clock: Callable[[], float],
-    tick_s: float = 0.01,
-    deadline: Callable[[], float | None] | None = None,
-    idle_s: float = 0.1,
-) -> AsyncIterator[Item]:
-    """Yield every frame of ``track`` as ``Received``, and ``Tick``s so the clock runs when frames do not.
-
-    Without ``deadline`` a ``Tick`` comes at least every ``tick_s``.  With it (the consumer's
-    ``next_deadline``: the clock time its next decision is due, or None) a ``Tick`` comes only when
-    no frame arrived before that time, or after ``idle_s`` with nothing at all: while frames flow
-    every 20 ms they carry the clock, and the loop wakes only for them (a grid of 10 ms ticks
-    would cost ~100 extra wake-ups a second per session).
-
-    One ``recv()`` stays pending across ticks (cancelling it to tick would be safe for aiortc's
-    queue, but costs a task per tick); the iterator returns when the track ends.  Close it with
-    ``contextlib.aclosing`` when leaving the loop early.
-    """
-    pending: asyncio.Future[av.AudioFrame] | None = None
-    last_tick = last_item = clock()
-
-    def due() -> float:
-        if deadline is None:
-            return last_tick + tick_s
-        d = deadline()
-        # Never at or before the last item: a deadline the consumer has not acted on must not spin the loop.
-        floor = last_item + MIN_TICK_S
-        return last_item + idle_s if d is None else max(floor, min(d, last_item + idle_s))
-
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(track.recv())
-                pending.add_done_callback(_retrieve)
-            timeout = due() - clock()
-            if timeout > 0 and not pending.done():
-                await asyncio.wait((pending,), timeout=timeout)
-            if pending.done():
-                try:
-                    frame = pending.result()
-                except MediaStreamError:
-                    return
-                finally:
-                    pending = None
-                last_item = clock()
-                yield Received(t=last_item, pts_s=float(frame.pts * frame.time_base), samples=to_mono(frame))
-            now = clock()
-            if now >= due():
-                last_tick = last_item = now
-                yield Tick(t=now)
-    finally:
-        if pending is not None:
-            pending.cancel()
+# -- media time --------------------------------------------------------------
 
 
 class MediaClock:

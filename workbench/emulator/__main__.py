@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import sys
 
+from .. import eventloop
 from .core import EmulatorConfig
 from .faults import FAULTS, parse_fault
 from .server import Emulator
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             await asyncio.Future()
 
     try:
-        asyncio.run(serve())
+        eventloop.run(serve())
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import bridge, live
 from ..events import Event
+from ..loopdecode import decode_audio_on_loop
 from ..turns import TurnParams
 from ..webrtc import FRAME_S, FRAME_SAMPLES, RATE, _config, mono_frame, patch_aioice_loopback
 
@@ -385,6 +386,7 @@ class Server:
                 s.mic.hangup()
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+        decode_audio_on_loop(pc)  # the browser's Opus decoded on the loop, not on a thread per session
         pc.addTrack(s.voice)  # onto the browser's audio transceiver: the agent's voice goes back on it
         for transceiver in pc.getTransceivers():  # Opus only: the bridge takes 48 kHz frames, G722 decodes to 16 kHz
             if transceiver.kind == "audio":
