@@ -5,19 +5,22 @@ Layout of a recording directory:
 - ``session.json``: config, VAD parameters, model, package versions, start wall time;
   rewritten at the end with a summary (``ended``: true).  A recording whose
   ``session.json`` lacks ``ended`` was cut short.
-- ``events.jsonl``: one event per line (``workbench.events``), appended and flushed as it happens.
+- ``events.jsonl``: one event per line (``workbench.events``), appended as it happens and handed to
+  the OS every ``EVENT_FLUSH_S`` (a failure's events at once).
 - ``mic.flac``: the microphone as received (48 kHz mono), placed by media time, so that
   sample ``i`` is at session time ``mic_start_t + i / 48000``; frame gaps are zero-filled.
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
 The recorder is an observer: stages hand it events and audio; it never calls back.
-Events reach the OS line by line and audio block by block, so a killed process leaves a readable recording
-(with ``audio_thread``, as the bridge records, the FLAC blocks are encoded on a thread of their own).
+Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
+that lacks at most its last 100 ms of events and two audio blocks (with ``audio_thread``, the FLAC blocks are
+encoded on a thread of their own).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -43,14 +46,21 @@ AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), 
 # A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
 # could otherwise make the file grow without bound); the frame events still show the real gap.
 MAX_FILL_S = 120.0
-FLAC_BLOCK = 4096  # samples libsndfile encodes at a time
+AUDIO_BLOCK = 8192  # samples gathered per FLAC write (a write per 20 ms frame costs libsndfile ~3x the CPU)
+# Events reach the OS at least this often (a write per event costs a system call, ~100 a second a session);
+# these kinds at once, so the evidence of a failure is on disk even if the process dies right after it.
+EVENT_FLUSH_S = 0.1
+FLUSH_AT_ONCE = frozenset({"session", "error", "watchdog", "ws"})
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class RecordingError(Exception):
     """A recording cannot be read; the message names the file and the problem."""
 
 
-def package_versions() -> dict[str, str]:
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # importlib.metadata parses each package's METADATA: ~45 ms, which would stall the loop at every session start
     out = {}
     for name in ("workbench", "google-genai", "websockets", "aiortc", "av", "soxr", "numpy", "webrtcvad-wheels"):
         try:
@@ -58,21 +68,26 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     out["python"] = platform.python_version()
-    return out
+    return tuple(out.items())
+
+
+def package_versions() -> dict[str, str]:
+    return dict(_versions())
 
 
 class _FlacStream:
     """An append-only FLAC file that a killed process leaves readable up to its last whole block.
 
-    libsndfile hands each FLAC block (4096 samples) to the OS as soon as it is encoded, so after a
-    SIGKILL the file holds everything but the block in progress (85 ms of mic, 256 ms of sent
-    audio) and lacks only its length, which the loader does without.  No ``flush()``: for FLAC it
-    is only an ``fsync``, which blocks the event loop and guards against power loss, not a crash.
+    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole:
+    its FLAC encoder costs ~37 µs per 20 ms frame written one at a time and ~13 µs written 8192
+    samples at a time (``bench/BENCHMARKS.md``).  libsndfile hands each encoded FLAC block to the OS
+    at once, so after a SIGKILL the file holds everything but the block being gathered and the one
+    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the loader
+    does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event loop and
+    guards against power loss, not a crash.
 
-    With ``writer`` (the recorder's ``_AudioWriter``) the encoding runs on that thread, off the
-    caller's event loop; ``write`` only converts and collects copies, handing them over a FLAC block
-    (4096 samples) at a time, so a killed process loses up to one block more than without.
-    ``n_samples`` counts on the caller's side at once.
+    With ``writer`` (the recorder's ``_AudioWriter``) the encoding runs on that thread instead of
+    the caller's.  ``n_samples`` counts on the caller's side at once.
     """
 
     def __init__(self, path: Path, rate: int, writer: _AudioWriter | None = None) -> None:
@@ -80,8 +95,8 @@ class _FlacStream:
         self.rate = rate
         self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
         self._writer = writer
-        self._pending: list[np.ndarray] = []
-        self._pending_n = 0
+        self._block = np.empty(AUDIO_BLOCK, np.int16)
+        self._fill = 0
         self.n_samples = 0
 
     def write(self, samples: np.ndarray) -> None:
@@ -89,24 +104,30 @@ class _FlacStream:
             return
         if samples.dtype != np.int16:
             samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
-        if self._writer is None:
-            self._file.write(samples.reshape(-1))
-        else:  # copies (the caller may reuse its buffer), handed over a FLAC block at a time: fewer thread wake-ups
-            self._pending.append(np.array(samples, dtype=np.int16, copy=True).reshape(-1))
-            self._pending_n += samples.size
-            if self._pending_n >= FLAC_BLOCK:
-                self._hand_over()
-        self.n_samples += samples.size
+        x = samples.reshape(-1)
+        self.n_samples += x.size
+        while x.size:
+            n = min(x.size, AUDIO_BLOCK - self._fill)
+            self._block[self._fill:self._fill + n] = x[:n]
+            self._fill += n
+            x = x[n:]
+            if self._fill == AUDIO_BLOCK:
+                self._encode()
 
-    def _hand_over(self) -> None:
-        if self._pending and self._writer is not None:
-            block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-            self._pending, self._pending_n = [], 0
+    def _encode(self) -> None:
+        if not self._fill:
+            return
+        block = self._block[:self._fill]
+        if self._writer is None:
+            self._file.write(block)
+        else:  # the thread owns this block now; gather into a new one
             self._writer.put(self._file.write, block)
+            self._block = np.empty(AUDIO_BLOCK, np.int16)
+        self._fill = 0
 
     def finish(self) -> None:
-        """Hand what is still pending to the writer thread (before it is closed)."""
-        self._hand_over()
+        """Encode (or hand to the writer thread) what is gathered, before the file is closed."""
+        self._encode()
 
     def close(self) -> None:
         if not self._file.closed:
@@ -184,7 +205,8 @@ class Recorder:
             **meta,
         }
         self._write_meta()
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8", buffering=1)
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._flushed_t = float("-inf")
         self._writer = _AudioWriter(f"recorder-{self.dir.name}") if audio_thread else None
         self._audio = {key: _FlacStream(self.dir / name, rate, self._writer)
                        for key, (name, rate) in AUDIO_FILES.items()}
@@ -198,10 +220,13 @@ class Recorder:
         tmp.replace(self.dir / "session.json")
 
     def emit(self, event: Event) -> None:
-        """Append one event; line-buffered so each line reaches the OS at once."""
+        """Append one event; events reach the OS within ``EVENT_FLUSH_S`` (``FLUSH_AT_ONCE`` kinds at once)."""
         if self.closed:
             return
-        self._events.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+        self._events.write(_encode(event.to_dict()) + "\n")
+        if event.t - self._flushed_t >= EVENT_FLUSH_S or event.kind in FLUSH_AT_ONCE:
+            self._events.flush()
+            self._flushed_t = event.t
         if self.observer is not None:
             self.observer.event(event)
 
@@ -238,13 +263,13 @@ class Recorder:
             return
         self.closed = True
         self._events.close()
-        failed: BaseException | None = None
-        if self._writer is not None:  # a failure is raised below, once the recording is marked complete
-            for finish in [*(stream.finish for stream in self._audio.values()), self._writer.close]:
-                try:
-                    finish()
-                except Exception as exc:
-                    failed = failed or exc
+        failed: BaseException | None = None  # raised below, once the recording is marked complete
+        finishing = [stream.finish for stream in self._audio.values()]
+        for finish in [*finishing, self._writer.close] if self._writer is not None else finishing:
+            try:
+                finish()
+            except Exception as exc:
+                failed = failed or exc
         for stream in self._audio.values():
             stream.close()
         self.meta.update(summary)
