@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -51,12 +52,15 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
+_INT16_POWER = 1.0 / 32768.0**2
+
+
 def level_dbfs(samples: np.ndarray) -> float:
     """RMS level in dBFS (full-scale sine = -3 dBFS); -120 for digital silence."""
     if samples.size == 0:
         return -120.0
     x = samples.astype(np.float32)
-    if samples.dtype == np.int16:
-        x = x / 32768.0
     ms = float(np.dot(x, x)) / x.size
-    return max(-120.0, 10.0 * np.log10(ms)) if ms > 0 else -120.0
+    if samples.dtype == np.int16:
+        ms *= _INT16_POWER
+    return max(-120.0, 10.0 * math.log10(ms)) if ms > 0 else -120.0  # a Python float: np.float64 rounds slowly

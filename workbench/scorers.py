@@ -56,7 +56,8 @@ class EnergyScorer:
         self.stop_db = params.stop_db
 
     def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
-        return level_db.tolist(), (level_db >= self.start_db).tolist(), (level_db >= self.stop_db).tolist()
+        levels = level_db.tolist()  # a frame holds 1-3 windows: Python compares them faster than numpy
+        return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
         return f"level {level_db:.1f} dBFS >= {self.start_db:g} for {speech_ms:.0f} ms"
