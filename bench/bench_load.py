@@ -35,6 +35,7 @@ import pstats
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,10 @@ from benchlib import (  # noqa: E402
 )
 
 import workbench  # noqa: E402
-from workbench import bridge, live  # noqa: E402
+from workbench import bridge, eventloop, live  # noqa: E402
 from workbench.analysis import turn_table  # noqa: E402
 from workbench.audio import load_mono, to_int16  # noqa: E402
+from workbench.loopdecode import decode_audio_on_loop  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
 from workbench.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
 
@@ -189,8 +191,11 @@ class Players:
             await self._reader
 
 
-async def answer(players: Players) -> tuple[int, Any, Any]:
-    """Take the next offer, answer it with a receiving peer connection; the offer's index, the pc, its track."""
+async def answer(players: Players, loop_decode: bool = True) -> tuple[int, Any, Any]:
+    """Take the next offer, answer it with a receiving peer connection; the offer's index, the pc, its track.
+
+    ``loop_decode``: Opus decoded on the event loop, as the bridge's browser server does (False: aiortc's
+    decoder thread per receiver)."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     offer = await players.offers.get()
@@ -203,12 +208,14 @@ async def answer(players: Players) -> tuple[int, Any, Any]:
             got.set_result(remote)
 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
+    if loop_decode:
+        decode_audio_on_loop(pc)
     await pc.setLocalDescription(await pc.createAnswer())
     players.send({"answer": offer["offer"], "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
     return offer["offer"], pc, await got
 
 
-async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, Any]:
+async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: bool = True) -> dict[str, Any]:
     """N sessions: player process -> WebRTC -> this process's bridges -> the emulator's process."""
     out = OUT / "load" / str(n)
     shutil.rmtree(out, ignore_errors=True)
@@ -232,7 +239,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
     pcs = []
 
     async def one() -> bridge.SessionResult:
-        i, pc, track = await answer(players)
+        i, pc, track = await answer(players, loop_decode)
         pcs.append(pc)
 
         def progress(msg: str) -> None:
@@ -264,12 +271,12 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator) -> dict[str, A
     return row
 
 
-async def run_receive_only(n: int) -> dict[str, Any]:
+async def run_receive_only(n: int, loop_decode: bool = True) -> dict[str, Any]:
     """The WebRTC receive path alone: N receiving peers whose tracks are read by a bare ``recv()`` loop.
 
-    What aiortc costs this process per session (ICE, DTLS/SRTP, RTP, jitter buffer, Opus decode on its
-    thread, the hand-over to the loop) before the bridge does anything; measured in the same steady-state
-    window as the bridge rows.
+    What aiortc costs this process per session (ICE, DTLS/SRTP, RTP, jitter buffer, Opus decode on the
+    loop or on its thread, the hand-over to the loop) before the bridge does anything; measured in the
+    same steady-state window as the bridge rows.
     """
     patch_aioice_loopback()
     players = Players(n)
@@ -280,7 +287,7 @@ async def run_receive_only(n: int) -> dict[str, Any]:
     spans: list[tuple[float, float]] = []
 
     async def one() -> None:
-        i, pc, track = await answer(players)
+        i, pc, track = await answer(players, loop_decode)
         pcs.append(pc)
         players.send({"play": i})
         start = last = time.monotonic()
@@ -302,18 +309,44 @@ async def run_receive_only(n: int) -> dict[str, Any]:
             "stream_cpu_pct": 100 * win_cpu / win_s}
 
 
-async def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray) -> list[dict[str, Any]]:
-    """Per N, ``rounds`` × (receive only, bridge) alternating, so both see the same machine."""
+@dataclass(frozen=True)
+class CpuVariant:
+    """One column of the per-session CPU table: what runs, where Opus is decoded, which event loop."""
+
+    key: str
+    title: str
+    full: bool  # the bridges (else a bare ``track.recv()`` loop)
+    loop_decode: bool
+    loop: str  # workbench.eventloop kind
+
+
+CPU_VARIANTS = (
+    CpuVariant("recv_shipped", "receive only, aiortc as shipped (decoder thread, asyncio loop)", False, False,
+               "asyncio"),
+    CpuVariant("recv_bridge", "receive only, as the bridge runs it (decode on the loop, uvloop)", False, True,
+               "uvloop"),
+    CpuVariant("full_before", "whole path, aiortc's decoder thread, asyncio loop", True, False, "asyncio"),
+    CpuVariant("full_asyncio", "whole path, decode on the loop, asyncio loop (tests, notebooks)", True, True,
+               "asyncio"),
+    CpuVariant("full_bridge", "**whole live path as `workbench run` / `serve` run it** (decode on the loop, uvloop)",
+               True, True, "uvloop"),
+)
+
+
+def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray) -> list[dict[str, Any]]:
+    """Per N, ``rounds`` × every ``CPU_VARIANTS`` run in turn (each on a fresh loop of its kind), so all see
+    the same machine."""
     out = []
     with ExternalEmulator() as emu:
         for n in ns:
-            recv, full = [], []
+            got: dict[str, list[float]] = {v.key: [] for v in CPU_VARIANTS}
             for r in range(rounds):
-                recv.append((await run_receive_only(n))["per_session_pct"])
-                full.append((await run_n(n, audio, emu))["per_session_pct"])
-                print(f"N={n} round {r + 1}: receive only {recv[-1]:.2f} %, whole path {full[-1]:.2f} %",
+                for v in CPU_VARIANTS:
+                    run = run_n(n, audio, emu, v.loop_decode) if v.full else run_receive_only(n, v.loop_decode)
+                    got[v.key].append(eventloop.run(run, v.loop)["per_session_pct"])
+                print(f"N={n} round {r + 1}: " + ", ".join(f"{k} {x[-1]:.2f} %" for k, x in got.items()),
                       file=sys.stderr)
-            out.append({"n": n, "recv": recv, "full": full})
+            out.append({"n": n, **got})
     return out
 
 
@@ -384,25 +417,32 @@ CPU_TARGET_PCT = 3.0
 def cpu_report(rows: list[dict[str, Any]], rounds: int) -> str:
     if not rows:
         return ""
+
+    def cell(values: list[float]) -> str:
+        return f"{np.median(values):.2f} % ({min(values):.2f}–{max(values):.2f})"
+
     lines = [
         "", "### Per-session CPU of the whole live path", "",
-        "Steady state: CPU of the bridge process from the moment the last of the N sessions opened its mic "
-        "to the first one's last frame (all N streaming; start-up is the *set-up* column of the table above), "
-        "divided by N: % of one core per session, i.e. CPU seconds per second of audio. *Receive only* is the "
-        "same process with the bridges replaced by a bare `track.recv()` loop: aiortc's share (ICE, "
-        "DTLS/SRTP, RTP, jitter buffer, Opus decode, the hand-over to the loop), which the bridge cannot "
-        f"shrink. {rounds} rounds per N, receive-only and whole-path runs alternating so both see the same "
-        "machine; medians, with the spread of the rounds.",
+        "Steady state: CPU of the bridge process (all threads) from the moment the last of the N sessions opened "
+        "its mic to the first one's last frame (all N streaming), divided by N: % of one core per session, i.e. CPU "
+        "seconds per second of audio. *Receive only* is the same process with the bridges replaced by a bare "
+        "`track.recv()` loop: aiortc's share (ICE, DTLS/SRTP, RTP, jitter buffer, Opus decode, the hand-over to the "
+        "loop). *Whole path*: WebRTC receive and decode, resample, VAD, send through the SDK, record. Opus decoded "
+        "on aiortc's decoder thread (one per receiver, as aiortc ships) or on the event loop "
+        "(`workbench.loopdecode`); event loop asyncio's or uvloop (`workbench.eventloop`). "
+        f"{rounds} rounds, the variants in turn in each round so all see the same machine; medians, with the "
+        "spread of the rounds.",
         "",
-        "| N | receive only (aiortc) | whole live path | of which the bridge (resample, VAD, send, record) | "
-        f"target < {CPU_TARGET_PCT:g} % |",
-        "|---|---|---|---|---|",
+        "| variant | " + " | ".join(f"N = {r['n']}" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
     ]
+    for v in CPU_VARIANTS:
+        lines.append(f"| {v.title} | " + " | ".join(cell(r[v.key]) for r in rows) + " |")
+    target = []
     for r in rows:
-        recv, full = np.median(r["recv"]), np.median(r["full"])
-        met = "met" if full < CPU_TARGET_PCT else "MISSED"
-        lines.append(f"| {r['n']} | {recv:.2f} % ({min(r['recv']):.2f}–{max(r['recv']):.2f}) | "
-                     f"**{full:.2f} %** ({min(r['full']):.2f}–{max(r['full']):.2f}) | {full - recv:.2f} % | {met} |")
+        full = float(np.median(r["full_bridge"]))
+        target.append(f"**{full:.2f} %** ({'met' if full < CPU_TARGET_PCT else 'MISSED'})")
+    lines.append(f"| target < {CPU_TARGET_PCT:g} % of a core per session | " + " | ".join(target) + " |")
     return "\n".join(lines)
 
 
@@ -412,25 +452,31 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         "energy detector, recording everything, the greeting first.",
         "",
         "Processes: the **bridge process** holds what a deployed bridge holds: N receiving peer connections "
-        "(ICE, DTLS/SRTP, Opus decode) and N `bridge.run_session` (pipeline, detector, recorder, the SDK's TLS "
-        "websocket). A **player process** (`bench_load.py --players N`, the browsers) holds N `FilePlayerTrack` "
-        "senders (Opus encode, RTP/SRTP send) and signals with the bridge over a pipe (JSON lines: offer, answer, "
-        "play at `mic_open`); the **Live API emulator** runs as `workbench emulator` in a third process. "
+        "(ICE, DTLS/SRTP, Opus decoded on the loop) and N `bridge.run_session` (pipeline, detector, recorder, the "
+        "SDK's TLS websocket), on uvloop as `workbench run` / `serve` run. A **player process** "
+        "(`bench_load.py --players N`, the browsers) holds N `FilePlayerTrack` senders (Opus encode, RTP/SRTP "
+        "send) and signals with the bridge over a pipe (JSON lines: offer, answer, play at `mic_open`); the "
+        "**Live API emulator** runs as `workbench emulator` in a third process. "
         "Aioice is patched to offer 127.0.0.1 in both WebRTC processes.",
         "",
         "Loop lag: the bridge process's event loop, pooled over every session's 100 ms `loop_lag` samples; "
         "*all* = the whole session, connect and greeting included; *streaming* = samples after the session's "
-        "`mic_open` (the start-up handshakes left out). CPU in % of one core over the wall time (2 cores here).",
+        "`mic_open` (the start-up handshakes left out). CPU in % of one core over the wall time (2 cores here); "
+        "*per session, streaming*: the bridge process's CPU while all N sessions stream, divided by N (one run; "
+        "the table below has rounds and the variants).",
         "",
         "| N | loop lag p50 / p99 / max, all | loop lag p50 / p99 / max, streaming | bridge process CPU | "
-        "of which event-loop thread | player process CPU | emulator CPU | bridge RSS per session | frames lost | "
-        "turns without ActivityEnd | "
-        "turns unanswered | session errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "per session, streaming | of which event-loop thread | player process CPU | emulator CPU | "
+        "bridge RSS per session | frames lost | turns without ActivityEnd | turns unanswered | session errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cpu(v: float) -> str:
         return "–" if np.isnan(v) else f"{v:.0f} %"
+
+    def per_session(r: dict[str, Any]) -> str:
+        v = r.get("per_session_pct", float("nan"))
+        return "–" if np.isnan(v) else f"{v:.2f} %"
 
     for r in rows:
         mark = ""
@@ -440,7 +486,7 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         lines.append(
             f"| {name} | {r['lag_p50']:.1f} / {r['lag_p99']:.1f}{mark} / {r['lag_max']:.0f} ms | "
             f"{r['stream_p50']:.1f} / {r['stream_p99']:.1f} / {r['stream_max']:.0f} ms | "
-            f"{cpu(r['cpu_pct'])} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | "
+            f"{cpu(r['cpu_pct'])} | {per_session(r)} | {cpu(r['loop_cpu_pct'])} | {cpu(r['players_cpu_pct'])} | "
             f"{cpu(r['emulator_cpu_pct'])} | "
             f"{r['rss_per_session_mb']:.1f} MB | {r['frames_lost']}/{r['frames_expected']} | "
             f"{r['missed_end']}/{TURNS * r['n']} | {r['unanswered']}/{TURNS * r['n']} | {r['errors']} |")
@@ -475,20 +521,20 @@ def main() -> int:
     ap.add_argument("--profile", type=int,
                     help="run this N under cProfile (bridge process) and print the top functions")
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
-    ap.add_argument("--cpu-n", default="1,10",
+    ap.add_argument("--cpu-n", default="10",
                     help="session counts for the per-session CPU table (empty: skip it)")
     ap.add_argument("--cpu-rounds", type=int, default=3,
                     help="rounds of (receive only, whole path) per N in the CPU table; medians reported")
     ap.add_argument("--players", type=int, help=argparse.SUPPRESS)  # the player process
     args = ap.parse_args()
     if args.players:
-        asyncio.run(players_main(args.players))
+        eventloop.run(players_main(args.players))
         return 0
     audio = short_audio()
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        rows = asyncio.run(bridge_main([args.profile], audio))
+        rows = eventloop.run(bridge_main([args.profile], audio))
         prof.disable()
         prof.dump_stats(OUT / "load" / f"{args.profile}.prof")
         s = io.StringIO()
@@ -496,12 +542,12 @@ def main() -> int:
         print(s.getvalue())
         print(report(rows, audio.size / 48_000))
         return 0
-    rows = asyncio.run(bridge_main([int(x) for x in args.n.split(",") if x], audio))
+    rows = eventloop.run(bridge_main([int(x) for x in args.n.split(",") if x], audio))
     if not args.no_all_in_one:
-        rows.append(asyncio.run(run_all_in_one(ALL_IN_ONE_N, audio)))
+        rows.append(eventloop.run(run_all_in_one(ALL_IN_ONE_N, audio)))
         print(rows[-1], file=sys.stderr)
     cpu_ns = [int(x) for x in args.cpu_n.split(",") if x]
-    cpu = asyncio.run(cpu_rounds(cpu_ns, args.cpu_rounds, audio)) if cpu_ns else []
+    cpu = cpu_rounds(cpu_ns, args.cpu_rounds, audio) if cpu_ns else []
     text = section(TITLE, report(rows, audio.size / 48_000) + cpu_report(cpu, args.cpu_rounds))
     publish(TITLE, text, args.write)
     return 0

@@ -156,3 +156,29 @@ def test_audio_thread_writes_the_same_files(tmp_path):
     for attr in ("mic", "sent", "model"):
         assert np.array_equal(getattr(out[False], attr), getattr(out[True], attr))
     assert out[True].mic.size == 300 * 960 + 480_000 and out[True].meta["samples"]["mic"] == out[True].mic.size
+
+
+def test_events_reach_the_os_within_the_flush_interval_and_failures_at_once(tmp_path):
+    """Buffered, not a write per event: what a SIGKILL can lose is bounded by EVENT_FLUSH_S."""
+    from workbench.events import Error
+    from workbench.recording import EVENT_FLUSH_S
+
+    rec = Recorder(tmp_path / "r", {})
+    path = tmp_path / "r" / "events.jsonl"
+
+    def on_disk() -> list[float]:
+        return [json.loads(line)["t"] for line in path.read_text().splitlines()]
+
+    def frame(t: float) -> Frame:
+        return Frame(t=t, pts_s=t, n_samples=960, rate=48_000, level_db=-30.0)
+
+    rec.emit(frame(1.0))
+    assert on_disk() == [1.0]  # the first at once
+    for i in range(1, 5):
+        rec.emit(frame(1.0 + 0.02 * i))
+    rec.emit(frame(1.0 + EVENT_FLUSH_S))
+    assert on_disk() == pytest.approx([1.0, 1.02, 1.04, 1.06, 1.08, 1.0 + EVENT_FLUSH_S])
+    rec.emit(frame(1.12))
+    rec.emit(Error(t=1.125, where="session", message="boom"))  # evidence of a failure: on disk at once
+    assert on_disk()[-2:] == [1.12, 1.125]
+    rec.close()

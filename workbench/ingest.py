@@ -104,7 +104,8 @@ async def ingest(
                     raise failure[0] from None
                 raise
             n += 1
-            on_frame(Received(t=clock(), pts_s=float(frame.pts * frame.time_base), samples=to_mono(frame)))
+            tb = frame.time_base  # integer arithmetic: a Fraction product costs 3 µs a frame
+            on_frame(Received(t=clock(), pts_s=frame.pts * tb.numerator / tb.denominator, samples=to_mono(frame)))
             arm()
     finally:
         if timer is not None:
