@@ -184,6 +184,7 @@ def _recording(tmp_path, n: int = 50):
     for i in range(n):
         rec.emit(Frame(t=i * 0.02, pts_s=i * 0.02, n_samples=960, rate=48_000, level_db=-30.0))
         rec.mic(i * 0.02, i * 960, np.full(960, 1000, np.int16))
+    rec.sent(np.full(16_000, 500, np.int16))  # so that an empty sent.flac is damage, not an empty stream
     rec.emit(Vad(t=1.0, decision="speech_start", reason="fuzz", media_t=0.9))
     rec.close()
     return tmp_path / "r"

@@ -182,3 +182,15 @@ def test_events_reach_the_os_within_the_flush_interval_and_failures_at_once(tmp_
     rec.emit(Error(t=1.125, where="session", message="boom"))  # evidence of a failure: on disk at once
     assert on_disk()[-2:] == [1.12, 1.125]
     rec.close()
+
+
+def test_numpy_values_are_recorded_as_numbers_and_json_written_lines_still_load(tmp_path):
+    rec = Recorder(tmp_path / "r", {})
+    rec.emit(Frame(t=0.5, pts_s=np.float64(0.25), n_samples=np.int64(960), rate=48_000, level_db=np.float32(-20.5)))
+    rec.close()
+    with open(tmp_path / "r" / "events.jsonl", "a") as fh:  # as the json module wrote them before orjson
+        fh.write('{"t": 0.6, "kind": "vad", "decision": "speech_end", "reason": "silence", "level_db": NaN}\n')
+    r = load(tmp_path / "r")
+    frame = r.of_kind("frame").iloc[0]
+    assert frame["pts_s"] == 0.25 and frame["n_samples"] == 960 and frame["level_db"] == -20.5
+    assert list(r.events["kind"]) == ["frame", "vad"] and not r.problems

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 import pandas as pd
 import soundfile as sf
 
@@ -51,7 +52,18 @@ AUDIO_BLOCK = 8192  # samples gathered per FLAC write (a write per 20 ms frame c
 # these kinds at once, so the evidence of a failure is on disk even if the process dies right after it.
 EVENT_FLUSH_S = 0.1
 FLUSH_AT_ONCE = frozenset({"session", "error", "watchdog", "ws"})
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _plain(value: Any) -> Any:
+    """What orjson does not write itself: numpy scalars (a level computed by numpy) become Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot record a {type(value).__name__} in an event")
+
+
+def _event_line(event: Event) -> bytes:
+    # orjson: ~0.3 µs an event where json's encoder takes ~3.5; ~100 events a second a session
+    return orjson.dumps(event.to_dict(), default=_plain) + b"\n"
 
 
 class RecordingError(Exception):
@@ -205,7 +217,7 @@ class Recorder:
             **meta,
         }
         self._write_meta()
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._events = open(self.dir / "events.jsonl", "ab")
         self._flushed_t = float("-inf")
         self._writer = _AudioWriter(f"recorder-{self.dir.name}") if audio_thread else None
         self._audio = {key: _FlacStream(self.dir / name, rate, self._writer)
@@ -223,7 +235,7 @@ class Recorder:
         """Append one event; events reach the OS within ``EVENT_FLUSH_S`` (``FLUSH_AT_ONCE`` kinds at once)."""
         if self.closed:
             return
-        self._events.write(_encode(event.to_dict()) + "\n")
+        self._events.write(_event_line(event))
         if event.t - self._flushed_t >= EVENT_FLUSH_S or event.kind in FLUSH_AT_ONCE:
             self._events.flush()
             self._flushed_t = event.t
@@ -310,6 +322,14 @@ class Recording:
         return df.dropna(axis=1, how="all").reset_index(drop=True)
 
 
+def _parse_line(line: str) -> Any:
+    """orjson for speed; json where orjson is stricter (NaN, integers past 64 bits, as older recordings hold)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
 def _read_events(path: Path, problems: list[str]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -318,7 +338,7 @@ def _read_events(path: Path, problems: list[str]) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
+            d = _parse_line(line)
             if not isinstance(d, dict) or not isinstance(d.get("t"), (int, float)):
                 raise ValueError("not an event object with a numeric t")
         except ValueError as exc:
@@ -332,6 +352,13 @@ def _read_events(path: Path, problems: list[str]) -> pd.DataFrame:
     if df.empty:
         df = pd.DataFrame({"t": pd.Series(dtype=float), "kind": pd.Series(dtype=str)})
     return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _read_audio(path: Path, problems: list[str]) -> np.ndarray:
@@ -404,5 +431,9 @@ def load(path: str | os.PathLike[str]) -> Recording:
     if not events_path.exists():
         raise RecordingError(f"{p}: no events.jsonl, so this is not a workbench recording")
     events = _read_events(events_path, problems)
-    audio = {key: _read_audio(p / name, problems) for key, (name, _) in AUDIO_FILES.items()}
+    written = meta.get("samples", {}) if meta.get("ended") else {}
+    # libsndfile leaves a FLAC it never got a sample for as an empty file: an empty stream, not damage
+    # (a session the model never answered has an empty model.flac)
+    audio = {key: np.zeros(0, np.float32) if written.get(key) == 0 and _empty(p / name) else
+             _read_audio(p / name, problems) for key, (name, _) in AUDIO_FILES.items()}
     return Recording(path=p, meta=meta, events=events, problems=problems, **audio)
