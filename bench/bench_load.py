@@ -1,6 +1,6 @@
 """Load benchmark: one bridge process bridges N concurrent sessions; browsers and the Live endpoint run elsewhere.
 
-Run:  /tmp/venv/bin/python bench/bench_load.py [--write] [--n 1,5,10,20] [--profile N] [--no-all-in-one]
+Run:  .venv/bin/python bench/bench_load.py [--write] [--n 1,5,10,20] [--profile N] [--no-all-in-one]
 
 Three processes, as in production.  The *bridge process* (this one) holds only what a deployed
 bridge holds: N receiving ``RTCPeerConnection``s (SRTP, Opus decode) and N ``bridge.run_session``
@@ -438,11 +438,11 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int) -> str:
     ]
     for v in CPU_VARIANTS:
         lines.append(f"| {v.title} | " + " | ".join(cell(r[v.key]) for r in rows) + " |")
-    target = []
+    cells = []
     for r in rows:
         full = float(np.median(r["full_bridge"]))
-        target.append(f"**{full:.2f} %** ({'met' if full < CPU_TARGET_PCT else 'MISSED'})")
-    lines.append(f"| target < {CPU_TARGET_PCT:g} % of a core per session | " + " | ".join(target) + " |")
+        cells.append(f"**{full:.2f} %** ({'met' if full < CPU_TARGET_PCT else 'MISSED'})")
+    lines.append(f"| target < {CPU_TARGET_PCT:g} % of a core per session | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -523,7 +523,7 @@ def main() -> int:
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
     ap.add_argument("--cpu-n", default="10",
                     help="session counts for the per-session CPU table (empty: skip it)")
-    ap.add_argument("--cpu-rounds", type=int, default=3,
+    ap.add_argument("--cpu-rounds", type=int, default=5,
                     help="rounds of (receive only, whole path) per N in the CPU table; medians reported")
     ap.add_argument("--players", type=int, help=argparse.SUPPRESS)  # the player process
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Tuning panel and sweep benchmark.
 
-Run:  /tmp/venv/bin/python bench/bench_panel.py [--write]
+Run:  .venv/bin/python bench/bench_panel.py [--write]
 
 - Tuning panel: one slider change (offline replay + blitted redraw + turn table) on 5 minutes of
   audio (the bundled candidate track repeated), median and p95 over 20 changes; target median < 300 ms.
@@ -111,7 +111,7 @@ def machine() -> str:
 
 
 def sections(panel: dict[str, float], sw: dict[str, float], sw1: dict[str, float]) -> dict[str, str]:
-    head = (f"Machine: {machine()}  \nCommand: `/tmp/venv/bin/python bench/bench_panel.py --write`  \n"
+    head = (f"Machine: {machine()}  \nCommand: `.venv/bin/python bench/bench_panel.py --write`  \n"
             f"Date: {time.strftime('%Y-%m-%d')}\n")
     ok = "met" if panel["median_ms"] < 300 else "MISSED"
     p = (f"{head}\n5 minutes of audio (bundled candidate track repeated), energy scorer, 20 slider changes "

@@ -1,6 +1,6 @@
 """Resampling benchmark: 48 kHz -> 16 kHz in 20 ms chunks, as the bridge does it.
 
-Run:  /tmp/venv/bin/python bench/bench_resample.py [--write] [--rounds N]
+Run:  .venv/bin/python bench/bench_resample.py [--write] [--rounds N]
 
 Contenders, all fed the same 960-sample int16 chunks:
 

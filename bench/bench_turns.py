@@ -1,6 +1,6 @@
 """Turn-detection benchmark: synthetic interviews (clean, white/pink noise at 30/15 dB SNR) and real speech.
 
-Run:  /tmp/venv/bin/python bench/bench_turns.py [--write] [--interviews N]
+Run:  .venv/bin/python bench/bench_turns.py [--write] [--interviews N]
 
 Per parameter set and condition: answers found / split / merged / missed, false turns,
 ActivityEnd lateness (ms above the silence window, vs the synth's exact speech end), onset
@@ -156,7 +156,7 @@ def main() -> int:
     body = run(args.interviews)
     print(body)
     if args.write:
-        argv = " ".join(["/tmp/venv/bin/python", "bench/bench_turns.py", *sys.argv[1:]])
+        argv = " ".join([".venv/bin/python", "bench/bench_turns.py", *sys.argv[1:]])
         print(f"\nwrote {write_section(body, argv)}", file=sys.stderr)
     return 0
 

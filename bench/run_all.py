@@ -1,6 +1,6 @@
 """Run every bench/bench_*.py one after another (they measure CPU: never in parallel), passing the arguments on.
 
-Run:  /tmp/venv/bin/python bench/run_all.py [--write]    (``make bench`` does this with --write)
+Run:  .venv/bin/python bench/run_all.py [--write]    (``make bench`` does this with --write)
 
 Each benchmark prints its markdown section; with ``--write`` each replaces its own "## ..." section of
 bench/BENCHMARKS.md and leaves the others alone.  Exit code 1 if any benchmark failed.
