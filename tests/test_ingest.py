@@ -196,3 +196,49 @@ def test_the_pipeline_ends_a_turn_on_the_clock_when_frames_stop() -> None:
     end_t = out[-1][0]
     # the 300 ms silence window, measured on the clock from the end of the last frame's audio
     assert 0.25 <= end_t - stopped < 0.45
+
+
+# -- straight from the decoder (workbench.loopdecode) -----------------------------------------------------------
+
+
+def _link_frames(direct: bool, fail_at: int | None = None) -> tuple[list[Received], BaseException | None, int]:
+    """Play 1 s of tone over a real loopback link (Opus decoded on the loop) and ingest it."""
+    from workbench.loopdecode import decoder_of
+    from workbench.webrtc import FilePlayerTrack, loopback
+
+    tone = (np.sin(np.arange(48_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
+
+    async def run() -> tuple[list[Received], BaseException | None, int]:
+        link = await loopback(FilePlayerTrack(tone, tail_s=0.1))
+        frames: list[Received] = []
+        error: BaseException | None = None
+
+        def on_frame(r: Received) -> None:
+            if fail_at is not None and len(frames) == fail_at:
+                raise RuntimeError("pipeline broke")
+            frames.append(r)
+
+        try:
+            await asyncio.wait_for(ingest(link.remote_track, time.monotonic, on_frame, direct=direct), 10)
+        except RuntimeError as exc:
+            error = exc
+        decoded = decoder_of(link.remote_track).frames
+        await link.close()
+        return frames, error, decoded
+
+    return asyncio.run(run())
+
+
+def test_frames_straight_from_the_decoder_are_the_frames_recv_returns() -> None:
+    direct, _, decoded = _link_frames(direct=True)
+    queued, _, _ = _link_frames(direct=False)
+    assert len(direct) == decoded >= 45 and abs(len(direct) - len(queued)) <= 2  # ingest saw the track end both ways
+    assert np.allclose(np.diff([f.pts_s for f in direct]), 0.02)
+    assert [f.pts_s for f in direct[:40]] == [f.pts_s for f in queued[:40]]
+    assert all(np.array_equal(a.samples, b.samples) for a, b in zip(direct[:40], queued[:40], strict=True))
+
+
+def test_an_error_in_a_frame_from_the_decoder_ends_ingest_not_aiortc() -> None:
+    frames, error, decoded = _link_frames(direct=True, fail_at=10)
+    assert isinstance(error, RuntimeError) and "pipeline broke" in str(error)
+    assert len(frames) == 10 and decoded >= 10  # the link itself closed cleanly afterwards (no hang, no traceback)

@@ -5,7 +5,8 @@ Failure B), so a consumer fed only frames would never see silence.  ``ingest`` g
 ``on_frame`` for each frame, and ``on_tick(t)`` at the clock time the consumer says its next
 decision is due (``deadline()``, e.g. ``MicPipeline.next_deadline``) when no frame came first.
 
-The loop wakes for frames and for due deadlines, nothing else.  While frames flow every 20 ms,
+The loop wakes for frames and for due deadlines, nothing else; with Opus decoded on the loop
+(``workbench.loopdecode``) frames come straight from the decoder, without a queue hop.  While frames flow every 20 ms,
 the consumer's deadline (a gap flush 60 ms after the last frame) keeps moving ahead of them, so
 the one timer is re-armed only when a deadline comes nearer than the one it is set for, and
 otherwise fires, finds nothing due yet and sleeps to the new deadline.  The frame path is a bare
@@ -19,9 +20,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .loopdecode import decoder_of
 from .webrtc import to_mono
 
 # A deadline the consumer did not act on (its tick left it where it was) comes back this much later, not at once:
@@ -44,6 +47,7 @@ async def ingest(
     on_frame: Callable[[Received], None],
     on_tick: Callable[[float], None] | None = None,
     deadline: Callable[[], float | None] | None = None,
+    direct: bool = True,
 ) -> int:
     """Hand every frame of ``track`` to ``on_frame`` until the track ends; return how many there were.
 
@@ -51,6 +55,9 @@ async def ingest(
     should run if no frame arrives before it, or None for "only frames".  Callbacks run on the
     event loop and must not block; an exception in one ends ``ingest`` with it.  Cancelling the
     task that runs ``ingest`` is safe: aiortc's ``recv()`` is a queue get.
+
+    ``direct``: when a ``LoopDecoder`` feeds the track (``workbench.loopdecode``), take each frame
+    from it as it is decoded, and await ``recv()`` only for the end of the track.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -75,6 +82,11 @@ async def ingest(
         armed_for = due
         timer = loop.call_later(max(0.0, due - clock()), fire)
 
+    def fail(exc: Exception) -> None:  # from a callback that is not ours to raise in (a timer, the decoder)
+        failure.append(exc)
+        if task is not None:
+            task.cancel()
+
     def fire() -> None:
         nonlocal timer, armed_for, last_tick
         timer, armed_for = None, float("inf")
@@ -86,16 +98,33 @@ async def ingest(
                 on_tick(now)
             arm()
         except Exception as exc:
-            failure.append(exc)
-            if task is not None:
-                task.cancel()
+            fail(exc)
 
     n = 0
+
+    def deliver(frame: av.AudioFrame) -> None:
+        nonlocal n
+        n += 1
+        tb = frame.time_base  # integer arithmetic: a Fraction product costs 3 µs a frame
+        on_frame(Received(t=clock(), pts_s=frame.pts * tb.numerator / tb.denominator, samples=to_mono(frame)))
+        arm()
+
+    def sink(frame: av.AudioFrame) -> None:  # runs inside aiortc's RTP handler: never raise into it
+        if failure:
+            return
+        try:
+            deliver(frame)
+        except Exception as exc:
+            fail(exc)
+
+    decoder = decoder_of(track) if direct else None
     try:
         arm()
+        if decoder is not None and not decoder.attach(sink):
+            decoder = None
         while True:
             try:
-                frame = await track.recv()
+                frame = await track.recv()  # with a decoder attached: only the end of the track
             except MediaStreamError:
                 return n
             except asyncio.CancelledError:
@@ -103,10 +132,9 @@ async def ingest(
                     task.uncancel()
                     raise failure[0] from None
                 raise
-            n += 1
-            tb = frame.time_base  # integer arithmetic: a Fraction product costs 3 µs a frame
-            on_frame(Received(t=clock(), pts_s=frame.pts * tb.numerator / tb.denominator, samples=to_mono(frame)))
-            arm()
+            deliver(frame)
     finally:
+        if decoder is not None:
+            decoder.detach()
         if timer is not None:
             timer.cancel()
