@@ -496,7 +496,7 @@ def report(rows: list[dict[str, Any]], audio_s: float) -> str:
         both = top["cpu_pct"] + top["players_cpu_pct"] + top["emulator_cpu_pct"]
         lines += ["", f"The three processes share this machine's {os.cpu_count()} cores: at N = {top['n']} they use "
                   f"{both:.0f} % of one core together (other work on the machine comes on top), so the bridge's loop "
-                  "also waits for a core and for the GIL (aiortc's decoder threads, the recorders' FLAC threads); "
+                  "also waits for a core; "
                   "figures near saturation vary from run to run by a factor of two."]
     if any(r.get("all_in_one") for r in rows):
         lines += ["", "The *all in one process* row is the earlier measurement for comparison: players with their "
@@ -548,7 +548,7 @@ def main() -> int:
         print(rows[-1], file=sys.stderr)
     cpu_ns = [int(x) for x in args.cpu_n.split(",") if x]
     cpu = cpu_rounds(cpu_ns, args.cpu_rounds, audio) if cpu_ns else []
-    text = section(TITLE, report(rows, audio.size / 48_000) + cpu_report(cpu, args.cpu_rounds))
+    text = section(TITLE, report(rows, audio.size / 48_000) + "\n" + cpu_report(cpu, args.cpu_rounds))
     publish(TITLE, text, args.write)
     return 0
 

@@ -309,7 +309,7 @@ async def run_session(
         "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
         "event_loop": running_loop_name(),
     }
-    rec = Recorder(out_dir, meta, observer=observer, audio_thread=True)  # FLAC encoding off the event loop
+    rec = Recorder(out_dir, meta, observer=observer)
     s = _Session(cfg, rec, progress)
     rec.meta["t0_monotonic"] = s.t0
     rec.emit(SessionMark(t=0.0, what="start", detail=cfg.name + (f" (naive: {cfg.naive})" if cfg.naive else "")))

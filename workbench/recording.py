@@ -14,8 +14,7 @@ Layout of a recording directory:
 
 The recorder is an observer: stages hand it events and audio; it never calls back.
 Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
-that lacks at most its last 100 ms of events and two audio blocks (with ``audio_thread``, the FLAC blocks are
-encoded on a thread of their own).
+that lacks at most its last 100 ms of events and two audio blocks.
 """
 
 from __future__ import annotations
@@ -24,10 +23,7 @@ import functools
 import json
 import os
 import platform
-import queue
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -92,21 +88,19 @@ class _FlacStream:
 
     Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole:
     its FLAC encoder costs ~37 µs per 20 ms frame written one at a time and ~13 µs written 8192
-    samples at a time (``bench/BENCHMARKS.md``).  libsndfile hands each encoded FLAC block to the OS
-    at once, so after a SIGKILL the file holds everything but the block being gathered and the one
-    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the loader
-    does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event loop and
-    guards against power loss, not a crash.
-
-    With ``writer`` (the recorder's ``_AudioWriter``) the encoding runs on that thread instead of
-    the caller's.  ``n_samples`` counts on the caller's side at once.
+    samples at a time.  The encode runs on the caller's thread (the event loop): ~0.1-0.3 ms per
+    block, a few times a second; a thread of its own cost more CPU in hand-overs than it saved
+    the loop (``bench/BENCHMARKS.md``).  libsndfile hands each encoded FLAC block to the OS at
+    once, so after a SIGKILL the file holds everything but the block being gathered and the one
+    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
+    loader does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event
+    loop and guards against power loss, not a crash.
     """
 
-    def __init__(self, path: Path, rate: int, writer: _AudioWriter | None = None) -> None:
+    def __init__(self, path: Path, rate: int) -> None:
         self.path = path
         self.rate = rate
         self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
-        self._writer = writer
         self._block = np.empty(AUDIO_BLOCK, np.int16)
         self._fill = 0
         self.n_samples = 0
@@ -127,64 +121,17 @@ class _FlacStream:
                 self._encode()
 
     def _encode(self) -> None:
-        if not self._fill:
-            return
-        block = self._block[:self._fill]
-        if self._writer is None:
-            self._file.write(block)
-        else:  # the thread owns this block now; gather into a new one
-            self._writer.put(self._file.write, block)
-            self._block = np.empty(AUDIO_BLOCK, np.int16)
-        self._fill = 0
-
-    def finish(self) -> None:
-        """Encode (or hand to the writer thread) what is gathered, before the file is closed."""
-        self._encode()
+        if self._fill:
+            self._file.write(self._block[:self._fill])
+            self._fill = 0
 
     def close(self) -> None:
+        """Encode what is gathered and finish the file."""
         if not self._file.closed:
-            self._file.close()
-
-
-class _AudioWriter:
-    """One thread that encodes a recorder's FLAC blocks in the order they were queued.
-
-    libsndfile's encoder runs without the GIL (cffi), so the event loop goes on meanwhile.  A
-    failure (disk full) is kept and raised by the next ``put`` or by ``close``, as it would have
-    been raised by the write itself, one call later.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[[np.ndarray], Any], np.ndarray] | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self.error is not None:
-                continue
-            fn, samples = item
             try:
-                fn(samples)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                self.error = exc
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            exc, self.error = self.error, None
-            raise exc
-
-    def put(self, fn: Callable[[np.ndarray], Any], samples: np.ndarray) -> None:
-        self._raise()
-        self._queue.put((fn, samples))
-
-    def close(self) -> None:
-        """Wait until everything queued is encoded; raise a failure not yet raised."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._raise()
+                self._encode()
+            finally:
+                self._file.close()
 
 
 class Observer(Protocol):
@@ -198,9 +145,7 @@ class Observer(Protocol):
 class Recorder:
     """Writes one session's recording directory as the session runs; an optional observer sees the same."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None,
-                 audio_thread: bool = False) -> None:
-        """``audio_thread``: encode the FLAC files on a thread of their own, off the caller's event loop."""
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None) -> None:
         self.observer = observer
         self.dir = Path(out_dir)
         try:
@@ -219,9 +164,7 @@ class Recorder:
         self._write_meta()
         self._events = open(self.dir / "events.jsonl", "ab")
         self._flushed_t = float("-inf")
-        self._writer = _AudioWriter(f"recorder-{self.dir.name}") if audio_thread else None
-        self._audio = {key: _FlacStream(self.dir / name, rate, self._writer)
-                       for key, (name, rate) in AUDIO_FILES.items()}
+        self._audio = {key: _FlacStream(self.dir / name, rate) for key, (name, rate) in AUDIO_FILES.items()}
         self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
         self._mic_origin: int = 0
         self.closed = False
@@ -275,15 +218,12 @@ class Recorder:
             return
         self.closed = True
         self._events.close()
-        failed: BaseException | None = None  # raised below, once the recording is marked complete
-        finishing = [stream.finish for stream in self._audio.values()]
-        for finish in [*finishing, self._writer.close] if self._writer is not None else finishing:
+        failed: BaseException | None = None  # raised below (disk full), once the recording is marked complete
+        for stream in self._audio.values():
             try:
-                finish()
+                stream.close()
             except Exception as exc:
                 failed = failed or exc
-        for stream in self._audio.values():
-            stream.close()
         self.meta.update(summary)
         self.meta["ended"] = True
         self.meta["samples"] = {k: s.n_samples for k, s in self._audio.items()}
