@@ -35,7 +35,12 @@ def command() -> str:
         script_s = str(script.relative_to(HERE.parent))
     except ValueError:
         script_s = str(script)
-    return " ".join([sys.executable, script_s, *sys.argv[1:]])
+    python = Path(sys.executable)
+    try:
+        python_s = str(python.relative_to(HERE.parent))  # the project's .venv: say so, not where this clone is
+    except ValueError:
+        python_s = str(python)
+    return " ".join([python_s, script_s, *sys.argv[1:]])
 
 
 def section(title: str, body: str) -> str:
