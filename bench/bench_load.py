@@ -340,13 +340,17 @@ def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray) -> list[dict[str, 
     with ExternalEmulator() as emu:
         for n in ns:
             got: dict[str, list[float]] = {v.key: [] for v in CPU_VARIANTS}
+            lag: dict[str, list[float]] = {v.key: [] for v in CPU_VARIANTS if v.full}
             for r in range(rounds):
                 for v in CPU_VARIANTS:
                     run = run_n(n, audio, emu, v.loop_decode) if v.full else run_receive_only(n, v.loop_decode)
-                    got[v.key].append(eventloop.run(run, v.loop)["per_session_pct"])
+                    row = eventloop.run(run, v.loop)
+                    got[v.key].append(row["per_session_pct"])
+                    if v.full:
+                        lag[v.key].append(row["lag_p99"])
                 print(f"N={n} round {r + 1}: " + ", ".join(f"{k} {x[-1]:.2f} %" for k, x in got.items()),
                       file=sys.stderr)
-            out.append({"n": n, **got})
+            out.append({"n": n, **got, "lag_p99": lag})
     return out
 
 
@@ -418,8 +422,9 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int) -> str:
     if not rows:
         return ""
 
-    def cell(values: list[float]) -> str:
-        return f"{np.median(values):.2f} % ({min(values):.2f}–{max(values):.2f})"
+    def cell(values: list[float], lags: list[float] | None) -> str:
+        text = f"{np.median(values):.2f} % ({min(values):.2f}–{max(values):.2f})"
+        return text if not lags else text + f"; lag p99 {np.median(lags):.0f} ms ({min(lags):.0f}–{max(lags):.0f})"
 
     lines = [
         "", "### Per-session CPU of the whole live path", "",
@@ -431,13 +436,14 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int) -> str:
         "on aiortc's decoder thread (one per receiver, as aiortc ships) or on the event loop "
         "(`workbench.loopdecode`); event loop asyncio's or uvloop (`workbench.eventloop`). "
         f"{rounds} rounds, the variants in turn in each round so all see the same machine; medians, with the "
-        "spread of the rounds.",
+        "spread of the rounds; for the whole path also the loop lag p99 over the whole session (connect and "
+        "greeting included), median and spread of the rounds.",
         "",
         "| variant | " + " | ".join(f"N = {r['n']}" for r in rows) + " |",
         "|---|" + "---|" * len(rows),
     ]
     for v in CPU_VARIANTS:
-        lines.append(f"| {v.title} | " + " | ".join(cell(r[v.key]) for r in rows) + " |")
+        lines.append(f"| {v.title} | " + " | ".join(cell(r[v.key], r["lag_p99"].get(v.key)) for r in rows) + " |")
     cells = []
     for r in rows:
         full = float(np.median(r["full_bridge"]))
@@ -521,7 +527,7 @@ def main() -> int:
     ap.add_argument("--profile", type=int,
                     help="run this N under cProfile (bridge process) and print the top functions")
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
-    ap.add_argument("--cpu-n", default="10",
+    ap.add_argument("--cpu-n", default="10,20",
                     help="session counts for the per-session CPU table (empty: skip it)")
     ap.add_argument("--cpu-rounds", type=int, default=5,
                     help="rounds of (receive only, whole path) per N in the CPU table; medians reported")
