@@ -328,7 +328,8 @@ CPU_VARIANTS = (
     CpuVariant("full_before", "whole path, aiortc's decoder thread, asyncio loop", True, False, "asyncio"),
     CpuVariant("full_asyncio", "whole path, decode on the loop, asyncio loop (tests, notebooks)", True, True,
                "asyncio"),
-    CpuVariant("full_bridge", "**whole live path as `workbench run` / `serve` run it** (decode on the loop, uvloop)",
+    CpuVariant("full_bridge", "**whole live path as `workbench run` runs it** (decode on the loop, uvloop; `serve` "
+               "takes the same frame path, plus its page updates and the agent's voice back to the browser)",
                True, True, "uvloop"),
 )
 

@@ -242,3 +242,39 @@ def test_an_error_in_a_frame_from_the_decoder_ends_ingest_not_aiortc() -> None:
     frames, error, decoded = _link_frames(direct=True, fail_at=10)
     assert isinstance(error, RuntimeError) and "pipeline broke" in str(error)
     assert len(frames) == 10 and decoded >= 10  # the link itself closed cleanly afterwards (no hang, no traceback)
+
+
+def test_the_browser_servers_hangup_track_takes_frames_straight_from_the_decoder_and_ends_at_hangup() -> None:
+    """``serve`` wraps the browser's track in a HangupTrack; the frames must still bypass recv() (no tasks per
+    frame), and a hang-up must end ingest at once with nothing delivered after it."""
+    from workbench.loopdecode import decoder_of
+    from workbench.web.server import HangupTrack
+    from workbench.webrtc import FilePlayerTrack, loopback
+
+    tone = (np.sin(np.arange(96_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
+
+    async def run() -> tuple[int, bool, int, bool]:
+        link = await loopback(FilePlayerTrack(tone, tail_s=0.1))
+        mic = HangupTrack(link.remote_track)
+        decoder = decoder_of(link.remote_track)
+        assert decoder is not None and decoder_of(mic) is decoder
+        frames: list[Received] = []
+        straight = True
+
+        def on_frame(r: Received) -> None:
+            nonlocal straight
+            straight &= decoder.sink is not None  # delivered by the decoder, not by a recv() of the wrapper
+            frames.append(r)
+            if len(frames) == 25:
+                mic.hangup()
+
+        n = await asyncio.wait_for(ingest(mic, time.monotonic, on_frame), 10)
+        at_return = len(frames)
+        await asyncio.sleep(0.2)  # ten more frames' time: none may arrive after the hang-up
+        detached = decoder.sink is None
+        await link.close()
+        return n, straight, len(frames) - at_return, detached
+
+    n, straight, after, detached = asyncio.run(run())
+    assert straight and detached
+    assert 25 <= n <= 27 and after == 0

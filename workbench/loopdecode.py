@@ -13,7 +13,8 @@ which the bridge then averaged back in numpy): ~40 µs a frame instead of ~60 µ
 
 A consumer on the same loop can take the frames straight from the decoder (``LoopDecoder.sink``,
 what ``workbench.ingest`` does): no hop through the track's queue and no task wake-up per frame.
-The queue then carries only the end of the track.
+The queue then carries only the end of the track.  A wrapper track that passes frames on and only adds an
+earlier end (the browser server's hang-up) says so with ``relay(wrapper, source)`` and gets the same.
 
 ``decode_on_loop(receiver)`` swaps the receiver's decoder queue (a private attribute, checked so
 that an aiortc upgrade fails loudly) for a ``LoopDecoder`` before the receiver starts.  aiortc
@@ -135,8 +136,21 @@ _BY_TRACK: weakref.WeakKeyDictionary[Any, LoopDecoder] = weakref.WeakKeyDictiona
 
 
 def decoder_of(track: Any) -> LoopDecoder | None:
-    """The ``LoopDecoder`` feeding ``track`` (a receiver's remote track), if ``decode_on_loop`` set one up."""
-    return _BY_TRACK.get(track)
+    """The ``LoopDecoder`` feeding ``track`` (a receiver's remote track, or a wrapper ``relay`` named), if any."""
+    decoder = _BY_TRACK.get(track)
+    if decoder is None and (source := _RELAYED.get(track)) is not None:
+        decoder = _BY_TRACK.get(source)
+    return decoder
+
+
+_RELAYED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def relay(wrapper: Any, source: Any) -> None:
+    """``wrapper`` passes on ``source``'s frames unchanged and may only end earlier (``web.server.HangupTrack``):
+    a consumer of ``wrapper`` may take the frames straight from ``source``'s decoder and await
+    ``wrapper.recv()`` for the end alone, as ``workbench.ingest`` does."""
+    _RELAYED[wrapper] = source
 
 
 def decode_audio_on_loop(pc: RTCPeerConnection) -> list[LoopDecoder]:

@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import bridge, live
 from ..events import Event
-from ..loopdecode import decode_audio_on_loop
+from ..loopdecode import decode_audio_on_loop, relay
 from ..turns import TurnParams
 from ..webrtc import FRAME_S, FRAME_SAMPLES, RATE, _config, mono_frame, patch_aioice_loopback
 
@@ -119,6 +119,9 @@ class HangupTrack(MediaStreamTrack):
         self.remote = remote
         self._hung_up = asyncio.Event()
         self._pending: asyncio.Task[Any] | None = None
+        # ingest takes the frames straight from the remote's loop decoder and awaits recv() here only for the
+        # end (hang-up or the browser gone): no tasks and asyncio.wait per frame, as bench_load measures the path.
+        relay(self, remote)
 
     def hangup(self) -> None:
         self._hung_up.set()
