@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,13 +21,15 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import publish, section  # noqa: E402
 from synth import Interview, add_noise, interview  # noqa: E402
 
 from workbench.replay import detect_file, evaluate  # noqa: E402
 from workbench.scorers import silero_model_path  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+TITLE = "Turn detection"
+ENERGY_TARGET_X = 500
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
 CONDITIONS: list[tuple[str, str | None, float | None]] = [
     ("clean", None, None),
@@ -81,6 +81,7 @@ def run(n_interviews: int) -> str:
         "| speed ×RT |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    energy_speeds: list[float] = []  # the figure: energy turn detection offline, >= 500x real time
     for pname, params in param_sets():
         for cname, _, _ in CONDITIONS:
             agg = {"found": 0, "split": 0, "merged": 0, "missed": 0, "false_turns": 0}
@@ -95,6 +96,8 @@ def run(n_interviews: int) -> str:
                     agg[k] += r[k]
                 late += r["lateness_ms"]
                 onset += r["onset_ms"]
+            if params.scorer == "energy":
+                energy_speeds.append(total_s / max(cpu, 1e-9))
             lat = np.asarray(late)
             late_med = float(np.median(lat)) if lat.size else None
             late_p95 = float(np.percentile(lat, 95)) if lat.size else None
@@ -104,6 +107,10 @@ def run(n_interviews: int) -> str:
                 f"{fmt(float(np.median(onset)) if onset else None)} | {total_s / max(cpu, 1e-9):.0f} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
+
+    slowest = min(energy_speeds)
+    lines += ["", f"Energy scorer, slowest condition: {slowest:,.0f}× real time (target ≥ {ENERGY_TARGET_X}×: "
+              f"{'met' if slowest >= ENERGY_TARGET_X else 'MISSED'})."]
 
     files = sorted(SPEECH.glob("*.wav")) if SPEECH.is_dir() else []
     if files:
@@ -121,31 +128,6 @@ def run(n_interviews: int) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        model = cpu
-    return (f"{model}; os.cpu_count()={os.cpu_count()}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; numpy {np.__version__}")
-
-
-def write_section(body: str, command: str) -> Path:
-    path = HERE / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = (f"## Turn detection\n\nMachine: {machine()}  \nCommand: `{command}`  \n"
-               f"Date: {time.strftime('%Y-%m-%d')}\n\n{body}\n")
-    pattern = re.compile(r"^## Turn detection\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
@@ -153,11 +135,7 @@ def main() -> int:
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # speed is quoted for one core
-    body = run(args.interviews)
-    print(body)
-    if args.write:
-        argv = " ".join([".venv/bin/python", "bench/bench_turns.py", *sys.argv[1:]])
-        print(f"\nwrote {write_section(body, argv)}", file=sys.stderr)
+    publish(TITLE, section(TITLE, run(args.interviews)), args.write)
     return 0
 
 
