@@ -427,6 +427,7 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
         Sent(t=1.0, msg="activity_start", n_bytes=0, seq=1, stage="wire"),
         Sent(t=1.1, msg="audio", n_bytes=640, seq=2, stage="wire"),
         Sent(t=2.0, msg="activity_end", n_bytes=0, seq=3, stage="wire"),
+        Watchdog(t=7.0, after_s=5.0, action="reconnect and re-send turn 1"),
         Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
         Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
         SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
@@ -438,5 +439,9 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
     ]:
         rec.emit(e)
     rec.close()
-    found = [f for f in diagnose.diagnose(load(tmp_path / "r")) if f.code == "no_response_after_activity_end"]
+    findings = diagnose.diagnose(load(tmp_path / "r"))
+    found = [f for f in findings if f.code == "no_response_after_activity_end"]
     assert len(found) == 1 and found[0].severity == "warning" and "8.00 s" in found[0].evidence
+    # the watchdog's finding says the same, not "no response followed" (the answer came on the new connection)
+    wd = one(findings, "watchdog")
+    assert "the re-sent turn was answered at 8.00 s" in wd.evidence and wd.cause is None

@@ -841,11 +841,20 @@ def watchdog(c: Context) -> list[Finding]:
         action = row.get("action") if isinstance(row.get("action"), str) else "?"
         nxt = min((a.next_start_t for a in c.activities if a.start_t <= t), default=math.inf)
         answered = _between(responses, t, min(nxt, c.end_t))
+        # A re-send on a new connection is answered there, after the next ActivityStart: the turn table knows.
+        ends = [a.end_t for a in c.activities if a.end_t is not None and a.end_t <= t]
+        resent = next((v for k, v in c.recovered.items() if ends and abs(k - max(ends)) < 1e-6), None)
+        if answered.size:
+            followed = f"a response followed at {_s(answered[0])}"
+        elif resent is not None:
+            followed = f"the re-sent turn was answered at {_s(resent)}"
+        else:
+            followed = "no response followed"
         out.append(Finding(
             "watchdog", "warning", f"response watchdog fired at {_s(t)} ({action})",
-            f"no response {waited} after ActivityEnd; action: {action}; "
-            + (f"a response followed at {_s(answered[0])}" if answered.size else "no response followed"), t,
-            None if answered.size else "the server did not answer; see no_response_after_activity_end"))
+            f"no response {waited} after ActivityEnd; action: {action}; {followed}", t,
+            None if answered.size or resent is not None
+            else "the server did not answer; see no_response_after_activity_end"))
     return out
 
 
