@@ -10,14 +10,14 @@ last phrase's last such sample.  Audio is cached under bench/out/.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from workbench.synth import espeak
 
 RATE = 16000
 OUT = Path(__file__).resolve().parent / "out"
@@ -62,11 +62,7 @@ def espeak_phrase(text: str, voice: str, speed: int) -> np.ndarray:
     if path.exists():
         x, _ = sf.read(path, dtype="float32")
         return x
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "p.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text],
-                       check=True, capture_output=True)
-        x, rate = sf.read(wav, dtype="float32")
+    x, rate = espeak(text, voice, speed)
     x = soxr.resample(x, rate, RATE).astype(np.float32)
     x *= 0.5 / max(1e-9, float(np.abs(x).max()))
     above = np.nonzero(np.abs(x) >= 10 ** (TRIM_DB / 20))[0]

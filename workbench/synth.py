@@ -25,8 +25,8 @@ ANSWERS = [
 ]
 
 
-def speak(text: str, voice: str = "en-us", wpm: int = 165) -> np.ndarray:
-    """Synthesise one phrase at 48 kHz float32, trimmed to its first and last audible sample."""
+def espeak(text: str, voice: str = "en-us", wpm: int = 165) -> tuple[np.ndarray, int]:
+    """espeak-ng's own output for one phrase: float32 samples and their rate (the benchmarks' synth uses it too)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -34,6 +34,12 @@ def speak(text: str, voice: str = "en-us", wpm: int = 165) -> np.ndarray:
         wav = Path(tmp) / "p.wav"
         subprocess.run([exe, "-v", voice, "-s", str(wpm), "-w", str(wav), text], check=True, capture_output=True)
         data, rate = sf.read(wav, dtype="float32")
+    return data, rate
+
+
+def speak(text: str, voice: str = "en-us", wpm: int = 165) -> np.ndarray:
+    """Synthesise one phrase at 48 kHz float32, trimmed to its first and last audible sample."""
+    data, rate = espeak(text, voice, wpm)
     data = soxr.resample(data, rate, RATE).astype(np.float32)
     loud = np.flatnonzero(np.abs(data) > 1e-3)
     return data[loud[0] : loud[-1] + 1] * 0.5 if loud.size else data
