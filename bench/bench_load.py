@@ -260,11 +260,9 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
     # Steady state: from the moment the last session opened its mic to the first session's last frame,
     # all N sessions stream; start-up (SDK client, TLS, ICE/DTLS, greeting) is reported per session apart.
     opened, last_frames = row.pop("opened"), row.pop("last_frames")
-    win_s, win_cpu, win_loop = trace.window(max(opened), min(last_frames))
-    per_session = win_cpu / win_s / n  # CPU s per session per second of audio
+    row.update(trace.all_streaming(opened, last_frames))
     streamed_s = sum(b - a for a, b in zip(opened, last_frames, strict=True))
-    row.update(stream_window_s=win_s, stream_cpu_pct=100 * win_cpu / win_s, stream_loop_cpu_pct=100 * win_loop / win_s,
-               per_session_pct=100 * per_session, setup_cpu_s=(cpu - per_session * streamed_s) / n)
+    row["setup_cpu_s"] = (cpu - row["per_session_pct"] / 100 * streamed_s) / n
     row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=100 * loop_cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
                emulator_cpu_pct=100 * emu_cpu / wall, wall_s=wall,
                rss_per_session_mb=rss.growth_mb / n, players_frames=sum(players.ended.values()))
@@ -304,9 +302,7 @@ async def run_receive_only(n: int, loop_decode: bool = True) -> dict[str, Any]:
     for pc in pcs:
         await pc.close()
     await players.stop()
-    win_s, win_cpu, win_loop = trace.window(max(a for a, _ in spans), min(b for _, b in spans))
-    return {"n": n, "per_session_pct": 100 * win_cpu / win_s / n, "stream_loop_cpu_pct": 100 * win_loop / win_s,
-            "stream_cpu_pct": 100 * win_cpu / win_s}
+    return {"n": n, **trace.all_streaming([a for a, _ in spans], [b for _, b in spans])}
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,14 @@ class CpuTrace:
         a, b = inside[0], inside[-1]
         return b[0] - a[0], b[1] - a[1], b[2] - a[2]
 
+    def all_streaming(self, starts: list[float], ends: list[float]) -> dict[str, float]:
+        """CPU while all N sessions stream (from the last start to the first end): the steady state.
+
+        ``per_session_pct``: % of one core per session, i.e. CPU seconds per second of audio."""
+        win_s, cpu, loop = self.window(max(starts), min(ends))
+        return {"stream_window_s": win_s, "stream_cpu_pct": 100 * cpu / win_s,
+                "stream_loop_cpu_pct": 100 * loop / win_s, "per_session_pct": 100 * cpu / win_s / len(starts)}
+
 
 def pct(values: list[float] | np.ndarray, q: float) -> float:
     a = np.asarray(values, dtype=float)

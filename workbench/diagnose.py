@@ -229,6 +229,11 @@ def _recovered(rec: Recording) -> dict[float, float]:
     return out
 
 
+def _resent_answer(c: Context, end_t: float) -> float | None:
+    """When the turn of the ActivityEnd at ``end_t`` went unanswered but its re-send was answered: that time."""
+    return next((v for k, v in c.recovered.items() if abs(k - end_t) < 1e-6), None)
+
+
 def _text(row: Any, col: str) -> str | None:
     """A row's value as text, None when the column is absent or NaN."""
     v = row.get(col)
@@ -517,7 +522,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
                     + (f"the session ended {c.end_t - a.end_t:.1f} s later" if cut else
                        f"no model_audio/turn_complete/tool_call within {c.response_timeout_s:g} s")
                     + f"; {heard} server message(s) of any kind read in that time")
-        answered = next((v for k, v in c.recovered.items() if abs(k - a.end_t) < 1e-6), None)
+        answered = _resent_answer(c, a.end_t)
         if answered is not None:
             evidence += f"; the bridge re-sent the turn on a new connection and it was answered at {_s(answered)}"
         out.append(Finding(
@@ -843,7 +848,7 @@ def watchdog(c: Context) -> list[Finding]:
         answered = _between(responses, t, min(nxt, c.end_t))
         # A re-send on a new connection is answered there, after the next ActivityStart: the turn table knows.
         ends = [a.end_t for a in c.activities if a.end_t is not None and a.end_t <= t]
-        resent = next((v for k, v in c.recovered.items() if ends and abs(k - max(ends)) < 1e-6), None)
+        resent = _resent_answer(c, max(ends)) if ends else None
         if answered.size:
             followed = f"a response followed at {_s(answered[0])}"
         elif resent is not None:
