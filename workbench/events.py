@@ -130,6 +130,27 @@ class Watchdog(Event):
 
 
 @dataclass(frozen=True)
+class Client(Event):
+    """A decision of the bridge's client core (its connection's life), with the why as enum values.
+
+    ``action`` is one of ``reconnect``, ``resend``, ``skip_resend``, ``wait_longer``, ``give_up``,
+    ``close``, ``interrupted``; ``reason`` names the cause (``go_away``, ``closed``, ``send_failed``,
+    ``watchdog``, ``dead_connection``, ``resume_rejected``, ``resend_limit``, ``reconnect_limit``,
+    ``greeting_unanswered``, ``barge_in``, ``consumed_by_server``, ``heard_by_server``, ...).
+    Turn and connection numbers are fields, so no reader parses ``detail``.
+    """
+
+    action: str
+    reason: str
+    conn: int | None = None
+    turn: int | None = None
+    attempt: int | None = None
+    handle: str | None = None
+    detail: str | None = None
+    kind: ClassVar[str] = "client"
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """An error a stage caught, with where it happened."""
 
@@ -150,7 +171,7 @@ class Other(Event):
 
 
 KINDS: dict[str, type[Event]] = {
-    c.kind: c for c in (SessionMark, Frame, FrameGap, Vad, Sent, Server, Ws, LoopLag, Watchdog, Error)
+    c.kind: c for c in (SessionMark, Frame, FrameGap, Vad, Sent, Server, Ws, LoopLag, Watchdog, Client, Error)
 }
 
 
