@@ -208,17 +208,18 @@ def test_barge_in_cancels_a_pending_tool_call():
 def test_no_interruption_keeps_answering_without_interleaving():
     core = make_core(real(reply_s=2.0), activityHandling="NO_INTERRUPTION")
     user_turn(core, 0.0, 1)
-    run_until(core, 0.9)
+    sent = run_until(core, 0.9)
     assert core.receive(1.0, START) == []
     core.receive(1.0, audio_msg(pcm(2)))
-    core.receive(1.1, END)
-    sent = run_until(core, 20.0)
-    ends = [t for t, a in sent if isinstance(a, SendJson) and sc(a.payload).get("turnComplete")]
-    audio2 = [t for t, a in sent if isinstance(a, SendJson) and "modelTurn" in sc(a.payload)]
+    core.receive(1.1, END)  # answer 2 would start at 1.3 if answers could overlap
+    sent += run_until(core, 20.0)
+    ends = [t for t, a in sent if sc(a.payload).get("turnComplete")]
+    audio = [(t, len(base64.b64decode(sc(a.payload)["modelTurn"]["parts"][0]["inlineData"]["data"])))
+             for t, a in sent if "modelTurn" in sc(a.payload)]
+    one_answer = int(2.0 * MODEL_RATE) * 2
     assert len(ends) == 2 and "interrupted" not in kinds(core)
-    second_start = [t for t in audio2 if t > ends[0]]
-    assert second_start and not [t for t in audio2 if ends[0] - 2.0 < t < ends[0] and t > second_start[0]]
-    assert all(t <= ends[0] or t > ends[0] for t in audio2) and len([t for t in audio2 if t > ends[0]]) >= 8
+    assert sum(n for t, n in audio if t < ends[0]) == one_answer  # the first answer whole before its end ...
+    assert sum(n for t, n in audio if t >= ends[0]) == one_answer  # ... and the second from then on
 
 
 def test_ideal_answers_overlap_as_before():
@@ -773,3 +774,22 @@ def test_sdk_strict_input_unknown_model_text_turn_and_transparent_index():
     assert text_answered
     last = parsed[-1].session_resumption_update
     assert last.last_consumed_client_message_index == 2 and last.new_handle
+
+
+# -- 8. the command line ------------------------------------------------------------------------------------------
+
+def test_emulator_flags_shape_the_config_and_run_demo_take_a_profile():
+    from workbench.emulator.__main__ import build_parser, config_from_args, main
+
+    args = build_parser().parse_args(["--profile", "ideal", "--pong-delay", "12", "--connection-s", "30",
+                                      "--session-s", "60", "--strict", "--seed", "7",
+                                      "--fault", "no-response:heard:2@every"])
+    cfg = config_from_args(args)
+    assert (cfg.profile, cfg.seed, cfg.pong_delay_s, cfg.connection_s, cfg.session_s) == ("ideal", 7, (12.0, 12.0),
+                                                                                           30.0, 60.0)
+    assert cfg.outside_audio == "strict" and cfg.latency_s == 0.15 and cfg.faults[0].every_connection
+    lenient = config_from_args(build_parser().parse_args(["--lenient-audio"]))
+    assert lenient.profile == "real" and lenient.outside_audio == "discard" and lenient.barge_in
+    assert main(["--connection-s", "-1"]) == 2
+    assert cli.build_parser().parse_args(["demo"]).profile == "real"
+    assert cli.build_parser().parse_args(["run", "--audio", "x.wav", "--profile", "ideal"]).profile == "ideal"
