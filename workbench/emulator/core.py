@@ -193,8 +193,9 @@ class EmulatorConfig:
     greet: bool = True  # answer a clientContent turn (turnComplete) with a spoken greeting
     # Websocket pongs, seconds after the ping (aicc2025/sip-to-ai PR #14: measured 8-30 s; python-genai #2935).
     pong_delay_s: tuple[float, float] = FROM_PROFILE
-    # activityStart during an answer interrupts it unless setup asks NO_INTERRUPTION (Live API guide,
-    # realtimeInputConfig.activityHandling; SDK types.ActivityHandling).  False: answers overlap (ideal).
+    # activityStart during an answer interrupts it unless setup asks NO_INTERRUPTION: "If unspecified, the default
+    # behavior is START_OF_ACTIVITY_INTERRUPTS" (SDK types.ActivityHandling; Live API reference,
+    # ai.google.dev/api/live, realtimeInputConfig.activityHandling; DESIGN.md 8).  False: answers overlap (ideal).
     barge_in: bool = FROM_PROFILE
     # sessionResumptionUpdate about every handle_every_s (google-gemini/gemini-live-api-examples #38: ~0.9 s),
     # resumable=false while generating or a tool call is pending (SDK LiveServerSessionResumptionUpdate);

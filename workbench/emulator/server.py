@@ -44,6 +44,7 @@ class _Connection(ServerConnection):
     def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         self.on_ping: Callable[[bytes], None] | None = None
+        self.on_close_frame: Callable[[str], None] | None = None
         answer_at_once = protocol.recv_frame
 
         def recv_frame(frame: Frame) -> None:
@@ -51,6 +52,11 @@ class _Connection(ServerConnection):
                 self.on_ping(bytes(frame.data))
                 return
             answer_at_once(frame)
+            if frame.opcode is Opcode.CLOSE and self.on_close_frame is not None:
+                # the client closed: its conversation has no open connection from this moment, so a resume
+                # that follows at once is not rejected as "while open" by a race with our own teardown
+                rcvd = protocol.close_rcvd
+                self.on_close_frame(f"{rcvd.code} {rcvd.reason}".strip() if rcvd is not None else "close frame")
 
         protocol.recv_frame = recv_frame
 
@@ -151,13 +157,14 @@ class Emulator:
         self._shells.add(shell)
         if isinstance(ws, _Connection):
             ws.on_ping = shell.on_ping
+            ws.on_close_frame = lambda detail: core.connection_lost(time.monotonic(), detail)
         ticker = asyncio.create_task(shell.tick_loop())
         try:
             await shell.receive_loop()
         finally:
             self._shells.discard(shell)
             if isinstance(ws, _Connection):
-                ws.on_ping = None
+                ws.on_ping = ws.on_close_frame = None
             ticker.cancel()
             with contextlib.suppress(BaseException):
                 await ticker
