@@ -358,6 +358,12 @@ def test_session_limit_unless_context_window_compression():
     handle = next(iter(convs.handles))
     again = SessionCore(real(), 1, convs.handles, convs.new)
     assert again.receive(6.0, setup_msg(sessionResumption={"handle": handle}))[0].code == 1008
+    gone = Conv()
+    short = gone.core(real(session_s=5.0), sessionResumption={})
+    handle = [u["newHandle"] for _, u in updates(run_until(short, 2.5)) if u.get("newHandle")][0]
+    short.connection_lost(3.0, "1000")
+    after = SessionCore(real(session_s=5.0), 1, gone.handles, gone.new)
+    assert after.receive(5.5, setup_msg(sessionResumption={"handle": handle}))[0].code == 1008  # session over
     free = make_core(real(session_s=5.0), contextWindowCompression={"slidingWindow": {}})
     assert not any(isinstance(a, Close) for _, a in run_until(free, 60.0))
 

@@ -641,7 +641,9 @@ class SessionCore:
         why = None
         if conv is None:
             why = "unknown handle"
-        elif conv.ended:
+        elif conv.ended or (cfg.session_s is not None and not conv.compressed and conv.t_start is not None
+                            and t >= conv.t_start + cfg.session_s):
+            conv.ended = True
             why = "its session reached the session time limit"
         elif snap is not None and cfg.handle_ttl_s is not None and t - snap.t_mono > cfg.handle_ttl_s:
             why = f"expired ({t - snap.t_mono:.0f} s old, valid {cfg.handle_ttl_s:g} s)"
@@ -782,8 +784,9 @@ class SessionCore:
         if cancelled:
             out.append(self._send_now(t, {"toolCallCancellation": {"ids": cancelled}}, "tool_call_cancellation",
                                       ",".join(cancelled)))
-        turns = sorted(a.user_turn or 0 for a in self._answers.values())
-        what = f"the answer to user turn(s) {turns}" if turns else "a pending tool call"
+        turns = ", ".join("the greeting" if a.user_turn is None else f"user turn {a.user_turn}"
+                          for a in self._answers.values())
+        what = f"the answer to {turns}" if turns else "a pending tool call"
         out.append(self._send_now(t, {"serverContent": {"interrupted": True}}, "interrupted",
                                   f"barge-in during {what}"))
         out.append(self._send_now(t, self._turn_complete_payload(), "turn_complete", "interrupted"))
@@ -959,7 +962,7 @@ class SessionCore:
     def _turn_complete_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"serverContent": {"turnComplete": True}}
         if self.config.usage_metadata:
-            prompt = int(sum(1 for _ in self.context) * 3 * AUDIO_TOKENS_PER_S)  # ~3 s per turn in context
+            prompt = len(self.context) * 3 * AUDIO_TOKENS_PER_S  # ~3 s of audio per turn in the context
             reply = int(self.config.reply_s * AUDIO_TOKENS_PER_S)
             payload["usageMetadata"] = {
                 "promptTokenCount": prompt, "responseTokenCount": reply, "totalTokenCount": prompt + reply,
