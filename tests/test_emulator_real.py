@@ -331,7 +331,7 @@ def test_resume_rejections_open_expired_and_unknown():
                                                                                                "encountered.")]
     assert second.log[-2].kind == "resume_rejected"
     first.connection_lost(2.5, "1000")
-    late = SessionCore(real(), 2, convs.handles, convs.new)
+    late = SessionCore(real(session_s=None), 2, convs.handles, convs.new)  # only the handle's age matters here
     assert late.receive(1.0 + 7201, setup_msg(sessionResumption={"handle": handle}))[0].code == 1008
     assert "expired" in late.log[-2].detail
     ok = SessionCore(real(), 3, convs.handles, convs.new)
