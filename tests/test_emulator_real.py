@@ -799,3 +799,41 @@ def test_emulator_flags_shape_the_config_and_run_demo_take_a_profile():
     assert main(["--connection-s", "-1"]) == 2
     assert cli.build_parser().parse_args(["demo"]).profile == "real"
     assert cli.build_parser().parse_args(["run", "--audio", "x.wav", "--profile", "ideal"]).profile == "ideal"
+
+
+def test_real_profile_core_never_raises_on_random_sessions():
+    """The fuzz of test_fuzz, on the real profile's new paths (barge-in, snapshots, limits, text turns, pongs)."""
+    import random
+
+    keys = ["realtimeInput", "activityStart", "activityEnd", "audio", "text", "mediaChunks", "clientContent",
+            "toolResponse", "functionResponses", "sessionResumption", "handle", "turnComplete", "data", "id"]
+    weird: list[Any] = [None, 0, "", "AAAA", base64.b64encode(pcm(1)).decode(), {}, [], True, "x" * 5]
+
+    def value(rng: random.Random, depth: int = 0) -> Any:
+        if depth > 3 or rng.random() < 0.4:
+            return rng.choice(weird)
+        return {rng.choice(keys): value(rng, depth + 1) for _ in range(rng.randint(1, 3))}
+
+    rng = random.Random(20261201)
+    for i in range(1500):
+        convs = Conv()
+        core = convs.core(EmulatorConfig(seed=i, setup_s=0.0, connection_s=3.0, session_s=4.0, late_gap_s=1.0,
+                                         tool_call_turns=(1, 3)),
+                          faults=(rng.choice(["no-response:late", "no-response:empty", "slow-pong:1", "stall:1"]),),
+                          sessionResumption={}, tools=[{"functionDeclarations": [{"name": "f"}]}])
+        t = 0.0
+        for _ in range(rng.randint(1, 8)):
+            t += rng.uniform(0.0, 0.8)
+            valid = rng.choice([START, END, audio_msg(pcm(rng.randint(0, 3))), {"realtimeInput": {"text": "hi"}},
+                                {"toolResponse": {"functionResponses": [{"id": "call-1-1", "response": {}}]}}])
+            msg = valid if i % 2 else rng.choice([valid, value(rng)])
+            for a in core.receive(t, msg) + core.ping(t, b"p") + [a for _, a in run_until(core, t)]:
+                assert not isinstance(a, Close) or a.code in (1000, 1007, 1008, 1011)
+        if i % 2:  # well-formed input never reaches the "malformed" catch-all (that would hide a bug of ours)
+            assert not [e for e in core.log if e.kind == "malformed"]
+        run_until(core, t + 10)
+        core.connection_lost(t + 10, "1000")
+        second = SessionCore(EmulatorConfig(seed=i), 1, convs.handles, convs.new)
+        handle = next(iter(convs.handles), "none")
+        second.receive(t + 11, setup_msg(sessionResumption={"handle": handle}))
+        convs.all[0].lost_turns()
