@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidState
 from websockets.frames import Frame, Opcode
 
 from .certs import client_context, make_cert, server_context
@@ -184,7 +184,8 @@ class _Shell:
         """Called inside websockets' data_received: a pong due now is queued to go out with its flush."""
         for a in self.core.ping(time.monotonic(), data):
             if isinstance(a, SendPong):
-                self.ws.protocol.send_pong(a.data)
+                with contextlib.suppress(InvalidState):  # a ping that raced our close
+                    self.ws.protocol.send_pong(a.data)
 
     async def receive_loop(self) -> None:
         while True:
