@@ -837,3 +837,38 @@ def test_real_profile_core_never_raises_on_random_sessions():
         handle = next(iter(convs.handles), "none")
         second.receive(t + 11, setup_msg(sessionResumption={"handle": handle}))
         convs.all[0].lost_turns()
+
+
+def test_sdk_silent_and_noise_turns_get_nothing_and_media_chunks_close_1007():
+    async def main(spec: str, audio: bytes) -> tuple[list, Emulator]:
+        async with Emulator(EmulatorConfig(**FAST_REAL, faults=[parse_fault(spec)])) as emu:
+            async with sdk_client(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+                reader = Reader(session)
+                await session.send_realtime_input(activity_start=types.ActivityStart())
+                await session.send_realtime_input(audio=types.Blob(data=audio, mime_type="audio/pcm;rate=16000"))
+                await session.send_realtime_input(activity_end=types.ActivityEnd())
+                await asyncio.sleep(0.6)
+                await reader.stop()
+            return [m for _, m in reader.msgs], emu
+
+    silent, emu = run(main("no-response:silent", pcm(1)))
+    assert [m for m in silent if m.server_content or m.data] == [] and emu.turns_answered == 0
+    quiet, emu = run(main("no-response:noise", np.zeros(1600, np.int16).tobytes()))
+    assert [m for m in quiet if m.server_content or m.data] == []
+    assert any(e.kind == "fault" and "no speech" in (e.detail or "") for e in emu.log)
+
+    async def chunks() -> BaseException | None:
+        async with Emulator(EmulatorConfig(**FAST_REAL)) as emu:
+            try:
+                async with sdk_client(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+                    await session.send_realtime_input(activity_start=types.ActivityStart())
+                    with pytest.warns(DeprecationWarning):  # send() is how the SDK still sends mediaChunks
+                        await session.send(input=types.LiveClientRealtimeInput(
+                            media_chunks=[types.Blob(data=pcm(1), mime_type="audio/pcm;rate=16000")]))
+                    await session.receive().__anext__()
+            except errors.APIError as exc:
+                return exc
+        return None
+
+    err = run(chunks())
+    assert isinstance(err, errors.APIError) and err.code == 1007
