@@ -799,6 +799,9 @@ def test_emulator_flags_shape_the_config_and_run_demo_take_a_profile():
     assert main(["--connection-s", "-1"]) == 2
     assert cli.build_parser().parse_args(["demo"]).profile == "real"
     assert cli.build_parser().parse_args(["run", "--audio", "x.wav", "--profile", "ideal"]).profile == "ideal"
+    demo = cli.build_parser().parse_args(["demo", "--pong-delay", "9", "--connection-s", "12", "--seed", "3"])
+    assert (demo.pong_delay, demo.connection_s, demo.session_s, demo.seed) == (9.0, 12.0, None, 3)
+    assert cli.main(["demo", "--connection-s", "0"]) == 2  # one line, before anything starts
 
 
 def test_real_profile_core_never_raises_on_random_sessions():
