@@ -9,7 +9,8 @@ Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes i
   When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
   when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
   judge a frame by ``pts_s`` (media time), not by arrival time (``MediaClock``); the receiver can
-  be changed, and ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame.
+  be changed: ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame, and
+  ``workbench.ingest`` releases it when packets stop (``LoopDecoder.release``).
 - aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
   timestamp continuing the previous burst; the next packet carries the true time.  So one 20 ms
   frame of each new burst looks, by pts, as if it followed the old burst directly.
