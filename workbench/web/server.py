@@ -50,7 +50,10 @@ class ModelAudioTrack(MediaStreamTrack):
     """Plays the model's 24 kHz audio as 48 kHz 20 ms frames at real-time pace; silence when idle.
 
     The emulator (and Gemini) send audio faster than real time, so chunks queue here.  ``clear``
-    drops what is queued (the server said ``interrupted``).
+    drops what is queued and what the resampler holds (the answer was interrupted): the next frame
+    aiortc's sender takes is silence, so the browser stops hearing the old answer one frame (20 ms)
+    after the message, plus the network and its jitter buffer (``bench/BENCHMARKS.md``, "Barge-in").
+    The sender keeps no queue of its own: it asks for a frame, encodes and sends it.
     """
 
     kind = "audio"
@@ -185,7 +188,7 @@ class BrowserSession:
             name = getattr(e, "msg", None) or getattr(e, "decision", None) or getattr(e, "what", None)
             key = f"{e.kind}:{name}" if e.kind in ("send", "server", "vad", "session") else e.kind
             self.counts[key] = self.counts.get(key, 0) + 1
-        if e.kind == "server" and getattr(e, "msg", "") == "interrupted":
+        if _interrupts(e):
             self.voice.clear()
         if e.kind == "session" and getattr(e, "what", "") == "mic_open":
             self.state = "mic_open"
@@ -216,6 +219,13 @@ class BrowserSession:
                 "counts": dict(self.counts), "error": self.error,
                 "activities": None if self.result is None else self.result.activities,
                 "answered": None if self.result is None else self.result.answered}
+
+
+def _interrupts(e: Event) -> bool:
+    """The old answer must stop playing: the server said ``interrupted``, or the bridge's client core decided the
+    answer was interrupted (``Client`` action ``interrupted``, e.g. on barge-in)."""
+    return (e.kind == "server" and getattr(e, "msg", "") == "interrupted") or (
+        e.kind == "client" and getattr(e, "action", "") == "interrupted")
 
 
 async def _run_observed(session: BrowserSession, source: MediaStreamTrack, cfg: bridge.SessionConfig
