@@ -105,3 +105,29 @@ def test_the_turn_tail_held_by_the_jitter_buffer_is_sent_before_activity_end() -
     for true_end in true_ends:
         last = np.flatnonzero(pts < true_end)[-1]
         assert t[last] - t[last - 4] < 0.15
+
+
+def test_sparse_packets_in_silence_come_out_one_by_one() -> None:
+    """Chrome's DTX sends a packet every ~400 ms in silence.  Once the jitter buffer is released it is empty and
+    would keep each of them until 4 more came (1.6 s); the release follows packets too, so each comes out ~50 ms
+    after it arrived, and frame gaps keep the sender's pattern."""
+    frame = 960
+    audio = np.zeros(int(3.0 * RATE), np.int16)
+    t = np.arange(int(0.3 * RATE)) / RATE
+    audio[: t.size] = (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16)  # a burst, then sparse packets
+    for k in range(1, 7):
+        i = int((0.3 + 0.4 * k) * RATE) // frame * frame
+        audio[i : i + frame] = 300  # one sounding 20 ms frame every 400 ms
+    frames: list[Received] = []
+
+    async def run() -> None:
+        link = await loopback(FilePlayerTrack(audio, dtx=True, tail_s=0.3))
+        try:
+            await asyncio.wait_for(ingest(link.remote_track, time.monotonic, frames.append), 10)
+        finally:
+            await link.close()
+
+    asyncio.run(run())
+    t_arr = np.array([f.t for f in frames])
+    assert len(frames) >= 15 + 6 - 1  # the burst and the sparse frames (the last may end with the track)
+    assert np.diff(t_arr).max() < 0.6  # ~400 ms apart, as sent; held 4 at a time they would be 1.6 s apart

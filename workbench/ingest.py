@@ -15,12 +15,11 @@ against a timeout costs ~0.3 % of a core per session, as much as the whole turn 
 
 The speech tail.  aiortc's jitter buffer keeps the last ~80 ms of a burst until packets resume
 (DESIGN.md section 6), which under DTX is after the turn's ActivityEnd.  When the track's frames
-come from a ``LoopDecoder``, ``ingest`` releases what the buffer holds once no frame has come for
+come from a ``LoopDecoder``, ``ingest`` releases what the buffer holds once no packet has come for
 ``release_s`` (``LoopDecoder.release``): the held frames reach ``on_frame`` then, with their own
 media times, before the consumer's gap and end-of-turn deadlines.  The release shares the one
-timer (its deadline moves with the frames like the consumer's), and fires once per pause.
-A burst of fewer than 5 packets right after a release stays held until the next packets (no frame
-comes out to arm the release); that is shorter than any turn's minimum speech.
+timer (its deadline moves with each frame, and with each packet the buffer kept without a frame
+coming out, e.g. while it fills), and fires once per pause.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from .webrtc import to_mono
 # A deadline the consumer did not act on (its tick left it where it was) comes back this much later, not at once:
 # a consumer's mistake must not spin the loop.
 MIN_TICK_S = 0.001
-# No frame for this long: packets have stopped (DTX, mute, stall), so release the jitter buffer's tail.  Frames come
+# No packet for this long: packets have stopped (DTX, mute, stall), so release the jitter buffer's tail.  Frames come
 # every 20 ms; 50 ms lets a packet be 30 ms late without a release, and stays below the pipeline's 60 ms gap, so
 # the released frames arrive before the gap flush and are not themselves reported as a gap.  A release while
 # packets are only late loses nothing (``workbench.loopdecode``).
@@ -75,7 +74,7 @@ async def ingest(
     from it as it is decoded, and await ``recv()`` only for the end of the track.
 
     ``release_s``: with a ``LoopDecoder`` feeding the track, release the frames its jitter buffer
-    holds once no frame has come for this long (None: leave them to aiortc, i.e. until packets resume).
+    holds once no packet has come for this long (None: leave them to aiortc, i.e. until packets resume).
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -150,7 +149,19 @@ async def ingest(
         except Exception as exc:
             fail(exc)
 
+    def held() -> None:  # a packet went into the jitter buffer and no frame came out: packets still come
+        nonlocal hold_due
+        if failure or releasing:
+            return
+        try:
+            hold_due = clock() + release_s  # type: ignore[operator]
+            arm()
+        except Exception as exc:
+            fail(exc)
+
     decoder = decoder_of(track) if direct else None
+    if holder is not None:
+        holder.on_held = held
     try:
         arm()
         if decoder is not None and not decoder.attach(sink):
@@ -167,6 +178,8 @@ async def ingest(
                 raise
             deliver(frame)
     finally:
+        if holder is not None:
+            holder.on_held = None
         if decoder is not None:
             decoder.detach()
         if timer is not None:

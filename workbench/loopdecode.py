@@ -25,8 +25,9 @@ The speech tail.  aiortc's audio jitter buffer (capacity 16, prefetch 4) hands a
 when 4 later packets have arrived, so when packets stop (Opus DTX, a muted or stalled sender) the
 last ~80 ms stay inside until packets resume: after the turn's ActivityEnd, too late to be sent.
 ``LoopDecoder.release()`` decodes and hands on everything the jitter buffer holds, in order, and
-moves the buffer's origin past it; ``workbench.ingest`` calls it when no frame has come for
-``ingest.RELEASE_S``.  Nothing is lost or doubled: a packet that arrives after a release with a
+moves the buffer's origin past it; ``workbench.ingest`` calls it when no packet has come for
+``ingest.RELEASE_S`` (``HoldingJitterBuffer`` tells it of packets that went in without a frame
+coming out, as while the buffer fills).  Nothing is lost or doubled: a packet that arrives after a release with a
 sequence number before the new origin is one the buffer would have dropped as too late anyway
 (aiortc drops misordered packets), and a missing packet inside the held run is skipped (aiortc
 would stall on it until 16 later packets arrived, then skip it too).  A release while packets are
@@ -70,6 +71,26 @@ def _decoder_for(codec: Any) -> Any:
     return MonoOpusDecoder() if codec.mimeType.lower() == "audio/opus" else get_decoder(codec)
 
 
+class HoldingJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, saying when a packet went in and no frame came out (``on_held``).
+
+    ``decode_on_loop`` puts it in the receiver's place, so ``ingest`` learns that packets are still
+    arriving while the buffer fills (a stream's start, Chrome's DTX packets every ~400 ms in silence)
+    and releases the buffer only once they stop.  Costs nothing while frames flow (each packet then
+    pushes a frame out).
+    """
+
+    def __init__(self, capacity: int, prefetch: int = 0, on_held: Callable[[], None] | None = None) -> None:
+        super().__init__(capacity=capacity, prefetch=prefetch)
+        self.on_held = on_held
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is None and self.on_held is not None:
+            self.on_held()
+        return pli_flag, frame
+
+
 class LoopDecoder:
     """Stands in for the receiver's decoder queue: ``put`` decodes at once, on the caller's (the loop's) thread.
 
@@ -89,6 +110,7 @@ class LoopDecoder:
         self.frames = 0
         self.released = 0  # frames handed on by ``release`` (counted in ``frames`` too)
         self.sink: Callable[[av.AudioFrame], None] | None = None  # takes each frame instead of the queue
+        self.on_held: Callable[[], None] | None = None  # a packet went into the jitter buffer, no frame came out
 
     def attach(self, sink: Callable[[av.AudioFrame], None]) -> bool:
         """Hand frames to ``sink`` from now on, first the ones already queued; False when the track already ended.
@@ -127,6 +149,11 @@ class LoopDecoder:
                 self.sink(frame)
             else:
                 self._output.put_nowait(frame)
+
+    def packet_held(self) -> None:
+        """``HoldingJitterBuffer.on_held``: hand it to whoever listens (``ingest``)."""
+        if self.on_held is not None:
+            self.on_held()
 
     def release(self) -> int:
         """Decode and hand on every frame the receiver's jitter buffer holds; return how many.
@@ -186,7 +213,11 @@ def decode_on_loop(receiver: RTCRtpReceiver) -> LoopDecoder:
         return queue
     if getattr(receiver, _THREAD, None) is not None:
         raise RuntimeError("decode_on_loop must be called before the receiver starts (its decoder thread runs)")
+    jitter = getattr(receiver, _JITTER, None)
+    if not (isinstance(jitter, JitterBuffer) and isinstance(getattr(jitter, "_prefetch", None), int)):
+        raise RuntimeError("this aiortc has no jitter buffer where decode_on_loop expects it")
     decoder = LoopDecoder(output, error, receiver)
+    setattr(receiver, _JITTER, HoldingJitterBuffer(jitter.capacity, jitter._prefetch, decoder.packet_held))
     setattr(receiver, _QUEUE, decoder)
     _BY_TRACK[receiver.track] = decoder
     return decoder

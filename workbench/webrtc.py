@@ -33,7 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSe
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .loopdecode import decode_audio_on_loop
+from .loopdecode import HoldingJitterBuffer, decode_audio_on_loop
 
 RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
@@ -233,7 +233,9 @@ def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
         raise RuntimeError("this aiortc has no audio jitter buffer where set_jitter_prefetch expects it")
     if receiver.track.kind != "audio":
         raise ValueError("set_jitter_prefetch is for audio receivers")
-    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=prefetch))
+    old = getattr(receiver, name)
+    on_held = old.on_held if isinstance(old, HoldingJitterBuffer) else None  # decode_on_loop's, if it came first
+    setattr(receiver, name, HoldingJitterBuffer(capacity=16, prefetch=prefetch, on_held=on_held))
 
 
 async def loopback(
