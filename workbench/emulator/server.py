@@ -132,10 +132,16 @@ class Emulator:
         return conv
 
     async def __aenter__(self) -> Emulator:
-        self._server = await serve(
-            self._handle, self.host, self.port, ssl=server_context(self.cert_path, self.key_path),
-            ping_interval=None, max_size=None, compression=None, close_timeout=2.0, create_connection=_Connection,
-        )
+        try:
+            self._server = await serve(
+                self._handle, self.host, self.port, ssl=server_context(self.cert_path, self.key_path),
+                ping_interval=None, max_size=None, compression=None, close_timeout=2.0, create_connection=_Connection,
+            )
+        except BaseException:
+            # e.g. the port is taken: the private key's temporary directory must not outlive us
+            if self._own_cert_dir:
+                shutil.rmtree(self.cert_path.parent, ignore_errors=True)
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
