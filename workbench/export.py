@@ -85,6 +85,8 @@ def session_spans(rec: Recording) -> SpanSpec:
         children: list[SpanSpec] = []
         if _finite(s0) and _finite(s1) and float(s1) >= float(s0):
             children.append(SpanSpec("speech", float(s0), float(s1)))
+        elif _finite(s0) and not _finite(a1):  # the VAD never ended it (Failure B): open to the end
+            children.append(SpanSpec("speech", float(s0), end_t, error="speech_end never decided"))
         children.append(SpanSpec("activity", a0, float(a1) if _finite(a1) else end_t,
                                  {"audio_s": round(float(row.audio_s), 3), "conn": int(row.conn)},
                                  error=None if _finite(a1) else "ActivityEnd never left the socket"))
