@@ -97,7 +97,10 @@ class MicTap:
 
     def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int
               ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(session t, 48 kHz int16)])."""
+        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(media t, 48 kHz int16)]).
+
+        Media time plus ``media_offset`` is the session time of a sample (``mic.flac`` is placed by it).
+        """
         events: list[Event] = []
         audio: list[tuple[float, np.ndarray]] = []
         if self.media_offset is None:
@@ -112,27 +115,35 @@ class MicTap:
             self.rate = rate
             self._resampler = None if rate == MIC_RATE else Resampler(in_rate=rate, out_rate=MIC_RATE)
         n48 = samples.size if rate == MIC_RATE else round(samples.size * MIC_RATE / rate)
+        # rounded as the bridge's pipeline rounds them (round() with digits costs ~2 µs: once each)
         events.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(n48), rate=MIC_RATE,
                             level_db=round(level_dbfs(samples), 2)))
         if self._resampler is None:
             audio.append((pts_s, samples))
         else:
             audio += self._resampler.push(pts_s, samples)
-        return events, [(m + self.media_offset, x) for m, x in audio]
+        return events, audio
 
     def _flush(self) -> list[tuple[float, np.ndarray]]:
         return self._resampler.flush() if self._resampler is not None else []
 
     def close(self, t: float) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """The recording ends at ``t``: a gap still open, and the audio soxr holds back."""
+        """The recording ends at ``t``: a gap still open, and the audio soxr holds back (by media time)."""
         events: list[Event] = []
         if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
             events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
                                    resumed=False))
-        offset = self.media_offset or 0.0
-        audio = [(m + offset, x) for m, x in self._flush()]
+        audio = self._flush()
         self._resampler = None
         return events, audio
+
+
+def _mono(frame: av.AudioFrame) -> np.ndarray:
+    """Mono int16 of a frame; packed s16 stereo (aiortc's decoder) by halves, in int16: 3 numpy calls, not 5."""
+    if frame.format.name == "s16" and frame.layout.nb_channels == 2:
+        x = np.frombuffer(frame.planes[0], np.int16, count=2 * frame.samples)
+        return (x[0::2] >> 1) + (x[1::2] >> 1)
+    return mono_int16(frame)
 
 
 def _pcm_rate(mime_type: str | None) -> int:
@@ -172,6 +183,9 @@ class Tap:
         self._track: TappedTrack | None = None
         self._mic = MicTap()
         self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
+        self._rate: int | None = None  # the track's rate and time base, read again only when the rate changes
+        self._time_base: Fraction | None = None
+        self._counted_s = 0.0
         self._failed: set[str] = set()
         self._lag_timer: asyncio.TimerHandle | None = None
         self.recorder.emit(SessionMark(t=0.0, what="start", detail=info["name"]))
@@ -326,19 +340,24 @@ class Tap:
     # -- what the wrappers hand in -----------------------------------------------------------------
 
     def _frame(self, frame: Any) -> None:
+        """Record one frame the track returned: its event, its audio by media time, the gap before it.
+
+        Runs on every frame (50 a second a session), so it reads each PyAV property once: the time
+        base is a new ``Fraction`` at every access and is read only when the rate changes.
+        """
         if self.state is not TapState.OPEN or not isinstance(frame, av.AudioFrame):
             return
         try:
-            t = self.clock()
-            rate = int(frame.sample_rate)
-            samples = mono_int16(frame)
-            tb = frame.time_base
-            if frame.pts is not None and tb is not None:
-                pts_s = frame.pts * tb.numerator / tb.denominator
-            else:  # no media time: count samples from the first frame's arrival
-                pts_s = self._track.counted_s if self._track is not None else 0.0
-            if self._track is not None:
-                self._track.note(frame, samples.size / rate)
+            t = time.monotonic() - self.t0
+            rate = frame.sample_rate
+            if rate != self._rate:
+                self._rate, self._time_base = rate, frame.time_base
+                if self._track is not None:
+                    self._track.note(frame)
+            pts, tb = frame.pts, self._time_base
+            samples = _mono(frame)
+            pts_s = pts * tb.numerator / tb.denominator if pts is not None and tb is not None else self._counted_s
+            self._counted_s += samples.size / rate  # media time for frames without pts
             events, audio = self._mic.frame(t, pts_s, samples, rate)
             for e in events:
                 self.recorder.emit(e)
@@ -347,9 +366,9 @@ class Tap:
             self._fail("track", exc)
 
     def _mic_audio(self, audio: list[tuple[float, np.ndarray]]) -> None:
-        for t, x in audio:
-            media_t = t - (self._mic.media_offset or 0.0)
-            self.recorder.mic(t, round(media_t * MIC_RATE), x)
+        offset = self._mic.media_offset or 0.0
+        for media_t, x in audio:
+            self.recorder.mic(media_t + offset, round(media_t * MIC_RATE), x)
 
     def _sent(self, msg: str, n_bytes: int = 0, n_samples: int | None = None) -> None:
         self._seq += 1
@@ -501,7 +520,6 @@ class TappedTrack(MediaStreamTrack):
         self._source = source
         self._tap = tap
         self.kind = getattr(source, "kind", "audio")
-        self.counted_s = 0.0  # media time by sample count, for frames without pts
         self.first: dict[str, Any] | None = None
         on = getattr(source, "on", None)
         if callable(on) and isinstance(source, MediaStreamTrack):
@@ -531,9 +549,8 @@ class TappedTrack(MediaStreamTrack):
             stop()
         super().stop()
 
-    def note(self, frame: av.AudioFrame, duration_s: float) -> None:
-        """Count media time (for frames without pts) and remember the first frame's shape for session.json."""
-        self.counted_s += duration_s
+    def note(self, frame: av.AudioFrame) -> None:
+        """Remember the first frame's shape (and the first of each new rate) for session.json."""
         if self.first is None:
             tb = frame.time_base
             self.first = {"rate": int(frame.sample_rate), "channels": frame.layout.nb_channels,
