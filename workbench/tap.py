@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -79,13 +80,24 @@ class TapState(enum.Enum):
 
 
 class MicTap:
-    """Sans-I/O: frames in (arrival time, media time, mono samples at their own rate), events and 48 kHz audio out.
+    """Sans-I/O: frames in (arrival time, media time, samples), events and 48 kHz mono audio out.
 
     Mirrors what ``MicPipeline`` records for the workbench's bridge, so ``replay.replay_recording``
     reads a tapped recording the same way: ``Frame.n_samples`` and ``mic.flac`` are in 48 kHz
     samples at the frame's media time, and a pause longer than ``gap_s`` between arrivals is a
     ``FrameGap`` (``resumed=False`` when the recording ends inside it).
+
+    Two ways in.  ``frame``: int16 mono at any rate, handled at once (resampled to 48 kHz by soxr).
+    ``push``: the common case, 48 kHz packed s16 mono or stereo (aiortc's decoders), gathered into
+    batches of media-contiguous frames and handled together (channels averaged, levels computed and
+    audio written for the whole batch: numpy and libsndfile calls cost per call, not per sample).
+    A batch ends at ``BATCH_FRAMES``, at a gap or a media-time jump, at ``flush`` (the tap calls it
+    from its 100 ms timer once the batch is ``BATCH_AGE_S`` old, so a killed process loses at most
+    ~200 ms of frames) and at ``close``.  Each frame's event keeps its own arrival time.
     """
+
+    BATCH_FRAMES = 10
+    BATCH_AGE_S = 0.1
 
     def __init__(self, gap_s: float = GAP_S) -> None:
         self.gap_s = gap_s
@@ -94,15 +106,11 @@ class MicTap:
         self.rate: int | None = None
         self._resampler: Resampler | None = None
         self.n_frames = 0
+        self._batch: list[tuple[float, float, np.ndarray]] = []  # (arrival, media t, interleaved int16)
+        self._batch_channels = 1
+        self._batch_next = 0.0  # media time the next frame of the batch starts at
 
-    def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int
-              ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(media t, 48 kHz int16)]).
-
-        Media time plus ``media_offset`` is the session time of a sample (``mic.flac`` is placed by it).
-        """
-        events: list[Event] = []
-        audio: list[tuple[float, np.ndarray]] = []
+    def _arrive(self, t: float, pts_s: float, events: list[Event]) -> None:
         if self.media_offset is None:
             self.media_offset = t - pts_s
         if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
@@ -110,12 +118,21 @@ class MicTap:
                                    resumed=True))
         self.last_arrival = t
         self.n_frames += 1
+
+    def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int
+              ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(media t, 48 kHz int16)]).
+
+        Media time plus ``media_offset`` is the session time of a sample (``mic.flac`` is placed by it).
+        """
+        events, audio = self.flush()
+        self._arrive(t, pts_s, events)
         if rate != self.rate:
-            audio += self._flush()
+            audio += self._flush_resampler()
             self.rate = rate
             self._resampler = None if rate == MIC_RATE else Resampler(in_rate=rate, out_rate=MIC_RATE)
         n48 = samples.size if rate == MIC_RATE else round(samples.size * MIC_RATE / rate)
-        # rounded as the bridge's pipeline rounds them (round() with digits costs ~2 µs: once each)
+        # rounded as the bridge's pipeline rounds them
         events.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(n48), rate=MIC_RATE,
                             level_db=round(level_dbfs(samples), 2)))
         if self._resampler is None:
@@ -124,26 +141,62 @@ class MicTap:
             audio += self._resampler.push(pts_s, samples)
         return events, audio
 
-    def _flush(self) -> list[tuple[float, np.ndarray]]:
+    def push(self, t: float, pts_s: float, interleaved: np.ndarray, channels: int
+             ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """One 48 kHz packed s16 frame (``channels`` 1 or 2); returns what a batch it ended produced."""
+        n = interleaved.size // channels
+        batch = self._batch
+        if batch and (len(batch) >= self.BATCH_FRAMES or channels != self._batch_channels
+                      or (self.last_arrival is not None and t - self.last_arrival > self.gap_s)
+                      or abs(pts_s - self._batch_next) > 0.5 * n / MIC_RATE):
+            events, audio = self.flush()
+        else:
+            events, audio = [], []
+        self._arrive(t, pts_s, events)
+        if self.rate != MIC_RATE:
+            audio += self._flush_resampler()
+            self.rate, self._resampler = MIC_RATE, None
+        self._batch.append((t, pts_s, interleaved))
+        self._batch_channels = channels
+        self._batch_next = pts_s + n / MIC_RATE
+        return events, audio
+
+    def batch_age(self, t: float) -> float:
+        """How long the oldest frame of the current batch has waited (0 when there is none)."""
+        return t - self._batch[0][0] if self._batch else 0.0
+
+    def flush(self) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """Handle the frames gathered by ``push``: their events and their audio (one contiguous block)."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return [], []
+        raw = batch[0][2] if len(batch) == 1 else np.concatenate([x for _, _, x in batch])
+        mono = raw if self._batch_channels == 1 else (raw[0::2] >> 1) + (raw[1::2] >> 1)
+        n = batch[0][2].size // self._batch_channels
+        if all(x.size == batch[0][2].size for _, _, x in batch):
+            w = mono.reshape(len(batch), n).astype(np.float32)
+            levels = np.einsum("ij,ij->i", w, w) / (n * 32768.0**2)
+            level_db = [round(max(-120.0, 10.0 * math.log10(v)), 2) if v > 0 else -120.0 for v in levels.tolist()]
+        else:
+            at = np.cumsum([0] + [x.size // self._batch_channels for _, _, x in batch])
+            level_db = [round(level_dbfs(mono[a:b]), 2) for a, b in zip(at, at[1:], strict=False)]
+        events: list[Event] = [Frame(t=t, pts_s=round(pts_s, 6), n_samples=x.size // self._batch_channels,
+                                     rate=MIC_RATE, level_db=db) for (t, pts_s, x), db in zip(batch, level_db,
+                                                                                             strict=True)]
+        return events, [(batch[0][1], mono)]
+
+    def _flush_resampler(self) -> list[tuple[float, np.ndarray]]:
         return self._resampler.flush() if self._resampler is not None else []
 
     def close(self, t: float) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """The recording ends at ``t``: a gap still open, and the audio soxr holds back (by media time)."""
-        events: list[Event] = []
+        """The recording ends at ``t``: the last batch, a gap still open, the audio soxr holds back (by media time)."""
+        events, audio = self.flush()
         if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
             events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
                                    resumed=False))
-        audio = self._flush()
+        audio += self._flush_resampler()
         self._resampler = None
         return events, audio
-
-
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """Mono int16 of a frame; packed s16 stereo (aiortc's decoder) by halves, in int16: 3 numpy calls, not 5."""
-    if frame.format.name == "s16" and frame.layout.nb_channels == 2:
-        x = np.frombuffer(frame.planes[0], np.int16, count=2 * frame.samples)
-        return (x[0::2] >> 1) + (x[1::2] >> 1)
-    return mono_int16(frame)
 
 
 def _pcm_rate(mime_type: str | None) -> int:
@@ -232,6 +285,7 @@ class Tap:
                 return
             now = loop.time()
             self.emit(LoopLag(t=self.clock(), lag_ms=round((now - due) * 1000.0, 3)))
+            self._flush_mic()
             self._lag_timer = loop.call_at(now + LOOP_LAG_PERIOD_S, fire, now + LOOP_LAG_PERIOD_S)
 
         due = loop.time() + LOOP_LAG_PERIOD_S
@@ -305,10 +359,7 @@ class Tap:
             return
         t = self.clock()
         try:
-            events, audio = self._mic.close(t)
-            for e in events:
-                self.emit(e)
-            self._mic_audio(audio)
+            self._mic_out(*self._mic.close(t))
             self._sent_flush()
         finally:
             self.state = TapState.CLOSED
@@ -355,13 +406,28 @@ class Tap:
                 if self._track is not None:
                     self._track.note(frame)
             pts, tb = frame.pts, self._time_base
-            samples = _mono(frame)
+            n = frame.samples
             pts_s = pts * tb.numerator / tb.denominator if pts is not None and tb is not None else self._counted_s
-            self._counted_s += samples.size / rate  # media time for frames without pts
-            events, audio = self._mic.frame(t, pts_s, samples, rate)
-            for e in events:
-                self.recorder.emit(e)
-            self._mic_audio(audio)
+            self._counted_s += n / rate  # media time for frames without pts
+            channels = frame.layout.nb_channels
+            if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
+                raw = np.frombuffer(frame.planes[0], np.int16, count=channels * n)
+                self._mic_out(*self._mic.push(t, pts_s, raw, channels))
+            else:
+                self._mic_out(*self._mic.frame(t, pts_s, mono_int16(frame), rate))
+        except Exception as exc:
+            self._fail("track", exc)
+
+    def _mic_out(self, events: list[Event], audio: list[tuple[float, np.ndarray]]) -> None:
+        for e in events:
+            self.recorder.emit(e)
+        self._mic_audio(audio)
+
+    def _flush_mic(self) -> None:
+        """From the 100 ms timer: hand over a batch of frames that has waited long enough."""
+        try:
+            if self._mic.batch_age(self.clock()) >= MicTap.BATCH_AGE_S:
+                self._mic_out(*self._mic.flush())
         except Exception as exc:
             self._fail("track", exc)
 
