@@ -13,9 +13,11 @@ tapped variant differs only by the tap's lines: ``Tap``, ``rec.client``, ``rec.s
 ``rec.track`` and ``rec.vad`` for each gate decision, recording into ``bench/out/tap/``.
 
 Each round runs the untapped variant, then the tapped one (so both see the same machine), on a
-fresh uvloop each.  Per variant and round: this process's CPU over the window in which all
-sessions stream (last mic start to first mic end), in % of one core per session; and event-loop
-lag, sampled every 100 ms by the bench itself in the same window (p50 / p99 / max).  The figure
+fresh uvloop each; with ``--parts`` (the default) also a tap of the session only and of the track
+only, which split the cost between the message path and the frame path.  Per variant and round:
+this process's CPU over the window in which all sessions stream (last mic start to first mic
+end), in % of one core per session; and event-loop lag, sampled every 100 ms by the bench itself
+in the same window (p50 / p99 / max).  The figure
 is the tapped − untapped difference per session, round by round (median over the rounds).
 ``--write`` replaces the "## Recording a user's bridge (workbench.tap)" section of BENCHMARKS.md.
 """
@@ -82,9 +84,15 @@ def _level_db(x: np.ndarray) -> float:
     return 10 * np.log10(ms) if ms > 0 else -120.0
 
 
-async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None, spans: list[tuple[float, float]]
-                      ) -> None:
-    """One session of the user's bridge; tapped into ``out`` when given."""
+# What each variant taps: the untapped bridge, the whole tap, and the two halves of its cost.
+VARIANTS = {"untapped": (), "tapped": ("session", "track"), "tapped, session only": ("session",),
+            "tapped, track only": ("track",)}
+
+
+async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None, spans: list[tuple[float, float]],
+                      parts: tuple[str, ...] = ("session", "track")) -> None:
+    """One session of the user's bridge; tapped into ``out`` when given (``parts``: which of session, track;
+    the client is always the tap's then)."""
     from google import genai
     from google.genai import types
 
@@ -97,10 +105,10 @@ async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None
             automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)))
     try:
         async with client.aio.live.connect(model=MODEL, config=config) as session:
-            if rec is not None:
+            if rec is not None and "session" in parts:
                 session = rec.session(session)
             track: Any = PacedTrack(audio)
-            if rec is not None:
+            if rec is not None and "track" in parts:
                 track = rec.track(track)
 
             async def receive() -> None:
@@ -148,7 +156,8 @@ async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None
             rec.close()
 
 
-async def run_variant(n: int, audio: np.ndarray, emu: ExternalEmulator, out: Path | None) -> dict[str, float]:
+async def run_variant(n: int, audio: np.ndarray, emu: ExternalEmulator, out: Path | None,
+                      parts: tuple[str, ...] = ("session", "track")) -> dict[str, float]:
     trace = CpuTrace()
     tracer = asyncio.create_task(trace.run())
     loop = asyncio.get_running_loop()
@@ -162,7 +171,8 @@ async def run_variant(n: int, audio: np.ndarray, emu: ExternalEmulator, out: Pat
 
     lagger = asyncio.create_task(sample_lag())
     spans: list[tuple[float, float]] = []
-    await asyncio.gather(*(user_bridge(audio, emu, None if out is None else out / str(i), spans) for i in range(n)))
+    await asyncio.gather(*(user_bridge(audio, emu, None if out is None else out / str(i), spans, parts)
+                           for i in range(n)))
     tracer.cancel()
     lagger.cancel()
     got = trace.all_streaming([a for a, _ in spans], [b for _, b in spans])
@@ -177,16 +187,20 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=5, help="concurrent sessions per variant (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="untapped/tapped pairs (default %(default)s)")
     ap.add_argument("--seconds", type=float, default=12.0, help="audio per session, s (default %(default)s)")
+    ap.add_argument("--parts", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the session-only and track-only taps, to split the cost (default on)")
     args = ap.parse_args()
     audio = to_int16(load_mono(CANDIDATE, 48_000))[: int(args.seconds * 48_000)]
     out = OUT / "tap"
     shutil.rmtree(out, ignore_errors=True)
-    rows: dict[str, list[dict[str, float]]] = {"untapped": [], "tapped": []}
+    names = list(VARIANTS) if args.parts else ["untapped", "tapped"]
+    rows: dict[str, list[dict[str, float]]] = {v: [] for v in names}
     with ExternalEmulator() as emu:
         for r in range(args.rounds):
             for variant in rows:
-                where = out / str(r) if variant == "tapped" else None
-                rows[variant].append(eventloop.run(run_variant(args.n, audio, emu, where), "uvloop"))
+                parts = VARIANTS[variant]
+                where = out / str(r) / variant.replace(", ", "-").replace(" ", "_") if parts else None
+                rows[variant].append(eventloop.run(run_variant(args.n, audio, emu, where, parts), "uvloop"))
                 print(f"round {r + 1} {variant}: {rows[variant][-1]['per_session_pct']:.3f} % per session, "
                       f"lag p99 {rows[variant][-1]['lag_p99']:.1f} ms", file=sys.stderr)
     publish(TITLE, report(rows, args, frame_costs(audio)), args.write)
@@ -232,7 +246,7 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
     med = float(np.median(diffs))
     lines = [
         f"{args.n} sessions at once in one process (uvloop), {args.seconds:g} s of the candidate track each, "
-        f"{args.rounds} rounds of untapped then tapped; the emulator in its own process. CPU is this process's, "
+        f"{args.rounds} rounds of {', then '.join(rows)}; the emulator in its own process. CPU is this process's, "
         "over the window in which all sessions stream, in % of one core per session (median, then each round). "
         "Loop lag: the bench's own 100 ms sampler in the same window, ms (median over rounds, then each round).",
         "",
@@ -243,13 +257,20 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
         lines.append(f"| {v} | {cpu(v)} | {lag(v, 'lag_p50')} | {lag(v, 'lag_p99')} | {lag(v, 'lag_max')} |")
     lines += ["", f"Tapped − untapped, per session: {med:+.2f} % of one core (median; rounds "
               f"{', '.join(f'{d:+.2f}' for d in diffs)}); target < {TARGET_PCT} %: "
-              f"{'met' if med < TARGET_PCT else 'NOT met'}.",
-              "", "The tap's frame path measured alone after the rounds (best of 7 passes): "
-              f"{costs['frame_us']:.0f} µs a frame "
-              f"({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 frames a second), of which the "
-              f"mic.flac write (FLAC encode in the recorder's 8192-sample blocks, fed 100 ms at a time) "
-              f"{costs['flac_us']:.0f} µs; the rest of the difference is the messages (an event each at the app "
-              "and wire stages), sent.flac and model.flac, and the 100 ms loop-lag sampler."]
+              f"{'met' if med < TARGET_PCT else 'NOT met'}."]
+    split = []
+    for part in ("tapped, session only", "tapped, track only"):
+        if part in rows:
+            d = [t["per_session_pct"] - u["per_session_pct"] for u, t in zip(rows["untapped"], rows[part],
+                                                                              strict=True)]
+            split.append(f"{part.removeprefix('tapped, ')} {float(np.median(d)):+.2f} % "
+                         f"(rounds {', '.join(f'{x:+.2f}' for x in d)})")
+    if split:
+        lines.append(f"Split (the client tapped in both): {'; '.join(split)}.")
+    lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes): "
+              f"{costs['frame_us']:.0f} µs a frame ({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 "
+              "frames a second), of which the mic.flac write (FLAC encode in the recorder's 8192-sample blocks, fed "
+              f"100 ms at a time) {costs['flac_us']:.0f} µs."]
     return section(TITLE, "\n".join(lines))
 
 

@@ -32,8 +32,11 @@ Contract:
   unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
   still running while the user's bridge shuts down must not fail because of the recorder.
 
-Cost: a dictionary write and an event line per call or message, a level and a FLAC block copy per
-frame; ``bench/bench_tap.py`` measures it against the same bridge untapped.
+Cost: an event line per call, message and frame, and the FLAC encode of the audio; 48 kHz s16
+frames (what aiortc's decoders give) are handled in batches of up to 200 ms (``MicTap.push``), so
+``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
+that much of its last frames; the loader orders events by ``t``).  ``bench/bench_tap.py``
+measures the whole cost against the same bridge untapped (``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
