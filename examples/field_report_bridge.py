@@ -45,6 +45,9 @@ CANDIDATE = Path(__file__).resolve().parent.parent / "recordings" / "candidate.f
 THRESHOLD_DB = -40.0  # the field report's amplitude VAD
 SILENT_FRAMES_TO_END = 35  # 35 silent 20 ms frames = 700 ms of silence ... counted in frames (MISTAKE 1)
 PRE_ROLL_FRAMES = 15  # 300 ms of audio from before the onset, sent when speech starts
+# The embedded emulator discards audio outside an activity, so one session shows all three failures; with
+# "strict" (the emulator's real profile: close 1007; its source, omi #7611) the first ActivityEnd ends it.
+OUTSIDE_AUDIO = "discard"
 
 
 def candidate_audio(noise_db: float = -60.0, seed: int = 0) -> np.ndarray:
@@ -187,9 +190,9 @@ async def _hang_up(player: FilePlayerTrack, link: object) -> None:
 async def _main(args: argparse.Namespace) -> Path:
     if args.base_url:
         return await run(args.out, base_url=args.base_url)
-    from workbench.emulator import Emulator
+    from workbench.emulator import Emulator, EmulatorConfig
 
-    async with Emulator(port=0) as emu:
+    async with Emulator(EmulatorConfig(outside_audio=args.outside_audio), port=0) as emu:
         out = await run(args.out, base_url=emu.base_url, ssl_context=emu.client_ssl_context())
     emu.write_log(out)
     return out
@@ -199,6 +202,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="The field report's bridge, tapped, against the embedded emulator.")
     ap.add_argument("--out", type=Path, default=Path("recordings/field-report"), help="recording directory")
     ap.add_argument("--base-url", help="a Live endpoint instead of the embedded emulator")
+    ap.add_argument("--outside-audio", choices=["discard", "strict"], default=OUTSIDE_AUDIO,
+                    help="the embedded emulator on audio outside an activity: discard it (default; every failure "
+                         "in one session), or close 1007 (strict, as the emulator's real profile does)")
     args = ap.parse_args()
     out = asyncio.run(_main(args))
     print(f"recording: {out}\nnext: workbench diagnose {out}")
