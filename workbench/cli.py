@@ -16,7 +16,7 @@ from pathlib import Path
 
 BUNDLED = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
 # Modules that add their own subcommands with ``register(subparsers)`` (heavy imports stay inside them).
-PLUGGED = ("workbench.plots", "workbench.sweep", "workbench.diagnose", "workbench.serve")
+PLUGGED = ("workbench.plots", "workbench.sweep", "workbench.diagnose", "workbench.serve", "workbench.export")
 DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
 

@@ -293,7 +293,13 @@ def _receive_idle(c: Context) -> _Idle | None:
         unread = unread[unread > last_app_t]
     if not unread.size or c.end_t - unread[0] <= READ_GRACE_S:
         return None
-    return _Idle(last_app_t, None if last_app is None else str(last_app["msg"]), unread)
+    last_msg = None if last_app is None else str(last_app["msg"])
+    # One server message is several events at one t (usageMetadata rides on the turnComplete message):
+    # the read ended at turn_complete if that message carried one.
+    same = c.server_app[c.server_app["t"] == last_app_t] if last_app_t is not None else c.server_app.iloc[0:0]
+    if (same["msg"] == "turn_complete").any():
+        last_msg = "turn_complete"
+    return _Idle(last_app_t, last_msg, unread)
 
 
 def _max_lag(c: Context) -> tuple[float, float | None]:

@@ -58,6 +58,11 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Mono int16 samples of a 48 kHz frame: channels averaged (aiortc decodes Opus as packed stereo)."""
     if frame.sample_rate != RATE:
         raise ValueError(f"expected a {RATE} Hz frame, got {frame.sample_rate} Hz")
+    return mono_int16(frame)
+
+
+def mono_int16(frame: av.AudioFrame) -> np.ndarray:
+    """Mono int16 samples of an audio frame of any rate, layout and sample format (channels averaged)."""
     channels = frame.layout.nb_channels
     if frame.format.name == "s16" and channels <= 2:  # the hot paths (Opus decoders): read the plane in place
         x = np.frombuffer(frame.planes[0], np.int16, count=channels * frame.samples)
@@ -66,8 +71,12 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
         return ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)  # aiortc's decoder thread: stereo
     x = frame.to_ndarray()
     x = x.reshape(channels, -1).T if frame.format.is_planar else x.reshape(-1, channels)
-    if x.dtype != np.int16:  # float formats from other decoders
+    if x.dtype.kind == "f":  # float formats from other decoders
         x = np.clip(np.round(x * 32768.0), -32768, 32767)
+    elif x.dtype == np.int32:  # s32: the top 16 bits
+        x = x >> 16
+    elif x.dtype == np.uint8:  # u8: offset binary
+        x = (x.astype(np.int32) - 128) << 8
     if channels == 1:
         return x[:, 0].astype(np.int16, copy=True)
     return (x.astype(np.int32).sum(axis=1) // channels).astype(np.int16)

@@ -68,12 +68,16 @@ def classify_server(data: bytes) -> str:
     return "unknown"
 
 
-def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float]) -> type[ClientConnection]:
-    """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``."""
+def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float],
+                      base: type[ClientConnection] = ClientConnection) -> type[ClientConnection]:
+    """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``.
+
+    ``base``: the connection class to tap (a user's own ``create_connection``, for ``workbench.tap``).
+    """
 
     conns = itertools.count(1)
 
-    class TappedConnection(ClientConnection):
+    class TappedConnection(base):  # type: ignore[valid-type,misc]
         """Each instance is one connection, numbered from 1 in ``detail`` (a bridge reconnects)."""
 
         _seq = 0
