@@ -439,7 +439,7 @@ class ClientCore:
             return
         here = [turn for turn in self.ledger.turns if turn.conn == self.conn and turn.indices]
         if msg.last_consumed is None:
-            if self.ledger.open is not None:
+            if self.ledger.open is not None and self.ledger.open.conn == self.conn:
                 return  # the open activity may be partly in the snapshot: not clean
             held, later = here, []
         else:
@@ -548,8 +548,8 @@ class ClientCore:
         return [self._client(t, Act.GIVE_UP, reason, turn=turn, attempt=attempt, detail=detail), self.gave_up]
 
     def _maybe_done(self, t: float) -> list[Action]:
-        if (self.input_done_t is not None and self.state == State.OPEN and not self.ledger.pending()
-                and self.ledger.open is None):
+        # an activity still open when the input ended (a detector that never closed it) cannot be answered
+        if self.input_done_t is not None and self.state == State.OPEN and not self.ledger.pending():
             self._to(State.DONE)
-            return [self._client(t, Act.CLOSE, Reason.INPUT_DONE, detail="every turn answered")]
+            return [self._client(t, Act.CLOSE, Reason.INPUT_DONE, detail="no answer pending")]
         return []
