@@ -116,7 +116,7 @@ def test_no_server_frame_while_an_answer_is_due_is_a_dead_connection():
 
 
 def test_greeting_is_retried_once_then_the_mic_opens_and_user_turns_are_not_its_resends():
-    c = up(greeting=False)
+    c = up(RecoveryConfig(heard_timeout_s=5.0), greeting=False)  # a text turn waits as long as a heard one
     c.send(0.1, live.TextTurn("hi"))
     assert isinstance(c.tick(5.1)[-1], Connect)
     a = c.opened(5.2, 2)
@@ -331,11 +331,13 @@ class Pair:
         faults = [f for f in self.cfg.faults if f.every_connection or n == 0]
         self.server = emu.SessionCore(self.cfg, n, self.conversations, self.new_conversation, faults)
         self.servers.append(self.server)
-        setup: dict[str, Any] = {"model": f"models/{live.DEFAULT_MODEL}", "realtimeInputConfig": {"automaticActivityDetection":
-                                                                             {"disabled": True}},
-                                 "sessionResumption": {"handle": a.handle} if a.handle else {},
-                                 "tools": [{"functionDeclarations": [{"name": "next_question"}]}],
-                                 "inputAudioTranscription": {}, "outputAudioTranscription": {}}
+        setup: dict[str, Any] = {
+            "model": f"models/{live.DEFAULT_MODEL}",
+            "realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}},
+            "sessionResumption": {"handle": a.handle} if a.handle else {},
+            "tools": [{"functionDeclarations": [{"name": "next_question"}]}],
+            "inputAudioTranscription": {}, "outputAudioTranscription": {},
+        }
         self.awaiting = a
         self.from_server(self.server.receive(self.t, {"setup": setup}))
 
