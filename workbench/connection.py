@@ -26,7 +26,9 @@ Rules (the why of each is beside the code):
   holds never is.  Without resumption (or without any clean handle) only unanswered turns go.
 - Bounded recovery.  A turn goes out at most ``1 + max_resends`` times (the greeting twice:
   after that the core stops waiting for it and the mic opens); at most ``max_reconnects``
-  connects in any ``reconnect_window_s``; then ``GiveUp`` with the reason.
+  reconnects in any ``reconnect_window_s``, each tried at most ``max_connect_attempts`` times in a
+  row (a resume rejected because the server still counts the old connection open is retried
+  later); then ``GiveUp`` with the reason.
 - Watchdog and dead connection.  An answer is due from the moment a turn's closing message
   goes out on a connection.  No response for ``watchdog_s``: reconnect and re-send.  If the
   server showed it heard the turn (its input transcription) the core waits longer, up to
@@ -202,6 +204,7 @@ class RecoveryConfig:
     max_resends: int = 2  # re-sends of one user turn (the greeting: 1)
     max_reconnects: int = 5  # connects after the first, in any window of...
     reconnect_window_s: float = 60.0
+    max_connect_attempts: int = 6  # failed connects in a row (backed off 0.25 s, 0.5 s, ... up to 2 s) per reconnect
     go_away_margin_s: float = 5.0  # switch this long before goAway's timeLeft runs out
     response_timeout_s: float = 10.0  # after input ends, when no watchdog can recover: stop waiting
     resume: bool = True  # resume with handles (else every connection starts a new conversation)
@@ -335,7 +338,11 @@ class ClientCore:
         elif handle is not None and code == 1008:
             reason = Reason.HANDLE_INVALID  # expired or unknown: start a new conversation instead
             self.clean = None
-        return self._reconnect(t, reason, why, delay_s=min(2.0, 0.25 * self.connect_failures))
+        if self.connect_failures > self.config.max_connect_attempts:
+            return self._give_up(t, Reason.CONNECT_FAILED, f"{self.connect_failures} connect attempts failed; "
+                                                            f"last: {reason.value}: {why}")
+        # a retry of the same reconnect: backed off, bounded by max_connect_attempts, not by the reconnect window
+        return self._reconnect(t, reason, why, delay_s=min(2.0, 0.25 * self.connect_failures), retry=True)
 
     def lost(self, t: float, conn: int, reason: Reason, detail: str) -> list[Action]:
         """Connection ``conn`` closed or a send on it failed (``reason``: closed | send_failed)."""
@@ -545,10 +552,10 @@ class ClientCore:
         return []
 
     def _reconnect(self, t: float, reason: Reason, detail: str, delay_s: float = 0.0,
-                   turn: int | None = None) -> list[Action]:
+                   turn: int | None = None, retry: bool = False) -> list[Action]:
         if not self.config.reconnect:
             return self._give_up(t, Reason.RECONNECT_OFF, f"{reason.value}: {detail}")
-        limited = self._limits(t) if reason != Reason.GO_AWAY else None
+        limited = self._limits(t) if reason != Reason.GO_AWAY and not retry else None
         if limited is not None:
             if self.finished or reason == Reason.WATCHDOG:
                 return limited + self._maybe_done(t)  # gave up, or dropped the greeting on a working connection
@@ -556,11 +563,12 @@ class ClientCore:
         window = self.config.reconnect_window_s
         while self.connects and self.connects[0] <= t - window:
             self.connects.popleft()
-        if len(self.connects) >= self.config.max_reconnects:
-            return self._give_up(t, Reason.RECONNECT_LIMIT,
-                                 f"{len(self.connects)} reconnects in {window:g} s; last: {reason.value}: {detail}")
-        self.connects.append(t)
-        self.reconnects += 1
+        if not retry:
+            if len(self.connects) >= self.config.max_reconnects:
+                return self._give_up(t, Reason.RECONNECT_LIMIT,
+                                     f"{len(self.connects)} reconnects in {window:g} s; last: {reason.value}: {detail}")
+            self.connects.append(t)
+            self.reconnects += 1
         self._to(State.CONNECTING)
         self.conn += 1
         handle = self.connect_handle = self._resume_handle()
