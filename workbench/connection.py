@@ -161,6 +161,7 @@ class Connect:
     conn: int
     handle: str | None
     delay_s: float = 0.0
+    retry: bool = False  # another attempt of the same reconnect (the previous connect failed)
 
 
 @dataclass(frozen=True)
@@ -573,7 +574,7 @@ class ClientCore:
         self.conn += 1
         handle = self.connect_handle = self._resume_handle()
         return [self._client(t, Act.RECONNECT, reason, turn=turn, handle=handle, detail=detail),
-                Connect(self.conn, handle, delay_s)]
+                Connect(self.conn, handle, delay_s, retry)]
 
     def _give_up(self, t: float, reason: Reason, detail: str, turn: int | None = None,
                  attempt: int | None = None) -> list[Action]:
