@@ -215,8 +215,10 @@ class RecoveryConfig:
             raise ValueError(f"watchdog action must be 'reconnect' or 'none', not {self.watchdog_action!r}")
         if self.watchdog_s is not None and not self.watchdog_s > 0:
             raise ValueError(f"watchdog must be > 0 s (or None for off), got {self.watchdog_s}")
-        if self.max_resends < 0 or self.max_reconnects < 0:
-            raise ValueError("max_resends and max_reconnects must be >= 0")
+        if self.max_resends < 0 or self.max_reconnects < 0 or self.max_connect_attempts < 0:
+            raise ValueError("max resends, reconnects and connect attempts must be >= 0")
+        if not self.heard_timeout_s > 0 or (self.dead_connection_s is not None and not self.dead_connection_s > 0):
+            raise ValueError("the heard timeout and the dead-connection timeout must be > 0 s")
 
     @property
     def recovers(self) -> bool:
