@@ -57,6 +57,7 @@ class SessionConfig:
     max_reconnects: int = 5  # reconnects allowed in any window of reconnect_window_s, then give up
     reconnect_window_s: float = 60.0
     go_away_margin_s: float = 5.0  # after goAway, switch connections by timeLeft minus this
+    tool_s: float = 0.0  # how long the stand-in interview tools take to answer a tool call
     naive: str | None = None  # one of naive.MODES: reproduce a field-report mistake
     send_chunk_ms: float = SEND_CHUNK_MS  # audio per message at least this long (ActivityEnd flushes it first)
     name: str = "session"
@@ -78,7 +79,7 @@ class SessionConfig:
 
     def describe(self) -> dict[str, Any]:
         return {**self.recovery().describe(), "naive": self.naive, "send_chunk_ms": self.send_chunk_ms,
-                "greeting_timeout_s": self.greeting_timeout_s}
+                "greeting_timeout_s": self.greeting_timeout_s, "tool_s": self.tool_s}
 
 
 @dataclass
@@ -214,8 +215,8 @@ class _Session:
         self.act(self.core.lost(self.clock(), conn, Reason.SEND_FAILED, f"send failed: {_one_line(exc)}"))
 
     async def run_tool(self, call: RunTool) -> None:
-        """The interview tools do nothing but acknowledge; a cancelled call never replies."""
-        await asyncio.sleep(0)
+        """The interview tools do nothing but acknowledge, after ``tool_s``; a cancelled call never replies."""
+        await asyncio.sleep(self.cfg.tool_s)
         self.tools.pop(call.call_id, None)
         reply = live.ToolReply([types.FunctionResponse(id=call.call_id, name=call.name, response={"ok": True})])
         self.act(self.core.tool_done(self.clock(), call.call_id, reply))

@@ -488,7 +488,7 @@ class ClientCore:
                      Reason.ANSWER_COMPLETE)]
         since = max(head.due_t, head.progress_t or head.due_t)
         out: list[tuple[float, Reason]] = []
-        if cfg.watchdog_s is not None:
+        if cfg.watchdog_s is not None and not self.tools:  # while our tool runs, the answer waits on us
             # a text turn (the greeting) never gets an input transcription: it waits as long as a heard turn
             patient = head.heard_t is not None or head.n == 0
             out.append((since + (cfg.heard_timeout_s if patient else cfg.watchdog_s), Reason.WATCHDOG))
