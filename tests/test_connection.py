@@ -457,3 +457,14 @@ def test_pair_snapshot_handles_exactly_once_across_repeated_closes(transparent):
     assert all(t.answered for t in p.client.ledger.turns)
     if transparent:
         assert any(s.transparent for s in p.servers)
+
+
+def test_the_core_imports_no_io():
+    """The client core stays sans-I/O: importing it loads neither asyncio, the SDK, websockets nor aiortc."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workbench.connection; "
+            "print(sorted(m for m in ('asyncio', 'google.genai', 'websockets', 'aiortc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

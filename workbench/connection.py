@@ -254,7 +254,6 @@ class ClientCore:
         self.tools: dict[str, int] = {}  # running tool call id -> connection
         self.gave_up: GiveUp | None = None
         self.connect_handle: str | None = None  # the handle the pending Connect resumes with
-        self.resent_turns = 0
 
     # -- state ------------------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -269,11 +268,6 @@ class ClientCore:
     @property
     def finished(self) -> bool:
         return self.state in (State.DONE, State.GAVE_UP)
-
-    @property
-    def settled(self) -> bool:
-        """No closed turn waits for an answer and no switch is under way."""
-        return not self.ledger.pending() and self.state in (State.OPEN, State.DONE)
 
     @property
     def greeting_settled(self) -> bool:
@@ -313,7 +307,6 @@ class ClientCore:
             if turn.answered and not resumed:
                 continue  # a new conversation: answered turns are gone with the old one either way
             if turn.sends > 0:
-                self.resent_turns += 1
                 # answered after the handle's snapshot was taken: the resumed context lacks it, so it goes again
                 note = "answered after the handle's snapshot" if turn.answered else None
                 out.append(self._client(t, Act.RESEND, Reason.NOT_IN_HANDLE if resumed else Reason.CLOSED,
