@@ -263,6 +263,15 @@ def test_without_reconnect_a_close_is_the_end_and_misuse_raises():
         RecoveryConfig(watchdog_action="pray")
 
 
+def test_greeting_timeout_opens_the_mic_without_a_watchdog():
+    c = up(RecoveryConfig(watchdog_s=None, dead_connection_s=None, greeting_timeout_s=15.0), greeting=False)
+    c.send(0.1, live.TextTurn("hi"))
+    assert not c.greeting_settled and c.next_deadline() == pytest.approx(15.1)
+    a = c.tick(15.1)
+    assert [(e.action, e.reason) for e in clients(a)] == [("skip_resend", "greeting_unanswered")]
+    assert c.greeting_settled and c.state == State.OPEN
+
+
 def test_response_timeout_without_a_watchdog_gives_up_once_input_ended():
     c = up(RecoveryConfig(watchdog_s=None, response_timeout_s=3.0))
     turn(c, 1, 1.0)

@@ -75,11 +75,12 @@ class SessionConfig:
             heard_timeout_s=self.heard_timeout_s, dead_connection_s=self.dead_connection_s,
             max_resends=self.max_resends, max_reconnects=self.max_reconnects,
             reconnect_window_s=self.reconnect_window_s, go_away_margin_s=self.go_away_margin_s,
-            response_timeout_s=self.response_timeout_s, resume=self.live.resume)
+            response_timeout_s=self.response_timeout_s, greeting_timeout_s=self.greeting_timeout_s,
+            resume=self.live.resume)
 
     def describe(self) -> dict[str, Any]:
         return {**self.recovery().describe(), "naive": self.naive, "send_chunk_ms": self.send_chunk_ms,
-                "greeting_timeout_s": self.greeting_timeout_s, "tool_s": self.tool_s}
+                "tool_s": self.tool_s}
 
 
 @dataclass
@@ -323,7 +324,7 @@ async def run_session(
         if cfg.live.greeting_prompt:
             s.progress("waiting for the greeting")
             s.send(live.TextTurn(cfg.live.greeting_prompt))
-            await s.wait_for(lambda: s.core.greeting_settled or s.core.finished, cfg.greeting_timeout_s)
+            await s.wait_for(lambda: s.core.greeting_settled or s.core.finished)  # bounded: greeting_timeout_s
         rec.emit(SessionMark(t=s.clock(), what="mic_open"))
         s.progress("playing the microphone")
         if audio_48k is not None:
