@@ -1,8 +1,10 @@
 """The full bridge for one session: mic track -> ingest -> resample -> turn detector -> writer -> Live.
 
 This is the asyncio shell.  The decisions are made by sans-I/O cores (``TurnDetector``,
-``SendOrder``); this module moves frames and messages between them, the WebRTC track, the
-Live session and the recorder, and keeps the clock running while ``track.recv()`` waits.
+``SendOrder`` on the mic side, ``connection.ClientCore`` for the connection's life: what to
+send, when to reconnect and with which handle, what to re-send, when to give up); this module
+moves frames and messages between them, the WebRTC track, the Live session and the recorder,
+carries out the client core's actions, and keeps the clock running while ``track.recv()`` waits.
 """
 
 from __future__ import annotations
