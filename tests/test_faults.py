@@ -212,7 +212,7 @@ def survived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
 def test_real_bridge_survives_and_loses_no_turn(survived, name):
     run = survived[name]
     assert run.result.error is None, run.result.error
-    assert run.result.activities == 3 and run.result.unanswered == 0
+    assert run.result.activities >= 3 and run.result.unanswered == 0  # 3 unless a loaded machine splits a turn
     assert run.result.reconnects >= 1
     connects = ws(run, "connect")
     assert len(connects) == run.result.reconnects + 1

@@ -34,6 +34,7 @@ from .webrtc import FilePlayerTrack, loopback
 from .wiretap import tapped_connection
 
 LOOP_LAG_PERIOD_S = 0.1
+CONNECT_TIMEOUT_S = 15.0  # TLS, websocket handshake, setup -> setupComplete
 
 
 @dataclass
@@ -166,8 +167,9 @@ class _Session:
         stack = contextlib.AsyncExitStack()
         config = live.connect_config(self.cfg.live, resume_handle=a.handle)
         try:
-            session = await stack.enter_async_context(
-                self.client.aio.live.connect(model=self.cfg.live.model, config=config))
+            # bounded: a server that accepts the socket but never sends setupComplete is a failed connect
+            session = await asyncio.wait_for(stack.enter_async_context(
+                self.client.aio.live.connect(model=self.cfg.live.model, config=config)), CONNECT_TIMEOUT_S)
         except Exception as exc:
             await stack.aclose()
             if a.conn == 1:
