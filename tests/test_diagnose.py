@@ -12,7 +12,7 @@ import pytest
 
 from workbench import cli, diagnose
 from workbench.diagnose import Finding, context, format_findings
-from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
+from workbench.events import Client, Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
 from workbench.recording import Recorder, Recording, load
 
 META = {
@@ -431,6 +431,7 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
         Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
         Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
         SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
+        Client(t=7.2, action="resend", reason="not_in_handle", conn=2, turn=1, attempt=2),  # what the bridge writes
         Sent(t=7.3, msg="activity_start", n_bytes=0, seq=4, stage="wire"),
         Sent(t=7.3, msg="audio", n_bytes=640, seq=5, stage="wire"),
         Sent(t=7.4, msg="activity_end", n_bytes=0, seq=6, stage="wire"),

@@ -28,6 +28,16 @@ def _default_out(name: str) -> Path:
     return Path("recordings") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _seconds_or_off(text: str) -> float | None:
+    """A ``--ping-timeout`` value: seconds > 0, or ``off``/``none``/0 for no timeout."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 s or 'off', got {text!r}")
+    return value
+
+
 def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="recording directory (default recordings/<name>-<time>)")
     where = p.add_mutually_exclusive_group()
@@ -47,7 +57,9 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                    help="stop sending WebRTC packets while the source is digitally silent (Failure B)")
     p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
     p.add_argument("--ping-interval", type=float, default=20.0, help="websocket keepalive ping interval, s")
-    p.add_argument("--ping-timeout", type=float, default=20.0, help="websocket keepalive ping timeout, s")
+    p.add_argument("--ping-timeout", type=_seconds_or_off, default=None, metavar="S|off",
+                   help="websocket keepalive ping timeout, s (default off: pongs are recorded, never waited for; "
+                        "a dead connection is found by the missing answer instead)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="websocket frames buffered unread before reading pauses (websockets max_queue)")
     p.add_argument("--close-timeout", type=float, default=5.0, help="websocket close handshake timeout, s")
@@ -76,6 +88,13 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                         "off with --naive)")
     p.add_argument("--watchdog-action", choices=["reconnect", "none"], default="reconnect",
                    help="what the watchdog does: reconnect and re-send the turn (default), or only record it")
+    p.add_argument("--heard-timeout", type=float, default=20.0, metavar="S",
+                   help="the server heard the turn (input transcription): wait up to S for its answer before "
+                        "reconnecting (default %(default)s)")
+    p.add_argument("--max-resends", type=int, default=2, metavar="N",
+                   help="re-sends of one user turn before giving up (default %(default)s)")
+    p.add_argument("--max-reconnects", type=int, default=5, metavar="N",
+                   help="reconnects allowed in any 60 s before giving up (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
@@ -149,7 +168,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     cfg = bridge.SessionConfig(params=params, live=settings, name=name, source=str(audio_path),
                                dtx=dtx_default if args.dtx is None else args.dtx, naive=args.naive,
                                reconnect=not args.naive if args.reconnect is None else args.reconnect,
-                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action)
+                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action,
+                               heard_timeout_s=args.heard_timeout, max_resends=args.max_resends,
+                               max_reconnects=args.max_reconnects)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
 
     async def go() -> bridge.SessionResult:
@@ -179,6 +200,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     tt = turn_table(rec)
     print(format_turn_table(tt))
     print(f"recording: {result.path}")
+    if result.gave_up:
+        print(f"workbench: gave up: {result.gave_up['reason']}: {result.gave_up['detail']}", file=sys.stderr)
+        return 1
     if result.error:
         print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
         return 1
