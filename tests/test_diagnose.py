@@ -184,7 +184,9 @@ def test_failure_b_no_activity_end_frames_stopped(tmp_path):
     fs = one(findings, "frames_stopped_in_turn")
     assert fs.severity == "error" and "never resumed" in fs.evidence and "Failure B" in fs.cause
     cl = one(findings, "close")
-    assert "server stalled" in cl.cause and "Failure B" in cl.cause
+    # nothing was due from the server while the turn stayed open: its pong was late, it did not stall
+    assert "late pong" in cl.cause and "nothing was due" in cl.cause and "Failure B" in cl.cause
+    assert "server stalled" not in cl.cause
     assert "no_response_after_activity_end" not in codes(findings)
 
 
@@ -445,3 +447,69 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
     # the watchdog's finding says the same, not "no response followed" (the answer came on the new connection)
     wd = one(findings, "watchdog")
     assert "the re-sent turn was answered at 8.00 s" in wd.evidence and wd.cause is None
+
+
+# -- keepalive: the four causes of 1011 keepalive ping timeout, and no false alarm --------------------------------
+
+
+def test_server_close_just_after_a_ping_is_not_an_unanswered_ping(tmp_path):
+    """Seen live: the server closed 1011 1 ms after the client's ping; the next connection's pong is not its pong."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=20.0, what="ping", conn=1), Ws(t=20.001, what="close_frame_received", conn=1),
+           Ws(t=20.002, what="close", code=1011, reason="Internal error encountered.", conn=1, closed_by="server",
+              detail="conn 1: close frame from server (echoed)"),
+           Ws(t=20.5, what="reconnect", detail="conn 1: closed"), Ws(t=20.8, what="connect", detail="conn 2"),
+           Ws(t=40.0, what="ping", conn=2), Ws(t=40.01, what="pong", conn=2, latency_ms=10.0))
+    findings = diagnose.diagnose(s.done())
+    assert "unanswered_pings" not in codes(findings)
+    cl = one(findings, "close")
+    assert cl.cause.startswith("server internal error (1011 sent by the server)")
+    assert "keepalive ping sent 2 ms before the close was still in flight" in cl.cause
+    assert "keepalive" not in cl.title
+
+
+def test_client_1011_echoed_by_the_server_is_the_clients(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=9.0, what="close_frame_received", conn=1),
+           Ws(t=9.0, what="close", code=1011, reason="", conn=1, closed_by="client",
+              detail="conn 1: close frame from client (echoed)"))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert "sent by the client" in cl.cause and "by the server" not in cl.cause
+
+
+def test_late_pongs_without_ping_timeout_are_information(tmp_path):
+    meta = {**META, "live": {"ping_interval_s": 20.0, "ping_timeout_s": None, "max_queue": 16}}
+    s = Session(tmp_path, meta=meta).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=3.0, what="ping", conn=1), Ws(t=23.0, what="ping", conn=1),
+           Ws(t=30.0, what="pong", conn=1, latency_ms=27_000.0), Ws(t=41.0, what="pong", conn=1, latency_ms=18_000.0),
+           SessionMark(t=42.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    assert [f.code for f in findings] == ["healthy"]
+    assert "pong delays 18.0–27.0 s" in findings[0].evidence and "ping_timeout=None" in findings[0].evidence
+    assert "pings answered 2/2" in findings[0].evidence
+
+
+def test_late_pong_while_frames_kept_coming_blames_the_keepalive_setting(tmp_path):
+    """(a): the server kept sending (resumption updates) and the app read them; only the pong was late."""
+    s = Session(tmp_path).greeting().frames(3.0, 31.0).lag(0.0, 31.0)
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    for t in range(8, 31):
+        s.server(float(t), "session_resumption_update")
+    s.emit(Ws(t=10.0, what="ping", conn=1))
+    findings = diagnose.diagnose(s.keepalive_close(30.0).done())
+    cl = one(findings, "close")
+    assert "late pong" in cl.cause and "kept sending frames after the ping" in cl.cause
+    assert "ping_interval=None" in cl.cause and "stalled" not in cl.cause.replace("not stalled", "")
+    assert "late pong" in one(findings, "unanswered_pings").cause
+
+
+def test_keepalive_causes_are_told_apart(tmp_path):
+    """One recording per cause, and the enum each verdict gives."""
+    K = diagnose.KeepaliveCause
+    got = {}
+    for name, rec in [("a", failure_b(tmp_path / "a")), ("b", receive_stopped(tmp_path / "b")),
+                      ("d", failure_a(tmp_path / "d"))]:
+        c = context(rec)
+        (p,) = [p for p in diagnose._pings(c) if p.outcome is diagnose.PingOutcome.UNANSWERED]
+        got[name] = diagnose._why_unanswered(c, p)[0]
+    assert got == {"a": K.LATE_PONG, "b": K.RECEIVE_STOPPED, "d": K.STALL}

@@ -16,8 +16,10 @@ whose evidence carries the summary and any ``info`` notes.
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,14 +66,47 @@ class Activity:
     cut_t: float | None = None  # the connection was replaced while the activity was open (the bridge re-sends it)
 
 
+class PingOutcome(enum.Enum):
+    """What became of one keepalive ping, judged on its own connection."""
+
+    ANSWERED = "answered"  # a pong within the ping timeout (with no timeout: any pong)
+    UNANSWERED = "unanswered"  # no pong while the connection stayed open for the whole timeout
+    CUT = "cut"  # the connection closed for another reason before the timeout ran out: no verdict on the pong
+    PENDING = "pending"  # the session ended before the timeout ran out
+
+
 @dataclass(frozen=True)
 class Ping:
-    """A keepalive ping; ``pending`` when the session ended before its timeout could elapse."""
+    """A keepalive ping on connection ``conn`` (the wire tap's number; None in older recordings)."""
 
     t: float
     pong_t: float | None
-    answered: bool
-    pending: bool = False
+    outcome: PingOutcome
+    conn: int | None = None
+    closed_t: float | None = None  # when its connection closed, if it did before a pong
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome is PingOutcome.ANSWERED
+
+    @property
+    def pending(self) -> bool:
+        """No verdict possible: the session ended or the connection closed for another reason first."""
+        return self.outcome in (PingOutcome.PENDING, PingOutcome.CUT)
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.pong_t is None else self.pong_t - self.t
+
+
+class KeepaliveCause(enum.Enum):
+    """Why a ping went unanswered within the ping timeout (issue 12's four causes of 1011 keepalive)."""
+
+    LATE_PONG = "late_pong"  # the server was alive (nothing due, or frames kept coming and were read)
+    RECEIVE_STOPPED = "receive_stopped"  # frames waited unread: websockets stopped reading the socket
+    LOOP_BLOCKED = "loop_blocked"  # the event loop did not run for about the ping timeout
+    STALL = "stall"  # an answer was due and nothing at all came from the server
+    UNKNOWN = "unknown"  # no wire tap on the server side: cannot tell
 
 
 @dataclass(frozen=True)
@@ -252,22 +287,82 @@ def _responses(c: Context, df: pd.DataFrame | None = None) -> np.ndarray:
     return _times(c.server_app if df is None else df, msg=RESPONSE_KINDS)
 
 
-def _pings(c: Context) -> list[Ping]:
-    """Each ping with the first pong after it; a pong acknowledges every earlier ping (RFC 6455)."""
-    pings = _times(c.ws, what="ping")
-    pongs = _times(c.ws, what="pong")
-    closes = _select(c.ws, "ws", what="close")
-    keepalive = np.array(["keepalive" in str(r) for r in _col(closes, "reason", "")], dtype=bool)
-    keepalive_close = closes["t"].to_numpy(float)[keepalive] if keepalive.size else np.array([])
+_CONN_RE = re.compile(r"\bconn (\d+)")
+
+
+def _conn_of(row: Any) -> int | None:
+    """A ws event's connection: the ``conn`` field, else ``conn N`` in ``detail`` (older recordings)."""
+    v = row.get("conn")
+    if v is not None and v == v:
+        return int(v)
+    m = _CONN_RE.search(_text(row, "detail") or "")
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class WsClose:
+    """One websocket close as the wire tap saw it; ``by`` is server, client, none or unknown (older recordings)."""
+
+    t: float
+    conn: int | None
+    code: int | None
+    reason: str
+    by: str
+    detail: str
+
+    @property
+    def keepalive(self) -> bool:
+        """websockets' own keepalive failure: the client closed 1011 'keepalive ping timeout'."""
+        return self.code == 1011 and "keepalive" in self.reason and self.by != "server"
+
+
+def _ws_closes(c: Context) -> list[WsClose]:
     out = []
-    for t in pings:
-        later = pongs[pongs >= t]
-        pong_t = float(later[0]) if later.size else None
-        answered = pong_t is not None and pong_t - t <= c.ping_timeout_s
-        # Slack for the close landing a little before the clock reads t + timeout.
-        pending = (pong_t is None and c.end_t - t < 0.9 * c.ping_timeout_s
-                   and not (keepalive_close >= t).any())
-        out.append(Ping(t=float(t), pong_t=pong_t, answered=answered, pending=pending))
+    for _, row in _select(c.ws, "ws", what="close").iterrows():
+        detail = _text(row, "detail") or ""
+        by = _text(row, "closed_by")
+        if by is None:  # before closed_by: "from server" was written whenever a close frame was received
+            by = "client" if "keepalive" in (_text(row, "reason") or "") else "unknown"
+        code = _text(row, "code")
+        out.append(WsClose(float(row["t"]), _conn_of(row), int(float(code)) if code else None,
+                           _text(row, "reason") or "", by, detail))
+    return out
+
+
+def _pings(c: Context) -> list[Ping]:
+    """Each ping with the pong that acknowledged it on the same connection, and what became of it.
+
+    A pong acknowledges its own ping and every earlier one (websockets matches by payload); the wire
+    tap's ``latency_ms`` tells which ping a pong answered, so a pong to an older ping in flight is not
+    taken for a quick answer to a newer one.  A ping whose connection closed for another reason before
+    the timeout ran out is ``CUT``: a server that closes 1 ms after a ping did not leave it unanswered.
+    """
+    pongs = []  # (t, conn, the ping time it acknowledged)
+    for _, row in _select(c.ws, "ws", what="pong").iterrows():
+        t = float(row["t"])
+        lat = _text(row, "latency_ms")
+        pongs.append((t, _conn_of(row), t - float(lat) / 1000.0 if lat is not None else -math.inf))
+    closes = _ws_closes(c)
+    out = []
+    for _, row in _select(c.ws, "ws", what="ping").iterrows():
+        t, conn = float(row["t"]), _conn_of(row)
+        same = [p for p in pongs if p[0] >= t and (conn is None or p[1] is None or p[1] == conn)]
+        acked = [p[0] for p in same if p[2] >= t - 0.005 or p[2] == -math.inf]
+        pong_t = acked[0] if acked else None
+        ended = next((x for x in closes if x.t >= t and (conn is None or x.conn is None or x.conn == conn)), None)
+        deadline = t + c.ping_timeout_s
+        if pong_t is not None and pong_t <= deadline and (ended is None or pong_t <= ended.t):
+            outcome = PingOutcome.ANSWERED
+        elif ended is not None and ended.keepalive:
+            outcome = PingOutcome.UNANSWERED
+        elif ended is not None and ended.t < deadline:
+            outcome = PingOutcome.CUT
+        elif ended is None and c.end_t - t < 0.9 * c.ping_timeout_s:  # slack: the close lands a little early
+            outcome = PingOutcome.PENDING
+        else:
+            outcome = PingOutcome.UNANSWERED
+        out.append(Ping(t=t, pong_t=pong_t, outcome=outcome, conn=conn,
+                        closed_t=None if ended is None or (pong_t is not None and pong_t <= ended.t) else ended.t))
     return out
 
 
@@ -581,19 +676,53 @@ def receive_loop_idle(c: Context) -> list[Finding]:
 
 
 def unanswered_pings(c: Context) -> list[Finding]:
-    """Keepalive pings with no pong within the ping timeout (``live.ping_timeout_s`` in session.json)."""
-    bad = [p for p in _pings(c) if not p.answered and not p.pending]
+    """Keepalive pings with no pong within the ping timeout (``live.ping_timeout_s`` in session.json).
+
+    Judged per connection: a ping whose connection closed for another reason before its timeout ran
+    out, or whose session ended first, gets no verdict.
+    """
+    bad = [p for p in _pings(c) if p.outcome is PingOutcome.UNANSWERED]
     if not bad:
         return []
     parts = []
     for p in bad[:5]:
+        on = f" (conn {p.conn})" if p.conn is not None else ""
         if p.pong_t is None:
-            parts.append(f"ping at {_s(p.t)}: no pong ({c.end_t - p.t:.1f} s to session end)")
+            until = p.closed_t if p.closed_t is not None else c.end_t
+            parts.append(f"ping at {_s(p.t)}{on}: no pong in the {until - p.t:.1f} s until "
+                         + ("its connection closed" if p.closed_t is not None else "the session ended"))
         else:
-            parts.append(f"ping at {_s(p.t)}: pong {p.pong_t - p.t:.1f} s later")
+            parts.append(f"ping at {_s(p.t)}{on}: pong {p.pong_t - p.t:.1f} s later")
     return [Finding(
         "unanswered_pings", "error", f"{len(bad)} keepalive ping(s) unanswered within {c.ping_timeout_s:g} s",
-        "; ".join(parts) + (" …" if len(bad) > 5 else ""), bad[0].t, _keepalive_cause(c, c.end_t))]
+        "; ".join(parts) + (" …" if len(bad) > 5 else ""), bad[0].t, _why_unanswered(c, bad[0])[1])]
+
+
+LATE_PONG_S = 5.0  # a pong this slow is late: loopback answers in ms; Gemini's come 8-30 s late (sip-to-ai PR #14)
+
+
+def late_pongs(c: Context) -> list[Finding]:
+    """Pongs that came back late but in time (or with no ping timeout set): the server's keepalive is slow.
+
+    Information when the connection has no ping timeout (``ping_timeout=None``, the bridge's default:
+    nothing closes on a late pong) or when the pongs stay well inside it; a warning when a pong used
+    half the timeout or more, because the next one may trip it.
+    """
+    late = [p for p in _pings(c) if p.answered and (p.latency_s or 0.0) >= LATE_PONG_S]
+    if not late:
+        return []
+    worst = max(late, key=lambda p: p.latency_s or 0.0)
+    lat = [p.latency_s or 0.0 for p in late]
+    risky = math.isfinite(c.ping_timeout_s) and max(lat) >= 0.5 * c.ping_timeout_s
+    setting = ("no ping timeout (ping_timeout=None), so late pongs close nothing" if not math.isfinite(c.ping_timeout_s)
+               else f"ping_timeout={c.ping_timeout_s:g} s")
+    return [Finding(
+        "late_pongs", "warning" if risky else "info", f"{len(late)} keepalive pong(s) came {LATE_PONG_S:g} s or more "
+        "after their ping", f"pong delays {min(lat):.1f}–{max(lat):.1f} s (worst: ping at {_s(worst.t)}, pong at "
+        f"{_s(worst.pong_t or 0.0)}); {setting}", late[0].t,
+        "the server answers pings late (live Gemini: 8–30 s, aicc2025/sip-to-ai PR #14)"
+        + (f"; a pong later than {c.ping_timeout_s:g} s would close the connection with 1011 keepalive ping "
+           "timeout: use ping_interval=None or ping_timeout >= 30 s" if risky else ""))]
 
 
 def loop_lag(c: Context) -> list[Finding]:
@@ -629,24 +758,30 @@ CLOSE_CODES = {
 
 def close(c: Context) -> list[Finding]:
     """The websocket close: code, reason, which side, and the likely cause given the other evidence."""
-    closes = _select(c.ws, "ws", what="close")
     out = []
     reconnect_ts = _connect_times(c)[1:]
-    for _, row in closes.iterrows():
-        t = float(row["t"])
-        code = int(float(_text(row, "code") or 0)) or None
-        reason = _text(row, "reason") or ""
-        detail = _text(row, "detail") or ""
-        frame_rcvd = _between(_times(c.ws, what="close_frame_received"), t - 30.0, t)
-        from_server = "from server" in detail or bool(frame_rcvd.size)
+    pings = _pings(c)
+    for cl in _ws_closes(c):
+        t, code, reason, detail = cl.t, cl.code, cl.reason, cl.detail
         severity, meaning = CLOSE_CODES.get(code or 0, ("error", "unexpected close code"))
-        if code == 1011 and "keepalive" in reason:
-            meaning = "client-side keepalive failure: " + _keepalive_cause(c, t)
+        from_server = cl.by == "server" or (cl.by == "unknown" and "from server" in detail)
+        if cl.keepalive:
+            meaning = "client-side keepalive failure: " + _keepalive_cause(c, t, cl.conn)
         elif code == 1011 and from_server:
             meaning = "server internal error (1011 sent by the server)"
+            if "deadline expired" in reason.lower():
+                meaning += "; 'Deadline expired': the connection reached its time limit (goAway by age)"
+        elif code == 1011 and cl.by == "client":
+            meaning = "internal error (1011 sent by the client)"
         elif code == 1007:
             stray = len(c.stray_audio)
             meaning += f"; {stray} audio chunk(s) were sent outside an activity" if stray else ""
+        elif code == 1008 and "not found" in reason:
+            meaning = "the server does not know the model (1008 policy violation): check the model name"
+        cut = [p for p in pings if p.outcome is PingOutcome.CUT and p.closed_t == t]
+        if cut:
+            meaning += (f"; a keepalive ping sent {(t - cut[-1].t) * 1000:.0f} ms before the close was still in "
+                        "flight: it was not unanswered and is not the cause")
         went = _between(_times(c.server_app, msg="go_away"), -math.inf, t)
         if went.size and (not reconnect_ts or reconnect_ts[-1] < went[-1]):
             meaning += f"; after the server's goAway at {_s(went[-1])} (connection time limit)"
@@ -659,38 +794,112 @@ def close(c: Context) -> list[Finding]:
     return out
 
 
-def _keepalive_cause(c: Context, close_t: float) -> str:
-    """Tell apart why pongs did not arrive in time: unread socket, blocked loop, or a stalled server."""
-    idle = _receive_idle(c)
-    unanswered = [p for p in _pings(c) if not p.answered and not p.pending and p.t <= close_t]
-    if idle is not None:
-        return (f"pongs went unread because the receive loop stopped (last application read at "
-                f"{_s(idle.last_app_t) if idle.last_app_t is not None else 'never'}, {idle.unread_t.size} frame(s) "
-                f"unread{'; max_queue reached' if c.max_queue and idle.unread_t.size >= c.max_queue else ''})")
-    if _loop_blocked(c):
-        max_ms, max_t = _max_lag(c)
-        return f"the event loop was blocked ({max_ms / 1000:.1f} s at {_s(max_t or 0.0)}), so pongs were read too late"
+def _keepalive_cause(c: Context, close_t: float, conn: int | None = None) -> str:
+    """Why the keepalive closed the connection ``conn`` at ``close_t``: the verdict on its unanswered ping."""
+    unanswered = [p for p in _pings(c) if p.outcome is PingOutcome.UNANSWERED and p.t <= close_t
+                  and (conn is None or p.conn is None or p.conn == conn)]
     if not unanswered:
+        idle = _receive_idle(c)
+        if idle is not None:
+            full = "; max_queue reached" if c.max_queue and idle.unread_t.size >= c.max_queue else ""
+            return (f"pongs went unread because the receive loop stopped (last application read at "
+                    f"{_s(idle.last_app_t) if idle.last_app_t is not None else 'never'}, {idle.unread_t.size} "
+                    f"frame(s) unread{full})")
         return "no unanswered ping in the recording: cannot tell which (was the wire tap installed?)"
-    first = unanswered[0].t
+    return _why_unanswered(c, unanswered[-1])[1]
+
+
+def _asks(c: Context) -> np.ndarray:
+    """When the client asked the server for an answer: ActivityEnd, a text turn, a tool response."""
+    return _times(c.sends, msg=("activity_end", "client_content", "tool_response"))
+
+
+def _due_at(c: Context, x: float) -> float | None:
+    """The ask still waiting for a server reply at ``x`` (turn_complete, tool_call or interrupted), if any."""
+    srv = c.server_wire if c.wire_server else c.server_app
+    replies = _times(srv, msg=("turn_complete", "tool_call", "interrupted"))
+    asks = _asks(c)
+    asks = asks[asks <= x]
+    if not asks.size:
+        return None
+    last = float(asks[-1])
+    return None if _between(replies, last, x).size else last
+
+
+def _why_unanswered(c: Context, p: Ping) -> tuple[KeepaliveCause, str]:
+    """Tell apart why ping ``p`` got no pong in time: unread socket, blocked loop, late pong or a stall.
+
+    The window is the ping's timeout (up to its connection's close).  Frames left unread come first (with
+    max_queue full websockets stops reading, pongs included); then a loop blocked for half the timeout;
+    then a live server (frames kept arriving and were read, or nothing was due from it): its pong was
+    late, and the client's keepalive setting is the cause; only when an answer was due and nothing at
+    all came is it a stall.
+    """
+    hi = min(p.t + c.ping_timeout_s, p.closed_t if p.closed_t is not None else c.end_t)
+    unread = _unread_in(c, hi)
+    if unread is not None:
+        last_t, n = unread
+        return KeepaliveCause.RECEIVE_STOPPED, (
+            f"pongs went unread because the receive loop stopped (last application read at "
+            f"{_s(last_t) if last_t is not None else 'never'}, {n} frame(s) unread"
+            f"{'; max_queue reached' if c.max_queue and n >= c.max_queue else ''})")
+    blocked = _blocked_in(c, p.t, hi)
+    if blocked is not None:
+        ms, at = blocked
+        return KeepaliveCause.LOOP_BLOCKED, (
+            f"the event loop was blocked ({ms / 1000:.1f} s at {_s(at)}), so pongs were read too late")
+    srv = c.server_wire if c.wire_server else c.server_app
+    frames = _between(_times(srv), p.t, hi)
+    due = _due_at(c, p.t)
+    late = (f"late pong: the ping at {_s(p.t)} got no pong within ping_timeout={c.ping_timeout_s:g} s while "
+            "the server was alive; live Gemini pongs come 8–30 s late (aicc2025/sip-to-ai PR #14), so the "
+            "client's keepalive setting closed the connection (use ping_interval=None or ping_timeout >= 30 s)")
+    if frames.size:
+        return KeepaliveCause.LATE_PONG, (
+            late + f"; the server kept sending frames after the ping ({frames.size} read, last at "
+            f"{_s(frames[-1])}), so it was not stalled")
+    open_turn = [a for a in c.activities if a.end_t is None and a.cut_t is None and a.start_t < p.t]
+    if due is None:
+        why = (f"the user's turn was open without ActivityEnd since {_s(open_turn[-1].start_t)} (Failure B): the "
+               "server was still waiting for the end of the user's turn" if open_turn
+               else "every request had its answer")
+        return KeepaliveCause.LATE_PONG, late + f"; nothing was due from the server ({why})"
     if not c.wire_server:
-        return "no wire tap: cannot tell a stalled server from an unread socket"
-    wire_t = c.server_wire["t"].to_numpy(float) if len(c.server_wire) else np.array([])
-    if _between(wire_t, first, close_t).size:
-        return (f"the server kept sending frames after the ping at {_s(first)} but no pong came back in "
-                f"{c.ping_timeout_s:g} s (slow pongs; consider a longer ping_timeout or ping_interval=None)")
-    last_wire = f"last server frame at {_s(wire_t[wire_t <= first][-1])}" if (wire_t <= first).any() else "no frames"
-    cause = (f"server stalled: the ping at {_s(first)} went unanswered while the application's receive loop was "
-             f"still running and no frames arrived ({last_wire})")
-    open_turn = [a for a in c.activities if a.end_t is None and a.start_t < first]
-    unanswered_end = [a for a in c.activities if a.end_t is not None and a.end_t < first
-                      and not _between(_responses(c), a.end_t, min(a.next_start_t, close_t)).size]
-    if open_turn:
-        cause += (f"; a turn was open without ActivityEnd since {_s(open_turn[-1].start_t)} (Failure B): the server "
-                  "was still waiting for the end of the user's turn")
-    elif unanswered_end:
-        cause += f"; ActivityEnd at {_s(unanswered_end[-1].end_t or 0.0)} got no response (Failure A)"
-    return cause
+        return KeepaliveCause.UNKNOWN, "no wire tap: cannot tell a stalled server from an unread socket"
+    wire_t = _times(c.server_wire)
+    last_wire = f"last server frame at {_s(wire_t[wire_t <= p.t][-1])}" if (wire_t <= p.t).any() else "no frames"
+    what = "ActivityEnd" if due in _times(c.sends, msg="activity_end") else "the request"
+    return KeepaliveCause.STALL, (
+        f"server stalled: the ping at {_s(p.t)} went unanswered while the application's receive loop was still "
+        f"running and no frames arrived ({last_wire}); {what} at {_s(due)} got no response (Failure A)")
+
+
+def _unread_in(c: Context, hi: float) -> tuple[float | None, int] | None:
+    """Frames read off the socket by ``hi - READ_GRACE_S`` that the application had not read by ``hi``."""
+    if "msg" not in c.server_wire or not len(c.server_wire):
+        return None
+    wire = c.server_wire[c.server_wire["msg"] != "setup_complete"]["t"].to_numpy(float)
+    app = c.server_app["t"].to_numpy(float) if len(c.server_app) else np.array([])
+    app = app[app <= hi]
+    last = float(app[-1]) if app.size else None
+    unread = wire[(wire > (last if last is not None else -math.inf)) & (wire <= hi - READ_GRACE_S)]
+    if not unread.size:
+        return None
+    return last, int(unread.size)
+
+
+def _blocked_in(c: Context, lo: float, hi: float) -> tuple[float, float] | None:
+    """The longest loop stall of half the ping timeout or more overlapping [lo, hi]: (lag ms, sample t)."""
+    lag = _select(c.events, "loop_lag")
+    if "lag_ms" not in lag or not len(lag) or not math.isfinite(c.ping_timeout_s):
+        return None
+    t = lag["t"].to_numpy(float)
+    ms = lag["lag_ms"].to_numpy(float)
+    hit = (ms >= 0.5 * c.ping_timeout_s * 1000.0) & (t >= lo) & (t - ms / 1000.0 <= hi + 1.0)
+    if not hit.any():
+        return None
+    i = int(np.flatnonzero(hit)[ms[hit].argmax()])
+    return float(ms[i]), float(t[i])
 
 
 def _connect_times(c: Context) -> list[float]:
@@ -866,7 +1075,7 @@ def watchdog(c: Context) -> list[Finding]:
 RULES: tuple[Callable[[Context], list[Finding]], ...] = (
     no_activity_end, frames_stopped_in_turn, audio_after_activity_end, audio_before_activity_start,
     empty_activity, activity_end_without_start, no_response_after_activity_end, receive_loop_idle,
-    unanswered_pings, loop_lag, close, go_away, reconnects, server_flood, errors, cut_short, watchdog,
+    unanswered_pings, late_pongs, loop_lag, close, go_away, reconnects, server_flood, errors, cut_short, watchdog,
 )
 
 
