@@ -513,3 +513,17 @@ def test_keepalive_causes_are_told_apart(tmp_path):
         (p,) = [p for p in diagnose._pings(c) if p.outcome is diagnose.PingOutcome.UNANSWERED]
         got[name] = diagnose._why_unanswered(c, p)[0]
     assert got == {"a": K.LATE_PONG, "b": K.RECEIVE_STOPPED, "d": K.STALL}
+
+
+def test_activity_end_after_the_socket_closed_is_blamed_on_the_close(tmp_path):
+    """The turn ended after the server had closed the socket: the send path did nothing wrong."""
+    s = Session(tmp_path).greeting().frames(3.0, 12.0)
+    s.turn(4.0, None, audio_until=7.0)
+    s.emit(Ws(t=7.5, what="close_frame_received", conn=1),
+           Ws(t=7.5, what="close", code=1011, reason="Internal error encountered.", conn=1, closed_by="server"),
+           Vad(t=8.2, decision="speech_end", reason="silence", media_t=7.0),
+           Sent(t=8.2, msg="activity_end", n_bytes=0, seq=999, stage="app"),
+           Error(t=8.21, where="writer", message="ConnectionClosedError: received 1011"))
+    na = one(diagnose.diagnose(s.done()), "no_activity_end")
+    assert "the connection closed at 7.50 s (1011 'Internal error encountered.', closed by server)" in na.cause
+    assert "not the send path" in na.cause and "lost it" not in na.cause

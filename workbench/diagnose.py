@@ -466,6 +466,13 @@ def no_activity_end(c: Context) -> list[Finding]:
 def _why_no_end(c: Context, start: float, until: float) -> str:
     ends = _times(_select(c.events, "vad"), decision="speech_end")
     decided = _between(ends, start, until)
+    app_end = _between(_times(c.app_sends, msg="activity_end"), start, until)
+    tried = [float(x[0]) for x in (decided, app_end) if x.size]
+    gone = _closed_before(c, start, min(tried)) if tried else None
+    if gone is not None:
+        return (f"the connection closed at {_s(gone.t)} ({gone.code} '{gone.reason}', closed by {gone.by}) before "
+                f"the turn ended at {_s(min(tried))}: the ActivityEnd had no open socket to go to, so the close is the "
+                "cause, not the send path (see close)")
     if decided.size:
         wire = c.sends["t"].to_numpy() if c.wire_sends and len(c.sends) else np.array([])
         app = c.app_sends["t"].to_numpy() if len(c.app_sends) else np.array([])
@@ -476,7 +483,6 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
                     "completed (the peer stopped reading, e.g. a server blocked on a client that stopped receiving)")
         return (f"the turn detector decided speech_end at {_s(decided[0])} but no ActivityEnd left the socket: "
                 "the send path (send order / writer) lost it")
-    app_end = _between(_times(c.app_sends, msg="activity_end"), start, until)
     if c.wire_sends and app_end.size:
         return (f"the application handed ActivityEnd to the SDK at {_s(app_end[0])} but it never left the socket "
                 "(writer blocked or connection gone)")
@@ -488,6 +494,15 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
                 "silence was measured by counting frames (Failure B)")
     return ("frames kept arriving but the turn detector never measured enough silence "
             "(threshold too low for the noise floor, or a maximum turn length missing)")
+
+
+def _closed_before(c: Context, lo: float, hi: float) -> WsClose | None:
+    """The close in [lo, hi] after which no new connection opened before ``hi``: the socket was gone."""
+    connects = _connect_times(c)
+    for cl in _ws_closes(c):
+        if lo <= cl.t <= hi + 0.05 and not [x for x in connects if cl.t < x <= hi]:
+            return cl
+    return None
 
 
 def _vad_end_between(c: Context, lo: float, hi: float) -> float | None:
