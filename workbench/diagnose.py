@@ -23,6 +23,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -134,6 +135,10 @@ class Context:
     orphan_ends: list[float] = field(default_factory=list)
     stray_audio: list[tuple[float, float | None]] = field(default_factory=list)  # (t, preceding ActivityEnd t)
     recovered: dict[float, float] = field(default_factory=dict)  # unanswered ActivityEnd t -> re-sent turn's answer
+    client: pd.DataFrame | None = None  # the client core's decisions (``Client`` events)
+    gave_up: dict[str, Any] | None = None  # session.json ``gave_up``: the bridge's terminal decision
+    emu: pd.DataFrame | None = None  # the emulator's own log (emulator.jsonl beside the recording), if any
+    turns: pd.DataFrame | None = None  # analysis.turn_table: which user turn each activity carried
 
 
 # -- reading the events -----------------------------------------------------------------------------------------
@@ -226,6 +231,9 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
     ping_timeout = live.get("ping_timeout_s", DEFAULT_PING_TIMEOUT_S)
     max_queue = live.get("max_queue")
     acts, orphans, stray = _walk(sends, _connect_times_of(_select(ev, "ws")))
+    from .analysis import turn_table
+
+    tt = turn_table(rec)
     return Context(
         events=ev,
         sends=sends,
@@ -247,15 +255,38 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
         activities=acts,
         orphan_ends=orphans,
         stray_audio=stray,
-        recovered=_recovered(rec),
+        recovered=_recovered(tt),
+        client=_select(ev, "client"),
+        gave_up=rec.meta.get("gave_up") if isinstance(rec.meta.get("gave_up"), dict) else None,
+        emu=_emulator_log(rec.path),
+        turns=tt,
     )
 
 
-def _recovered(rec: Recording) -> dict[float, float]:
-    """ActivityEnd times whose turn went unanswered but was answered after a re-send: end t -> answer t."""
-    from .analysis import turn_table
+def _emulator_log(path: Any) -> pd.DataFrame | None:
+    """The emulator's log beside a recording (``emulator.jsonl``, on the session clock), or None.
 
-    tt = turn_table(rec)
+    A damaged line is skipped: the recording's own events stay the primary evidence.
+    """
+    import pandas as pd
+
+    f = Path(path) / "emulator.jsonl"
+    if not f.is_file():
+        return None
+    rows = []
+    for line in f.read_text(errors="replace").splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and "t" in d and "kind" in d:
+            rows.append(d)
+    return pd.DataFrame(rows, columns=sorted({k for r in rows for k in r} | {"t", "conn", "direction", "kind",
+                                                                             "detail"}))
+
+
+def _recovered(tt: pd.DataFrame) -> dict[float, float]:
+    """ActivityEnd times whose turn went unanswered but was answered after a re-send: end t -> answer t."""
     out: dict[float, float] = {}
     for row in tt[~tt["answered"] & tt["activity_end"].notna()].itertuples():
         later = tt[(tt["turn"] == row.turn) & (tt["attempt"] > row.attempt) & tt["answered"]]
@@ -608,38 +639,98 @@ def activity_end_without_start(c: Context) -> list[Finding]:
         "the turn detector and the send order disagree about whether a turn is open")]
 
 
+CONTENT_KINDS = ("model_audio", "model_text", "tool_call", "output_transcription")  # an answer with something in it
+
+
+def _transcripts(c: Context, lo: float, hi: float) -> list[tuple[float, str]]:
+    """The server's inputTranscription messages the application read in [lo, hi): (t, text)."""
+    df = _select(c.server_app, "server", msg="input_transcription")
+    return [(float(t), str(x) if x == x else "") for t, x in zip(df["t"], _col(df, "text", ""), strict=True)
+            if lo <= t < hi]
+
+
 def no_response_after_activity_end(c: Context) -> list[Finding]:
-    """No model_audio, turn_complete or tool_call within the response timeout after an ActivityEnd (Failure A)."""
+    """No model_audio, turn_complete or tool_call within the response timeout after an ActivityEnd (Failure A).
+
+    Told apart by what the server showed of the turn: ``heard_not_answered`` when it sent the turn's
+    inputTranscription and then nothing (the rest stay ``no_response_after_activity_end``, "never
+    heard" when the session's other turns were transcribed); ``empty_answer`` when the first response
+    is a turnComplete with nothing in it (python-genai #2117).
+    """
     out = []
     responses = _responses(c)
     wire_responses = _responses(c, c.server_wire)
+    content = _times(c.server_app, msg=CONTENT_KINDS)
+    completes = _times(c.server_app, msg="turn_complete")
+    interrupts = _times(c.server_app, msg="interrupted")
+    any_transcript = bool(len(_select(c.server_app, "server", msg="input_transcription")))
     for a in c.activities:
         if a.end_t is None:
             continue
         deadline = a.end_t + c.response_timeout_s
+        window = min(a.next_start_t, c.end_t + 1e-9)
+        heard = _transcripts(c, a.start_t, window)
+        first = _between(responses, a.end_t, a.next_start_t, closed_hi=False)
+        if first.size and first[0] in completes and not _between(content, a.end_t, first[0]).size \
+                and not _between(interrupts, a.end_t, first[0]).size:
+            answered = _resent_answer(c, a.end_t)
+            out.append(Finding(
+                "empty_answer", "warning" if answered is not None else "error",
+                f"empty answer to ActivityEnd at {_s(a.end_t)}",
+                f"turnComplete at {_s(first[0])}, {first[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)}, "
+                "with no audio, text or tool call before it"
+                + (f"; the server heard the turn ({_quote(heard[0])})" if heard else "")
+                + (f"; the re-sent turn was answered at {_s(answered)}" if answered is not None else ""), a.end_t,
+                "the model ended its turn without saying anything (python-genai #2117): the user hears silence; "
+                "the turn counts as answered unless the bridge checks for content"))
+            continue
         if _between(responses, a.end_t, deadline).size:
             continue
         late = _between(responses, deadline, a.next_start_t, closed_hi=False)
         if late.size:
+            again = [x for x in heard if x[0] > heard[0][0] and x[1] == heard[0][1]] if heard else []
+            evidence = (f"first response {late[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)} "
+                        f"(timeout {c.response_timeout_s:g} s)")
+            if heard:
+                evidence += f"; heard at {_s(heard[0][0])}"
+            if again:
+                evidence += (f"; the same transcript came again at {_s(again[0][0])} before the answer "
+                             "(the 'late' pattern, gemini-live-api-examples #48)")
             out.append(Finding(
                 "no_response_after_activity_end", "warning", f"ActivityEnd at {_s(a.end_t)} answered late",
-                f"first response {late[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)} "
-                f"(timeout {c.response_timeout_s:g} s)", a.end_t, "slow model response"))
+                evidence, a.end_t, "slow model response"))
             continue
         cut = c.end_t < deadline
-        heard = _between(c.server_app["t"].to_numpy(float), a.end_t, min(deadline, c.end_t)).size
+        n_read = _between(c.server_app["t"].to_numpy(float), a.end_t, min(deadline, c.end_t)).size
         evidence = (f"ActivityEnd left at {_s(a.end_t)} after {a.n_audio} audio chunk(s); "
                     + (f"the session ended {c.end_t - a.end_t:.1f} s later" if cut else
                        f"no model_audio/turn_complete/tool_call within {c.response_timeout_s:g} s")
-                    + f"; {heard} server message(s) of any kind read in that time")
+                    + f"; {n_read} server message(s) of any kind read in that time")
         answered = _resent_answer(c, a.end_t)
         if answered is not None:
             evidence += f"; the bridge re-sent the turn on a new connection and it was answered at {_s(answered)}"
+        severity: Severity = "warning" if cut or answered is not None else "error"
+        recovered = " (recovered by a re-send)" if answered else ""
+        if heard:
+            out.append(Finding(
+                "heard_not_answered", severity, f"turn heard but not answered: ActivityEnd at {_s(a.end_t)}"
+                + recovered, f"the server sent the turn's inputTranscription ({_quote(heard[0])}) and then no "
+                "answer; " + evidence, a.end_t,
+                "the server received and transcribed the turn but the model never answered it (no-response "
+                "'heard'): nothing in the recording points at the client; re-send the turn or prompt again"))
+            continue
+        if any_transcript and not cut:
+            evidence += "; never heard: no inputTranscription for this turn, while other turns were transcribed"
         out.append(Finding(
-            "no_response_after_activity_end", "warning" if cut or answered is not None else "error",
-            f"no response to ActivityEnd at {_s(a.end_t)}" + (" (recovered by a re-send)" if answered else ""),
+            "no_response_after_activity_end", severity,
+            f"no response to ActivityEnd at {_s(a.end_t)}" + recovered,
             evidence, a.end_t, _why_no_response(c, a, wire_responses)))
     return out
+
+
+def _quote(tr: tuple[float, str]) -> str:
+    text = tr[1] if len(tr[1]) <= 40 else tr[1][:39] + "…"
+    return f"{text!r} at {_s(tr[0])}"
 
 
 def _why_no_response(c: Context, a: Activity, wire_responses: np.ndarray) -> str:
@@ -1087,10 +1178,240 @@ def watchdog(c: Context) -> list[Finding]:
     return out
 
 
+def barge_in(c: Context) -> list[Finding]:
+    """An answer stopped by the user's next turn (START_OF_ACTIVITY_INTERRUPTS, the default): a note.
+
+    The server sends ``interrupted``, then turnComplete without generationComplete, and cancels a
+    pending tool call (``tool_call_cancellation``).  Expected behaviour, not a failure.
+    """
+    srv = c.server_app if len(_select(c.server_app, "server", msg="interrupted")) else c.server_wire
+    out = []
+    starts = _times(c.sends, msg="activity_start")
+    audio = _times(srv, msg="model_audio")
+    completes = _times(srv, msg="turn_complete")
+    generated = _times(srv, msg="generation_complete")
+    cancels = _times(srv, msg="tool_call_cancellation")
+    for t in _times(srv, msg="interrupted"):
+        before = starts[starts <= t + 1e-6]
+        by = f"by the ActivityStart at {_s(before[-1])}" if before.size else "with no ActivityStart before it"
+        answering = audio[audio < t]
+        since = f"answer audio since {_s(answering[0])}" if answering.size else "no answer audio yet"
+        if answering.size and before.size:
+            prev = starts[starts < before[-1]]
+            lo = float(prev[-1]) if prev.size else -math.inf
+            mine = answering[answering > lo]
+            since = f"answer audio since {_s(mine[0])}" if mine.size else since
+        done = _between(completes, t, t + 30.0)
+        if done.size:
+            gen = "after generationComplete" if _between(generated, t, done[0]).size else "without generationComplete"
+            tail = f"; turnComplete at {_s(done[0])} {gen}"
+        else:
+            tail = "; no turnComplete followed"
+        n_cancel = _between(cancels, t - 1.0, t + 5.0).size
+        out.append(Finding(
+            "barge_in", "info", f"answer interrupted at {_s(t)} by the user's turn",
+            f"interrupted at {_s(t)} {by}; {since}{tail}"
+            + (f"; {n_cancel} tool call cancellation(s)" if n_cancel else ""), t))
+    return out
+
+
+def _handle_times(c: Context) -> dict[str, float]:
+    """When each resumption handle arrived: handle -> time of the sessionResumptionUpdate carrying it."""
+    out: dict[str, float] = {}
+    df = _select(c.server_app, "server", msg="session_resumption_update")
+    for t, d in zip(df["t"] if len(df) else [], _col(df, "detail", ""), strict=True):
+        m = re.search(r"handle=(\S+)", str(d))
+        if m and m.group(1) != "None":
+            out.setdefault(m.group(1), float(t))
+    return out
+
+
+def _resumes(c: Context) -> list[tuple[float, str]]:
+    """Each resumed connection: (connect t, handle), from ``ws connect`` ("resumed with handle H")."""
+    out = []
+    for _, row in _select(c.ws, "ws", what="connect").iterrows():
+        m = re.search(r"resumed with handle (\S+)", _text(row, "detail") or "")
+        if m:
+            out.append((float(row["t"]), m.group(1).rstrip(",;")))
+    return out
+
+
+def _client(c: Context, action: str | tuple[str, ...] | None = None, reason: str | None = None) -> pd.DataFrame:
+    df = c.client if c.client is not None else c.events.iloc[0:0]
+    if action is not None and "action" in df:
+        df = df[df["action"].isin(action if isinstance(action, tuple) else (action,))]
+    if reason is not None:
+        df = df[df["reason"] == reason] if "reason" in df else df.iloc[0:0]
+    return df.reset_index(drop=True)
+
+
+def _emu(c: Context, direction: str, kind: str) -> pd.DataFrame:
+    """Entries of the emulator's log (none when the recording has no emulator.jsonl)."""
+    if c.emu is None or not len(c.emu):
+        return c.events.iloc[0:0]
+    return c.emu[(c.emu["direction"] == direction) & (c.emu["kind"] == kind)].reset_index(drop=True)
+
+
+def resume_rejected(c: Context) -> list[Finding]:
+    """A resume the server closed with 1011 because the session's old connection was still open.
+
+    Reported for the real service in aicc2025/sip-to-ai PR #14: close the old socket before resuming.
+    Evidence: the client core's ``Client(reason="resume_rejected")``, the emulator's ``resume_rejected``
+    log entry, or a resumed connection closed 1011 by the server within seconds while the previous
+    connection had not closed yet.
+    """
+    seen: list[tuple[float, str]] = []
+    for _, row in _client(c, reason="resume_rejected").iterrows():
+        seen.append((float(row["t"]), f"the client core recorded {row.get('action')}/resume_rejected"
+                     + (f" on conn {int(row['conn'])}" if _text(row, "conn") else "")))
+    for _, row in _emu(c, "in", "resume_rejected").iterrows():
+        seen.append((float(row["t"]), f"the emulator rejected the resume ({_text(row, 'detail') or '?'})"))
+    if not seen:
+        closes = _ws_closes(c)
+        connects = _times(c.ws, what="connect")
+        for t, handle in _resumes(c):
+            prev = connects[connects < t]
+            old_open = prev.size and not [x for x in closes if prev[-1] < x.t <= t]
+            rejected = [x for x in closes if t <= x.t <= t + 5.0 and x.code == 1011 and x.by in ("server", "unknown")]
+            if old_open and rejected:
+                seen.append((t, f"the connection resumed at {_s(t)} with handle {handle} was closed 1011 by the "
+                                f"server at {_s(rejected[0].t)} while the connection opened at {_s(prev[-1])} was "
+                                "still open"))
+    if not seen:
+        return []
+    seen.sort()
+    t0 = seen[0][0]
+    later_ok = [t for t, _ in _resumes(c) if t > t0 + 0.5] or [t for t in _times(c.ws, what="connect") if t > t0 + 0.5]
+    recovered = bool(later_ok) and c.gave_up is None and not len(_client(c, "give_up"))
+    return [Finding(
+        "resume_rejected", "warning" if recovered else "error",
+        f"resume rejected while the old connection was open ({len(seen)}×)",
+        "; ".join(x for _, x in seen[:5]) + (f"; a later connection opened at {_s(later_ok[0])}" if recovered else ""),
+        t0, "the server closes (1011) a resume while the session's previous connection is still open "
+            "(aicc2025/sip-to-ai PR #14): close the old socket first, then resume")]
+
+
+def late_answer_masks_next_turn(c: Context) -> list[Finding]:
+    """A turn's answer came so late that it landed after the next turn: the next turn looks answered but is not.
+
+    Answers come in order, one turnComplete per turn: when two turns were waiting and only one
+    turnComplete followed, that one belongs to the older turn, and the newer one got nothing
+    (Failure A, hidden).  A repeated inputTranscription of the older turn is named when present.
+    """
+    out = []
+    completes = _times(c.server_app, msg="turn_complete")
+    connects = _connect_times(c)
+    ended = [a for a in c.activities if a.end_t is not None]
+    for a, b in zip(ended, ended[1:], strict=False):
+        assert a.end_t is not None and b.end_t is not None
+        if [x for x in connects if a.end_t < x <= b.end_t]:
+            continue  # a new connection in between: the re-send logic owns this
+        if _between(completes, a.end_t, b.start_t).size:
+            continue  # a was answered in its own window
+        after_b = _between(completes, b.start_t, min(b.next_start_t, c.end_t + 1e-9))
+        if after_b.size != 1:
+            continue
+        tr_a = _transcripts(c, a.start_t, b.start_t)
+        tr_b = _transcripts(c, b.start_t, min(b.next_start_t, c.end_t + 1e-9))
+        repeat = [x for x in tr_b if tr_a and x[1] == tr_a[0][1]]
+        evidence = (f"turn ending {_s(a.end_t)} got no turnComplete before the next ActivityStart at "
+                    f"{_s(b.start_t)}; the only turnComplete after it came at {_s(after_b[0])}, "
+                    f"{after_b[0] - a.end_t:.1f} s after the first turn's ActivityEnd; two turns were waiting, one "
+                    f"answer came: the turn ending {_s(b.end_t)} got none")
+        if repeat:
+            evidence += f"; the first turn's transcript came again at {_s(repeat[0][0])} ({_quote(repeat[0])})"
+        out.append(Finding(
+            "late_answer_masks_next_turn", "error", f"late answer to the turn ending {_s(a.end_t)} masks no answer "
+            f"to the turn ending {_s(b.end_t)}", evidence, b.end_t,
+            "the late answer to one turn is counted as the next turn's answer, hiding Failure A on the next: "
+            "match answers to turns in order (one turnComplete per turn), not by time window"))
+    return out
+
+
+def duplicate_or_lost_turns(c: Context) -> list[Finding]:
+    """A user turn that reached the model twice, or is gone from its context, after a resume.
+
+    From the client's own evidence: a turn re-sent although its first attempt had been heard or
+    answered on the old connection (``duplicate_turn``); a resume with a handle that is a snapshot
+    from before a turn's ActivityEnd, the turn not re-sent (``lost_turn``: resuming an old handle
+    forgets later turns).  From the emulator's log when present: its ``duplicate_turn`` and
+    ``lost_turn`` violations, the server's own view.
+    """
+    out = []
+    tt = c.turns
+    if tt is not None and len(tt):
+        for row in tt[tt["attempt"] > 1].itertuples():
+            prev = tt[(tt["turn"] == row.turn) & (tt["attempt"] == row.attempt - 1)]
+            if not len(prev):
+                continue
+            p = prev.iloc[0]
+            lo = float(p["activity_start"])
+            hi = float(row.activity_start)
+            why = None
+            if bool(p["answered"]):
+                why = f"answered at {_s(float(p['turn_complete']))}"
+            elif heard := _transcripts(c, lo, hi):
+                why = f"heard ({_quote(heard[0])})"
+            if why is not None:
+                out.append(Finding(
+                    "duplicate_turn", "error", f"turn {row.turn} re-sent after the server already had it",
+                    f"turn {row.turn} first sent on conn {int(p['conn'])} at {_s(lo)} was {why}; re-sent on conn "
+                    f"{int(row.conn)} at {_s(hi)}", hi,
+                    "a turn the server already consumed reached the model twice: re-send only turns the resumed "
+                    "snapshot does not hold (transparent resumption's lastConsumedClientMessageIndex)"))
+        handles = _handle_times(c)
+        for t, handle in _resumes(c):
+            th = handles.get(handle)
+            if th is None:
+                continue
+            for row in tt[(tt["activity_end"] > th) & (tt["activity_end"] < t)].itertuples():
+                resent = tt[(tt["turn"] == row.turn) & (tt["activity_start"] > t)]
+                if not len(resent):
+                    out.append(Finding(
+                        "lost_turn", "error", f"turn {row.turn} lost by resuming an older snapshot",
+                        f"resumed at {_s(t)} with handle {handle} from {_s(th)}; turn {row.turn}'s ActivityEnd at "
+                        f"{_s(row.activity_end)} came after that snapshot and was not re-sent", t,
+                        "a resumption handle is a snapshot of the conversation when it was issued: turns after it "
+                        "are gone on resume unless re-sent"))
+    for kind in ("duplicate_turn", "lost_turn"):
+        for _, row in _emu(c, "violation", kind).iterrows():
+            out.append(Finding(kind, "error", f"{kind.replace('_', ' ')} (emulator's log)",
+                               f"the emulator flagged {kind} at {_s(float(row['t']))} on conn "
+                               f"{_text(row, 'conn') or '?'}: {_text(row, 'detail') or ''}", float(row["t"]),
+                               "the server's own view of the conversation after a resume (emulator.jsonl)"))
+    return out
+
+
+def gave_up(c: Context) -> list[Finding]:
+    """The bridge's terminal decision: it stopped trying (``Client(action="give_up")``, session.json ``gave_up``)."""
+    rows = _client(c, "give_up")
+    if len(rows):
+        r = rows.iloc[-1]
+        t: float | None = float(r["t"])
+        reason, detail = _text(r, "reason") or "?", _text(r, "detail")
+    elif c.gave_up is not None:
+        t, reason, detail = None, str(c.gave_up.get("reason", "?")), c.gave_up.get("detail")
+    else:
+        return []
+    return [Finding(
+        "gave_up", "error", f"the bridge gave up: {reason}",
+        f"give_up ({reason})" + (f" at {_s(t)}" if t is not None else "") + (f": {detail}" if detail else ""), t,
+        GIVE_UP_REASONS.get(reason, "the bridge's recovery reached its bound"))]
+
+
+GIVE_UP_REASONS = {
+    "reconnect_limit": "every reconnect attempt failed: the endpoint stayed unreachable or kept closing",
+    "resend_limit": "a turn was re-sent the maximum number of times and never answered",
+    "greeting_unanswered": "the greeting got no answer: the session never started",
+    "resume_rejected": "the server kept rejecting the resume (old connection still open?)",
+}
+
+
 RULES: tuple[Callable[[Context], list[Finding]], ...] = (
     no_activity_end, frames_stopped_in_turn, audio_after_activity_end, audio_before_activity_start,
     empty_activity, activity_end_without_start, no_response_after_activity_end, receive_loop_idle,
     unanswered_pings, late_pongs, loop_lag, close, go_away, reconnects, server_flood, errors, cut_short, watchdog,
+    barge_in, resume_rejected, late_answer_masks_next_turn, duplicate_or_lost_turns, gave_up,
 )
 
 
