@@ -527,3 +527,155 @@ def test_activity_end_after_the_socket_closed_is_blamed_on_the_close(tmp_path):
     na = one(diagnose.diagnose(s.done()), "no_activity_end")
     assert "the connection closed at 7.50 s (1011 'Internal error encountered.', closed by server)" in na.cause
     assert "not the send path" in na.cause and "lost it" not in na.cause
+
+
+# -- the new findings of issue 12 -----------------------------------------------------------------------------------
+
+
+def test_barge_in_is_a_note_not_an_error(tmp_path):
+    """START_OF_ACTIVITY_INTERRUPTS: the next ActivityStart stops the answer (turnComplete, no generationComplete)."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k in range(3):
+        s.server(6.5 + 0.1 * k, "model_audio", n_samples=2400)
+    s.turn(7.0, 9.0, audio_until=8.5)
+    s.server(7.05, "interrupted").server(7.06, "tool_call_cancellation").server(7.1, "turn_complete")
+    s.answer(9.5)
+    findings = diagnose.diagnose(s.done())
+    assert [f.code for f in findings] == ["healthy"]
+    note = one(diagnose.barge_in(context(load(s.rec.dir))), "barge_in")
+    assert note.severity == "info" and note.t == pytest.approx(7.051)
+    assert "by the ActivityStart at 7.01 s" in note.evidence and "answer audio since 6.50 s" in note.evidence
+    assert "turnComplete at 7.10 s without generationComplete" in note.evidence
+    assert "1 tool call cancellation(s)" in note.evidence
+
+
+def test_heard_but_not_answered(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.3, "input_transcription", text="tell me about your last job")
+    findings = diagnose.diagnose(s.emit(SessionMark(t=20.0, what="end")).done())
+    f = one(findings, "heard_not_answered")
+    assert f.severity == "error" and f.t == pytest.approx(6.0015)
+    assert "'tell me about your last job' at 6.30 s" in f.evidence and "no-response 'heard'" in f.cause
+    assert "no_response_after_activity_end" not in codes(findings)
+
+
+def test_never_heard_is_said_when_other_turns_were_transcribed(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").answer(6.5)
+    s.turn(10.0, 12.0, audio_until=11.5).emit(SessionMark(t=25.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "no_response_after_activity_end")
+    assert f.t == pytest.approx(12.0015) and "never heard: no inputTranscription" in f.evidence
+    assert "heard_not_answered" not in codes(findings)
+
+
+def test_empty_answer(tmp_path):
+    """python-genai #2117: a turnComplete with nothing in it; the old rules counted it as an answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").server(6.6, "turn_complete")
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "empty_answer")
+    assert f.severity == "error" and "turnComplete at 6.60 s" in f.evidence and "'hello' at 6.20 s" in f.evidence
+    assert "#2117" in f.cause
+    assert not {"no_response_after_activity_end", "heard_not_answered"} & codes(findings)
+
+
+def test_late_answer_with_a_repeated_transcript(tmp_path):
+    """gemini-live-api-examples #48: transcript, a long gap, the same transcript again, then the answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").server(40.0, "input_transcription", text="hello")
+    f = one(diagnose.diagnose(s.answer(40.5).done()), "no_response_after_activity_end")
+    assert f.severity == "warning" and "answered late" in f.title and "34.5 s after" in f.evidence
+    assert "the same transcript came again at 40.00 s" in f.evidence
+
+
+def test_late_answer_masks_failure_a_on_the_next_turn(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="first question")
+    s.turn(20.0, 22.0, audio_until=21.5)
+    s.server(22.3, "input_transcription", text="first question").answer(22.5)
+    findings = diagnose.diagnose(s.emit(SessionMark(t=30.0, what="end")).done())
+    f = one(findings, "late_answer_masks_next_turn")
+    assert f.severity == "error" and f.t == pytest.approx(22.0015)
+    assert "the only turnComplete after it came at 23.50 s" in f.evidence and "got none" in f.evidence
+    assert "transcript came again at 22.30 s" in f.evidence
+    assert one(findings, "heard_not_answered").t == pytest.approx(6.0015)  # the first turn, on its own window
+
+
+def test_two_answers_for_two_turns_mask_nothing(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(7.0, 9.0, audio_until=8.5)
+    s.answer(9.2).answer(11.0)
+    assert "late_answer_masks_next_turn" not in codes(diagnose.diagnose(s.done()))
+
+
+def test_resume_rejected_while_the_old_connection_was_open(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=10.0, what="reconnect", detail="conn 1: goAway"),
+           Ws(t=10.2, what="connect", detail="conn 2, resumed with handle h1"),
+           Ws(t=10.3, what="close", code=1011, reason="Internal error encountered.", conn=2, closed_by="server"),
+           Ws(t=11.0, what="close", code=1000, reason="", conn=1, closed_by="client"),
+           Ws(t=11.5, what="connect", detail="conn 3, resumed with handle h1"))
+    f = one(diagnose.diagnose(s.done()), "resume_rejected")
+    assert f.severity == "warning" and "resumed at 10.20 s with handle h1" in f.evidence
+    assert "still open" in f.evidence and "close the old socket first" in f.cause
+
+
+def test_resume_rejected_from_the_client_core_and_the_emulator_log(tmp_path):
+    from workbench.events import Client
+
+    s = Session(tmp_path).greeting()
+    s.emit(Client(t=10.3, action="give_up", reason="resume_rejected", conn=2))
+    s.rec.close(gave_up={"reason": "resume_rejected", "detail": "1011 on every resume"})
+    (s.rec.dir / "emulator.jsonl").write_text(
+        '{"t": 10.25, "conn": 2, "direction": "in", "kind": "resume_rejected", '
+        '"detail": "h1: connection(s) [1] open"}\n'
+        "not json\n")
+    findings = diagnose.diagnose(load(s.rec.dir))
+    f = one(findings, "resume_rejected")
+    assert f.severity == "error" and "the emulator rejected the resume (h1: connection(s) [1] open)" in f.evidence
+    assert "give_up/resume_rejected on conn 2" in f.evidence
+    g = one(findings, "gave_up")
+    assert g.title == "the bridge gave up: resume_rejected" and g.t == pytest.approx(10.3)
+
+
+def test_gave_up_from_session_json_alone(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.rec.close(gave_up={"reason": "reconnect_limit", "detail": "3 attempts"})
+    g = one(diagnose.diagnose(load(s.rec.dir)), "gave_up")
+    assert g.severity == "error" and g.evidence == "give_up (reconnect_limit): 3 attempts"
+    assert "every reconnect attempt failed" in g.cause
+
+
+def test_lost_turn_after_resuming_an_older_snapshot(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.server(7.2, "session_resumption_update", detail="resumable=False handle=None")
+    s.emit(Ws(t=9.0, what="close", code=1011, reason="Deadline expired before operation could complete.", conn=1,
+              closed_by="server"),
+           Ws(t=9.1, what="reconnect", detail="conn 1: closed"),
+           Ws(t=9.3, what="connect", detail="conn 2, resumed with handle h1"))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "lost_turn")
+    assert "resumed at 9.30 s with handle h1 from 3.00 s" in f.evidence
+    assert "turn 1's ActivityEnd at 6.00 s" in f.evidence
+    assert "goAway by age" in one(findings, "close").cause
+
+
+def test_duplicate_turn_from_a_resend_of_an_answered_turn(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1: closed"), Ws(t=9.2, what="connect", detail="conn 2"),
+           SessionMark(t=9.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"))
+    s.send(9.3, "activity_start").audio(9.4, 9.6).send(9.7, "activity_end").answer(10.0)
+    f = one(diagnose.diagnose(s.done()), "duplicate_turn")
+    assert "turn 1 first sent on conn 1 at 4.01 s was answered at 7.50 s; re-sent on conn 2" in f.evidence
+
+
+def test_duplicate_and_lost_turns_from_the_emulator_log(tmp_path):
+    rec = healthy_session(tmp_path)
+    (rec.path / "emulator.jsonl").write_text(
+        '{"t": 9.0, "conn": 2, "direction": "violation", "kind": "duplicate_turn", "detail": "user turn 2 twice"}\n'
+        '{"t": 9.5, "conn": 2, "direction": "violation", "kind": "lost_turn", "detail": "user turn 1 gone"}\n')
+    findings = diagnose.diagnose(load(rec.path))
+    assert "user turn 2 twice" in one(findings, "duplicate_turn").evidence
+    assert "user turn 1 gone" in one(findings, "lost_turn").evidence
