@@ -28,6 +28,16 @@ def _default_out(name: str) -> Path:
     return Path("recordings") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _seconds_or_off(text: str) -> float | None:
+    """A ``--ping-timeout`` value: seconds > 0, or ``off``/``none``/0 for no timeout."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 s or 'off', got {text!r}")
+    return value
+
+
 def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="recording directory (default recordings/<name>-<time>)")
     where = p.add_mutually_exclusive_group()
@@ -46,7 +56,9 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                    help="stop sending WebRTC packets while the source is digitally silent (Failure B)")
     p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
     p.add_argument("--ping-interval", type=float, default=20.0, help="websocket keepalive ping interval, s")
-    p.add_argument("--ping-timeout", type=float, default=20.0, help="websocket keepalive ping timeout, s")
+    p.add_argument("--ping-timeout", type=_seconds_or_off, default=None, metavar="S|off",
+                   help="websocket keepalive ping timeout, s (default off: pongs are recorded, never waited for; "
+                        "a dead connection is found by the missing answer instead)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="websocket frames buffered unread before reading pauses (websockets max_queue)")
     p.add_argument("--close-timeout", type=float, default=5.0, help="websocket close handshake timeout, s")
@@ -147,6 +159,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     tt = turn_table(rec)
     print(format_turn_table(tt))
     print(f"recording: {result.path}")
+    if result.gave_up:
+        print(f"workbench: gave up: {result.gave_up['reason']}: {result.gave_up['detail']}", file=sys.stderr)
+        return 1
     if result.error:
         print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
         return 1

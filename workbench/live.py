@@ -19,6 +19,7 @@ import numpy as np
 from google import genai
 from google.genai import types
 
+from .connection import Incoming
 from .events import Error, Event, Sent, Server
 from .sender import Outgoing
 
@@ -70,11 +71,18 @@ class LiveSettings:
     base_url: str | None = None  # None: Google's endpoint
     api_key: str | None = None
     ssl_context: ssl.SSLContext | None = None
+    # Pings still go out every 20 s and their pongs are recorded, but a late pong never closes the
+    # connection: Gemini's pongs come 8-30 s late (aicc2025/sip-to-ai PR #14), which trips websockets'
+    # default 20 s timeout with 1011 while content flows (googleapis/python-genai #2935).  A dead
+    # connection is found by the client core instead: no server frame while an answer is due.
     ping_interval_s: float | None = 20.0
-    ping_timeout_s: float | None = 20.0
+    ping_timeout_s: float | None = None
     max_queue: int | None = 16
     close_timeout_s: float = 5.0
     resume: bool = True  # ask for session resumption handles (needed to reconnect without losing context)
+    # transparent resumption adds lastConsumedClientMessageIndex to each handle; google-genai refuses it in
+    # Gemini Developer API mode ("only supported in Gemini Enterprise Agent Platform mode"), so off by default
+    transparent: bool = False
     system_instruction: str = SYSTEM_INSTRUCTION
     greeting_prompt: str | None = GREETING_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +97,8 @@ class LiveSettings:
             "max_queue": self.max_queue,
             "close_timeout_s": self.close_timeout_s,
             "greeting": self.greeting_prompt is not None,
+            "resume": self.resume,
+            "transparent": self.transparent,
         }
 
 
@@ -123,7 +133,8 @@ def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> 
         output_audio_transcription=types.AudioTranscriptionConfig(),
         thinking_config=types.ThinkingConfig(thinking_budget=0),
         tools=interview_tools(),
-        session_resumption=types.SessionResumptionConfig(handle=resume_handle) if settings.resume else None,
+        session_resumption=types.SessionResumptionConfig(
+            handle=resume_handle, transparent=True if settings.transparent else None) if settings.resume else None,
     )
 
 
@@ -174,9 +185,10 @@ class Writer:
         if session is not None:
             self.attach(session)
 
-    def attach(self, session: Any, first: list[WriterItem] | None = None) -> None:
-        """Write to ``session`` from now on, starting with ``first``; items queued before are dropped."""
-        self.gen += 1
+    def attach(self, session: Any, first: list[WriterItem] | None = None, conn: int | None = None) -> None:
+        """Write to ``session`` (connection ``conn``, default the next) from now on, starting with ``first``;
+        items queued before are dropped."""
+        self.gen = self.gen + 1 if conn is None else conn
         self._drain()
         self.session = session
         self.failed = None
@@ -209,7 +221,7 @@ class Writer:
         """Send one item if its connection is still the current one; report a failure once."""
         await self.connected.wait()
         if gen != self.gen:
-            return  # queued for a connection that is gone: the ledger decides what to re-send
+            return  # queued for a connection that is gone: the client core decides what to re-send
         try:
             await self._send(item)
         except Exception as exc:  # the connection is gone: record it, wait for the next one
@@ -289,6 +301,51 @@ def describe_server_message(msg: types.LiveServerMessage) -> list[tuple[str, dic
     if not out:
         fields = sorted(k for k, v in msg.model_dump(exclude_none=True).items() if v not in ({}, []))
         out.append(("unknown", {"detail": ",".join(fields) or "empty"}))
+    return out
+
+
+def _seconds(duration: Any) -> float | None:
+    """goAway's timeLeft: the SDK gives a ``datetime.timedelta`` (or a "50s" string from older versions)."""
+    if duration is None:
+        return None
+    if hasattr(duration, "total_seconds"):
+        return float(duration.total_seconds())
+    try:
+        return float(str(duration).rstrip("s"))
+    except ValueError:
+        return None
+
+
+def incoming(msg: types.LiveServerMessage) -> list[Incoming]:
+    """The facts of one server message the client core decides on, in the order they matter."""
+    out: list[Incoming] = []
+    sc = msg.server_content
+    if sc is not None:
+        if sc.input_transcription and sc.input_transcription.text:
+            out.append(Incoming("input_transcription"))
+        if sc.model_turn and sc.model_turn.parts:
+            out.append(Incoming("model_audio"))
+        if sc.output_transcription and sc.output_transcription.text:
+            out.append(Incoming("output_transcription"))
+        if sc.interrupted:
+            out.append(Incoming("interrupted"))
+        if sc.generation_complete:
+            out.append(Incoming("generation_complete"))
+        if sc.turn_complete:
+            out.append(Incoming("turn_complete"))
+    if msg.tool_call is not None:
+        calls = tuple((fc.id or "", fc.name or "", dict(fc.args or {})) for fc in msg.tool_call.function_calls or [])
+        out.append(Incoming("tool_call", calls=calls))
+    if msg.tool_call_cancellation is not None:
+        out.append(Incoming("tool_call_cancellation", call_ids=tuple(msg.tool_call_cancellation.ids or ())))
+    if msg.go_away is not None:
+        out.append(Incoming("go_away", time_left_s=_seconds(msg.go_away.time_left)))
+    u = msg.session_resumption_update
+    if u is not None:
+        out.append(Incoming("session_resumption_update", handle=u.new_handle, resumable=u.resumable,
+                            last_consumed=u.last_consumed_client_message_index))
+    if not out:
+        out.append(Incoming("other"))
     return out
 
 
