@@ -12,7 +12,7 @@ import pytest
 
 from workbench import cli, diagnose
 from workbench.diagnose import Finding, context, format_findings
-from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
+from workbench.events import Client, Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
 from workbench.recording import Recorder, Recording, load
 
 META = {
@@ -432,7 +432,8 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
         Watchdog(t=7.0, after_s=5.0, action="reconnect and re-send turn 1"),
         Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
         Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
-        SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
+        SessionMark(t=7.2, what="resend", detail="conn 2: turn(s) [1]"),
+        Client(t=7.2, action="resend", reason="watchdog", conn=2, turn=1, attempt=2),
         Sent(t=7.3, msg="activity_start", n_bytes=0, seq=4, stage="wire"),
         Sent(t=7.3, msg="audio", n_bytes=640, seq=5, stage="wire"),
         Sent(t=7.4, msg="activity_end", n_bytes=0, seq=6, stage="wire"),
@@ -621,8 +622,6 @@ def test_resume_rejected_while_the_old_connection_was_open(tmp_path):
 
 
 def test_resume_rejected_from_the_client_core_and_the_emulator_log(tmp_path):
-    from workbench.events import Client
-
     s = Session(tmp_path).greeting()
     s.emit(Client(t=10.3, action="give_up", reason="resume_rejected", conn=2))
     s.rec.close(gave_up={"reason": "resume_rejected", "detail": "1011 on every resume"})
@@ -665,7 +664,7 @@ def test_lost_turn_after_resuming_an_older_snapshot(tmp_path):
 def test_duplicate_turn_from_a_resend_of_an_answered_turn(tmp_path):
     s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
     s.emit(Ws(t=9.0, what="reconnect", detail="conn 1: closed"), Ws(t=9.2, what="connect", detail="conn 2"),
-           SessionMark(t=9.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"))
+           Client(t=9.2, action="resend", reason="closed", conn=2, turn=1, attempt=2))
     s.send(9.3, "activity_start").audio(9.4, 9.6).send(9.7, "activity_end").answer(10.0)
     f = one(diagnose.diagnose(s.done()), "duplicate_turn")
     assert "turn 1 first sent on conn 1 at 4.01 s was answered at 7.50 s; re-sent on conn 2" in f.evidence

@@ -1399,9 +1399,12 @@ def gave_up(c: Context) -> list[Finding]:
         GIVE_UP_REASONS.get(reason, "the bridge's recovery reached its bound"))]
 
 
-GIVE_UP_REASONS = {
+GIVE_UP_REASONS = {  # connection.Reason values the client core gives up with
+    "connect_failed": "the first connection could not be opened (endpoint, key or model)",
     "reconnect_limit": "every reconnect attempt failed: the endpoint stayed unreachable or kept closing",
+    "reconnect_off": "reconnecting is switched off, so the first lost connection ended the session",
     "resend_limit": "a turn was re-sent the maximum number of times and never answered",
+    "response_timeout": "the last turn's answer never came within the response timeout",
     "greeting_unanswered": "the greeting got no answer: the session never started",
     "resume_rejected": "the server kept rejecting the resume (old connection still open?)",
 }
