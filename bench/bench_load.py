@@ -394,7 +394,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     rss = RssPeak()
 
-    async with Emulator(EmulatorConfig()) as emu:
+    async with Emulator(EmulatorConfig(profile="ideal")) as emu:  # ideal until the bridge-recovery issue lands
         def cfg(i: int) -> bridge.SessionConfig:
             settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context())
             return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=False, tail_s=TAIL_S,

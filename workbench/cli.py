@@ -63,9 +63,13 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                    help="websocket frames buffered unread before reading pauses (websockets max_queue)")
     p.add_argument("--close-timeout", type=float, default=5.0, help="websocket close handshake timeout, s")
     p.add_argument("--reply-s", type=float, default=1.0, help="emulator: length of each spoken answer, s")
+    p.add_argument("--profile", choices=["ideal", "real"], default="real",
+                   help="emulator: real (default) behaves like the Live API as the public record shows it (late "
+                        "pongs, barge-in, time limits, snapshot handles, strict input); ideal is the forgiving server")
     p.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]",
-                   help="emulator fault, repeatable: no-response[:TURN], stall[:S[@start]], close-1011[:S|mid-turn], "
-                        "go-away[:S], slow[:S], flood[:RATE] (see workbench emulator --help)")
+                   help="emulator fault, repeatable: no-response[:MODE][:TURN], stall[:S[@start]], "
+                        "close-1011[:S|mid-turn], go-away[:S], slow[:S], flood[:RATE], slow-pong[:S]; '@every' "
+                        "hits every connection (see workbench emulator --help)")
     p.add_argument("--naive", metavar="MODE", help="reproduce a naive-bridge mistake: receive-once, frame-count, "
                    "two-tasks (turns reconnect and the watchdog off unless asked for)")
     p.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
@@ -137,7 +141,7 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
             return await bridge.run_session(audio, cfg, out, progress=say)
         from .emulator import Emulator
 
-        async with Emulator(EmulatorConfig(reply_s=args.reply_s, faults=faults), port=0) as emu:
+        async with Emulator(EmulatorConfig(profile=args.profile, reply_s=args.reply_s, faults=faults), port=0) as emu:
             say(f"embedded emulator at {emu.base_url}")
             settings.base_url = emu.base_url
             settings.ssl_context = emu.client_ssl_context()
