@@ -566,7 +566,7 @@ def test_never_heard_is_said_when_other_turns_were_transcribed(tmp_path):
     s.turn(10.0, 12.0, audio_until=11.5).emit(SessionMark(t=25.0, what="end"))
     findings = diagnose.diagnose(s.done())
     f = one(findings, "no_response_after_activity_end")
-    assert f.t == pytest.approx(12.0015) and "never heard: no inputTranscription" in f.evidence
+    assert f.t == pytest.approx(12.0015) and "never heard: no inputTranscription for this activity" in f.evidence
     assert "heard_not_answered" not in codes(findings)
 
 
@@ -662,12 +662,30 @@ def test_lost_turn_after_resuming_an_older_snapshot(tmp_path):
 
 
 def test_duplicate_turn_from_a_resend_of_an_answered_turn(tmp_path):
-    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
-    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1: closed"), Ws(t=9.2, what="connect", detail="conn 2"),
+    """The snapshot the bridge resumed from (h2, issued after the answer) holds the turn: re-sending doubles it."""
+    s = Session(tmp_path).greeting().server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.server(8.0, "session_resumption_update", detail="resumable=True handle=h2")
+    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1: closed"),
+           Ws(t=9.2, what="connect", detail="conn 2, resumed with handle h2"),
            Client(t=9.2, action="resend", reason="closed", conn=2, turn=1, attempt=2))
     s.send(9.3, "activity_start").audio(9.4, 9.6).send(9.7, "activity_end").answer(10.0)
     f = one(diagnose.diagnose(s.done()), "duplicate_turn")
-    assert "turn 1 first sent on conn 1 at 4.01 s was answered at 7.50 s; re-sent on conn 2" in f.evidence
+    assert "turn 1 first sent on conn 1 at 4.01 s was answered at 7.50 s" in f.evidence
+    assert "resumed at 9.20 s with handle h2 from 8.00 s" in f.evidence
+
+
+def test_resend_of_a_turn_the_snapshot_does_not_hold_is_no_duplicate(tmp_path):
+    """Seen live (no-response:heard): the handle predates the turn, so the re-send is what keeps it."""
+    s = Session(tmp_path).greeting().server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).server(6.2, "input_transcription", text="hello")
+    s.emit(Ws(t=26.0, what="reconnect", detail="conn 1"),
+           Ws(t=26.2, what="connect", detail="conn 2, resumed with handle h1"),
+           Client(t=26.2, action="resend", reason="not_in_handle", conn=2, turn=1, attempt=2))
+    s.send(26.3, "activity_start").audio(26.4, 26.6).send(26.7, "activity_end").answer(27.0)
+    findings = diagnose.diagnose(s.done())
+    assert not {"duplicate_turn", "lost_turn"} & codes(findings)
+    assert one(findings, "heard_not_answered").severity == "warning"  # recovered by the re-send
 
 
 def test_duplicate_and_lost_turns_from_the_emulator_log(tmp_path):

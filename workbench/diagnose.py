@@ -720,7 +720,8 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
                 "'heard'): nothing in the recording points at the client; re-send the turn or prompt again"))
             continue
         if any_transcript and not cut:
-            evidence += "; never heard: no inputTranscription for this turn, while other turns were transcribed"
+            evidence += ("; never heard: no inputTranscription for this activity, while the session's others were "
+                         "transcribed")
         out.append(Finding(
             "no_response_after_activity_end", severity,
             f"no response to ActivityEnd at {_s(a.end_t)}" + recovered,
@@ -885,7 +886,7 @@ def close(c: Context) -> list[Finding]:
         elif code == 1008 and "not found" in reason:
             meaning = "the server does not know the model (1008 policy violation): check the model name"
         cut = [p for p in pings if p.outcome is PingOutcome.CUT and p.closed_t == t]
-        if cut:
+        if cut and code not in (1000, 1001):  # with pings every second one is nearly always in flight
             meaning += (f"; a keepalive ping sent {(t - cut[-1].t) * 1000:.0f} ms before the close was still in "
                         "flight: it was not unanswered and is not the cause")
         went = _between(_times(c.server_app, msg="go_away"), -math.inf, t)
@@ -1339,6 +1340,8 @@ def duplicate_or_lost_turns(c: Context) -> list[Finding]:
     """
     out = []
     tt = c.turns
+    handles = _handle_times(c)
+    resumes = _resumes(c)
     if tt is not None and len(tt):
         for row in tt[tt["attempt"] > 1].itertuples():
             prev = tt[(tt["turn"] == row.turn) & (tt["attempt"] == row.attempt - 1)]
@@ -1347,6 +1350,10 @@ def duplicate_or_lost_turns(c: Context) -> list[Finding]:
             p = prev.iloc[0]
             lo = float(p["activity_start"])
             hi = float(row.activity_start)
+            # Only a resumed snapshot taken after the first attempt reached the server holds the turn already.
+            resumed = [(t, h) for t, h in resumes if t <= hi]
+            if not resumed or (th := handles.get(resumed[-1][1])) is None or not th > float(p["activity_end"]):
+                continue
             why = None
             if bool(p["answered"]):
                 why = f"answered at {_s(float(p['turn_complete']))}"
@@ -1355,12 +1362,12 @@ def duplicate_or_lost_turns(c: Context) -> list[Finding]:
             if why is not None:
                 out.append(Finding(
                     "duplicate_turn", "error", f"turn {row.turn} re-sent after the server already had it",
-                    f"turn {row.turn} first sent on conn {int(p['conn'])} at {_s(lo)} was {why}; re-sent on conn "
-                    f"{int(row.conn)} at {_s(hi)}", hi,
-                    "a turn the server already consumed reached the model twice: re-send only turns the resumed "
+                    f"turn {row.turn} first sent on conn {int(p['conn'])} at {_s(lo)} was {why}; the connection "
+                    f"resumed at {_s(resumed[-1][0])} with handle {resumed[-1][1]} from {_s(th)}, after it; re-sent "
+                    f"on conn {int(row.conn)} at {_s(hi)}", hi,
+                    "a turn the resumed snapshot already holds reached the model twice: re-send only turns the "
                     "snapshot does not hold (transparent resumption's lastConsumedClientMessageIndex)"))
-        handles = _handle_times(c)
-        for t, handle in _resumes(c):
+        for t, handle in resumes:
             th = handles.get(handle)
             if th is None:
                 continue
