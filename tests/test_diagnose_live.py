@@ -27,17 +27,6 @@ pytestmark = pytest.mark.slow
 SHORT_S = 8.5  # the first answer (0.5-5.5 s) and the silence after it
 
 
-def _supported(*faults: str, **cfg: Any) -> bool:
-    """Whether this emulator knows the faults and config fields (they land with issue 12's emulator work)."""
-    try:
-        for f in faults:
-            parse_fault(f)
-        EmulatorConfig(**cfg)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 @dataclass
 class Run:
     result: bridge.SessionResult
@@ -70,20 +59,19 @@ async def _one(out: Path, samples: Any, faults: tuple[str, ...] = (), emu: dict[
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {
-    # the forgiving server, as today: nothing to report
-    "healthy-ideal": dict(emu=dict(profile="ideal")) if _supported(profile="ideal") else {},
-    # the real service's behaviours with the bridge's keepalive off (ping_timeout=None): no false alarm
-    "healthy-real": dict(emu=dict(profile="real"), ping_timeout_s=None),
-    # pongs 3 s late against a 2 s ping timeout: the client's own keepalive closes 1011
-    "late-pong": dict(faults=("slow-pong:3",), ping_timeout_s=2.0, reconnect=False, watchdog_s=None),
+    # the forgiving server, as before issue 12: nothing to report
+    "healthy-ideal": dict(emu=dict(profile="ideal")),
+    # the real service's behaviours over the whole bundled interview (three turns), with the bridge's default
+    # keepalive (no ping timeout: pongs come 8-30 s late): no false alarm
+    "healthy-real": dict(ping_timeout_s=None, seconds=None),
+    # pongs 6 s late against a 4 s ping timeout: the client's own keepalive closes 1011
+    "late-pong": dict(faults=("slow-pong:6",), ping_timeout_s=4.0, reconnect=False),
     # the server closes 1011 while a (late) ping is in flight: no unanswered ping, the server's close
     "close-during-ping": dict(faults=("slow-pong:5", "close-1011:3"), ping_timeout_s=20.0, reconnect=False),
-}
-RUNNABLE = {
-    "healthy-ideal": True,
-    "healthy-real": _supported(profile="real"),
-    "late-pong": _supported("slow-pong:3"),
-    "close-during-ping": _supported("slow-pong:5", "close-1011:3"),
+    # three of the five ways of not answering (the bridge recovers where it can)
+    "silent": dict(faults=("no-response:silent:1",), ping_timeout_s=None),
+    "heard": dict(faults=("no-response:heard:1",), ping_timeout_s=None),
+    "empty": dict(faults=("no-response:empty:1",), ping_timeout_s=None),
 }
 
 
@@ -91,46 +79,74 @@ RUNNABLE = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("diag-live")
     x, rate = sf.read(BUNDLED, dtype="int16")
-    samples = x[: int(SHORT_S * rate)]
 
     async def go(name: str) -> tuple[str, Run]:
-        return name, await _one(root / name, samples, **SCENARIOS[name])
+        kw = dict(SCENARIOS[name])
+        seconds = kw.pop("seconds", SHORT_S)
+        return name, await _one(root / name, x if seconds is None else x[: int(seconds * rate)], **kw)
 
     async def all_of() -> dict[str, Run]:
-        return dict(await asyncio.gather(*(go(n) for n, ok in RUNNABLE.items() if ok)))
+        return dict(await asyncio.gather(*(go(n) for n in SCENARIOS)))
 
     return asyncio.run(all_of())
 
 
-def _need(runs: dict[str, Run], name: str) -> Run:
-    if name not in runs:
-        pytest.skip(f"this emulator cannot run {name!r} yet")
-    return runs[name]
-
-
 @pytest.mark.parametrize("name", ["healthy-ideal", "healthy-real"])
 def test_healthy_session_gives_no_false_alarm(runs, name):
-    run = _need(runs, name)
+    run = runs[name]
     assert run.result.error is None, run.result.error
-    assert not run.alarms(), run.findings
-    assert [f.code for f in run.findings] == ["healthy"]
+    # loop lag depends on the shared machine's load (seven sessions share one loop here), not on the session
+    assert not [f for f in run.alarms() if f.code != "loop_lag"], run.findings
+    assert all(f.severity == "warning" for f in run.alarms())
+
+
+def test_healthy_real_session_notes_the_late_pongs(runs):
+    run = runs["healthy-real"]
+    notes = " ".join(f.evidence for f in run.findings)
+    assert "no ping timeout (ping_timeout=None), so late pongs close nothing" in notes
+    assert run.result.activities == 3 and run.result.unanswered == 0 and run.result.reconnects == 0
 
 
 def test_late_pong_is_blamed_on_the_keepalive_setting(runs):
-    run = _need(runs, "late-pong")
+    run = runs["late-pong"]
     cl = run.code("close")
     assert "1011" in cl.title and "keepalive" in cl.title
-    assert "late pong" in cl.cause and "stalled" not in cl.cause.replace("not stalled", "")
-    # the emulator did answer the pings: its log says how late
-    pongs = run.rec.path.joinpath("emulator.jsonl").read_text().count('"kind": "pong"')
-    assert pongs >= 1
+    assert cl.cause.startswith("client-side keepalive failure: late pong")
+    assert "stalled" not in cl.cause.replace("not stalled", "")
+    assert "late pong" in run.code("unanswered_pings").cause
+    # the server's side: it received the ping, and its pong was not due before the client gave up
+    log = run.rec.path.joinpath("emulator.jsonl").read_text()
+    assert '"direction": "in", "kind": "ping"' in log
 
 
 def test_server_close_during_a_ping_is_no_unanswered_ping(runs):
-    run = _need(runs, "close-during-ping")
+    run = runs["close-during-ping"]
     assert "unanswered_pings" not in run.codes(), run.findings
     cl = run.code("close")
     assert cl.cause.startswith("server internal error (1011 sent by the server)")
+    assert "still in flight: it was not unanswered" in cl.cause
     closes = run.rec.of_kind("ws")
-    closes = closes[closes["what"] == "close"]
-    assert (closes["closed_by"] == "server").all()
+    assert set(closes[closes["what"] == "close"]["closed_by"]) == {"server"}
+    assert run.code("gave_up").title == "the bridge gave up: reconnect_off"
+
+
+def test_silent_turn_is_never_heard(runs):
+    f = runs["silent"].code("no_response_after_activity_end")
+    assert "never heard" in f.evidence and "Failure A" in f.cause
+    assert "heard_not_answered" not in runs["silent"].codes()
+
+
+def test_heard_turn_is_told_from_a_silent_one(runs):
+    run = runs["heard"]
+    f = run.code("heard_not_answered")
+    assert "inputTranscription" in f.evidence
+    assert "no_response_after_activity_end" not in run.codes()
+    assert "duplicate_turn" not in run.codes()  # the resumed snapshot predates the turn: the re-send is needed
+    log = run.rec.path.joinpath("emulator.jsonl").read_text()
+    assert "no-response:heard" in log and '"direction": "violation", "kind": "duplicate_turn"' not in log
+
+
+def test_empty_answer_is_named(runs):
+    run = runs["empty"]
+    f = run.code("empty_answer")
+    assert f.severity in ("error", "warning") and "#2117" in f.cause
