@@ -696,3 +696,18 @@ def test_duplicate_and_lost_turns_from_the_emulator_log(tmp_path):
     findings = diagnose.diagnose(load(rec.path))
     assert "user turn 2 twice" in one(findings, "duplicate_turn").evidence
     assert "user turn 1 gone" in one(findings, "lost_turn").evidence
+
+
+def test_the_emulators_own_account_is_evidence(tmp_path):
+    """emulator.jsonl beside the recording: a noise activity left unanswered, a latency spike on a late answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(10.0, 12.0, audio_until=11.5)
+    rec = s.answer(19.0).done()
+    (rec.path / "emulator.jsonl").write_text(
+        '{"t": 6.0, "conn": 0, "direction": "out", "kind": "fault", '
+        '"detail": "no-response:noise: user turn 1 is not speech (-60 dBFS)"}\n'
+        '{"t": 12.0, "conn": 0, "direction": "out", "kind": "latency_spike", "detail": "7.000 s"}\n')
+    found = [f for f in diagnose.diagnose(load(rec.path)) if f.code == "no_response_after_activity_end"]
+    noise, late = sorted(found, key=lambda f: f.t)
+    assert "the emulator's log: fault no-response:noise: user turn 1" in noise.evidence
+    assert "took the activity for noise" in noise.cause
+    assert "answered late" in late.title and "the emulator's log: latency_spike 7.000 s" in late.evidence

@@ -680,7 +680,8 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
                 f"turnComplete at {_s(first[0])}, {first[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)}, "
                 "with no audio, text or tool call before it"
                 + (f"; the server heard the turn ({_quote(heard[0])})" if heard else "")
-                + (f"; the re-sent turn was answered at {_s(answered)}" if answered is not None else ""), a.end_t,
+                + (f"; the re-sent turn was answered at {_s(answered)}" if answered is not None else "")
+                + _emu_said(c, a.start_t, first[0]), a.end_t,
                 "the model ended its turn without saying anything (python-genai #2117): the user hears silence; "
                 "the turn counts as answered unless the bridge checks for content"))
             continue
@@ -696,6 +697,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
             if again:
                 evidence += (f"; the same transcript came again at {_s(again[0][0])} before the answer "
                              "(the 'late' pattern, gemini-live-api-examples #48)")
+            evidence += _emu_said(c, a.start_t, float(late[0]))
             out.append(Finding(
                 "no_response_after_activity_end", "warning", f"ActivityEnd at {_s(a.end_t)} answered late",
                 evidence, a.end_t, "slow model response"))
@@ -709,6 +711,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
         answered = _resent_answer(c, a.end_t)
         if answered is not None:
             evidence += f"; the bridge re-sent the turn on a new connection and it was answered at {_s(answered)}"
+        evidence += _emu_said(c, a.start_t, min(window, deadline))
         severity: Severity = "warning" if cut or answered is not None else "error"
         recovered = " (recovered by a re-send)" if answered else ""
         if heard:
@@ -729,6 +732,16 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
     return out
 
 
+def _emu_said(c: Context, lo: float, hi: float) -> str:
+    """What the emulator's log says it did on purpose in [lo, hi] (faults fired, latency spikes), as evidence."""
+    parts = []
+    for kind in ("fault", "latency_spike"):
+        for _, row in _emu(c, "out", kind).iterrows():
+            if lo <= float(row["t"]) <= hi:
+                parts.append(f"{kind} {_text(row, 'detail') or ''}".strip())
+    return "; the emulator's log: " + "; ".join(parts) if parts else ""
+
+
 def _quote(tr: tuple[float, str]) -> str:
     text = tr[1] if len(tr[1]) <= 40 else tr[1][:39] + "…"
     return f"{text!r} at {_s(tr[0])}"
@@ -747,6 +760,9 @@ def _why_no_response(c: Context, a: Activity, wire_responses: np.ndarray) -> str
         return f"{len(after)} audio chunk(s) followed ActivityEnd before the next ActivityStart"
     if not c.wire_sends:
         return "no wire tap: cannot tell whether ActivityEnd left the socket or the server stayed silent"
+    if "no-response:noise" in _emu_said(c, a.start_t, a.end_t + c.response_timeout_s):
+        return ("the server took the activity for noise (no speech in it) and did not answer (no-response "
+                "'noise'): check the turn detector's threshold against the noise floor")
     return (f"ActivityEnd left the socket at {_s(a.end_t)} after the turn's audio and the server sent no response: "
             "inference never triggered on the server side (Failure A); nothing in the recording points at the client")
 
