@@ -799,6 +799,9 @@ def test_emulator_flags_shape_the_config_and_run_demo_take_a_profile():
     assert main(["--connection-s", "-1"]) == 2
     assert cli.build_parser().parse_args(["demo"]).profile == "real"
     assert cli.build_parser().parse_args(["run", "--audio", "x.wav", "--profile", "ideal"]).profile == "ideal"
+    demo = cli.build_parser().parse_args(["demo", "--pong-delay", "9", "--connection-s", "12", "--seed", "3"])
+    assert (demo.pong_delay, demo.connection_s, demo.session_s, demo.seed) == (9.0, 12.0, None, 3)
+    assert cli.main(["demo", "--connection-s", "0"]) == 2  # one line, before anything starts
 
 
 def test_real_profile_core_never_raises_on_random_sessions():
@@ -837,3 +840,38 @@ def test_real_profile_core_never_raises_on_random_sessions():
         handle = next(iter(convs.handles), "none")
         second.receive(t + 11, setup_msg(sessionResumption={"handle": handle}))
         convs.all[0].lost_turns()
+
+
+def test_sdk_silent_and_noise_turns_get_nothing_and_media_chunks_close_1007():
+    async def main(spec: str, audio: bytes) -> tuple[list, Emulator]:
+        async with Emulator(EmulatorConfig(**FAST_REAL, faults=[parse_fault(spec)])) as emu:
+            async with sdk_client(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+                reader = Reader(session)
+                await session.send_realtime_input(activity_start=types.ActivityStart())
+                await session.send_realtime_input(audio=types.Blob(data=audio, mime_type="audio/pcm;rate=16000"))
+                await session.send_realtime_input(activity_end=types.ActivityEnd())
+                await asyncio.sleep(0.6)
+                await reader.stop()
+            return [m for _, m in reader.msgs], emu
+
+    silent, emu = run(main("no-response:silent", pcm(1)))
+    assert [m for m in silent if m.server_content or m.data] == [] and emu.turns_answered == 0
+    quiet, emu = run(main("no-response:noise", np.zeros(1600, np.int16).tobytes()))
+    assert [m for m in quiet if m.server_content or m.data] == []
+    assert any(e.kind == "fault" and "no speech" in (e.detail or "") for e in emu.log)
+
+    async def chunks() -> BaseException | None:
+        async with Emulator(EmulatorConfig(**FAST_REAL)) as emu:
+            try:
+                async with sdk_client(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+                    await session.send_realtime_input(activity_start=types.ActivityStart())
+                    with pytest.warns(DeprecationWarning):  # send() is how the SDK still sends mediaChunks
+                        await session.send(input=types.LiveClientRealtimeInput(
+                            media_chunks=[types.Blob(data=pcm(1), mime_type="audio/pcm;rate=16000")]))
+                    await session.receive().__anext__()
+            except errors.APIError as exc:
+                return exc
+        return None
+
+    err = run(chunks())
+    assert isinstance(err, errors.APIError) and err.code == 1007

@@ -66,6 +66,13 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["ideal", "real"], default="real",
                    help="emulator: real (default) behaves like the Live API as the public record shows it (late "
                         "pongs, barge-in, time limits, snapshot handles, strict input); ideal is the forgiving server")
+    p.add_argument("--seed", type=int, default=0, help="emulator: seed of its random draws (default 0)")
+    p.add_argument("--pong-delay", type=float, metavar="S", help="emulator: answer pings S seconds late "
+                   "(default: the profile's; real draws 8-30 s)")
+    p.add_argument("--connection-s", type=float, metavar="S", help="emulator: connection age limit, then goAway "
+                   "and close 1011 (default: the profile's; real 600)")
+    p.add_argument("--session-s", type=float, metavar="S", help="emulator: session time limit without context "
+                   "window compression (default: the profile's; real 900)")
     p.add_argument("--fault", action="append", default=[], metavar="NAME[:ARG]",
                    help="emulator fault, repeatable: no-response[:MODE][:TURN], stall[:S[@start]], "
                         "close-1011[:S|mid-turn], go-away[:S], slow[:S], flood[:RATE], slow-pong[:S]; '@every' "
@@ -127,6 +134,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     from .emulator import EmulatorConfig, parse_fault
 
     faults = [parse_fault(f) for f in args.fault]
+    behaviour = {name: value for name, value in (("pong_delay_s", args.pong_delay), ("connection_s",
+                 args.connection_s), ("session_s", args.session_s)) if value is not None}
+    emu_config = EmulatorConfig(profile=args.profile, seed=args.seed, reply_s=args.reply_s, faults=faults, **behaviour)
     if faults and (args.live or args.base_url):
         raise UsageError("--fault needs the embedded emulator (not --live or --base-url)")
     watchdog = (None if args.naive else 5.0) if args.watchdog is None else args.watchdog
@@ -141,7 +151,7 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
             return await bridge.run_session(audio, cfg, out, progress=say)
         from .emulator import Emulator
 
-        async with Emulator(EmulatorConfig(profile=args.profile, reply_s=args.reply_s, faults=faults), port=0) as emu:
+        async with Emulator(emu_config, port=0) as emu:
             say(f"embedded emulator at {emu.base_url}")
             settings.base_url = emu.base_url
             settings.ssl_context = emu.client_ssl_context()
