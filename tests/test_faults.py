@@ -21,10 +21,8 @@ from workbench import bridge, live
 from workbench.cli import BUNDLED
 from workbench.diagnose import Finding, diagnose
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.ledger import TurnLedger
 from workbench.naive import FrameCountDetector, check_mode
 from workbench.recording import Recording
-from workbench.sender import Outgoing
 from workbench.turns import TurnParams
 
 pytestmark = pytest.mark.slow
@@ -74,29 +72,6 @@ async def many(root: Path, jobs: dict[str, dict[str, Any]]) -> dict[str, Run]:
 
 
 # -- sans-I/O pieces --------------------------------------------------------------------------------------------
-
-def test_ledger_resends_unanswered_turns_in_order_and_fires_the_watchdog_once():
-    a = [Outgoing("activity_start"), Outgoing("audio", np.zeros(320, np.int16)), Outgoing("activity_end")]
-    b = [Outgoing("activity_start"), Outgoing("audio", np.ones(320, np.int16))]
-    led = TurnLedger(watchdog_s=2.0)
-    led.sent(live.TextTurn("hi"), 0.0)
-    led.server("turn_complete", 0.5)
-    for item in a:
-        led.sent(item, 1.0)
-    led.sent(live.ToolReply([]), 1.1)  # belongs to its connection: never re-sent
-    assert led.watchdog(2.9) is None
-    turn, waited = led.watchdog(3.0)
-    assert turn.n == 1 and waited == pytest.approx(2.0)
-    assert led.watchdog(10.0) is None  # once per connection
-    for item in b:
-        led.sent(item, 4.0)
-    assert led.resend() == a + b and led.pending == 1
-    assert led.reconnected(5.0) == a + b
-    assert led.watchdog(6.9) is None and led.watchdog(7.0) is not None  # timer restarted by the re-send
-    led.server("model_audio", 7.5)
-    assert led.server("turn_complete", 8.0).n == 1
-    assert led.resend() == b and led.pending == 0 and led.answered == 2
-
 
 def test_frame_count_detector_never_ends_a_turn_when_frames_stop():
     det = FrameCountDetector(TurnParams())

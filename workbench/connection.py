@@ -17,8 +17,11 @@ Rules (the why of each is beside the code):
   turns whose answer was complete (``generation_complete``, ``turn_complete`` or barge-in), so
   resuming with it neither repeats an answer the model already gave nor leaves a turn the
   model heard sitting unanswered in its context.  With ``lastConsumedClientMessageIndex``
-  (transparent resumption) the handle says which client messages it holds; without it a handle
-  is clean only when it arrives with nothing in flight (no open activity, no pending answer).
+  (transparent resumption) the handle says which client messages it holds; without it, every
+  turn closed before the handle arrived is held and an activity still open is not (a user turn
+  enters the context at its ActivityEnd), so a handle is clean when no closed turn awaits its answer.
+- An empty answer (``turn_complete`` with no content since the turn went out, python-genai #2117) is
+  no answer: the turn is re-sent from the last clean handle at once (its snapshot lacks the turn).
   After a resume every turn the handle does not hold is re-sent in full, in order; a turn it
   holds never is.  Without resumption (or without any clean handle) only unanswered turns go.
 - Bounded recovery.  A turn goes out at most ``1 + max_resends`` times (the greeting twice:
@@ -52,8 +55,9 @@ from .events import Client, Event, Watchdog
 from .ledger import LedgerTurn, TurnLedger
 
 # The client-message index the first message after ``setup`` gets on a connection, for comparing
-# with ``lastConsumedClientMessageIndex`` (the setup message is index 0).
-FIRST_INDEX = 1
+# with ``lastConsumedClientMessageIndex`` (counted per connection from 0, the setup not counted, as the
+# emulator does; the SDK documents only "index of last message sent by client that is included in state").
+FIRST_INDEX = 0
 
 
 class State(enum.Enum):
@@ -109,6 +113,7 @@ class Reason(enum.StrEnum):
     HEARD_BY_SERVER = "heard_by_server"
     NOT_IN_HANDLE = "not_in_handle"
     RESPONSE_TIMEOUT = "response_timeout"
+    EMPTY_ANSWER = "empty_answer"
     RECONNECT_OFF = "reconnect_off"
     INPUT_DONE = "input_done"
 
@@ -367,6 +372,10 @@ class ClientCore:
         turn, what = self.ledger.server(msg.kind, t)
         if what == "interrupted" and turn is not None:
             out.append(self._client(t, Act.INTERRUPTED, Reason.BARGE_IN, turn=turn.n, attempt=turn.sends))
+        if what == "answered" and turn is not None and turn.progress_t is None and self.config.recovers:
+            turn.answered_t = None  # nothing came: the turn is in the context, unanswered
+            return out + self._reconnect(t, Reason.EMPTY_ANSWER, f"turn_complete with no content for "
+                                         f"{'greeting' if turn.n == 0 else f'turn {turn.n}'}", turn=turn.n)
         if msg.kind == "session_resumption_update":
             self._handle_update(t, msg)
         elif msg.kind == "tool_call":
@@ -385,7 +394,8 @@ class ClientCore:
                 return out  # ride it out until the server closes
             if self.state == State.OPEN:
                 self._to(State.DRAINING)
-                self.go_away_deadline = t + max(0.0, left - self.config.go_away_margin_s)
+                # finish by timeLeft minus the margin, but keep at least half of a short timeLeft for it
+                self.go_away_deadline = t + max(left - self.config.go_away_margin_s, left / 2)
                 out.append(self._client(t, Act.DRAIN, Reason.GO_AWAY, detail=f"time left {left:g} s"))
         if self.state == State.DRAINING:
             out += self._maybe_switch(t)
@@ -439,9 +449,10 @@ class ClientCore:
             return
         here = [turn for turn in self.ledger.turns if turn.conn == self.conn and turn.indices]
         if msg.last_consumed is None:
-            if self.ledger.open is not None:
-                return  # the open activity may be partly in the snapshot: not clean
-            held, later = here, []
+            # Without the index: every closed turn sent so far is in the snapshot; an activity still open is
+            # not (a user turn enters the context at its ActivityEnd), so it is re-sent whole after a resume.
+            held = [turn for turn in here if turn.closed]
+            later = [turn for turn in here if not turn.closed]
         else:
             held = [turn for turn in here if turn.indices[0] <= msg.last_consumed]
             later = [turn for turn in here if turn.indices[0] > msg.last_consumed]
@@ -548,8 +559,8 @@ class ClientCore:
         return [self._client(t, Act.GIVE_UP, reason, turn=turn, attempt=attempt, detail=detail), self.gave_up]
 
     def _maybe_done(self, t: float) -> list[Action]:
-        if (self.input_done_t is not None and self.state == State.OPEN and not self.ledger.pending()
-                and self.ledger.open is None):
+        # an activity still open when the input ended (a detector that never closed it) cannot be answered
+        if self.input_done_t is not None and self.state == State.OPEN and not self.ledger.pending():
             self._to(State.DONE)
-            return [self._client(t, Act.CLOSE, Reason.INPUT_DONE, detail="every turn answered")]
+            return [self._client(t, Act.CLOSE, Reason.INPUT_DONE, detail="no answer pending")]
         return []
