@@ -711,3 +711,14 @@ def test_the_emulators_own_account_is_evidence(tmp_path):
     assert "the emulator's log: fault no-response:noise: user turn 1" in noise.evidence
     assert "took the activity for noise" in noise.cause
     assert "answered late" in late.title and "the emulator's log: latency_spike 7.000 s" in late.evidence
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    ("models/nope is not found for API version v1beta, or is not supported for bidiGenerateContent", "model name"),
+    ("Invalid session resumption handle.", "refused the resumption handle"),
+])
+def test_strict_input_1008_closes_are_named(tmp_path, reason, words):
+    s = Session(tmp_path).greeting()
+    s.emit(Ws(t=3.0, what="close", code=1008, reason=reason, conn=1, closed_by="server"))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert cl.severity == "error" and words in cl.cause

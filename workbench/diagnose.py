@@ -901,6 +901,9 @@ def close(c: Context) -> list[Finding]:
             meaning += f"; {stray} audio chunk(s) were sent outside an activity" if stray else ""
         elif code == 1008 and "not found" in reason:
             meaning = "the server does not know the model (1008 policy violation): check the model name"
+        elif code == 1008 and "resumption handle" in reason.lower():
+            meaning = ("the server refused the resumption handle (1008): expired (handles live 2 h) or not this "
+                       "session's; resume with the latest handle or start a new session")
         cut = [p for p in pings if p.outcome is PingOutcome.CUT and p.closed_t == t]
         if cut and code not in (1000, 1001):  # with pings every second one is nearly always in flight
             meaning += (f"; a keepalive ping sent {(t - cut[-1].t) * 1000:.0f} ms before the close was still in "
