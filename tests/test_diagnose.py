@@ -722,3 +722,13 @@ def test_strict_input_1008_closes_are_named(tmp_path, reason, words):
     s.emit(Ws(t=3.0, what="close", code=1008, reason=reason, conn=1, closed_by="server"))
     cl = one(diagnose.diagnose(s.done()), "close")
     assert cl.severity == "error" and words in cl.cause
+
+
+def test_a_turn_complete_owed_by_the_previous_answer_is_not_an_empty_answer(tmp_path):
+    """turnComplete waits for playback (livekit/agents #6421): the last answer's can land after the next turn."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k in range(5):
+        s.server(round(6.5 + 0.1 * k, 3), "model_audio", n_samples=2400)
+    s.turn(7.5, 9.0, audio_until=8.5).server(9.2, "turn_complete").answer(9.6)
+    findings = diagnose.diagnose(s.done())
+    assert "empty_answer" not in codes(findings) and [f.code for f in findings] == ["healthy"]

@@ -664,14 +664,19 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
     completes = _times(c.server_app, msg="turn_complete")
     interrupts = _times(c.server_app, msg="interrupted")
     any_transcript = bool(len(_select(c.server_app, "server", msg="input_transcription")))
+    prev_end: float | None = None
     for a in c.activities:
         if a.end_t is None:
             continue
+        # An earlier answer still owing its turnComplete (it waits for playback) owns the next one.
+        owed = prev_end is not None and _between(content, prev_end, a.end_t).size > 0 \
+            and not _between(completes, prev_end, a.end_t).size
+        prev_end = a.end_t
         deadline = a.end_t + c.response_timeout_s
         window = min(a.next_start_t, c.end_t + 1e-9)
         heard = _transcripts(c, a.start_t, window)
         first = _between(responses, a.end_t, a.next_start_t, closed_hi=False)
-        if first.size and first[0] in completes and not _between(content, a.end_t, first[0]).size \
+        if first.size and first[0] in completes and not owed and not _between(content, a.end_t, first[0]).size \
                 and not _between(interrupts, a.end_t, first[0]).size:
             answered = _resent_answer(c, a.end_t)
             out.append(Finding(
@@ -1334,8 +1339,10 @@ def late_answer_masks_next_turn(c: Context) -> list[Finding]:
         tr_a = _transcripts(c, a.start_t, b.start_t)
         tr_b = _transcripts(c, b.start_t, min(b.next_start_t, c.end_t + 1e-9))
         repeat = [x for x in tr_b if tr_a and x[1] == tr_a[0][1]]
+        spoke = _between(_times(c.server_app, msg=CONTENT_KINDS), a.end_t, b.start_t)
         evidence = (f"turn ending {_s(a.end_t)} got no turnComplete before the next ActivityStart at "
-                    f"{_s(b.start_t)}; the only turnComplete after it came at {_s(after_b[0])}, "
+                    f"{_s(b.start_t)}" + (f" (its answer began at {_s(spoke[0])})" if spoke.size else "")
+                    + f"; the only turnComplete after it came at {_s(after_b[0])}, "
                     f"{after_b[0] - a.end_t:.1f} s after the first turn's ActivityEnd; two turns were waiting, one "
                     f"answer came: the turn ending {_s(b.end_t)} got none")
         if repeat:
