@@ -116,7 +116,7 @@ def test_no_server_frame_while_an_answer_is_due_is_a_dead_connection():
 
 
 def test_greeting_is_retried_once_then_the_mic_opens_and_user_turns_are_not_its_resends():
-    c = up(greeting=False)
+    c = up(RecoveryConfig(heard_timeout_s=5.0), greeting=False)  # a text turn waits as long as a heard one
     c.send(0.1, live.TextTurn("hi"))
     assert isinstance(c.tick(5.1)[-1], Connect)
     a = c.opened(5.2, 2)
@@ -294,8 +294,11 @@ def sdk_parse(payload: dict[str, Any]) -> types.LiveServerMessage:
 class Pair:
     """A client core and the emulator's connection cores, moving JSON dicts on a 10 ms clock; no socket."""
 
-    def __init__(self, emu_config: emu.EmulatorConfig, recovery: RecoveryConfig | None = None) -> None:
+    def __init__(self, emu_config: emu.EmulatorConfig, recovery: RecoveryConfig | None = None,
+                 transparent: bool = False) -> None:
         self.cfg = emu_config
+        self.transparent = transparent
+        self.all_conversations: list[emu.Conversation] = []
         self.client = ClientCore(recovery)
         self.conversations: dict[str, emu.Conversation] = {}
         self.conv_ids = itertools.count(1)
@@ -308,7 +311,9 @@ class Pair:
         self.act(self.client.start(0.0))
 
     def new_conversation(self) -> emu.Conversation:
-        return emu.Conversation(id=next(self.conv_ids))
+        conv = emu.Conversation(id=next(self.conv_ids))
+        self.all_conversations.append(conv)
+        return conv
 
     def act(self, actions: list[Any]) -> None:
         for a in actions:
@@ -331,11 +336,14 @@ class Pair:
         faults = [f for f in self.cfg.faults if f.every_connection or n == 0]
         self.server = emu.SessionCore(self.cfg, n, self.conversations, self.new_conversation, faults)
         self.servers.append(self.server)
-        setup: dict[str, Any] = {"model": f"models/{live.DEFAULT_MODEL}", "realtimeInputConfig": {"automaticActivityDetection":
-                                                                             {"disabled": True}},
-                                 "sessionResumption": {"handle": a.handle} if a.handle else {},
-                                 "tools": [{"functionDeclarations": [{"name": "next_question"}]}],
-                                 "inputAudioTranscription": {}, "outputAudioTranscription": {}}
+        setup: dict[str, Any] = {
+            "model": f"models/{live.DEFAULT_MODEL}",
+            "realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}},
+            "sessionResumption": {**({"handle": a.handle} if a.handle else {}),
+                                  **({"transparent": True} if self.transparent else {})},
+            "tools": [{"functionDeclarations": [{"name": "next_question"}]}],
+            "inputAudioTranscription": {}, "outputAudioTranscription": {},
+        }
         self.awaiting = a
         self.from_server(self.server.receive(self.t, {"setup": setup}))
 
@@ -373,9 +381,16 @@ class Pair:
                 self.from_server(self.server.tick(self.t))
             self.act(self.client.tick(self.t))
 
+    def end(self) -> None:
+        """The client hangs up (so the emulator can judge lost turns: final contexts only once all are closed)."""
+        if self.server is not None:
+            self.server.connection_lost(self.t, "1000 client closed")
+            self.server = None
+
     @property
     def violations(self) -> list[emu.Violation]:
-        return [v for s in self.servers for v in s.violations]
+        return [v for s in self.servers for v in s.violations] + [
+            v for conv in self.all_conversations for v in conv.lost_turns()]
 
 
 def script(*starts: float) -> dict[float, list[Any]]:
@@ -388,6 +403,7 @@ def test_pair_three_turns_answered_once_with_no_violation():
     p.run_until(12.0, script(3.0, 6.0, 9.0))
     p.act(p.client.input_done(p.t))
     p.run_until(20.0)
+    p.end()
     assert p.client.state == State.DONE and p.violations == []
     assert p.client.ledger.answered == 4 and p.client.reconnects == 0
 
@@ -398,6 +414,7 @@ def test_pair_close_mid_answer_resumes_and_re_sends_only_the_cut_turn():
     p.run_until(12.0, script(3.0, 6.0))
     p.act(p.client.input_done(p.t))
     p.run_until(30.0)
+    p.end()
     assert p.client.state == State.DONE and p.violations == []
     resends = [(e.turn, e.attempt) for e in p.records if isinstance(e, Client) and e.action == "resend"]
     assert resends == [(1, 2)]
@@ -413,3 +430,29 @@ def test_pair_server_that_never_answers_ends_in_a_bounded_give_up():
     p.run_until(60.0, script(2.0))
     assert p.client.gave_up == GiveUp("resend_limit", "turn 1 unanswered after 3 sends")
     assert p.t < 2.5 + 3 * 5.0 + 1.0  # three sends, a watchdog each
+
+
+def test_failed_connects_are_retried_with_backoff_then_bounded():
+    c = up(RecoveryConfig(max_connect_attempts=3))
+    c.lost(1.0, 1, Reason.CLOSED, "1006")
+    delays = [c.connect_failed(1.0 + i, c.conn, 1011, "still open")[-1] for i in range(3)]
+    assert [d.delay_s for d in delays] == [0.25, 0.5, 0.75] and c.reconnects == 1  # retries, not new reconnects
+    assert c.connect_failed(5.0, c.conn, 1011, "still open")[-1].reason == "connect_failed"
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+def test_pair_snapshot_handles_exactly_once_across_repeated_closes(transparent):
+    # every connection closes 1011 4 s after its setup: turns are cut at every stage, handles are taken with a
+    # turn open, unanswered or answered; the emulator judges duplicates and losses
+    faults = [parse_fault("close-1011:4@every")]
+    p = Pair(emu.EmulatorConfig(faults=faults), RecoveryConfig(max_reconnects=20), transparent=transparent)
+    p.run_until(1.0, {0.2: [live.TextTurn("hi")]})
+    p.run_until(40.0, script(3.0, 6.0, 9.0))
+    p.act(p.client.input_done(p.t))
+    p.run_until(80.0)
+    p.end()
+    assert [v.rule for v in p.violations] == []
+    assert p.client.state == State.DONE and p.client.reconnects >= 5
+    assert all(t.answered for t in p.client.ledger.turns)
+    if transparent:
+        assert any(s.transparent for s in p.servers)

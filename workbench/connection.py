@@ -26,11 +26,16 @@ Rules (the why of each is beside the code):
   holds never is.  Without resumption (or without any clean handle) only unanswered turns go.
 - Bounded recovery.  A turn goes out at most ``1 + max_resends`` times (the greeting twice:
   after that the core stops waiting for it and the mic opens); at most ``max_reconnects``
-  connects in any ``reconnect_window_s``; then ``GiveUp`` with the reason.
+  reconnects in any ``reconnect_window_s``, each tried at most ``max_connect_attempts`` times in a
+  row (a resume rejected because the server still counts the old connection open is retried
+  later); then ``GiveUp`` with the reason.
 - Watchdog and dead connection.  An answer is due from the moment a turn's closing message
   goes out on a connection.  No response for ``watchdog_s``: reconnect and re-send.  If the
   server showed it heard the turn (its input transcription) the core waits longer, up to
-  ``heard_timeout_s`` (a latency spike is not a dead session).  No server frame at all for
+  ``heard_timeout_s`` (a latency spike is not a dead session); so does the greeting, a text turn
+  that never gets a transcription.  After ``generation_complete`` only ``turn_complete`` is
+  missing, which waits for the answer's playback: the core waits that long plus ``watchdog_s``,
+  then counts the turn answered.  No server frame at all for
   ``dead_connection_s`` while an answer is due: the connection is dead (this, not keepalive
   pongs, which the real service sends 8-30 s late, finds a stalled server).
 - goAway.  Finish the answer in flight and wait for a clean handle that holds it, until
@@ -114,6 +119,7 @@ class Reason(enum.StrEnum):
     NOT_IN_HANDLE = "not_in_handle"
     RESPONSE_TIMEOUT = "response_timeout"
     EMPTY_ANSWER = "empty_answer"
+    ANSWER_COMPLETE = "answer_complete"
     RECONNECT_OFF = "reconnect_off"
     INPUT_DONE = "input_done"
 
@@ -135,6 +141,7 @@ class Incoming:
     time_left_s: float | None = None  # go_away
     calls: tuple[tuple[str, str, dict[str, Any]], ...] = ()  # tool_call: (id, name, args)
     call_ids: tuple[str, ...] = ()  # tool_call_cancellation
+    audio_s: float = 0.0  # model_audio: seconds of audio in the message
 
 
 # -- what the core asks for -----------------------------------------------------------------------
@@ -197,6 +204,7 @@ class RecoveryConfig:
     max_resends: int = 2  # re-sends of one user turn (the greeting: 1)
     max_reconnects: int = 5  # connects after the first, in any window of...
     reconnect_window_s: float = 60.0
+    max_connect_attempts: int = 6  # failed connects in a row (backed off 0.25 s, 0.5 s, ... up to 2 s) per reconnect
     go_away_margin_s: float = 5.0  # switch this long before goAway's timeLeft runs out
     response_timeout_s: float = 10.0  # after input ends, when no watchdog can recover: stop waiting
     resume: bool = True  # resume with handles (else every connection starts a new conversation)
@@ -330,7 +338,11 @@ class ClientCore:
         elif handle is not None and code == 1008:
             reason = Reason.HANDLE_INVALID  # expired or unknown: start a new conversation instead
             self.clean = None
-        return self._reconnect(t, reason, why, delay_s=min(2.0, 0.25 * self.connect_failures))
+        if self.connect_failures > self.config.max_connect_attempts:
+            return self._give_up(t, Reason.CONNECT_FAILED, f"{self.connect_failures} connect attempts failed; "
+                                                            f"last: {reason.value}: {why}")
+        # a retry of the same reconnect: backed off, bounded by max_connect_attempts, not by the reconnect window
+        return self._reconnect(t, reason, why, delay_s=min(2.0, 0.25 * self.connect_failures), retry=True)
 
     def lost(self, t: float, conn: int, reason: Reason, detail: str) -> list[Action]:
         """Connection ``conn`` closed or a send on it failed (``reason``: closed | send_failed)."""
@@ -369,7 +381,7 @@ class ClientCore:
             return []
         self.last_server_t = t
         out: list[Action] = []
-        turn, what = self.ledger.server(msg.kind, t)
+        turn, what = self.ledger.server(msg.kind, t, audio_s=msg.audio_s)
         if what == "interrupted" and turn is not None:
             out.append(self._client(t, Act.INTERRUPTED, Reason.BARGE_IN, turn=turn.n, attempt=turn.sends))
         if what == "answered" and turn is not None and turn.progress_t is None and self.config.recovers:
@@ -466,11 +478,17 @@ class ClientCore:
     def _deadlines(self, head: LedgerTurn) -> list[tuple[float, Reason]]:
         cfg = self.config
         assert head.due_t is not None
+        if head.generated_t is not None:
+            # The answer is complete in the context; turn_complete follows its playback time (livekit/agents
+            # #6421).  Past that and a watchdog period, stop waiting for it: answered, nothing to re-send.
+            return [(head.generated_t + head.audio_s + (cfg.watchdog_s or cfg.response_timeout_s),
+                     Reason.ANSWER_COMPLETE)]
         since = max(head.due_t, head.progress_t or head.due_t)
         out: list[tuple[float, Reason]] = []
         if cfg.watchdog_s is not None:
-            out.append((since + (cfg.heard_timeout_s if head.heard_t is not None else cfg.watchdog_s),
-                        Reason.WATCHDOG))
+            # a text turn (the greeting) never gets an input transcription: it waits as long as a heard turn
+            patient = head.heard_t is not None or head.n == 0
+            out.append((since + (cfg.heard_timeout_s if patient else cfg.watchdog_s), Reason.WATCHDOG))
             if head.heard_t is not None and not head.waited_longer:
                 out.append((since + cfg.watchdog_s, Reason.HEARD_BY_SERVER))
         if cfg.dead_connection_s is not None and self.config.reconnect:
@@ -491,6 +509,10 @@ class ClientCore:
         _, reason = due[0]
         waited = t - max(head.due_t, head.progress_t or head.due_t)
         what = "greeting" if head.n == 0 else f"turn {head.n}"
+        if reason == Reason.ANSWER_COMPLETE:
+            head.answered_t = t
+            return [self._client(t, Act.SKIP_RESEND, Reason.ANSWER_COMPLETE, turn=head.n, attempt=head.sends,
+                                 detail=f"generation complete, no turn_complete {waited:.1f} s later")]
         if reason == Reason.HEARD_BY_SERVER:
             head.waited_longer = True
             return [self._client(t, Act.WAIT_LONGER, Reason.HEARD_BY_SERVER, turn=head.n, attempt=head.sends,
@@ -530,10 +552,10 @@ class ClientCore:
         return []
 
     def _reconnect(self, t: float, reason: Reason, detail: str, delay_s: float = 0.0,
-                   turn: int | None = None) -> list[Action]:
+                   turn: int | None = None, retry: bool = False) -> list[Action]:
         if not self.config.reconnect:
             return self._give_up(t, Reason.RECONNECT_OFF, f"{reason.value}: {detail}")
-        limited = self._limits(t) if reason != Reason.GO_AWAY else None
+        limited = self._limits(t) if reason != Reason.GO_AWAY and not retry else None
         if limited is not None:
             if self.finished or reason == Reason.WATCHDOG:
                 return limited + self._maybe_done(t)  # gave up, or dropped the greeting on a working connection
@@ -541,11 +563,12 @@ class ClientCore:
         window = self.config.reconnect_window_s
         while self.connects and self.connects[0] <= t - window:
             self.connects.popleft()
-        if len(self.connects) >= self.config.max_reconnects:
-            return self._give_up(t, Reason.RECONNECT_LIMIT,
-                                 f"{len(self.connects)} reconnects in {window:g} s; last: {reason.value}: {detail}")
-        self.connects.append(t)
-        self.reconnects += 1
+        if not retry:
+            if len(self.connects) >= self.config.max_reconnects:
+                return self._give_up(t, Reason.RECONNECT_LIMIT,
+                                     f"{len(self.connects)} reconnects in {window:g} s; last: {reason.value}: {detail}")
+            self.connects.append(t)
+            self.reconnects += 1
         self._to(State.CONNECTING)
         self.conn += 1
         handle = self.connect_handle = self._resume_handle()

@@ -36,6 +36,7 @@ class LedgerTurn:
     progress_t: float | None = None  # last generation message for it on ``conn``
     generated_t: float | None = None  # generation_complete for it
     answered_t: float | None = None  # turn_complete (or interrupted) for it
+    audio_s: float = 0.0  # model audio of its answer so far, seconds (turn_complete waits for its playback)
     interrupted: bool = False
     sends: int = 0  # connections its messages went out on (1 + re-sends)
     dropped: bool = False  # the core stopped waiting for it (greeting retried once)
@@ -60,6 +61,7 @@ class LedgerTurn:
         self.indices = list(range(first_index, first_index + len(self.items)))
         self.due_t = t if self.closed else None
         self.heard_t = self.progress_t = self.generated_t = self.answered_t = None
+        self.audio_s = 0.0
         self.interrupted = self.waited_longer = False
         self.sends += 1
 
@@ -104,8 +106,9 @@ class TurnLedger:
         """The oldest closed turn without its answer: the one server messages are about."""
         return next((turn for turn in self.turns if turn.closed and not turn.answered), None)
 
-    def server(self, kind: str, t: float) -> tuple[LedgerTurn | None, str | None]:
-        """A server message of ``kind`` at ``t``: (the turn it concerns, what it did: answered|interrupted|None)."""
+    def server(self, kind: str, t: float, audio_s: float = 0.0) -> tuple[LedgerTurn | None, str | None]:
+        """A server message of ``kind`` at ``t`` (``audio_s`` of model audio): (the turn it concerns, what it
+        did: answered|interrupted|None)."""
         if kind == "turn_complete" and self._swallow_turn_complete:
             self._swallow_turn_complete = False
             return None, None
@@ -116,6 +119,7 @@ class TurnLedger:
             turn.heard_t = turn.heard_t or t
         elif kind in PROGRESS_KINDS:
             turn.progress_t = t
+            turn.audio_s += audio_s
             if kind == "generation_complete":
                 turn.generated_t = t
         elif kind == "interrupted":

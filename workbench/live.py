@@ -23,6 +23,7 @@ from .connection import Incoming
 from .events import Error, Event, Sent, Server
 from .sender import Outgoing
 
+MODEL_RATE = 24_000  # the Live API's audio out
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 SYSTEM_INSTRUCTION = (
     "You are a friendly job interviewer. Ask one short question at a time and wait for the candidate's answer."
@@ -324,7 +325,8 @@ def incoming(msg: types.LiveServerMessage) -> list[Incoming]:
         if sc.input_transcription and sc.input_transcription.text:
             out.append(Incoming("input_transcription"))
         if sc.model_turn and sc.model_turn.parts:
-            out.append(Incoming("model_audio"))
+            n = sum(len(p.inline_data.data) // 2 for p in sc.model_turn.parts if p.inline_data and p.inline_data.data)
+            out.append(Incoming("model_audio", audio_s=n / MODEL_RATE))
         if sc.output_transcription and sc.output_transcription.text:
             out.append(Incoming("output_transcription"))
         if sc.interrupted:
