@@ -598,7 +598,8 @@ def test_late_answer_masks_failure_a_on_the_next_turn(tmp_path):
     findings = diagnose.diagnose(s.emit(SessionMark(t=30.0, what="end")).done())
     f = one(findings, "late_answer_masks_next_turn")
     assert f.severity == "error" and f.t == pytest.approx(22.0015)
-    assert "the only turnComplete after it came at 23.50 s" in f.evidence and "got none" in f.evidence
+    assert "the turnComplete at 23.50 s, 17.5 s after its ActivityEnd, paid it" in f.evidence
+    assert "got none" in f.evidence
     assert "transcript came again at 22.30 s" in f.evidence
     assert one(findings, "heard_not_answered").t == pytest.approx(6.0015)  # the first turn, on its own window
 
@@ -732,3 +733,55 @@ def test_a_turn_complete_owed_by_the_previous_answer_is_not_an_empty_answer(tmp_
     s.turn(7.5, 9.0, audio_until=8.5).server(9.2, "turn_complete").answer(9.6)
     findings = diagnose.diagnose(s.done())
     assert "empty_answer" not in codes(findings) and [f.code for f in findings] == ["healthy"]
+
+
+# -- regressions seen on the real profile (tests/test_recovery.py's sessions, diagnosed) ----------------------------
+
+
+def test_answers_interrupted_by_each_next_turn_mask_nothing(tmp_path):
+    """Barge-in: each answer's turnComplete comes after the next ActivityStart, yet every turn has its own."""
+    s = Session(tmp_path).greeting()
+    for start, end in ((4.0, 6.0), (9.0, 11.0), (14.0, 16.0)):
+        s.turn(start, end, audio_until=end - 0.5)
+        for k in range(3):
+            s.server(round(end + 0.5 + 0.1 * k, 3), "model_audio", n_samples=2400)
+        if start < 14.0:
+            s.server(end + 3.02, "interrupted").server(end + 3.03, "turn_complete")  # at the next ActivityStart
+    s.server(18.0, "turn_complete")
+    findings = diagnose.diagnose(s.done())
+    assert "late_answer_masks_next_turn" not in codes(findings), findings
+    assert len([f for f in diagnose.barge_in(context(load(s.rec.dir)))]) == 2
+
+
+def test_a_turn_re_sent_back_to_back_is_heard_after_the_next_activity_start(tmp_path):
+    """A re-send writes turn 1 whole, then opens turn 2 at once: turn 1's transcript lands in turn 2's start."""
+    s = Session(tmp_path).greeting()
+    s.send(4.0, "activity_start").audio(4.01, 4.02).send(4.03, "activity_end").send(4.04, "activity_start")
+    s.server(4.25, "input_transcription", text="turn one").audio(4.1, 6.0).send(6.5, "activity_end")
+    s.server(6.7, "input_transcription", text="turn two").emit(SessionMark(t=20.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    first = [f for f in findings if f.t is not None and abs(f.t - 4.0305) < 0.01]
+    assert [f.code for f in first] == ["heard_not_answered"] and "'turn one' at 4.25 s" in first[0].evidence
+
+
+def test_a_turn_re_sent_after_several_rejected_resumes_is_not_lost(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k, t in enumerate((9.0, 10.0, 11.0), start=2):
+        s.emit(Ws(t=t, what="reconnect", detail=f"conn {k - 1}"), Ws(t=t + 0.1, what="connect", detail=f"conn {k}"))
+    # the user starts the next turn while the resumes are rejected: the re-send comes after that speech
+    s.emit(Vad(t=9.5, decision="speech_start", reason="level", media_t=9.5))
+    s.emit(Client(t=11.1, action="resend", reason="closed", conn=4, turn=1, attempt=2))
+    s.send(11.2, "activity_start").audio(11.3, 11.5).send(11.6, "activity_end").answer(12.0)
+    f = one(diagnose.diagnose(s.done()), "reconnects")
+    assert f.severity == "info" and "no user turn lost" in f.title
+
+
+def test_frames_stopping_in_a_turn_cut_by_a_reconnect_are_not_failure_b(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 7.0)
+    s.emit(Vad(t=4.0, decision="speech_start", reason="level", media_t=4.0))
+    s.send(4.01, "activity_start").audio(4.02, 7.0)
+    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1"), Ws(t=9.1, what="connect", detail="conn 2"))
+    s.send(9.2, "setup").send(9.3, "activity_start").audio(9.31, 9.4)
+    s.emit(Vad(t=9.5, decision="speech_end", reason="silence", media_t=7.0)).send(9.5, "activity_end").answer(10.0)
+    findings = diagnose.diagnose(s.done())
+    assert not [f for f in findings if f.code == "frames_stopped_in_turn" and f.severity == "error"], findings

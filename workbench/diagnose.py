@@ -472,11 +472,12 @@ def no_activity_end(c: Context) -> list[Finding]:
         audio = (f"{a.n_audio} audio chunks sent {_s(a.first_audio_t)}–{_s(a.last_audio_t)}"
                  if a.n_audio and a.first_audio_t is not None and a.last_audio_t is not None else "no audio sent")
         where = "before the next ActivityStart" if a.next_start_t < math.inf else "before the session ended"
+        why = _why_no_end(c, a.start_t, until)
         out.append(Finding(
-            "no_activity_end", "error", f"ActivityStart at {_s(a.start_t)} was never followed by ActivityEnd",
+            "no_activity_end", "warning" if why.startswith(CLOSED_FIRST) else "error",
+            f"ActivityStart at {_s(a.start_t)} was never followed by ActivityEnd",
             f"ActivityStart at {_s(a.start_t)}; {audio}; no ActivityEnd {where} at {_s(until)} "
-            f"({until - a.start_t:.1f} s open)",
-            a.start_t, _why_no_end(c, a.start_t, until)))
+            f"({until - a.start_t:.1f} s open)", a.start_t, why))
     vad = _select(c.events, "vad")
     starts = _times(vad, decision="speech_start")
     ends = _times(vad, decision="speech_end")
@@ -494,6 +495,9 @@ def no_activity_end(c: Context) -> list[Finding]:
     return out
 
 
+CLOSED_FIRST = "the connection closed"  # how a cause that blames the close (not the turn's own path) begins
+
+
 def _why_no_end(c: Context, start: float, until: float) -> str:
     ends = _times(_select(c.events, "vad"), decision="speech_end")
     decided = _between(ends, start, until)
@@ -501,7 +505,7 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
     tried = [float(x[0]) for x in (decided, app_end) if x.size]
     gone = _closed_before(c, start, min(tried)) if tried else None
     if gone is not None:
-        return (f"the connection closed at {_s(gone.t)} ({gone.code} '{gone.reason}', closed by {gone.by}) before "
+        return (f"{CLOSED_FIRST} at {_s(gone.t)} ({gone.code} '{gone.reason}', closed by {gone.by}) before "
                 f"the turn ended at {_s(min(tried))}: the ActivityEnd had no open socket to go to, so the close is the "
                 "cause, not the send path (see close)")
     if decided.size:
@@ -553,6 +557,8 @@ def frames_stopped_in_turn(c: Context) -> list[Finding]:
     min_s = c.silence_ms / 1000.0
     gaps = _frame_gaps(c, min_s)
     for a in c.activities:
+        if a.cut_t is not None:
+            continue  # its connection was replaced mid-turn: the re-sent activity carries the turn
         until = a.end_t if a.end_t is not None else min(a.next_start_t, c.end_t)
         for g0, g1, resumed in gaps:
             if not (g0 < until and g1 > a.start_t):
@@ -674,7 +680,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
         prev_end = a.end_t
         deadline = a.end_t + c.response_timeout_s
         window = min(a.next_start_t, c.end_t + 1e-9)
-        heard = _transcripts(c, a.start_t, window)
+        heard = _transcripts(c, a.start_t, _heard_until(c, a))
         first = _between(responses, a.end_t, a.next_start_t, closed_hi=False)
         if first.size and first[0] in completes and not owed and not _between(content, a.end_t, first[0]).size \
                 and not _between(interrupts, a.end_t, first[0]).size:
@@ -694,7 +700,8 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
             continue
         late = _between(responses, deadline, a.next_start_t, closed_hi=False)
         if late.size:
-            again = [x for x in heard if x[0] > heard[0][0] and x[1] == heard[0][1]] if heard else []
+            upto = _transcripts(c, a.start_t, float(late[0]) + 1e-9)
+            again = [x for x in upto if x[0] > heard[0][0] and x[1] == heard[0][1]] if heard else []
             evidence = (f"first response {late[0] - a.end_t:.1f} s after ActivityEnd at {_s(a.end_t)} "
                         f"(timeout {c.response_timeout_s:g} s)")
             if heard:
@@ -745,6 +752,20 @@ def _emu_said(c: Context, lo: float, hi: float) -> str:
             if lo <= float(row["t"]) <= hi:
                 parts.append(f"{kind} {_text(row, 'detail') or ''}".strip())
     return "; the emulator's log: " + "; ".join(parts) if parts else ""
+
+
+def _heard_until(c: Context, a: Activity) -> float:
+    """Where an activity's inputTranscription may still arrive: it comes after the ActivityEnd, so a turn
+    re-sent back to back with the next one is transcribed after the next ActivityStart, but never after
+    the next activity's own end (then the transcript is the next one's)."""
+    assert a.end_t is not None
+    nxt = next((b for b in c.activities if b.start_t >= a.end_t and b is not a), None)
+    hi = a.end_t + c.response_timeout_s
+    if nxt is not None and nxt.end_t is not None:
+        hi = min(hi, nxt.end_t)
+    elif nxt is not None:
+        hi = min(hi, max(nxt.start_t, a.end_t + 1.0))
+    return min(hi, c.end_t + 1e-9)
 
 
 def _quote(tr: tuple[float, str]) -> str:
@@ -1099,7 +1120,7 @@ def reconnects(c: Context) -> list[Finding]:
         for a in c.activities:
             if a.end_t is None or not prev <= a.end_t < r:
                 continue
-            if not _between(responses, a.end_t, r).size and not resent:
+            if not _between(responses, a.end_t, r).size and not resent and not _sent_again(c, a):
                 lost.append(f"ActivityEnd at {_s(a.end_t)} unanswered before the reconnect at {_s(r)} and not re-sent")
     audio_t = _times(c.sends, msg=("audio", "activity_start"))
     ends = _times(_select(c.events, "vad"), decision="speech_end")
@@ -1114,6 +1135,18 @@ def reconnects(c: Context) -> list[Finding]:
                         evidence + "; " + "; ".join(lost), again[0],
                         "turns in flight when the connection dropped must be re-sent after resuming")]
     return [Finding("reconnects", "info", f"{len(again)} reconnect(s), no user turn lost", evidence, again[0])]
+
+
+def _sent_again(c: Context, a: Activity) -> bool:
+    """The turn table shows a later attempt of the turn this activity carried (the client core re-sent it)."""
+    tt = c.turns
+    if tt is None or not len(tt) or a.end_t is None:
+        return False
+    row = tt[(tt["activity_end"] - a.end_t).abs() < 5e-3]
+    if not len(row):
+        return False
+    turn, attempt = row["turn"].iloc[0], row["attempt"].iloc[0]
+    return bool(((tt["turn"] == turn) & (tt["attempt"] > attempt)).any())
 
 
 FLOOD_PER_S = 25.0  # server messages of one kind per second that is more than a live answer sends
@@ -1286,12 +1319,15 @@ def resume_rejected(c: Context) -> list[Finding]:
     connection had not closed yet.
     """
     seen: list[tuple[float, str]] = []
-    for _, row in _client(c, reason="resume_rejected").iterrows():
-        seen.append((float(row["t"]), f"the client core recorded {row.get('action')}/resume_rejected"
-                     + (f" on conn {int(row['conn'])}" if _text(row, "conn") else "")))
-    for _, row in _emu(c, "in", "resume_rejected").iterrows():
-        seen.append((float(row["t"]), f"the emulator rejected the resume ({_text(row, 'detail') or '?'})"))
+    by_client = [(float(row["t"]), f"the client core recorded {row.get('action')}/resume_rejected"
+                  + (f" on conn {int(row['conn'])}" if _text(row, "conn") else ""))
+                 for _, row in _client(c, reason="resume_rejected").iterrows()]
+    by_server = [(float(row["t"]), f"the emulator rejected the resume ({_text(row, 'detail') or '?'})")
+                 for _, row in _emu(c, "in", "resume_rejected").iterrows()]
+    n = max(len(by_client), len(by_server))  # the same rejections, seen from both sides
+    seen = sorted(by_server[:2] + by_client[:2])
     if not seen:
+        n = 0
         closes = _ws_closes(c)
         connects = _times(c.ws, what="connect")
         for t, handle in _resumes(c):
@@ -1299,6 +1335,7 @@ def resume_rejected(c: Context) -> list[Finding]:
             old_open = prev.size and not [x for x in closes if prev[-1] < x.t <= t]
             rejected = [x for x in closes if t <= x.t <= t + 5.0 and x.code == 1011 and x.by in ("server", "unknown")]
             if old_open and rejected:
+                n += 1
                 seen.append((t, f"the connection resumed at {_s(t)} with handle {handle} was closed 1011 by the "
                                 f"server at {_s(rejected[0].t)} while the connection opened at {_s(prev[-1])} was "
                                 "still open"))
@@ -1310,8 +1347,8 @@ def resume_rejected(c: Context) -> list[Finding]:
     recovered = bool(later_ok) and c.gave_up is None and not len(_client(c, "give_up"))
     return [Finding(
         "resume_rejected", "warning" if recovered else "error",
-        f"resume rejected while the old connection was open ({len(seen)}×)",
-        "; ".join(x for _, x in seen[:5]) + (f"; a later connection opened at {_s(later_ok[0])}" if recovered else ""),
+        f"resume rejected while the old connection was open ({n}×)",
+        "; ".join(x for _, x in seen[:4]) + (f"; a later connection opened at {_s(later_ok[0])}" if recovered else ""),
         t0, "the server closes (1011) a resume while the session's previous connection is still open "
             "(aicc2025/sip-to-ai PR #14): close the old socket first, then resume")]
 
@@ -1319,40 +1356,62 @@ def resume_rejected(c: Context) -> list[Finding]:
 def late_answer_masks_next_turn(c: Context) -> list[Finding]:
     """A turn's answer came so late that it landed after the next turn: the next turn looks answered but is not.
 
-    Answers come in order, one turnComplete per turn: when two turns were waiting and only one
-    turnComplete followed, that one belongs to the older turn, and the newer one got nothing
-    (Failure A, hidden).  A repeated inputTranscription of the older turn is named when present.
+    Answers come in order, one turnComplete per request (interrupted answers included), so the
+    turnCompletes of one connection are paired with its ActivityEnds (and text turns) oldest first.
+    When a turnComplete that pays an older turn arrives after a newer turn's ActivityEnd, a
+    time-window reading takes it for the newer turn's answer; if the newer turn is still unpaid when
+    its connection ends, its Failure A was hidden.  A repeated inputTranscription is named when present.
     """
     out = []
-    completes = _times(c.server_app, msg="turn_complete")
-    connects = _connect_times(c)
-    ended = [a for a in c.activities if a.end_t is not None]
-    for a, b in zip(ended, ended[1:], strict=False):
-        assert a.end_t is not None and b.end_t is not None
-        if [x for x in connects if a.end_t < x <= b.end_t]:
-            continue  # a new connection in between: the re-send logic owns this
-        if _between(completes, a.end_t, b.start_t).size:
-            continue  # a was answered in its own window
-        after_b = _between(completes, b.start_t, min(b.next_start_t, c.end_t + 1e-9))
-        if after_b.size != 1:
-            continue
-        tr_a = _transcripts(c, a.start_t, b.start_t)
-        tr_b = _transcripts(c, b.start_t, min(b.next_start_t, c.end_t + 1e-9))
-        repeat = [x for x in tr_b if tr_a and x[1] == tr_a[0][1]]
-        spoke = _between(_times(c.server_app, msg=CONTENT_KINDS), a.end_t, b.start_t)
-        evidence = (f"turn ending {_s(a.end_t)} got no turnComplete before the next ActivityStart at "
-                    f"{_s(b.start_t)}" + (f" (its answer began at {_s(spoke[0])})" if spoke.size else "")
-                    + f"; the only turnComplete after it came at {_s(after_b[0])}, "
-                    f"{after_b[0] - a.end_t:.1f} s after the first turn's ActivityEnd; two turns were waiting, one "
-                    f"answer came: the turn ending {_s(b.end_t)} got none")
-        if repeat:
-            evidence += f"; the first turn's transcript came again at {_s(repeat[0][0])} ({_quote(repeat[0])})"
-        out.append(Finding(
-            "late_answer_masks_next_turn", "error", f"late answer to the turn ending {_s(a.end_t)} masks no answer "
-            f"to the turn ending {_s(b.end_t)}", evidence, b.end_t,
-            "the late answer to one turn is counted as the next turn's answer, hiding Failure A on the next: "
-            "match answers to turns in order (one turnComplete per turn), not by time window"))
+    bounds = _connect_times(c)[1:] + [math.inf]
+    asks = _times(c.sends, msg="client_content")
+    items: list[tuple[float, int, Activity | None]] = [(float(t), 0, None) for t in asks]
+    items += [(a.end_t, 0, a) for a in c.activities if a.end_t is not None]
+    items += [(float(t), 1, None) for t in _times(c.server_app, msg="turn_complete")]
+    owed: list[tuple[float, Activity | None]] = []
+    masked: dict[int, tuple[Activity, float]] = {}  # id(newer activity) -> (older activity paid, turnComplete t)
+    seg = 0
+
+    def settle() -> None:
+        for _, b in owed:
+            if b is not None and id(b) in masked:
+                older, tc = masked[id(b)]
+                out.append(_masked_finding(c, older, b, tc))
+        owed.clear()
+
+    for t, what, act in sorted(items, key=lambda x: (x[0], x[1])):
+        while t >= bounds[seg]:
+            settle()
+            seg += 1
+        if what == 0:
+            owed.append((t, act))
+        elif owed:
+            _, paid = owed.pop(0)
+            newest = owed[-1][1] if owed else None
+            if paid is not None and newest is not None:
+                masked[id(newest)] = (paid, t)
+    if c.end_t - (owed[-1][0] if owed else 0.0) >= c.response_timeout_s:
+        settle()
     return out
+
+
+def _masked_finding(c: Context, a: Activity, b: Activity, tc: float) -> Finding:
+    assert a.end_t is not None and b.end_t is not None
+    tr_a = _transcripts(c, a.start_t, b.start_t)
+    tr_b = _transcripts(c, b.start_t, tc + 1e-9)
+    repeat = [x for x in tr_b if tr_a and x[1] == tr_a[0][1]]
+    spoke = _between(_times(c.server_app, msg=CONTENT_KINDS), a.end_t, b.start_t)
+    evidence = (f"turn ending {_s(a.end_t)} got no turnComplete before the next ActivityStart at {_s(b.start_t)}"
+                + (f" (its answer began at {_s(spoke[0])})" if spoke.size else "")
+                + f"; the turnComplete at {_s(tc)}, {tc - a.end_t:.1f} s after its ActivityEnd, paid it (answers "
+                f"come in order); no other turnComplete followed: the turn ending {_s(b.end_t)} got none")
+    if repeat:
+        evidence += f"; the first turn's transcript came again at {_s(repeat[0][0])} ({_quote(repeat[0])})"
+    return Finding(
+        "late_answer_masks_next_turn", "error", f"late answer to the turn ending {_s(a.end_t)} masks no answer "
+        f"to the turn ending {_s(b.end_t)}", evidence, b.end_t,
+        "the late answer to one turn is counted as the next turn's answer, hiding Failure A on the next: "
+        "match answers to turns in order (one turnComplete per turn), not by time window")
 
 
 def duplicate_or_lost_turns(c: Context) -> list[Finding]:
