@@ -785,3 +785,23 @@ def test_frames_stopping_in_a_turn_cut_by_a_reconnect_are_not_failure_b(tmp_path
     s.emit(Vad(t=9.5, decision="speech_end", reason="silence", media_t=7.0)).send(9.5, "activity_end").answer(10.0)
     findings = diagnose.diagnose(s.done())
     assert not [f for f in findings if f.code == "frames_stopped_in_turn" and f.severity == "error"], findings
+
+
+def test_a_turn_open_when_the_bridge_gave_up_is_blamed_on_the_close(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 23.8)
+    s.turn(22.4, None, audio_until=23.7)
+    s.emit(Client(t=23.72, action="give_up", reason="resend_limit", conn=3, turn=1),
+           Ws(t=23.73, what="close", code=1000, reason="", conn=1, closed_by="client"))
+    findings = diagnose.diagnose(s.done())
+    na = one(findings, "no_activity_end")
+    assert na.severity == "warning" and "while the user was still speaking" in na.cause
+    assert one(findings, "gave_up").severity == "error"
+
+
+def test_a_failed_reconnect_attempt_the_bridge_got_past_is_a_warning(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.emit(Ws(t=5.0, what="reconnect", detail="conn 1"),
+           Error(t=5.2, where="reconnect", message="conn 2: APIError: 1011 None. Internal error encountered."),
+           Ws(t=6.0, what="connect", detail="conn 3"))
+    f = one(diagnose.diagnose(s.done()), "errors")
+    assert f.severity == "warning" and "connected again at 6.00 s" in f.evidence

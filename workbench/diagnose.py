@@ -527,6 +527,11 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
         return (f"frames stopped at {_s(max(g0, start))} (track.recv() returned nothing for {g1 - max(g0, start):.1f} s"
                 f"{'' if resumed else ', never resumed'}) and the detector did not end the turn on the clock: "
                 "silence was measured by counting frames (Failure B)")
+    gone = _closed_before(c, start, until)
+    if gone is not None and until - gone.t < 1.0:  # the session ended with the socket: the turn had no time to end
+        return (f"{CLOSED_FIRST} at {_s(gone.t)} ({gone.code} '{gone.reason}', closed by {gone.by}) while the user was "
+                f"still speaking, {gone.t - start:.1f} s into the turn, and the session ended with it (see close and "
+                "gave_up)")
     return ("frames kept arriving but the turn detector never measured enough silence "
             "(threshold too low for the noise floor, or a maximum turn length missing)")
 
@@ -1190,9 +1195,15 @@ def errors(c: Context) -> list[Finding]:
     groups: dict[tuple[str, str], list[float]] = {}
     for t, w, m in zip(err["t"], where, message, strict=True):
         groups.setdefault((str(w), str(m)), []).append(float(t))
+    connects = _times(c.ws, what="connect")
     for (w, m), ts in groups.items():
-        out.append(Finding("errors", "error", f"error in {w}: {m}"[:160],
-                           f"{len(ts)}× in {w}, first at {_s(ts[0])}: {m}", ts[0]))
+        evidence = f"{len(ts)}× in {w}, first at {_s(ts[0])}: {m}"
+        later = connects[connects > ts[-1]]
+        if w == "reconnect" and later.size:  # a failed attempt the bridge got past: the session went on
+            out.append(Finding("errors", "warning", f"error in {w}: {m}"[:160],
+                               evidence + f"; the bridge connected again at {_s(later[0])}", ts[0]))
+            continue
+        out.append(Finding("errors", "error", f"error in {w}: {m}"[:160], evidence, ts[0]))
     return out
 
 
