@@ -247,9 +247,9 @@ def test_connect_failures_resume_rejected_retries_later_and_invalid_handle_start
     c = up()
     c.lost(1.0, 1, Reason.CLOSED, "1006")
     a = c.connect_failed(1.2, 2, 1011, "resume while open")
-    assert clients(a)[0].reason == "resume_rejected" and a[-1] == Connect(3, "h0", 0.25)
+    assert clients(a)[0].reason == "resume_rejected" and a[-1] == Connect(3, "h0", 0.25, retry=True)
     a = c.connect_failed(1.6, 3, 1008, "Invalid session resumption handle.")
-    assert clients(a)[0].reason == "handle_invalid" and a[-1] == Connect(4, None, 0.5)
+    assert clients(a)[0].reason == "handle_invalid" and a[-1] == Connect(4, None, 0.5, retry=True)
 
 
 def test_without_reconnect_a_close_is_the_end_and_misuse_raises():
@@ -436,7 +436,8 @@ def test_failed_connects_are_retried_with_backoff_then_bounded():
     c = up(RecoveryConfig(max_connect_attempts=3))
     c.lost(1.0, 1, Reason.CLOSED, "1006")
     delays = [c.connect_failed(1.0 + i, c.conn, 1011, "still open")[-1] for i in range(3)]
-    assert [d.delay_s for d in delays] == [0.25, 0.5, 0.75] and c.reconnects == 1  # retries, not new reconnects
+    assert [(d.delay_s, d.retry) for d in delays] == [(0.25, True), (0.5, True), (0.75, True)]
+    assert c.reconnects == 1  # retries, not new reconnects
     assert c.connect_failed(5.0, c.conn, 1011, "still open")[-1].reason == "connect_failed"
 
 

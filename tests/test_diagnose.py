@@ -432,8 +432,8 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
         Watchdog(t=7.0, after_s=5.0, action="reconnect and re-send turn 1"),
         Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
         Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
-        SessionMark(t=7.2, what="resend", detail="conn 2: turn(s) [1]"),
-        Client(t=7.2, action="resend", reason="watchdog", conn=2, turn=1, attempt=2),
+        SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
+        Client(t=7.2, action="resend", reason="not_in_handle", conn=2, turn=1, attempt=2),  # what the bridge writes
         Sent(t=7.3, msg="activity_start", n_bytes=0, seq=4, stage="wire"),
         Sent(t=7.3, msg="audio", n_bytes=640, seq=5, stage="wire"),
         Sent(t=7.4, msg="activity_end", n_bytes=0, seq=6, stage="wire"),

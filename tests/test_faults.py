@@ -51,12 +51,14 @@ def audio(seconds: float | None = None) -> np.ndarray:
 
 async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, naive: str | None = None,
               reconnect: bool = True, watchdog_s: float | None = 3.0, max_queue: int = 16, dtx: bool = True,
-              response_timeout_s: float = 4.0) -> Run:
-    # ideal until the bridge-recovery issue lands
-    async with Emulator(EmulatorConfig(profile="ideal", faults=[parse_fault(f) for f in faults])) as emu:
+              response_timeout_s: float = 4.0, profile: str = "real") -> Run:
+    """One session.  Reproductions run the ideal server with pings every 1 s and a 2 s pong timeout (each
+    failure alone, as the field report saw it); survival runs the real profile with the bridge's own keepalive
+    (pongs 8-30 s late, never waited for), pinging every 1 s so late pongs happen in a short session."""
+    async with Emulator(EmulatorConfig(profile=profile, faults=[parse_fault(f) for f in faults])) as emu:
         settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
-                                     ping_interval_s=1.0, ping_timeout_s=2.0, max_queue=max_queue,
-                                     close_timeout_s=1.0)
+                                     ping_interval_s=1.0, ping_timeout_s=2.0 if profile == "ideal" else None,
+                                     max_queue=max_queue, close_timeout_s=1.0)
         cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=dtx, name=out.name, naive=naive,
                                    reconnect=reconnect, watchdog_s=watchdog_s, response_timeout_s=response_timeout_s)
         result = await bridge.run_session(samples, cfg, out)
@@ -107,7 +109,7 @@ REPRO = {
 def repro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("repro")
     short = audio(SHORT_S)
-    return asyncio.run(many(root, {name: {"samples": short, **kw} for name, kw in REPRO.items()}))
+    return asyncio.run(many(root, {name: {"samples": short, "profile": "ideal", **kw} for name, kw in REPRO.items()}))
 
 
 def ws(run: Run, what: str) -> Any:

@@ -155,7 +155,7 @@ class _Session:
 
     async def connect(self, a: Connect) -> None:
         """Close the current socket first (a resume while it is open is rejected live), then open ``a.conn``."""
-        if a.conn > 1:
+        if a.conn > 1 and not a.retry:  # one ``ws reconnect`` per decision to replace the connection
             self.emit(Ws(t=self.clock(), what="reconnect", detail=f"conn {a.conn - 1}"))
             self.progress(f"reconnecting (connection {a.conn})")
         self.writer.detach()

@@ -87,6 +87,13 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                         "off with --naive)")
     p.add_argument("--watchdog-action", choices=["reconnect", "none"], default="reconnect",
                    help="what the watchdog does: reconnect and re-send the turn (default), or only record it")
+    p.add_argument("--heard-timeout", type=float, default=20.0, metavar="S",
+                   help="the server heard the turn (input transcription): wait up to S for its answer before "
+                        "reconnecting (default %(default)s)")
+    p.add_argument("--max-resends", type=int, default=2, metavar="N",
+                   help="re-sends of one user turn before giving up (default %(default)s)")
+    p.add_argument("--max-reconnects", type=int, default=5, metavar="N",
+                   help="reconnects allowed in any 60 s before giving up (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
@@ -143,7 +150,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     cfg = bridge.SessionConfig(params=params, live=settings, name=name, source=str(audio_path),
                                dtx=dtx_default if args.dtx is None else args.dtx, naive=args.naive,
                                reconnect=not args.naive if args.reconnect is None else args.reconnect,
-                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action)
+                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action,
+                               heard_timeout_s=args.heard_timeout, max_resends=args.max_resends,
+                               max_reconnects=args.max_reconnects)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
 
     async def go() -> bridge.SessionResult:

@@ -161,6 +161,7 @@ class Connect:
     conn: int
     handle: str | None
     delay_s: float = 0.0
+    retry: bool = False  # another attempt of the same reconnect (the previous connect failed)
 
 
 @dataclass(frozen=True)
@@ -214,8 +215,10 @@ class RecoveryConfig:
             raise ValueError(f"watchdog action must be 'reconnect' or 'none', not {self.watchdog_action!r}")
         if self.watchdog_s is not None and not self.watchdog_s > 0:
             raise ValueError(f"watchdog must be > 0 s (or None for off), got {self.watchdog_s}")
-        if self.max_resends < 0 or self.max_reconnects < 0:
-            raise ValueError("max_resends and max_reconnects must be >= 0")
+        if self.max_resends < 0 or self.max_reconnects < 0 or self.max_connect_attempts < 0:
+            raise ValueError("max resends, reconnects and connect attempts must be >= 0")
+        if not self.heard_timeout_s > 0 or (self.dead_connection_s is not None and not self.dead_connection_s > 0):
+            raise ValueError("the heard timeout and the dead-connection timeout must be > 0 s")
 
     @property
     def recovers(self) -> bool:
@@ -573,7 +576,7 @@ class ClientCore:
         self.conn += 1
         handle = self.connect_handle = self._resume_handle()
         return [self._client(t, Act.RECONNECT, reason, turn=turn, handle=handle, detail=detail),
-                Connect(self.conn, handle, delay_s)]
+                Connect(self.conn, handle, delay_s, retry)]
 
     def _give_up(self, t: float, reason: Reason, detail: str, turn: int | None = None,
                  attempt: int | None = None) -> list[Action]:

@@ -394,9 +394,33 @@ class TimelinePlot:
         if len(wd):
             ax.plot(wd["t"], [SERVER_ROWS["error / watchdog"]] * len(wd), ls="none", marker="h", color="tab:orange",
                     ms=9, label="watchdog fired")
+        self._draw_client(ax)
         self._rows(ax, SERVER_ROWS)
         ax.set_ylabel("server\n(app)")
         self._legend(ax)
+
+    def _draw_client(self, ax: Axes) -> None:
+        """The client core's decisions: a barge-in on the turn row, labelled with the turn it cut; recovery
+        (reconnect, re-send, wait longer, give up) on the error row, labelled with its reason."""
+        cl = self._events("client")
+        if not len(cl) or "action" not in cl:
+            return
+        turn = _col(cl, "turn")
+        cut = cl[cl["action"] == "interrupted"]
+        if len(cut):
+            ax.plot(cut["t"], [SERVER_ROWS["turn"] - 0.3] * len(cut), ls="none", marker="v", color="tab:red", ms=8,
+                    label="turn interrupted (barge-in)")
+            self._texts(ax, list(cut["t"]), SERVER_ROWS["turn"] - 0.3,
+                        ["greeting interrupted" if n == 0 else f"turn {int(n)} interrupted" for n in turn[cut.index]],
+                        "tab:red")
+        for action, marker, color in (("reconnect", "o", "tab:orange"), ("resend", ">", "tab:orange"),
+                                      ("wait_longer", "|", "tab:olive"), ("give_up", "X", "black")):
+            d = cl[cl["action"] == action]
+            if len(d):
+                ax.plot(d["t"], [SERVER_ROWS["error / watchdog"]] * len(d), ls="none", marker=marker, color=color,
+                        ms=8, label=f"client {action.replace('_', ' ')}")
+                self._texts(ax, list(d["t"]), SERVER_ROWS["error / watchdog"],
+                            [f"{action} {r}" for r in _col(d, "reason").fillna("")], color)
 
     @staticmethod
     def _audio_spans(audio: pd.DataFrame, rate: int = 24_000, join_s: float = 0.3) -> list[tuple[float, float]]:
