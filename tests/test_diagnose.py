@@ -805,3 +805,13 @@ def test_a_failed_reconnect_attempt_the_bridge_got_past_is_a_warning(tmp_path):
            Ws(t=6.0, what="connect", detail="conn 3"))
     f = one(diagnose.diagnose(s.done()), "errors")
     assert f.severity == "warning" and "connected again at 6.00 s" in f.evidence
+
+
+def test_a_close_followed_by_a_connect_retry_is_recovered(tmp_path):
+    """The client core retries one reconnect without a new reconnect mark: the later connect still counts."""
+    s = Session(tmp_path).greeting().emit(
+        Ws(t=5.0, what="reconnect", detail="conn 1"), Ws(t=5.1, what="connect", detail="conn 2, resumed with handle h"),
+        Ws(t=5.2, what="close", code=1011, reason="Internal error encountered.", conn=2, closed_by="server"),
+        Ws(t=5.6, what="connect", detail="conn 3, resumed with handle h"))
+    cl = [f for f in diagnose.diagnose(s.done()) if f.code == "close"]
+    assert [f.severity for f in cl] == ["warning"] and "the bridge reconnected at 5.60 s" in cl[0].cause

@@ -942,7 +942,8 @@ def close(c: Context) -> list[Finding]:
         went = _between(_times(c.server_app, msg="go_away"), -math.inf, t)
         if went.size and (not reconnect_ts or reconnect_ts[-1] < went[-1]):
             meaning += f"; after the server's goAway at {_s(went[-1])} (connection time limit)"
-        later = [r for r in reconnect_ts if r > t]
+        # A connect after the close (a retry of one reconnect has no reconnect mark of its own) means it came back.
+        later = sorted([r for r in reconnect_ts if r > t] + [x for x in _times(c.ws, what="connect") if x > t])
         if severity == "error" and later:
             severity, meaning = "warning", meaning + f"; the bridge reconnected at {_s(later[0])}"
         out.append(Finding(
