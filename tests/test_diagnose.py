@@ -815,3 +815,20 @@ def test_a_close_followed_by_a_connect_retry_is_recovered(tmp_path):
         Ws(t=5.6, what="connect", detail="conn 3, resumed with handle h"))
     cl = [f for f in diagnose.diagnose(s.done()) if f.code == "close"]
     assert [f.severity for f in cl] == ["warning"] and "the bridge reconnected at 5.60 s" in cl[0].cause
+
+
+def test_a_skipped_turn_and_an_answered_next_one_is_failure_a_not_a_mask(tmp_path):
+    """In-order pairing alone would give the next turn's answer to the skipped one: no evidence, no mask."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(20.0, 22.0, audio_until=21.5)
+    findings = diagnose.diagnose(s.answer(22.5).emit(SessionMark(t=30.0, what="end")).done())
+    assert "late_answer_masks_next_turn" not in codes(findings)
+    assert one(findings, "no_response_after_activity_end").t == pytest.approx(6.0015)
+
+
+def test_a_late_answer_that_began_while_the_next_turn_was_spoken_masks_it(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(20.0, 24.0, audio_until=23.5)
+    for k in range(5):  # audio while the user still speaks; its turnComplete waits for playback, after the turn
+        s.server(round(23.0 + 0.1 * k, 3), "model_audio", n_samples=2400)
+    s.server(24.5, "turn_complete")
+    f = one(diagnose.diagnose(s.emit(SessionMark(t=35.0, what="end")).done()), "late_answer_masks_next_turn")
+    assert "the turn ending 24.00 s got none" in f.evidence

@@ -689,7 +689,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
         first = _between(responses, a.end_t, a.next_start_t, closed_hi=False)
         if first.size and first[0] in completes and not owed and not _between(content, a.end_t, first[0]).size \
                 and not _between(interrupts, a.end_t, first[0]).size:
-            answered = _resent_answer(c, a.end_t)
+            answered = _resent_answer(c, a.end_t) or _later_attempt_answer(c, a)
             out.append(Finding(
                 "empty_answer", "warning" if answered is not None else "error",
                 f"empty answer to ActivityEnd at {_s(a.end_t)}",
@@ -1143,6 +1143,18 @@ def reconnects(c: Context) -> list[Finding]:
     return [Finding("reconnects", "info", f"{len(again)} reconnect(s), no user turn lost", evidence, again[0])]
 
 
+def _later_attempt_answer(c: Context, a: Activity) -> float | None:
+    """When a later attempt of this activity's turn got a turnComplete (an empty answer's re-send), that time."""
+    tt = c.turns
+    if tt is None or not len(tt) or a.end_t is None:
+        return None
+    row = tt[(tt["activity_end"] - a.end_t).abs() < 5e-3]
+    if not len(row):
+        return None
+    later = tt[(tt["turn"] == row["turn"].iloc[0]) & (tt["attempt"] > row["attempt"].iloc[0]) & tt["answered"]]
+    return float(later["turn_complete"].iloc[0]) if len(later) and later["turn_complete"].notna().any() else None
+
+
 def _sent_again(c: Context, a: Activity) -> bool:
     """The turn table shows a later attempt of the turn this activity carried (the client core re-sent it)."""
     tt = c.turns
@@ -1388,7 +1400,9 @@ def late_answer_masks_next_turn(c: Context) -> list[Finding]:
         for _, b in owed:
             if b is not None and id(b) in masked:
                 older, tc = masked[id(b)]
-                out.append(_masked_finding(c, older, b, tc))
+                finding = _masked_finding(c, older, b, tc)
+                if finding is not None:
+                    out.append(finding)
         owed.clear()
 
     for t, what, act in sorted(items, key=lambda x: (x[0], x[1])):
@@ -1407,12 +1421,23 @@ def late_answer_masks_next_turn(c: Context) -> list[Finding]:
     return out
 
 
-def _masked_finding(c: Context, a: Activity, b: Activity, tc: float) -> Finding:
+def _masked_finding(c: Context, a: Activity, b: Activity, tc: float) -> Finding | None:
+    """The finding when the evidence says the turnComplete at ``tc`` was ``a``'s, else None.
+
+    In-order pairing alone cannot tell a late answer to ``a`` from a server that skipped ``a``
+    (Failure A) and answered ``b``: it takes the older turn's transcript again before the answer
+    (the 'late' pattern, gemini-live-api-examples #48), or an answer that began before ``b`` ended.
+    """
     assert a.end_t is not None and b.end_t is not None
     tr_a = _transcripts(c, a.start_t, b.start_t)
     tr_b = _transcripts(c, b.start_t, tc + 1e-9)
     repeat = [x for x in tr_b if tr_a and x[1] == tr_a[0][1]]
-    spoke = _between(_times(c.server_app, msg=CONTENT_KINDS), a.end_t, b.start_t)
+    content = _times(c.server_app, msg=CONTENT_KINDS)
+    began = _between(content, a.end_t, tc)
+    early = began.size > 0 and began[-1] < b.end_t and not _between(content, b.end_t, tc).size
+    if not repeat and not early:
+        return None
+    spoke = _between(content, a.end_t, b.start_t)
     evidence = (f"turn ending {_s(a.end_t)} got no turnComplete before the next ActivityStart at {_s(b.start_t)}"
                 + (f" (its answer began at {_s(spoke[0])})" if spoke.size else "")
                 + f"; the turnComplete at {_s(tc)}, {tc - a.end_t:.1f} s after its ActivityEnd, paid it (answers "
