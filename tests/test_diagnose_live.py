@@ -46,12 +46,14 @@ class Run:
 
 
 async def _one(out: Path, samples: Any, faults: tuple[str, ...] = (), emu: dict[str, Any] | None = None,
-               ping_timeout_s: float | None = 20.0, model: str = live.DEFAULT_MODEL, **session: Any) -> Run:
+               ping_timeout_s: float | None = 20.0, model: str = live.DEFAULT_MODEL, silence_ms: float = 700.0,
+               **session: Any) -> Run:
     cfg_emu = EmulatorConfig(faults=[parse_fault(f) for f in faults], **(emu or {}))
     async with Emulator(cfg_emu) as server:
         settings = live.LiveSettings(base_url=server.base_url, ssl_context=server.client_ssl_context(), model=model,
                                      ping_interval_s=1.0, ping_timeout_s=ping_timeout_s, close_timeout_s=1.0)
-        cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=True, name=out.name, **session)
+        cfg = bridge.SessionConfig(params=TurnParams(silence_ms=silence_ms), live=settings, dtx=True, name=out.name,
+                                   **session)
         result = await bridge.run_session(samples, cfg, out)
     server.write_log(out)
     rec = workbench.load(out)
@@ -68,10 +70,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "late-pong": dict(faults=("slow-pong:6",), ping_timeout_s=4.0, reconnect=False),
     # the server closes 1011 while a (late) ping is in flight: no unanswered ping, the server's close
     "close-during-ping": dict(faults=("slow-pong:5", "close-1011:3"), ping_timeout_s=20.0, reconnect=False),
-    # three of the five ways of not answering (the bridge recovers where it can)
-    "silent": dict(faults=("no-response:silent:1",), ping_timeout_s=None),
-    "heard": dict(faults=("no-response:heard:1",), ping_timeout_s=None),
-    "empty": dict(faults=("no-response:empty:1",), ping_timeout_s=None),
+    # three of the five ways of not answering (the bridge recovers where it can); a long silence window keeps the
+    # one spoken turn whole on a loaded machine (a split turn makes the next answer look like the faulted turn's)
+    "silent": dict(faults=("no-response:silent:1",), ping_timeout_s=None, silence_ms=1500.0),
+    "heard": dict(faults=("no-response:heard:1",), ping_timeout_s=None, silence_ms=1500.0),
+    "empty": dict(faults=("no-response:empty:1",), ping_timeout_s=None, silence_ms=1500.0),
     # goAway by connection age (5 s here, ~10 min live), the bridge not resuming: then close 1011 "Deadline expired"
     "goaway-age": dict(emu=dict(connection_s=5.0, go_away_lead_s=(2.0, 2.0)), reconnect=False, ping_timeout_s=None),
     # strict input: an unknown model is closed 1008 at setup
