@@ -81,9 +81,6 @@ class SessionConfig:
                 "greeting_timeout_s": self.greeting_timeout_s}
 
 
-WATCHDOG_ACTIONS = ("reconnect", "none")
-
-
 @dataclass
 class SessionResult:
     path: Path
