@@ -1,13 +1,17 @@
 """Diagnosis of a recording: which failure happened, with the evidence, and its likely cause.
 
 Sans-I/O: every rule is a plain function over the recording's events (a ``Context`` holds the
-events DataFrame split by kind, plus the session's keepalive settings) and returns findings.
-Nothing here touches a socket; the only I/O is ``load`` in the command-line shell.
+events DataFrame split by kind, the session's keepalive settings, the client core's ``client``
+events and, when present, the emulator's own log ``emulator.jsonl``) and returns findings.
+Nothing here touches a socket; the only I/O is reading the recording in the command-line shell.
 
-The rules test the hypotheses of DESIGN.md section 3: receive loop stopped after the first
-``turn_complete`` (unread frames reach ``max_queue``, pongs go unread), event loop blocked,
-server stalled (Failure A: ActivityEnd without an answer), no ActivityEnd because frames stopped
-in silence (Failure B), audio outside an activity, goAway, reconnects and lost turns.
+The rules test the hypotheses of DESIGN.md section 3 and the real service's behaviours of
+issue 12: the four causes of ``1011 keepalive ping timeout`` (a late pong while the server was
+alive, the receive loop stopped with frames unread, the event loop blocked, a stall when an
+answer was due), judged per connection so a ping cut by another close gets no verdict; Failure
+A told apart as never heard / heard but not answered / empty answer / late answer (and a late
+answer that hides the next turn's Failure A); Failure B; barge-in; goAway; resumption (rejected
+resume, duplicate and lost turns); the bridge giving up; audio outside an activity and close codes.
 
 A session with no ``error`` or ``warning`` finding yields exactly one finding, ``healthy``,
 whose evidence carries the summary and any ``info`` notes.
