@@ -1556,10 +1556,13 @@ def summary(c: Context) -> str:
     responses = _responses(c)
     answered = sum(1 for a in c.activities if a.end_t is not None
                    and _between(responses, a.end_t, min(a.next_start_t, c.end_t)).size)
-    pings = [p for p in _pings(c) if not p.pending]
+    every = _pings(c)
+    pings = [p for p in every if not p.pending]
+    open_ = len(every) - len(pings)
     max_ms, _ = _max_lag(c)
     return (f"{len(c.activities)} turn(s), {answered} answered; pings answered {sum(p.answered for p in pings)}/"
-            f"{len(pings)}; max loop lag {max_ms:.0f} ms; session length {_s(c.end_t)}")
+            f"{len(pings)}" + (f" ({open_} without a verdict: closed or ended before their timeout)" if open_ else "")
+            + f"; max loop lag {max_ms:.0f} ms; session length {_s(c.end_t)}")
 
 
 def diagnose(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms: float = 100.0) -> list[Finding]:
