@@ -75,6 +75,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "silent": dict(faults=("no-response:silent:1",), ping_timeout_s=None, silence_ms=1500.0),
     "heard": dict(faults=("no-response:heard:1",), ping_timeout_s=None, silence_ms=1500.0),
     "empty": dict(faults=("no-response:empty:1",), ping_timeout_s=None, silence_ms=1500.0),
+    # the server stops reading and sending for 6 s after the ActivityEnd; the watchdog (3 s) resumes while the server
+    # has not yet read the old connection's close: the resume is rejected (1011) until the stall ends
+    "stall": dict(faults=("stall:6",), ping_timeout_s=None, watchdog_s=3.0),
     # goAway by connection age (5 s here, ~10 min live), the bridge not resuming: then close 1011 "Deadline expired"
     "goaway-age": dict(emu=dict(connection_s=5.0, go_away_lead_s=(2.0, 2.0)), reconnect=False, ping_timeout_s=None),
     # strict input: an unknown model is closed 1008 at setup
@@ -174,3 +177,15 @@ def test_unknown_model_is_named(runs):
     cl = run.code("close")
     assert "1008" in cl.title and "check the model name" in cl.cause
     assert run.code("gave_up").title == "the bridge gave up: connect_failed"
+
+
+def test_stall_then_resume_rejected_while_the_old_connection_looked_open(runs):
+    run = runs["stall"]
+    rr = run.code("resume_rejected")
+    assert rr.severity == "warning" and "the emulator rejected the resume" in rr.evidence
+    nr = run.code("no_response_after_activity_end")
+    assert "recovered by a re-send" in nr.title and "the server stalled" in nr.cause
+    closes = run.rec.of_kind("ws")
+    rejected = closes[(closes["what"] == "close") & (closes["code"] == 1011)]
+    assert len(rejected) and set(rejected["closed_by"]) == {"server"}
+    assert run.result.error is None and run.result.unanswered == 0

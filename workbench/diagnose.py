@@ -795,9 +795,13 @@ def _why_no_response(c: Context, a: Activity, wire_responses: np.ndarray) -> str
         return f"{len(after)} audio chunk(s) followed ActivityEnd before the next ActivityStart"
     if not c.wire_sends:
         return "no wire tap: cannot tell whether ActivityEnd left the socket or the server stayed silent"
-    if "no-response:noise" in _emu_said(c, a.start_t, a.end_t + c.response_timeout_s):
+    said = _emu_said(c, a.start_t, a.end_t + c.response_timeout_s)
+    if "no-response:noise" in said:
         return ("the server took the activity for noise (no speech in it) and did not answer (no-response "
                 "'noise'): check the turn detector's threshold against the noise floor")
+    if "fault stall" in said:
+        return ("the server stalled: it neither read the socket nor sent anything (the emulator's stall fault), "
+                "so the ActivityEnd was not even received in time")
     return (f"ActivityEnd left the socket at {_s(a.end_t)} after the turn's audio and the server sent no response: "
             "inference never triggered on the server side (Failure A); nothing in the recording points at the client")
 
