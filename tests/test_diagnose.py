@@ -832,3 +832,17 @@ def test_a_late_answer_that_began_while_the_next_turn_was_spoken_masks_it(tmp_pa
     s.server(24.5, "turn_complete")
     f = one(diagnose.diagnose(s.emit(SessionMark(t=35.0, what="end")).done()), "late_answer_masks_next_turn")
     assert "the turn ending 24.00 s got none" in f.evidence
+
+
+def test_frames_delayed_not_silent_are_no_failure_b(tmp_path):
+    """A busy loop delivers 2 s of frames late, their media time continuous: the detector was right to wait."""
+    s = Session(tmp_path).greeting()
+    for k in range(int(4.0 / 0.02)):  # media 0-4 s; the frames of media 1-3 s arrive in a burst at 3.0 s
+        media = k * 0.02
+        t = 3.0 + media if media < 1.0 else (6.0 + 0.001 * k if media < 3.0 else 3.0 + media + 3.0)
+        s.emit(Frame(t=round(t, 4), pts_s=round(media, 4), n_samples=960, rate=48_000, level_db=-20.0))
+    s.turn(3.05, 10.5, audio_until=10.0).answer(11.0)
+    rec = s.done()
+    assert [f.code for f in diagnose.diagnose(rec)] == ["healthy"]
+    (f,) = [f for f in diagnose.frames_stopped_in_turn(context(rec)) if f.t == pytest.approx(3.98)]
+    assert f.severity == "info" and "delayed" in f.evidence and "continues 20 ms of media time later" in f.evidence

@@ -592,6 +592,12 @@ def frames_stopped_in_turn(c: Context) -> list[Finding]:
                     f"{c.silence_ms:.0f} ms; no ActivityEnd before {_s(until)}", g0,
                     "the turn detector waits for frames to measure silence: track.recv() stops returning frames "
                     "in silence (DTX, muted track), so ActivityEnd is never sent (Failure B mechanism)"))
+            elif (late := _arrived_late(c, g0, g1)) is not None:
+                out.append(Finding(
+                    "frames_stopped_in_turn", "info", f"frames arrived late at {_s(g0)}; the turn rightly stayed open",
+                    f"{span}, but the audio after the gap continues {late * 1000:.0f} ms of media time later: the "
+                    "frames were delayed (a busy loop or the network), not silent, and the detector judged media time",
+                    g0))
             else:
                 out.append(Finding(
                     "frames_stopped_in_turn", "warning", f"frames stopped at {_s(g0)} in a turn that stayed open",
@@ -599,6 +605,24 @@ def frames_stopped_in_turn(c: Context) -> list[Finding]:
                     f"after frames resumed", g0,
                     "silence measured by counting frames: the gap did not count as silence (Failure B mechanism)"))
     return out
+
+
+def _arrived_late(c: Context, g0: float, g1: float) -> float | None:
+    """Media time between the frames either side of an arrival gap, when it is well short of the gap.
+
+    A frame's ``pts_s`` is its media time: after a real stop in the audio (DTX, a muted track) it
+    jumps by about the gap; after frames that were only delayed it continues where it left off.
+    """
+    fr = _select(c.events, "frame")
+    if "pts_s" not in fr or not len(fr):
+        return None
+    t = fr["t"].to_numpy(float)
+    pts = fr["pts_s"].to_numpy(float)
+    before, after = np.flatnonzero(t <= g0 + 1e-9), np.flatnonzero(t >= g1 - 1e-9)
+    if not before.size or not after.size:
+        return None
+    media = float(pts[after[0]] - pts[before[-1]])
+    return media if 0.0 <= media < 0.5 * (g1 - g0) else None  # negative: a new media origin, cannot tell
 
 
 def audio_after_activity_end(c: Context) -> list[Finding]:
