@@ -263,6 +263,15 @@ def test_without_reconnect_a_close_is_the_end_and_misuse_raises():
         RecoveryConfig(watchdog_action="pray")
 
 
+def test_greeting_timeout_opens_the_mic_without_a_watchdog():
+    c = up(RecoveryConfig(watchdog_s=None, dead_connection_s=None, greeting_timeout_s=15.0), greeting=False)
+    c.send(0.1, live.TextTurn("hi"))
+    assert not c.greeting_settled and c.next_deadline() == pytest.approx(15.1)
+    a = c.tick(15.1)
+    assert [(e.action, e.reason) for e in clients(a)] == [("skip_resend", "greeting_unanswered")]
+    assert c.greeting_settled and c.state == State.OPEN
+
+
 def test_response_timeout_without_a_watchdog_gives_up_once_input_ended():
     c = up(RecoveryConfig(watchdog_s=None, response_timeout_s=3.0))
     turn(c, 1, 1.0)
@@ -457,3 +466,14 @@ def test_pair_snapshot_handles_exactly_once_across_repeated_closes(transparent):
     assert all(t.answered for t in p.client.ledger.turns)
     if transparent:
         assert any(s.transparent for s in p.servers)
+
+
+def test_the_core_imports_no_io():
+    """The client core stays sans-I/O: importing it loads neither asyncio, the SDK, websockets nor aiortc."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workbench.connection; "
+            "print(sorted(m for m in ('asyncio', 'google.genai', 'websockets', 'aiortc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

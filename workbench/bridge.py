@@ -1,8 +1,10 @@
 """The full bridge for one session: mic track -> ingest -> resample -> turn detector -> writer -> Live.
 
 This is the asyncio shell.  The decisions are made by sans-I/O cores (``TurnDetector``,
-``SendOrder``); this module moves frames and messages between them, the WebRTC track, the
-Live session and the recorder, and keeps the clock running while ``track.recv()`` waits.
+``SendOrder`` on the mic side, ``connection.ClientCore`` for the connection's life: what to
+send, when to reconnect and with which handle, what to re-send, when to give up); this module
+moves frames and messages between them, the WebRTC track, the Live session and the recorder,
+carries out the client core's actions, and keeps the clock running while ``track.recv()`` waits.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class SessionConfig:
     max_reconnects: int = 5  # reconnects allowed in any window of reconnect_window_s, then give up
     reconnect_window_s: float = 60.0
     go_away_margin_s: float = 5.0  # after goAway, switch connections by timeLeft minus this
+    tool_s: float = 0.0  # how long the stand-in interview tools take to answer a tool call
     naive: str | None = None  # one of naive.MODES: reproduce a field-report mistake
     send_chunk_ms: float = SEND_CHUNK_MS  # audio per message at least this long (ActivityEnd flushes it first)
     name: str = "session"
@@ -74,11 +77,12 @@ class SessionConfig:
             heard_timeout_s=self.heard_timeout_s, dead_connection_s=self.dead_connection_s,
             max_resends=self.max_resends, max_reconnects=self.max_reconnects,
             reconnect_window_s=self.reconnect_window_s, go_away_margin_s=self.go_away_margin_s,
-            response_timeout_s=self.response_timeout_s, resume=self.live.resume)
+            response_timeout_s=self.response_timeout_s, greeting_timeout_s=self.greeting_timeout_s,
+            resume=self.live.resume)
 
     def describe(self) -> dict[str, Any]:
         return {**self.recovery().describe(), "naive": self.naive, "send_chunk_ms": self.send_chunk_ms,
-                "greeting_timeout_s": self.greeting_timeout_s}
+                "tool_s": self.tool_s}
 
 
 @dataclass
@@ -214,8 +218,8 @@ class _Session:
         self.act(self.core.lost(self.clock(), conn, Reason.SEND_FAILED, f"send failed: {_one_line(exc)}"))
 
     async def run_tool(self, call: RunTool) -> None:
-        """The interview tools do nothing but acknowledge; a cancelled call never replies."""
-        await asyncio.sleep(0)
+        """The interview tools do nothing but acknowledge, after ``tool_s``; a cancelled call never replies."""
+        await asyncio.sleep(self.cfg.tool_s)
         self.tools.pop(call.call_id, None)
         reply = live.ToolReply([types.FunctionResponse(id=call.call_id, name=call.name, response={"ok": True})])
         self.act(self.core.tool_done(self.clock(), call.call_id, reply))
@@ -322,7 +326,7 @@ async def run_session(
         if cfg.live.greeting_prompt:
             s.progress("waiting for the greeting")
             s.send(live.TextTurn(cfg.live.greeting_prompt))
-            await s.wait_for(lambda: s.core.greeting_settled or s.core.finished, cfg.greeting_timeout_s)
+            await s.wait_for(lambda: s.core.greeting_settled or s.core.finished)  # bounded: greeting_timeout_s
         rec.emit(SessionMark(t=s.clock(), what="mic_open"))
         s.progress("playing the microphone")
         if audio_48k is not None:

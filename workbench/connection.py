@@ -208,6 +208,7 @@ class RecoveryConfig:
     max_connect_attempts: int = 6  # failed connects in a row (backed off 0.25 s, 0.5 s, ... up to 2 s) per reconnect
     go_away_margin_s: float = 5.0  # switch this long before goAway's timeLeft runs out
     response_timeout_s: float = 10.0  # after input ends, when no watchdog can recover: stop waiting
+    greeting_timeout_s: float = 15.0  # the greeting still unanswered this long after it went out: open the mic
     resume: bool = True  # resume with handles (else every connection starts a new conversation)
 
     def __post_init__(self) -> None:
@@ -254,7 +255,6 @@ class ClientCore:
         self.tools: dict[str, int] = {}  # running tool call id -> connection
         self.gave_up: GiveUp | None = None
         self.connect_handle: str | None = None  # the handle the pending Connect resumes with
-        self.resent_turns = 0
 
     # -- state ------------------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -269,11 +269,6 @@ class ClientCore:
     @property
     def finished(self) -> bool:
         return self.state in (State.DONE, State.GAVE_UP)
-
-    @property
-    def settled(self) -> bool:
-        """No closed turn waits for an answer and no switch is under way."""
-        return not self.ledger.pending() and self.state in (State.OPEN, State.DONE)
 
     @property
     def greeting_settled(self) -> bool:
@@ -313,7 +308,6 @@ class ClientCore:
             if turn.answered and not resumed:
                 continue  # a new conversation: answered turns are gone with the old one either way
             if turn.sends > 0:
-                self.resent_turns += 1
                 # answered after the handle's snapshot was taken: the resumed context lacks it, so it goes again
                 note = "answered after the handle's snapshot" if turn.answered else None
                 out.append(self._client(t, Act.RESEND, Reason.NOT_IN_HANDLE if resumed else Reason.CLOSED,
@@ -430,6 +424,13 @@ class ClientCore:
             out += self._maybe_switch(t)
         if self.state in (State.OPEN, State.DRAINING):
             out += self._watch(t)
+        for turn in self.ledger.turns:
+            if (turn.n == 0 and not turn.answered and not turn.dropped and turn.closed_t is not None
+                    and t >= turn.closed_t + self.config.greeting_timeout_s):
+                turn.dropped = True  # whatever the watchdog does: the user is not kept waiting any longer
+                out.append(self._client(t, Act.SKIP_RESEND, Reason.GREETING_UNANSWERED, turn=0, attempt=turn.sends,
+                                        detail=f"greeting unanswered for {self.config.greeting_timeout_s:g} s; "
+                                               "opening the mic"))
         if not self.finished and self.input_done_t is not None and not self.config.recovers:
             if t >= self.input_done_t + self.config.response_timeout_s and self.ledger.pending():
                 out += self._give_up(t, Reason.RESPONSE_TIMEOUT,
@@ -449,6 +450,8 @@ class ClientCore:
             due += [d for d, _ in self._deadlines(head)]
         if self.input_done_t is not None and not self.config.recovers:
             due.append(self.input_done_t + self.config.response_timeout_s)
+        due += [turn.closed_t + self.config.greeting_timeout_s for turn in self.ledger.turns
+                if turn.n == 0 and not turn.answered and not turn.dropped and turn.closed_t is not None]
         return min(due) if due else None
 
     # -- decisions --------------------------------------------------------------------------------
@@ -488,7 +491,7 @@ class ClientCore:
                      Reason.ANSWER_COMPLETE)]
         since = max(head.due_t, head.progress_t or head.due_t)
         out: list[tuple[float, Reason]] = []
-        if cfg.watchdog_s is not None:
+        if cfg.watchdog_s is not None and not self.tools:  # while our tool runs, the answer waits on us
             # a text turn (the greeting) never gets an input transcription: it waits as long as a heard turn
             patient = head.heard_t is not None or head.n == 0
             out.append((since + (cfg.heard_timeout_s if patient else cfg.watchdog_s), Reason.WATCHDOG))
