@@ -8,7 +8,11 @@ its own process; ``--sessions`` with Opus DTX (frames stop in silence) and as ma
 
 Lateness = ActivityEnd on the wire (``send`` ``stage == "wire"``) − arrival of the last speech
 frame before it (the track is digital silence between the labelled answers, so a speech frame is
-one above -70 dBFS) − the silence window.  Per-session CPU is measured by ``bench_load.py`` (a
+one above -70 dBFS) − the silence window.  From the true end = ActivityEnd on the wire − the
+labelled end of the answer on the session clock (media time placed by the least-late frame, i.e.
+as if that audio had come without being held) − the silence window.  Tail missing = the labelled
+end − the media end of the last speech frame that arrived before ActivityEnd (what the jitter
+buffer kept from the turn).  Per-session CPU is measured by ``bench_load.py`` (a
 process holding only the bridge side), not here, where the file players share the process.
 ``--write`` replaces the "## End-of-turn latency" section.
 """
@@ -36,6 +40,36 @@ LATE_TARGET_MS = 40.0
 SPEECH_DB = -70.0
 
 
+def first_sent_s(audio: np.ndarray, dtx: bool) -> float:
+    """Source time of received pts 0: the first frame the player sends (under DTX, the first non-silent one)."""
+    if not dtx:
+        return 0.0
+    frames = audio[: audio.size // 960 * 960].reshape(-1, 960)
+    return float(np.flatnonzero(frames.any(axis=1))[0] * 0.02)
+
+
+def end_of_turn_ms(rec: workbench.Recording, label_ends: list[float], pts0_s: float) -> dict[str, list[float]]:
+    """Per labelled answer: ActivityEnd − true end − silence window, and how much of the answer's end was not
+    received before that ActivityEnd (ms); ``pts0_s`` is the source time of received pts 0."""
+    snd = rec.of_kind("send")
+    ae = np.sort(snd[(snd["msg"] == "activity_end") & (snd["stage"] == "wire")]["t"].to_numpy())
+    fr = rec.of_kind("frame")
+    t, pts = fr["t"].to_numpy(), fr["pts_s"].to_numpy()
+    offset = float(np.min(t - pts))  # session time of pts 0 on the least-held path
+    speech = fr["level_db"].to_numpy() > SPEECH_DB
+    silence_s = rec.meta["params"]["silence_ms"] / 1000
+    out: dict[str, list[float]] = {"from_end": [], "missing": []}
+    for end in label_ends:
+        end_session = end - pts0_s + offset
+        after = ae[ae > end_session]
+        if not after.size:
+            continue
+        got = speech & (t < after[0]) & (pts < end - pts0_s + 0.05)
+        out["from_end"].append(float((after[0] - end_session - silence_s) * 1000))
+        out["missing"].append(float((end - pts0_s - (pts[got].max() + 0.02)) * 1000) if got.any() else float("nan"))
+    return out
+
+
 def lateness_ms(rec: workbench.Recording) -> list[float]:
     """Per ActivityEnd on the wire: its time − the last speech frame's arrival before it − the silence window.
 
@@ -56,7 +90,8 @@ def lateness_ms(rec: workbench.Recording) -> list[float]:
 
 async def sessions(n: int, audio: np.ndarray, labels: list[tuple[float, float]]) -> dict[str, object]:
     """Run ``n`` sessions per DTX setting; lateness per turn (``labels`` counts the turns)."""
-    res: dict[str, object] = {"late": {True: [], False: []}, "turns": {True: [0, 0], False: [0, 0]}}
+    res: dict[str, object] = {"late": {True: [], False: []}, "turns": {True: [0, 0], False: [0, 0]},
+                              "from_end": {True: [], False: []}, "missing": {True: [], False: []}}
     shutil.rmtree(OUT / "session", ignore_errors=True)
     with ExternalEmulator() as emu:
         for i in range(n):
@@ -67,11 +102,16 @@ async def sessions(n: int, audio: np.ndarray, labels: list[tuple[float, float]])
                 r = await bridge.run_session(audio, cfg, out)
                 if r.error:
                     raise RuntimeError(f"session {out} failed: {r.error}")
-                late = lateness_ms(workbench.load(out))
+                loaded = workbench.load(out)
+                late = lateness_ms(loaded)
                 res["late"][dtx] += late  # type: ignore[index]
+                eot = end_of_turn_ms(loaded, [b for _a, b in labels], first_sent_s(audio, dtx))
+                res["from_end"][dtx] += eot["from_end"]  # type: ignore[index]
+                res["missing"][dtx] += eot["missing"]  # type: ignore[index]
                 res["turns"][dtx][0] += sum(1 for x in late if x == x)  # type: ignore[index]
                 res["turns"][dtx][1] += len(labels)  # type: ignore[index]
-                print(f"session {out.name}: late {np.round(late)}", file=sys.stderr)
+                print(f"session {out.name}: late {np.round(late)} from end {np.round(eot['from_end'])} "
+                      f"missing {np.round(eot['missing'])}", file=sys.stderr)
     return res
 
 
@@ -81,21 +121,28 @@ def report(res: dict[str, object], n: int, params: TurnParams) -> str:
         f"tail and the greeting, energy detector (silence {params.silence_ms} ms), on uvloop; emulator in its own "
         "process.",
         "",
-        "End-of-turn lateness: ActivityEnd on the wire − arrival of the last speech frame before it − silence "
-        "window (ms). With DTX the receiver's jitter buffer holds the last ~80 ms of each answer until the next "
-        "burst (DESIGN.md §6), so the last frame that arrives before ActivityEnd is ~80 ms of media short of "
-        "the true end; the bridge cannot act on frames it has not received.",
+        "Lateness: ActivityEnd on the wire − arrival of the last speech frame before it − silence window (ms). "
+        "From true end: ActivityEnd on the wire − the labelled end of the answer on the session clock (its media "
+        "time placed by the least-late frame) − silence window (ms). Tail missing: labelled end − media end of the "
+        "last speech frame received before ActivityEnd (ms). With DTX aiortc's jitter buffer alone holds the last "
+        "~80 ms of each answer until the next burst (DESIGN.md §6); `workbench.ingest` releases it 50 ms after "
+        "packets stop (`LoopDecoder.release`), so the last speech frame arrives that much later and the turn "
+        "ends on its true media end.",
         "",
-        "| frames in silence | turns | median | p95 | max | target p95 ≤ 40 ms |",
-        "|---|---|---|---|---|---|",
+        "| frames in silence | turns | lateness median | p95 | max | target p95 ≤ 40 ms | from true end median | "
+        "p95 | tail missing median | max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dtx in (True, False):
         late = [x for x in res["late"][dtx] if x == x]  # type: ignore[index]
         found, total = res["turns"][dtx]  # type: ignore[index]
         p95 = pct(late, 95)
         target = ("met" if p95 <= LATE_TARGET_MS else "MISSED") if dtx else "(target is for DTX)"
+        from_end = res["from_end"][dtx]  # type: ignore[index]
+        missing = [x for x in res["missing"][dtx] if x == x]  # type: ignore[index]
         lines.append(f"| {'stop (DTX)' if dtx else 'keep coming'} | {found}/{total} | {pct(late, 50):.0f} | "
-                     f"{p95:.0f} | {max(late, default=float('nan')):.0f} | {target} |")
+                     f"{p95:.0f} | {max(late, default=float('nan')):.0f} | {target} | {pct(from_end, 50):.0f} | "
+                     f"{pct(from_end, 95):.0f} | {pct(missing, 50):.0f} | {max(missing, default=float('nan')):.0f} |")
     return "\n".join(lines)
 
 

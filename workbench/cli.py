@@ -34,6 +34,7 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--base-url", help="a Live endpoint to use instead of the embedded emulator "
                        "(https://host:port; trust its certificate with SSL_CERT_FILE)")
     where.add_argument("--live", action="store_true", help="use real Gemini (needs GEMINI_API_KEY)")
+    add_api_key_arg(p)
     p.add_argument("--model", default=DEFAULT_LIVE_MODEL, help="model name (default %(default)s)")
     p.add_argument("--params", type=Path, help="turn-detector parameters as JSON (written by the tuning panel)")
     p.add_argument("--threshold-db", type=float, help="speech start threshold in dBFS (default -40)")
@@ -78,6 +79,24 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
+def add_api_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="send the API key held in environment variable NAME (GEMINI_API_KEY goes only to Google's "
+                        "endpoint with --live; the emulator and --base-url get no key unless named here)")
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """The key ``--api-key-env NAME`` names (None without it); checks ``--live`` has a key."""
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: no such variable in the environment (or empty)")
+    if args.live and not (key or os.environ.get("GEMINI_API_KEY")):
+        raise UsageError("--live needs GEMINI_API_KEY in the environment (or --api-key-env NAME)")
+    return key
+
+
 def _params(args: argparse.Namespace):
     from .turns import TurnParams
 
@@ -108,11 +127,10 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     out = args.out or _default_out(name)
     if (Path(out) / "events.jsonl").exists():
         raise UsageError(f"{out} already holds a recording; choose another --out or delete it")
-    if args.live and not os.environ.get("GEMINI_API_KEY"):
-        raise UsageError("--live needs GEMINI_API_KEY in the environment")
     settings = live.LiveSettings(
         model=args.model,
         base_url=args.base_url,
+        api_key=api_key_from(args),
         ping_interval_s=args.ping_interval,
         ping_timeout_s=args.ping_timeout,
         max_queue=args.max_queue,

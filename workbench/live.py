@@ -92,8 +92,30 @@ class LiveSettings:
         }
 
 
+GOOGLE_KEY_ENV = "GEMINI_API_KEY"
+_KEY_HEADER = "x-goog-api-key"
+_NO_KEY = "no-key"  # what the SDK is given when no key may be sent (its header is then taken off)
+
+
+def api_key_for(settings: LiveSettings) -> str | None:
+    """The API key a session may send: the one the user named (``settings.api_key``), else ``GEMINI_API_KEY`` for
+    Google's endpoint only.  The embedded emulator and any ``base_url`` get no key unless one was named."""
+    if settings.api_key:
+        return settings.api_key
+    if settings.base_url:
+        return None
+    return os.environ.get(GOOGLE_KEY_ENV) or None
+
+
 def make_client(settings: LiveSettings, create_connection: type | None = None) -> genai.Client:
-    """A genai client whose websocket uses our keepalive settings and (optionally) a wire tap."""
+    """A genai client whose websocket uses our keepalive settings and (optionally) a wire tap.
+
+    The key rule (``api_key_for``): ``GEMINI_API_KEY`` goes to Google's endpoint only.  For another endpoint
+    with no key named, the SDK still needs a key to take its API-key path, and given none it would read
+    ``GEMINI_API_KEY``/``GOOGLE_API_KEY`` from the environment itself; so it gets a placeholder and the
+    header that would carry it is removed: nothing key-like goes out (the emulator logs ``api_key`` absent).
+    Raises ValueError for Google's endpoint without a key.
+    """
     args: dict[str, Any] = {
         "ping_interval": settings.ping_interval_s,
         "ping_timeout": settings.ping_timeout_s,
@@ -107,8 +129,18 @@ def make_client(settings: LiveSettings, create_connection: type | None = None) -
     options = types.HttpOptions(async_client_args=args)
     if settings.base_url:
         options.base_url = settings.base_url
-    api_key = settings.api_key or os.environ.get("GEMINI_API_KEY") or "emulator"
-    return genai.Client(api_key=api_key, http_options=options)
+    api_key = api_key_for(settings)
+    if api_key:
+        return genai.Client(api_key=api_key, http_options=options)
+    if not settings.base_url:
+        raise ValueError(f"Google's Live endpoint needs an API key: set {GOOGLE_KEY_ENV} (or name one)")
+    client = genai.Client(api_key=_NO_KEY, http_options=options)
+    # google-genai 3.x keeps the key header in the client's http options, which live.connect() sends as is.
+    headers = getattr(getattr(getattr(client, "_api_client", None), "_http_options", None), "headers", None)
+    if not isinstance(headers, dict) or headers.get(_KEY_HEADER) != _NO_KEY:
+        raise RuntimeError("this google-genai keeps its API key header where make_client does not expect it")
+    del headers[_KEY_HEADER]
+    return client
 
 
 def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> types.LiveConnectConfig:

@@ -9,7 +9,8 @@ Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes i
   When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
   when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
   judge a frame by ``pts_s`` (media time), not by arrival time (``MediaClock``); the receiver can
-  be changed, and ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame.
+  be changed: ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame, and
+  ``workbench.ingest`` releases it when packets stop (``LoopDecoder.release``).
 - aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
   timestamp continuing the previous burst; the next packet carries the true time.  So one 20 ms
   frame of each new burst looks, by pts, as if it followed the old burst directly.
@@ -32,7 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSe
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .loopdecode import decode_audio_on_loop
+from .loopdecode import HoldingJitterBuffer, decode_audio_on_loop
 
 RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
@@ -232,7 +233,9 @@ def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
         raise RuntimeError("this aiortc has no audio jitter buffer where set_jitter_prefetch expects it")
     if receiver.track.kind != "audio":
         raise ValueError("set_jitter_prefetch is for audio receivers")
-    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=prefetch))
+    old = getattr(receiver, name)
+    on_held = old.on_held if isinstance(old, HoldingJitterBuffer) else None  # decode_on_loop's, if it came first
+    setattr(receiver, name, HoldingJitterBuffer(capacity=16, prefetch=prefetch, on_held=on_held))
 
 
 async def loopback(
