@@ -614,6 +614,12 @@ def main() -> int:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
         print(s.getvalue())
+        # cProfile sees the loop's thread only; aiortc encodes the outgoing audio on executor threads
+        by_name: dict[str, float] = {}
+        for name, cpu_s in thread_cpu().values():
+            by_name[name] = by_name.get(name, 0.0) + cpu_s
+        print("CPU s by thread name:", ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_name.items(),
+                                                                                 key=lambda kv: -kv[1])))
         print(report(rows, audio.size / 48_000))
         return 0
     keys = [k for k in args.cpu_variants.split(",") if k]
