@@ -387,7 +387,8 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         "the answer), at N = 1, the silence window included (what the user waits); both clocks are the machine's "
         "`CLOCK_MONOTONIC`. *Answers ended*: answers with an ActivityEnd between their end and the next answer's "
         "start (the rest were merged into the next turn or never ended). A *false cut-off* is an ActivityEnd "
-        "received inside a labelled answer (during a thinking pause). *Outside*: audio chunks the emulator got "
+        "received inside a labelled answer (during a thinking pause; an answer with several pauses can be cut "
+        "several times, so the count is given with its rate per answer). *Outside*: audio chunks the emulator got "
         "outside an activity; *empty*: activities with no audio; *order*: ActivityStart while open, ActivityEnd "
         "with none open, messages before setup.",
     ]
@@ -410,7 +411,8 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
                 summary[(t["name"], s.key, dtx)] = {"p50": pct(lat, 50), "p95": pct(lat, 95),
                                                     "cut": cut / max(ans, 1), "ended": ended / max(ans, 1), **vals}
                 lines.append(f"| {s.title} | {'stop (DTX)' if dtx else 'keep coming'} | {pct(lat, 50):.0f} ms | "
-                             f"{pct(lat, 95):.0f} ms | {ended}/{ans} | {cut}/{ans} | {vals['outside']} | "
+                             f"{pct(lat, 95):.0f} ms | {ended}/{ans} | {cut} ({cut / max(ans, 1):.2f} an answer) | "
+                             f"{vals['outside']} | "
                              f"{vals['empty']} | {vals['order']} |")
     first = tinfo[0]["name"]
     ns = sorted({r["n"] for r in runs if r["track_name"] == first})
@@ -438,14 +440,18 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
             lines.append(f"| {s.title} | {n} | {np.median(c):.2f} % ({min(c):.2f}–{max(c):.2f}) | {win:.1f} s | "
                          f"{np.median(lag):.1f} ms ({min(lag):.1f}–{max(lag):.1f}) |")
     lines += ["", "Ratios, pipecat (defaults) ÷ workbench (defaults), one run; > 1 means the workbench is ahead "
-              "(for answers ended, workbench ÷ pipecat):", "",
+              "(for answers ended, workbench ÷ pipecat); values workbench vs pipecat:", "",
               "| figure | ratio | workbench ahead? |", "|---|---|---|"]
 
+    behind: list[str] = []
+
     def row(name: str, w: float, p: float, higher_better: bool = False) -> None:
-        if higher_better:
-            w, p = p, w
-        ahead = "yes" if p > w else ("tie" if p == w else "**no**")
-        lines.append(f"| {name} | {ratio(w, p)} ({w:.2f} vs {p:.2f}) | {ahead} |")
+        """One ratio, the workbench's value first; > 1 means the workbench is ahead."""
+        worse, better = (p, w) if higher_better else (w, p)
+        ahead = "yes" if better > worse else ("tie" if better == worse else "**no**")
+        if ahead == "**no**":
+            behind.append(name)
+        lines.append(f"| {name} | {ratio(worse, better)} ({w:.2f} vs {p:.2f}) | {ahead} |")
 
     for t in tinfo:
         for dtx in (False, True):
@@ -466,6 +472,7 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         if w and p:
             row(f"CPU per session, N = {n}", w["cpu"], p["cpu"])
             row(f"loop lag p99, N = {n}", w["lag"], p["lag"])
+    lines += ["", "Where the workbench is behind: " + ("; ".join(behind) if behind else "nowhere") + "."]
     lines += [
         "",
         "Why, from pipecat's source (1.14) and the runs above:",
@@ -524,7 +531,7 @@ def main() -> int:
         return workbench_child(args)
     version = ensure_venv(not args.no_install)
     if args.from_runs:  # re-render finished runs' figures (bench/out/peers/runs*.json) without measuring
-        runs, tinfo, argv = [], [], []
+        runs, tinfo, saved_argv = [], [], []
         for f in args.from_runs.split(","):
             saved = json.loads(Path(f).read_text())
             if isinstance(saved, list):  # saved before the file carried its tracks and command
@@ -535,16 +542,25 @@ def main() -> int:
                          "argv": ["--rounds", str(1 + max(r["round"] for r in saved)), "--n", "1,10", "--write"]}
             runs += saved["runs"]
             tinfo += saved["tracks"]
-            argv.append(" ".join(saved["argv"]))
-        # the section names the commands that measured these figures
-        sys.argv = [sys.argv[0], *" && bench_peers.py ".join(argv).split(" ")]
+            saved_argv.append(saved["argv"])
+        sys.argv = [sys.argv[0], *saved_argv[0]]  # the section names the command that measured these figures
+        commands = [" ".join(["bench/bench_peers.py", *a]) for a in saved_argv]
     else:
         trs = tracks(candidate=not args.no_candidate, extra=args.speech)
         runs = measure(args.rounds, [int(x) for x in args.n.split(",") if x], trs)
         tinfo = track_info(trs, runs)
         name = args.save or str(OUT / "peers" / "runs.json")
         Path(name).write_text(json.dumps({"runs": runs, "tracks": tinfo, "argv": sys.argv[1:]}))
-    publish(TITLE, section(TITLE, report(runs, tinfo, version)), args.write)
+        commands = [" ".join(["bench/bench_peers.py", *sys.argv[1:]])]
+    body = report(runs, tinfo, version)
+    if len(commands) > 1:
+        runs_by = "; then ".join(f"`{c}`" for c in commands)
+        body = f"Measured by {runs_by} (rendered together with `--from-runs`).\n\n{body}"
+    if any("--speech" in c for c in commands):
+        body = ("Besides the candidate track: labelled recordings given with `--speech` (here the real-speech set "
+                "with thinking pauses of the end-of-turn issue, `thinking.flac`, read from that work's branch before "
+                "it landed; once it is in `recordings/`, this script plays it without being told).\n\n" + body)
+    publish(TITLE, section(TITLE, body), args.write)
     return 0
 
 
