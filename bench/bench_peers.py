@@ -60,18 +60,23 @@ ORDER = ("activity_start_while_open", "activity_end_without_start", "message_bef
 
 # -- the venv ------------------------------------------------------------------------------------------------------
 
+def fail(msg: str) -> None:
+    print(f"workbench: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def ensure_venv(install: bool) -> str:
     """pipecat's venv, created and filled from the registry when missing; its pipecat version."""
     if not VENV_PY.exists():
         if not install:
-            raise SystemExit(f"workbench: error: {VENV} is missing (run without --no-install or make peers-venv)")
+            fail(f"{VENV} is missing (run without --no-install, or make peers-venv)")
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
         subprocess.check_call([str(VENV_PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
     probe = [str(VENV_PY), "-c", "import importlib.metadata as m; print(m.version('pipecat-ai'))"]
     got = subprocess.run(probe, capture_output=True, text=True)
     if got.returncode != 0:
         if not install:
-            raise SystemExit(f"workbench: error: pipecat-ai is not installed in {VENV}")
+            fail(f"pipecat-ai is not installed in {VENV}")
         subprocess.check_call([str(VENV_PY), "-m", "pip", "install", "-q", PIPECAT_REQ])
         got = subprocess.run(probe, capture_output=True, text=True, check=True)
     return got.stdout.strip()
@@ -127,7 +132,7 @@ def labelled_beside(audio: Path) -> Track:
 
     labels = audio.with_suffix(".labels.txt")
     if not labels.exists():
-        raise SystemExit(f"workbench: error: {audio} has no {labels.name} beside it")
+        fail(f"{audio} has no {labels.name} beside it")
     return Track(audio.name, to_int16(load_mono(audio, 48_000)), read_labels(labels))
 
 
