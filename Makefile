@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint lab system clean
+.PHONY: demo test bench lint lab system clean peers-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,17 @@ test: $(STAMP) system
 	$(BIN)/ruff check workbench tests bench
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) system
+bench: $(STAMP) system peers-venv
 	$(BIN)/python bench/run_all.py --write
+
+# pipecat for bench/bench_peers.py, in a venv of its own so the project's dependencies stay clean (git-ignored)
+PEERS_VENV := bench/.peers-venv
+peers-venv: $(PEERS_VENV)/.installed
+$(PEERS_VENV)/.installed:
+	$(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q 'pipecat-ai[google,silero]==1.14.0'
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests bench
@@ -41,4 +50,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(PEERS_VENV)

@@ -19,8 +19,14 @@ after the session's ``mic_open``, i.e. without the start-up handshakes); CPU of 
 (player frames − ``frame`` events) and turns that missed their ActivityEnd or their answer.
 Unless ``--no-all-in-one``, one more row runs N = 10 the old way for comparison: players,
 emulator and bridges in one process and one event loop.
+Then the per-session CPU section (``--cpu-n``, default N = 1 and 10): ``--cpu-rounds`` rounds of the
+``--cpu-variants`` in turn, among them the whole live path as ``workbench run`` runs it and as
+``workbench serve`` runs it (the agent's voice back to the browser included), each with its steady-state
+CPU, the window it is measured over, its start-up and wind-down CPU and its loop lag.
 ``--profile N`` runs that N with the bridge process under cProfile and prints the top functions
-(``bench/out/load/N.prof``).  ``--write`` replaces the "## Concurrent sessions" section of BENCHMARKS.md.
+(``bench/out/load/N.prof``; ``--profile-serve`` for the serve path).  ``--write`` replaces the
+"## Concurrent sessions" and "## Per-session CPU of the whole live path" sections of BENCHMARKS.md (each only
+when it ran).
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ class GatedPlayer(FilePlayerTrack):
         return await super().recv()
 
 
-async def players_main(n: int) -> None:
+async def players_main(n: int, sendrecv: bool = False) -> None:
     from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
     patch_aioice_loopback()
@@ -120,7 +126,8 @@ async def players_main(n: int) -> None:
     for i in range(n):
         pc = RTCPeerConnection(_rtc_config())
         track = GatedPlayer(audio, dtx=False, tail_s=TAIL_S)
-        transceiver = pc.addTransceiver(track, direction="sendonly")
+        # sendrecv: the browser also receives the agent's voice, as serve's page does
+        transceiver = pc.addTransceiver(track, direction="sendrecv" if sendrecv else "sendonly")
         transceiver.setCodecPreferences(opus)
 
         def ended(i: int = i, track: GatedPlayer = track, sender=transceiver.sender) -> None:  # noqa: ANN001
@@ -154,8 +161,9 @@ async def players_main(n: int) -> None:
 class Players:
     """The player process and the signalling with it."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, sendrecv: bool = False) -> None:
         self.n = n
+        self.sendrecv = sendrecv
         self.proc: asyncio.subprocess.Process | None = None
         self.offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.ended: dict[int, int] = {}
@@ -165,6 +173,7 @@ class Players:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).resolve()), "--players", str(self.n),
+            *(["--sendrecv"] if self.sendrecv else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**20)
         self._reader = asyncio.create_task(self._read())
 
@@ -191,11 +200,12 @@ class Players:
             await self._reader
 
 
-async def answer(players: Players, loop_decode: bool = True) -> tuple[int, Any, Any]:
+async def answer(players: Players, loop_decode: bool = True, voice: Any = None) -> tuple[int, Any, Any]:
     """Take the next offer, answer it with a receiving peer connection; the offer's index, the pc, its track.
 
     ``loop_decode``: Opus decoded on the event loop, as the bridge's browser server does (False: aiortc's
-    decoder thread per receiver)."""
+    decoder thread per receiver).  ``voice``: a track sent back on the same transceiver, as ``serve`` adds
+    the agent's voice (``ModelAudioTrack``: resample 24→48 kHz, paced frames, Opus encode, RTP send)."""
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     offer = await players.offers.get()
@@ -210,13 +220,20 @@ async def answer(players: Players, loop_decode: bool = True) -> tuple[int, Any, 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
     if loop_decode:
         decode_audio_on_loop(pc)
+    if voice is not None:
+        pc.addTrack(voice)
     await pc.setLocalDescription(await pc.createAnswer())
     players.send({"answer": offer["offer"], "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
     return offer["offer"], pc, await got
 
 
-async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: bool = True) -> dict[str, Any]:
-    """N sessions: player process -> WebRTC -> this process's bridges -> the emulator's process."""
+async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: bool = True,
+                serve: bool = False) -> dict[str, Any]:
+    """N sessions: player process -> WebRTC -> this process's bridges -> the emulator's process.
+
+    ``serve``: each session as ``workbench serve`` runs it: the mic through serve's ``HangupTrack``, a
+    ``BrowserSession`` observing (page updates serialised to JSON; no data channel here, so they queue in its
+    backlog) and the agent's voice back to the player on a ``ModelAudioTrack``."""
     out = OUT / "load" / str(n)
     shutil.rmtree(out, ignore_errors=True)
     patch_aioice_loopback()
@@ -229,7 +246,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
         return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=False, tail_s=TAIL_S,
                                     name=f"load-{n}-{i}")
 
-    players = Players(n)
+    players = Players(n, sendrecv=serve)
     watcher = asyncio.create_task(rss.run())
     trace = CpuTrace()
     tracer = asyncio.create_task(trace.run())
@@ -239,14 +256,20 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
     pcs = []
 
     async def one() -> bridge.SessionResult:
-        i, pc, track = await answer(players, loop_decode)
+        from workbench.web.server import BrowserSession, HangupTrack, ModelAudioTrack
+
+        voice = ModelAudioTrack() if serve else None
+        i, pc, track = await answer(players, loop_decode, voice)
         pcs.append(pc)
 
         def progress(msg: str) -> None:
             if msg == "playing the microphone":
                 players.send({"play": i})
 
-        return await bridge.run_session(track, cfg(i), out / str(i), progress=progress)
+        if not serve:
+            return await bridge.run_session(track, cfg(i), out / str(i), progress=progress)
+        page = BrowserSession(id=str(i), name=f"load-{n}-{i}", dir=out / str(i), pc=pc, voice=voice, options={})
+        return await bridge.run_session(HangupTrack(track), cfg(i), out / str(i), progress=progress, observer=page)
 
     results = await asyncio.gather(*(one() for _ in range(n)))
     cpu, wall, loop_cpu = process_cpu() - cpu0, time.monotonic() - wall0, loop_thread_cpu() - loop0
@@ -262,7 +285,10 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
     opened, last_frames = row.pop("opened"), row.pop("last_frames")
     row.update(trace.all_streaming(opened, last_frames))
     streamed_s = sum(b - a for a, b in zip(opened, last_frames, strict=True))
+    # What a session costs outside the steady state: start-up (SDK client, TLS, ICE/DTLS, greeting) and
+    # wind-down (last answer, close), per session; and the whole session's CPU per second of audio streamed.
     row["setup_cpu_s"] = (cpu - row["per_session_pct"] / 100 * streamed_s) / n
+    row["whole_pct"] = 100 * cpu / streamed_s
     row.update(cpu_pct=100 * cpu / wall, loop_cpu_pct=100 * loop_cpu / wall, players_cpu_pct=100 * players.cpu_s / wall,
                emulator_cpu_pct=100 * emu_cpu / wall, wall_s=wall,
                rss_per_session_mb=rss.growth_mb / n, players_frames=sum(players.ended.values()))
@@ -314,6 +340,7 @@ class CpuVariant:
     full: bool  # the bridges (else a bare ``track.recv()`` loop)
     loop_decode: bool
     loop: str  # workbench.eventloop kind
+    serve: bool = False  # as ``workbench serve`` runs a session: HangupTrack, page observer, the voice back
 
 
 CPU_VARIANTS = (
@@ -324,30 +351,38 @@ CPU_VARIANTS = (
     CpuVariant("full_before", "whole path, aiortc's decoder thread, asyncio loop", True, False, "asyncio"),
     CpuVariant("full_asyncio", "whole path, decode on the loop, asyncio loop (tests, notebooks)", True, True,
                "asyncio"),
-    CpuVariant("full_bridge", "**whole live path as `workbench run` runs it** (decode on the loop, uvloop; `serve` "
-               "takes the same frame path, plus its page updates and the agent's voice back to the browser)",
+    CpuVariant("full_bridge", "**whole live path as `workbench run` runs it** (decode on the loop, uvloop)",
                True, True, "uvloop"),
+    CpuVariant("serve_bridge", "**whole live path as `workbench serve` runs it**: the same, plus serve's "
+               "`HangupTrack`, its page observer and the agent's voice back (resample 24→48 kHz, Opus encode, "
+               "send on the outgoing track)", True, True, "uvloop", serve=True),
 )
+WHOLE = ("full_bridge", "serve_bridge")  # the rows the target is for
 
 
-def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray) -> list[dict[str, Any]]:
-    """Per N, ``rounds`` × every ``CPU_VARIANTS`` run in turn (each on a fresh loop of its kind), so all see
-    the same machine."""
+def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray,
+               variants: tuple[CpuVariant, ...] = CPU_VARIANTS) -> list[dict[str, Any]]:
+    """Per N, ``rounds`` × every variant run in turn (each on a fresh loop of its kind), so all see the same
+    machine."""
     out = []
     with ExternalEmulator() as emu:
         for n in ns:
-            got: dict[str, list[float]] = {v.key: [] for v in CPU_VARIANTS}
-            lag: dict[str, list[float]] = {v.key: [] for v in CPU_VARIANTS if v.full}
+            got: dict[str, list[float]] = {v.key: [] for v in variants}
+            extra: dict[str, dict[str, list[float]]] = {k: {v.key: [] for v in variants if v.full}
+                                                        for k in ("lag_p99", "setup_cpu_s", "stream_window_s",
+                                                                  "whole_pct")}
             for r in range(rounds):
-                for v in CPU_VARIANTS:
-                    run = run_n(n, audio, emu, v.loop_decode) if v.full else run_receive_only(n, v.loop_decode)
+                for v in variants:
+                    run = (run_n(n, audio, emu, v.loop_decode, v.serve) if v.full
+                           else run_receive_only(n, v.loop_decode))
                     row = eventloop.run(run, v.loop)
                     got[v.key].append(row["per_session_pct"])
                     if v.full:
-                        lag[v.key].append(row["lag_p99"])
+                        for k, d in extra.items():
+                            d[v.key].append(row[k])
                 print(f"N={n} round {r + 1}: " + ", ".join(f"{k} {x[-1]:.2f} %" for k, x in got.items()),
                       file=sys.stderr)
-            out.append({"n": n, **got, "lag_p99": lag})
+            out.append({"n": n, **got, **extra})
     return out
 
 
@@ -415,37 +450,63 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
 CPU_TARGET_PCT = 3.0
 
 
-def cpu_report(rows: list[dict[str, Any]], rounds: int) -> str:
-    if not rows:
-        return ""
+CPU_TITLE = "Per-session CPU of the whole live path"
 
-    def cell(values: list[float], lags: list[float] | None) -> str:
-        text = f"{np.median(values):.2f} % ({min(values):.2f}–{max(values):.2f})"
-        return text if not lags else text + f"; lag p99 {np.median(lags):.0f} ms ({min(lags):.0f}–{max(lags):.0f})"
+
+def cpu_report(rows: list[dict[str, Any]], rounds: int, variants: tuple[CpuVariant, ...] = CPU_VARIANTS) -> str:
+    """The per-session CPU section: one row per (variant, N), medians of the rounds with their spread."""
+    def cell(values: list[float], unit: str = " %", nd: int = 2) -> str:
+        if not values:
+            return "–"
+        return f"{np.median(values):.{nd}f}{unit} ({min(values):.{nd}f}–{max(values):.{nd}f})"
 
     lines = [
-        "", "### Per-session CPU of the whole live path", "",
-        "Steady state: CPU of the bridge process (all threads) from the moment the last of the N sessions opened "
-        "its mic to the first one's last frame (all N streaming), divided by N: % of one core per session, i.e. CPU "
-        "seconds per second of audio. *Receive only* is the same process with the bridges replaced by a bare "
-        "`track.recv()` loop: aiortc's share (ICE, DTLS/SRTP, RTP, jitter buffer, Opus decode, the hand-over to the "
-        "loop). *Whole path*: WebRTC receive and decode, resample, VAD, send through the SDK, record. Opus decoded "
-        "on aiortc's decoder thread (one per receiver, as aiortc ships) or on the event loop "
-        "(`workbench.loopdecode`); event loop asyncio's or uvloop (`workbench.eventloop`). "
-        f"{rounds} rounds, the variants in turn in each round so all see the same machine; medians, with the "
-        "spread of the rounds; for the whole path also the loop lag p99 over the whole session (connect and "
-        "greeting included), median and spread of the rounds.",
+        "N sessions at once, each 13.5 s of the candidate track (2 answers) + 1.5 s tail, no DTX, energy detector, "
+        "recording everything, the greeting first; the processes as in \"Concurrent sessions\" (players and the "
+        "emulator in processes of their own).",
         "",
-        "| variant | " + " | ".join(f"N = {r['n']}" for r in rows) + " |",
-        "|---|" + "---|" * len(rows),
+        "*Steady*: CPU of the bridge process (all threads) from the moment the last of the N sessions opened its "
+        "mic to the first one's last frame (all N streaming; the *window* column is that stretch's length), "
+        "divided by N: % of one core per session, i.e. CPU seconds per second of audio. *Start-up + wind-down*: "
+        "the process's CPU over the whole run less the steady rate times the seconds each session streamed, per "
+        "session (SDK client and TLS, ICE/DTLS, the greeting, the last answer, close). *Whole session*: all the "
+        "process's CPU over the seconds of audio streamed, start-up included, per session. *Receive only* is the "
+        "same process with the bridges replaced by a bare `track.recv()` loop: aiortc's share (ICE, DTLS/SRTP, "
+        "RTP, jitter buffer, Opus decode, the hand-over to the loop). `run`'s path: WebRTC receive and decode, "
+        "resample, VAD, send through the SDK, record. `serve`'s adds its `HangupTrack` relay, the page observer "
+        "(every event serialised to JSON for the page; no data channel here, so they queue) and the agent's voice "
+        "back: `ModelAudioTrack` resampling 24→48 kHz, paced 20 ms frames (silence between answers, as serve "
+        "sends), Opus encode and RTP/SRTP send on the outgoing track to the player. "
+        f"{rounds} rounds, the variants in turn in each round so all see the same machine (shared with other "
+        "work: absolute figures drift by up to ~20 % from hour to hour, the side-by-side ratios less); medians, "
+        "with the spread of the rounds. Loop lag p99 over the whole session (connect and greeting included).",
+        "",
+        "| variant | N | steady per session | window | start-up + wind-down per session | whole session "
+        "| loop lag p99 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for v in CPU_VARIANTS:
-        lines.append(f"| {v.title} | " + " | ".join(cell(r[v.key], r["lag_p99"].get(v.key)) for r in rows) + " |")
-    cells = []
     for r in rows:
-        full = float(np.median(r["full_bridge"]))
-        cells.append(f"**{full:.2f} %** ({'met' if full < CPU_TARGET_PCT else 'MISSED'})")
-    lines.append(f"| target < {CPU_TARGET_PCT:g} % of a core per session | " + " | ".join(cells) + " |")
+        for v in variants:
+            if v.key not in r:
+                continue
+            if not v.full:
+                lines.append(f"| {v.title} | {r['n']} | {cell(r[v.key])} | – | – | – | – |")
+                continue
+            lines.append(
+                f"| {v.title} | {r['n']} | {cell(r[v.key])} | {cell(r['stream_window_s'][v.key], ' s', 1)} | "
+                f"{cell(r['setup_cpu_s'][v.key], ' s CPU')} | {cell(r['whole_pct'][v.key])} | "
+                f"{cell(r['lag_p99'][v.key], ' ms', 0)} |")
+    lines += ["", f"Target: < {CPU_TARGET_PCT:g} % of one core per session for the whole path, steady.", ""]
+    for r in rows:
+        for key in WHOLE:
+            if key not in r:
+                continue
+            v = next(x for x in variants if x.key == key)
+            steady = float(np.median(r[key]))
+            whole = float(np.median(r["whole_pct"][key]))
+            verdict = "met" if steady < CPU_TARGET_PCT else f"MISSED by {steady - CPU_TARGET_PCT:.2f} points"
+            lines.append(f"- `{'serve' if v.serve else 'run'}`, N = {r['n']}: steady **{steady:.2f} %** ({verdict}); "
+                         f"with start-up and wind-down {whole:.2f} %.")
     return "\n".join(lines)
 
 
@@ -520,39 +581,64 @@ async def bridge_main(ns: list[int], audio: np.ndarray) -> list[dict[str, Any]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
-    ap.add_argument("--n", default="1,5,10,20", help="session counts, comma-separated")
+    ap.add_argument("--n", default="1,5,10,20", help="session counts, comma-separated (empty: skip that section)")
     ap.add_argument("--profile", type=int,
                     help="run this N under cProfile (bridge process) and print the top functions")
+    ap.add_argument("--profile-serve", action="store_true", help="with --profile: the serve path (voice back)")
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
-    ap.add_argument("--cpu-n", default="10,20",
-                    help="session counts for the per-session CPU table (empty: skip it)")
+    ap.add_argument("--cpu-n", default="1,10",
+                    help="session counts for the per-session CPU section (empty: skip it)")
     ap.add_argument("--cpu-rounds", type=int, default=5,
-                    help="rounds of (receive only, whole path) per N in the CPU table; medians reported")
+                    help="rounds of the variants per N in the CPU section; medians reported")
+    ap.add_argument("--cpu-variants", default=",".join(v.key for v in CPU_VARIANTS),
+                    help="variants of the CPU section, comma-separated: " + ", ".join(v.key for v in CPU_VARIANTS))
     ap.add_argument("--players", type=int, help=argparse.SUPPRESS)  # the player process
+    ap.add_argument("--sendrecv", action="store_true", help=argparse.SUPPRESS)  # players receive the voice
     args = ap.parse_args()
     if args.players:
-        eventloop.run(players_main(args.players))
+        eventloop.run(players_main(args.players, args.sendrecv))
         return 0
     audio = short_audio()
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        rows = eventloop.run(bridge_main([args.profile], audio))
+        if args.profile_serve:
+            async def serve_once() -> list[dict[str, Any]]:
+                with ExternalEmulator() as emu:
+                    return [await run_n(args.profile, audio, emu, serve=True)]
+            rows = eventloop.run(serve_once())
+        else:
+            rows = eventloop.run(bridge_main([args.profile], audio))
         prof.disable()
         prof.dump_stats(OUT / "load" / f"{args.profile}.prof")
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
         print(s.getvalue())
+        # cProfile sees the loop's thread only; aiortc encodes the outgoing audio on executor threads
+        by_name: dict[str, float] = {}
+        for name, cpu_s in thread_cpu().values():
+            by_name[name] = by_name.get(name, 0.0) + cpu_s
+        print("CPU s by thread name:", ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_name.items(),
+                                                                                 key=lambda kv: -kv[1])))
         print(report(rows, audio.size / 48_000))
         return 0
-    rows = eventloop.run(bridge_main([int(x) for x in args.n.split(",") if x], audio))
-    if not args.no_all_in_one:
+    keys = [k for k in args.cpu_variants.split(",") if k]
+    unknown = [k for k in keys if k not in {v.key for v in CPU_VARIANTS}]
+    if unknown:
+        print(f"bench_load: error: unknown variant {unknown[0]!r}", file=sys.stderr)
+        return 2
+    variants = tuple(v for v in CPU_VARIANTS if v.key in keys)
+    ns = [int(x) for x in args.n.split(",") if x]
+    rows = eventloop.run(bridge_main(ns, audio)) if ns else []
+    if ns and not args.no_all_in_one:
         rows.append(eventloop.run(run_all_in_one(ALL_IN_ONE_N, audio)))
         print(rows[-1], file=sys.stderr)
+    if rows:
+        publish(TITLE, section(TITLE, report(rows, audio.size / 48_000)), args.write)
     cpu_ns = [int(x) for x in args.cpu_n.split(",") if x]
-    cpu = cpu_rounds(cpu_ns, args.cpu_rounds, audio) if cpu_ns else []
-    text = section(TITLE, report(rows, audio.size / 48_000) + "\n" + cpu_report(cpu, args.cpu_rounds))
-    publish(TITLE, text, args.write)
+    if cpu_ns:
+        cpu = cpu_rounds(cpu_ns, args.cpu_rounds, audio, variants)
+        publish(CPU_TITLE, section(CPU_TITLE, cpu_report(cpu, args.cpu_rounds, variants)), args.write)
     return 0
 
 

@@ -2,10 +2,12 @@
 
 Run:  .venv/bin/python bench/bench_turns.py [--write] [--interviews N]
 
-Per parameter set and condition: answers found / split / merged / missed, false turns,
-ActivityEnd lateness (ms above the silence window, vs the synth's exact speech end), onset
-delay, and speed in seconds of audio per CPU second on one core (time.process_time around
-the replay only).  ``--write`` puts the tables in bench/BENCHMARKS.md under "## Turn detection".
+Per parameter set and condition, one outcome per labelled answer (whole: one turn, covering only it; split:
+several turns, none covering another answer; merged: into a turn that covers another answer too; missed),
+false turns, ActivityEnd lateness (ms above the silence window, vs the synth's exact speech end), onset error
+(ActivityStart − true start, over the answers not merged; |error| p95), and speed in seconds of audio per CPU
+second on one core (time.process_time around the replay only).
+``--write`` puts the tables in bench/BENCHMARKS.md under "## Turn detection".
 """
 
 from __future__ import annotations
@@ -76,15 +78,20 @@ def run(n_interviews: int) -> str:
         "speech at −23 dBFS RMS.",
         "Lateness = ActivityEnd − true speech end − silence window (ms; 0 is ideal). "
         "Speed = seconds of audio per CPU second, one core.",
+        "One outcome per answer, adding up to the answers: *whole* = one turn covers it and nothing else; *split* = "
+        "several turns cover it, none of them another answer; *merged* = a turn that covers it also covers another "
+        "answer (not found: the bridge sent one ActivityEnd for several answers); *missed* = no turn. *False* = "
+        "turns covering no answer. Onset = ActivityStart − true speech start (ms), over the answers not merged "
+        "(a merged answer's ActivityStart is an earlier answer's); its |p95| is the absolute error.",
         "",
-        "| params | condition | found | split | merged | missed | false | late med | late p95 | onset med "
-        "| speed ×RT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| params | condition | whole | split | merged | missed | false | late med | late p95 | onset med "
+        "| onset \\|p95\\| | speed ×RT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     energy_speeds: list[float] = []  # the issue's figure: energy turn detection offline, >= 500x real time
     for pname, params in param_sets():
         for cname, _, _ in CONDITIONS:
-            agg = {"found": 0, "split": 0, "merged": 0, "missed": 0, "false_turns": 0}
+            agg = {"whole": 0, "split_only": 0, "merged_answers": 0, "missed": 0, "false_turns": 0}
             late: list[float] = []
             onset: list[float] = []
             cpu = 0.0
@@ -95,16 +102,18 @@ def run(n_interviews: int) -> str:
                 for k in agg:
                     agg[k] += r[k]
                 late += r["lateness_ms"]
-                onset += r["onset_ms"]
+                onset += r["onset_unmerged_ms"]
             if params.scorer == "energy":
                 energy_speeds.append(total_s / max(cpu, 1e-9))
             lat = np.asarray(late)
             late_med = float(np.median(lat)) if lat.size else None
             late_p95 = float(np.percentile(lat, 95)) if lat.size else None
             lines.append(
-                f"| {pname} | {cname} | {agg['found']}/{n_answers} | {agg['split']} | {agg['merged']} | "
-                f"{agg['missed']} | {agg['false_turns']} | {fmt(late_med)} | {fmt(late_p95)} | "
-                f"{fmt(float(np.median(onset)) if onset else None)} | {total_s / max(cpu, 1e-9):.0f} |"
+                f"| {pname} | {cname} | {agg['whole']}/{n_answers} | {agg['split_only']} | "
+                f"{agg['merged_answers']} | {agg['missed']} | {agg['false_turns']} | {fmt(late_med)} | "
+                f"{fmt(late_p95)} | {fmt(float(np.median(onset)) if onset else None)} | "
+                f"{fmt(float(np.percentile(np.abs(onset), 95)) if onset else None)} | "
+                f"{total_s / max(cpu, 1e-9):.0f} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
 

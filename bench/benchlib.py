@@ -40,7 +40,9 @@ def command() -> str:
         python_s = str(python.relative_to(HERE.parent))  # the project's .venv: say so, not where this clone is
     except ValueError:
         python_s = str(python)
-    return " ".join([python_s, script_s, *sys.argv[1:]])
+    import shlex
+
+    return shlex.join([python_s, script_s, *sys.argv[1:]])  # quoted: an empty argument stays visible
 
 
 def section(title: str, body: str) -> str:

@@ -68,6 +68,7 @@ def test_detect_file_finds_three_answers_at_known_boundaries() -> None:
         assert turn.end_reason == "silence"
     r = evaluate(turns, truth, 700)
     assert (r["found"], r["split"], r["merged"], r["missed"], r["false_turns"]) == (3, 0, 0, 0, 0)
+    assert (r["whole"], r["split_only"], r["merged_answers"]) == (3, 0, 0)
     assert r["lateness_ms"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
 
 
@@ -77,6 +78,10 @@ def test_detect_file_short_silence_splits_and_long_silence_merges() -> None:
     assert split["split"] == 3 and split["merged"] == 0
     merged = evaluate(detect_file(x, RATE, TurnParams(silence_ms=2500)), truth, 2500)
     assert merged["merged"] == 1 and merged["found"] == 3
+    # one outcome per answer: a merged answer is not a whole one, however "found" reads
+    assert (merged["whole"], merged["split_only"], merged["merged_answers"], merged["missed"]) == (0, 0, 3, 0)
+    assert (split["whole"], split["split_only"], split["merged_answers"]) == (0, 3, 0)
+    assert merged["onset_unmerged_ms"] == [] and len(split["onset_unmerged_ms"]) == 3
 
 
 def test_detect_file_resamples_48k_stereo_and_int16() -> None:

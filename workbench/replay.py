@@ -165,6 +165,12 @@ def evaluate(turns: list[Turn], truth: list[tuple[float, float]], silence_ms: fl
     ended on silence, ActivityEnd minus the true speech end minus ``silence_ms`` (0 = ideal;
     negative = ActivityEnd before the speaker's true end plus the window, e.g. a faint tail missed).
     onset_ms: ActivityStart minus the true speech start for the first turn covering each answer.
+
+    Per answer, one outcome each (they add up to ``answers``), because a turn that swallows three answers covers
+    all three and so "found" alone reads well when it is not: whole: one turn covers the answer and nothing else;
+    split_only: more than one turn covers it and none of them covers another answer; merged_answers: a turn that
+    covers it also covers another answer; missed.  onset_unmerged_ms: onset_ms of the answers not merged (a
+    merged answer's onset is the turn's start, often an earlier answer's).
     """
     spans = [(min(t.speech_start, t.speech_end), max(t.speech_end, t.speech_start + 1e-6)) for t in turns]
     covers = [[j for j, (a0, a1) in enumerate(truth) if _overlaps(s0, s1, a0, a1)] for s0, s1 in spans]
@@ -174,11 +180,17 @@ def evaluate(turns: list[Turn], truth: list[tuple[float, float]], silence_ms: fl
             by_answer[j].append(i)
     lateness: list[float] = []
     onset: list[float] = []
+    onset_unmerged: list[float] = []
+    merged_answers = 0
     for j, (a0, a1) in enumerate(truth):
         idx = by_answer[j]
         if not idx:
             continue
         onset.append((turns[idx[0]].activity_start - a0) * 1000)
+        if any(len(covers[i]) > 1 for i in idx):
+            merged_answers += 1
+        else:
+            onset_unmerged.append(onset[-1])
         last = turns[idx[-1]]
         if len(covers[idx[-1]]) == 1 and last.end_reason == "silence":
             lateness.append((last.activity_end - a1) * 1000 - silence_ms)
@@ -190,6 +202,10 @@ def evaluate(turns: list[Turn], truth: list[tuple[float, float]], silence_ms: fl
         "split": sum(1 for idx in by_answer if len(idx) > 1),
         "merged": sum(1 for js in covers if len(js) > 1),
         "missed": sum(1 for idx in by_answer if not idx),
+        "whole": sum(1 for idx in by_answer if len(idx) == 1 and len(covers[idx[0]]) == 1),
+        "split_only": sum(1 for idx in by_answer if len(idx) > 1 and all(len(covers[i]) == 1 for i in idx)),
+        "merged_answers": merged_answers,
+        "onset_unmerged_ms": onset_unmerged,
         "false_turns": sum(1 for js in covers if not js),
         "lateness_ms": lateness,
         "lateness_median_ms": float(np.median(lat)) if lat.size else None,
