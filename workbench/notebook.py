@@ -61,8 +61,7 @@ async def session(audio: str | Path = BUNDLED, *, seconds: float | None = None, 
     if gemini:
         result = await bridge.run_session(samples, cfg, out_dir)
     else:
-        # ideal until the bridge-recovery issue lands
-        async with Emulator(EmulatorConfig(profile="ideal", reply_s=reply_s)) as emu:
+        async with Emulator(EmulatorConfig(reply_s=reply_s)) as emu:  # the real profile, as the bridge meets live
             settings.base_url = emu.base_url
             settings.ssl_context = emu.client_ssl_context()
             result = await bridge.run_session(samples, cfg, out_dir)

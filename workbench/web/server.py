@@ -457,8 +457,7 @@ class Server:
             else:  # its own emulator, so emulator.jsonl holds this session only
                 from ..emulator import Emulator, EmulatorConfig
 
-                # ideal until the bridge-recovery issue lands
-                async with Emulator(EmulatorConfig(profile="ideal", reply_s=self.config.reply_s)) as emu:
+                async with Emulator(EmulatorConfig(reply_s=self.config.reply_s)) as emu:  # the real profile
                     settings.base_url = emu.base_url
                     settings.ssl_context = emu.client_ssl_context()
                     s.result = await _run_observed(s, s.mic, cfg)
