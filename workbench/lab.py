@@ -39,6 +39,7 @@ FIXED_BRIDGE: Mapping[str, Any] = {"watchdog_s": 3.0, "heard_timeout_s": 4.0, "d
 OLD_BRIDGE: Mapping[str, Any] = {"reconnect": False, "watchdog_s": None, "response_timeout_s": 4.0}
 OLD_KEEPALIVE: Mapping[str, Any] = {"ping_interval_s": 2.0, "ping_timeout_s": 4.0}
 # The field report's reproductions: pings every 1 s with a 2 s pong timeout on the ideal server (each failure alone).
+LAB_LIVE: Mapping[str, Any] = {"close_timeout_s": 1.0}  # every lab session: a close handshake waits 1 s, not 5
 RESPONSE_TIMEOUT_S = 3.0  # what diagnose is told: an answer later than this after ActivityEnd is missing
 FIGURE_DPI = 72  # the lab draws 2 timelines per scenario: smaller images render twice as fast
 REPRO_KEEPALIVE: Mapping[str, Any] = {"ping_interval_s": 1.0, "ping_timeout_s": 2.0}
@@ -58,33 +59,34 @@ class Side:
         return EmulatorConfig(profile=self.profile, faults=[parse_fault(f) for f in self.faults], **self.emu)
 
     def session_config(self, emu: Emulator, name: str, *, dtx: bool = True) -> bridge.SessionConfig:
-        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
-                                     **{"close_timeout_s": 1.0, **self.live})
+        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(), **self.live)
         return bridge.SessionConfig(params=TurnParams(), live=settings, dtx=dtx, name=name, **self.bridge)
 
     def describe(self) -> str:
-        """One line: profile, faults, overrides."""
+        """One line: profile, faults, overrides (the lab's common close timeout left out)."""
         parts = [f"profile {self.profile}", *self.faults]
-        parts += [f"{k}={v}" for d in (self.emu, self.live, self.bridge) for k, v in d.items()]
+        parts += [f"{k}={v}" for d in (self.emu, self.live, self.bridge) for k, v in d.items()
+                  if (k, v) not in LAB_LIVE.items()]
         return ", ".join(parts)
 
 
 def old(profile: str = "real", faults: tuple[str, ...] = (), emu: Mapping[str, Any] | None = None,
         live: Mapping[str, Any] | None = None, **bridge_kw: Any) -> Side:
     """A broken side: the old settings (``OLD_BRIDGE``; keepalive pongs never waited for unless ``live`` says)."""
-    return Side(profile, faults, dict(emu or {}), {"ping_timeout_s": None, **(live or {})}, {**OLD_BRIDGE, **bridge_kw})
+    return Side(profile, faults, dict(emu or {}), {**LAB_LIVE, "ping_timeout_s": None, **(live or {})},
+                {**OLD_BRIDGE, **bridge_kw})
 
 
 def repro(naive: str | None = None, faults: tuple[str, ...] = (), max_queue: int = 16) -> Side:
     """A field-report reproduction: the ideal server, the naive piece in place, resilience off, 1 s / 2 s pings."""
-    return Side("ideal", faults, {}, {**REPRO_KEEPALIVE, "max_queue": max_queue},
+    return Side("ideal", faults, {}, {**LAB_LIVE, **REPRO_KEEPALIVE, "max_queue": max_queue},
                 {"naive": naive, "reconnect": False, "watchdog_s": None, "response_timeout_s": 4.0})
 
 
 def real(faults: tuple[str, ...] = (), emu: Mapping[str, Any] | None = None, live: Mapping[str, Any] | None = None,
          **bridge_kw: Any) -> Side:
     """A fixed side: the real bridge (``FIXED_BRIDGE`` bounds) against the real profile."""
-    return Side("real", faults, dict(emu or {}), dict(live or {}), {**FIXED_BRIDGE, **bridge_kw})
+    return Side("real", faults, dict(emu or {}), {**LAB_LIVE, **(live or {})}, {**FIXED_BRIDGE, **bridge_kw})
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ def summary(pairs: Mapping[str, Pair]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["scenario", "run"])
 
 
-def show(pair: Pair, *, findings: int = 5) -> None:
+def show(pair: Pair, *, findings: int = 8) -> None:
     """In a notebook: the scenario's heading, then each run's timeline (displayed where it is made) and diagnosis.
 
     ``plots.timeline`` builds a Figure outside pyplot, so ``plt.show()`` would display nothing:
@@ -322,5 +324,4 @@ def show(pair: Pair, *, findings: int = 5) -> None:
         fig.set_dpi(FIGURE_DPI)
         display(fig)
         fig.clf()
-        found = [f for f in run.findings if f.severity != "info"]
-        print(format_findings(found[:findings] or run.findings))
+        print(format_findings(run.findings[:findings]))
