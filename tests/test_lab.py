@@ -67,6 +67,7 @@ def test_fixed_run_never_duplicates_or_loses_a_turn(pairs, name):
     assert [v.rule for v in fixed.violations if v.rule in ("duplicate_turn", "lost_turn")] == []
     assert not [v for v in fixed.violations if v.rule.startswith("audio_")]
     assert fixed.recording.meta["live"]["ping_timeout_s"] is None
+    assert lab.outcome(fixed).startswith(lab.SCENARIOS[name].expect)
 
 
 @pytest.mark.slow

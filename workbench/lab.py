@@ -98,7 +98,7 @@ class Scenario:
     fixed: Side
     seconds: float = 7.5  # turn 1 (0.5-5.5 s) and its answer; turn 2 of the track starts at 8.9 s, turn 3 at 18.1 s
     dtx: bool = True
-    expect: str = ""  # what the fixed run ends with, in words
+    expect: str = "all answered"  # how the fixed run should end (the start of ``outcome``): "all answered", "gave up"
 
     @property
     def faults(self) -> tuple[str, ...]:
@@ -299,8 +299,9 @@ def summary_row(run: LabRun) -> dict[str, Any]:
 
 
 def summary(pairs: Mapping[str, Pair]) -> pd.DataFrame:
-    """One row per scenario and side."""
-    rows = {(n, r.label): summary_row(r) for n, p in pairs.items() for r in (p.broken, p.fixed)}
+    """One row per scenario and side; ``as expected`` says whether a fixed run ended as its scenario says."""
+    rows = {(n, r.label): {**summary_row(r), "as expected": outcome(r).startswith(SCENARIOS[n].expect) if r.fixed
+                           else "-"} for n, p in pairs.items() for r in (p.broken, p.fixed)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["scenario", "run"])
 
 
@@ -319,7 +320,8 @@ def show(pair: Pair, *, findings: int = 8) -> None:
     display(Markdown(f"### {pair.scenario}\n\n{sc.what}"))
     for run in (pair.broken, pair.fixed):
         side = sc.side(run.fixed)
-        display(Markdown(f"**{run.label}** ({side.describe()}): {outcome(run)}"))
+        expected = f" (expected: {sc.expect})" if run.fixed else ""
+        display(Markdown(f"**{run.label}** ({side.describe()}): {outcome(run)}{expected}"))
         fig = timeline(run.recording, title=f"{pair.scenario} ({run.label})")
         fig.set_dpi(FIGURE_DPI)
         display(fig)
