@@ -3,7 +3,8 @@
 Run:  .venv/bin/python bench/bench_recovery.py [--write] [--concurrency N]
 
 One session per scenario (the bundled three-turn candidate track, DTX, the greeting), N at a time
-(default 4) in one event loop, against one emulator each, profile "real", the bridge's default recovery settings
+(default 4) in one event loop, against one emulator each (``workbench.lab.Side``, ``lab.run_side``), profile
+"real", the bridge's default recovery settings
 (watchdog 5 s, heard 20 s, dead connection 8 s, 2 re-sends, 5 reconnects a minute, pings every
 20 s with no pong timeout) unless the scenario names a change.  Per scenario: how it ended, user
 turns answered (the bridge's turn table: a turn whose last attempt got its turn_complete or was
@@ -31,33 +32,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import publish, section  # noqa: E402
 
 import workbench  # noqa: E402
-from workbench import bridge, live  # noqa: E402
+from workbench import lab  # noqa: E402
 from workbench.analysis import turn_table, user_turns  # noqa: E402
 from workbench.cli import BUNDLED  # noqa: E402
-from workbench.emulator import Emulator, EmulatorConfig, parse_fault  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
 
 TITLE = "Recovery"
-# name: (what, faults, emulator overrides, LiveSettings overrides, SessionConfig overrides)
-SCENARIOS: dict[str, tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    "healthy": ("real profile, no fault", (), {}, {}, {}),
-    "late pongs": ("pongs 25 s late on every connection, pings every 2 s", ("slow-pong:25@every",), {},
-                   {"ping_interval_s": 2.0}, {}),
-    "barge-in": ("answers 6 s long: each next turn starts during the last answer", (), {"reply_s": 6.0}, {}, {}),
-    "latency spikes": ("every answer 7-15 s late (heard at 0.2 s)", (), {"spike_p": 1.0}, {}, {}),
-    "short spikes": ("every answer 2-2.8 s late, watchdog 1 s", (), {"spike_p": 1.0, "spike_s": (2.0, 2.8)}, {},
-                     {"watchdog_s": 1.0}),
-    "silent@every": ("no-response:silent@every", ("no-response:silent@every",), {}, {}, {}),
-    "heard@every": ("no-response:heard@every", ("no-response:heard@every",), {}, {}, {}),
-    "empty@every": ("no-response:empty@every", ("no-response:empty@every",), {}, {}, {}),
-    "late@every": ("no-response:late@every (55 s gap)", ("no-response:late@every",), {}, {}, {}),
-    "late@every 10 s": ("no-response:late@every, 10 s gap", ("no-response:late@every",), {"late_gap_s": 10.0}, {},
-                        {}),
-    "noise@every": ("no-response:noise@every (the track is speech)", ("no-response:noise@every",), {}, {}, {}),
-    "goAway mid-answer": ("connections live 12 s: goAway 3 s before, then close 1011", (),
-                          {"connection_s": 12.0, "go_away_lead_s": (3.0, 3.0)}, {}, {}),
-    "1011 mid-turn": ("close-1011:mid-turn", ("close-1011:mid-turn",), {}, {}, {}),
-    "stall 6 s": ("stall:6 (resume rejected while the stalled socket counts as open)", ("stall:6",), {}, {}, {}),
+Side = lab.Side  # the failure lab's session setup: emulator (profile real here) and bridge overrides
+# name: (what, the session: faults, emulator overrides, LiveSettings overrides, SessionConfig overrides)
+SCENARIOS: dict[str, tuple[str, Side]] = {
+    "healthy": ("real profile, no fault", Side()),
+    "late pongs": ("pongs 25 s late on every connection, pings every 2 s",
+                   Side(faults=("slow-pong:25@every",), live={"ping_interval_s": 2.0})),
+    "barge-in": ("answers 6 s long: each next turn starts during the last answer", Side(emu={"reply_s": 6.0})),
+    "latency spikes": ("every answer 7-15 s late (heard at 0.2 s)", Side(emu={"spike_p": 1.0})),
+    "short spikes": ("every answer 2-2.8 s late, watchdog 1 s",
+                     Side(emu={"spike_p": 1.0, "spike_s": (2.0, 2.8)}, bridge={"watchdog_s": 1.0})),
+    "silent@every": ("no-response:silent@every", Side(faults=("no-response:silent@every",))),
+    "heard@every": ("no-response:heard@every", Side(faults=("no-response:heard@every",))),
+    "empty@every": ("no-response:empty@every", Side(faults=("no-response:empty@every",))),
+    "late@every": ("no-response:late@every (55 s gap)", Side(faults=("no-response:late@every",))),
+    "late@every 10 s": ("no-response:late@every, 10 s gap",
+                        Side(faults=("no-response:late@every",), emu={"late_gap_s": 10.0})),
+    "noise@every": ("no-response:noise@every (the track is speech)", Side(faults=("no-response:noise@every",))),
+    "goAway mid-answer": ("connections live 12 s: goAway 3 s before, then close 1011",
+                          Side(emu={"connection_s": 12.0, "go_away_lead_s": (3.0, 3.0)})),
+    "1011 mid-turn": ("close-1011:mid-turn", Side(faults=("close-1011:mid-turn",))),
+    "stall 6 s": ("stall:6 (resume rejected while the stalled socket counts as open)", Side(faults=("stall:6",))),
 }
 
 
@@ -67,33 +67,12 @@ def candidate() -> np.ndarray:
     return x
 
 
-def user_answers(log: list[Any]) -> int:
-    """Answers the emulator sent to user turns (interrupted ones included, empty ones not), walking its log."""
-    pending: dict[int, list[str]] = {}
-    n = 0
-    for e in log:
-        queue = pending.setdefault(e.conn, [])
-        if e.direction == "in" and e.kind == "client_content":
-            queue.append("greeting")
-        elif e.direction == "in" and e.kind == "activity_end" and not (e.detail or "").startswith("0 bytes"):
-            queue.append("user")
-        elif e.direction == "out" and e.kind == "turn_complete" and queue:
-            if queue.pop(0) == "user" and e.detail != "empty":
-                n += 1
-    return n
-
-
 async def one(name: str, root: Path, samples: np.ndarray) -> dict[str, Any]:
-    what, faults, emu_kw, live_kw, bridge_kw = SCENARIOS[name]
+    what, side = SCENARIOS[name]
     out = root / name.replace(" ", "-").replace("@", "-")
-    async with Emulator(EmulatorConfig(faults=[parse_fault(f) for f in faults], **emu_kw)) as emu:
-        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(), **live_kw)
-        cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=True, name=name, **bridge_kw)
-        t0 = time.monotonic()
-        result = await bridge.run_session(samples, cfg, out)
-        wall = time.monotonic() - t0
-        violations = list(emu.violations)
-        log = list(emu.log)
+    t0 = time.monotonic()
+    result, log, violations = await lab.run_side(side, samples, out, name=name)
+    wall = time.monotonic() - t0
     rec = workbench.load(out)
     ut = user_turns(rec)
     cl = rec.of_kind("client")
@@ -121,7 +100,7 @@ async def one(name: str, root: Path, samples: np.ndarray) -> dict[str, Any]:
         "outcome": "all answered" if result.gave_up is None and result.error is None and not result.unanswered
         else (f"gave up: {result.gave_up['reason']}" if result.gave_up else f"error: {result.error}"),
         "answered": int(ut["answered"].sum()) if len(ut) else 0,
-        "server_answers": user_answers(log),
+        "server_answers": lab.server_answers(log),
         "duplicated": sum(v.rule == "duplicate_turn" for v in violations),
         "lost": sum(v.rule == "lost_turn" for v in violations),
         "reconnects": result.reconnects,

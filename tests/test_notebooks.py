@@ -38,6 +38,9 @@ def _overrides(shared: Path) -> dict[str, Any]:
         "RECORDINGS_DIR": str(shared),  # 01 writes here, 02 reads its recording from here
         "USE_GEMINI": False,
         "JOBS": 2,
+        # 04: one scenario of each kind (all 17 take ~2.5 min here): a field-report mistake, the keepalive, barge-in,
+        # goAway by age, a server that never answers, strict input
+        "SCENARIOS": ["receive-once", "late-pongs", "barge-in", "go-away-age", "heard@every", "strict-input"],
     }
 
 
@@ -94,3 +97,14 @@ def test_notebook_runs(path: Path, kernel_dir: Path, shared: Path, tmp_path: Pat
     unrendered = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs
                   if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o.data]
     assert not unrendered, f"{path.name}: figures not drawn in cells {unrendered} (add %matplotlib inline)"
+    if path.stem == "04_failure_modes":
+        _check_failure_lab(nb, _overrides(shared)["SCENARIOS"])
+
+
+def _check_failure_lab(nb: Any, names: list[str]) -> None:
+    """04 shows each scenario it ran: its heading, and a drawn timeline for the broken and for the fixed run."""
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert images == 2 * len(names), f"04: {images} figures drawn for {len(names)} scenarios"
+    headings = [o["data"]["text/markdown"].partition("\n")[0] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert [h for h in headings if h.startswith("### ")] == [f"### {name}" for name in names]
