@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint lab system clean
+.PHONY: demo test bench lint lab system speechset clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ system:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: chromium not installed; tests/test_browser.py will skip"; }
+	@{ [ -d /usr/share/pocketsphinx/test/data/librivox ] && [ -d /usr/share/asterisk/sounds/en_US_f_Allison ]; } || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
+	  -y -qq pocketsphinx-testdata asterisk-core-sounds-en-wav >/dev/null) || \
+	  echo "note: real-speech sources not installed; python -m workbench.speechset cannot rebuild the set"; }
 
 demo: $(STAMP)
 	$(BIN)/workbench demo
@@ -33,6 +37,10 @@ test: $(STAMP) system
 
 bench: $(STAMP) system
 	$(BIN)/python bench/run_all.py --write
+
+# The full real-speech set with thinking pauses (clean, 20/15/10 dB SNR) on demand; the tests use recordings/thinking.*
+speechset: $(STAMP) system
+	$(BIN)/python -m workbench.speechset recordings/speechset
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests bench
