@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .audio import level_dbfs
-from .events import Event, Frame, FrameGap, Vad
+from .events import EndScore, Event, Frame, FrameGap, Vad
 from .resample import Resampler
 from .sender import Outgoing, SendOrder
 from .turns import Decision, TurnDetector, TurnParams
@@ -116,6 +116,11 @@ class MicPipeline:
         out: list[Output] = []
         started = False
         for d in decisions:
+            if d.kind == "end_score":
+                out.append(EndScore(t=round(d.t, 6), model=self.params.end_model, probability=d.probability,
+                                    threshold=self.params.end_threshold, complete=d.reason == "complete",
+                                    silence_ms=d.silence_ms, media_t=round(d.speech_t, 6)))
+                continue
             out.append(Vad(t=round(d.t, 6), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
                            level_db=None if d.level_db is None else round(d.level_db, 2)))
             if d.kind == "speech_start":

@@ -136,9 +136,14 @@ class EnergyReplay:
             j = int(np.searchsorted(self._ws, t_end - _EPS, side="left"))
 
 
+def fast_path(params: TurnParams) -> bool:
+    """True when ``EnergyReplay`` reproduces ``params`` exactly: energy scorer, fixed window, no end model."""
+    return params.scorer == "energy" and params.endpointing == "fixed" and params.end_model == "none"
+
+
 def replay(x16k: np.ndarray, params: TurnParams, cache: EnergyReplay | None = None) -> list[Turn]:
     """Turns in 16 kHz audio: the exact fast path for ``energy``, ``detect_file`` otherwise."""
-    if params.scorer == "energy":
+    if fast_path(params):
         return (cache or EnergyReplay(x16k)).turns(params)
     return detect_file(x16k, RATE, params)
 
@@ -300,7 +305,7 @@ def _run_params(params: TurnParams) -> list[dict[str, Any]]:
     rows = []
     caches: dict[int, EnergyReplay] = _WORKER["energy"]
     for i, src in enumerate(_WORKER["sources"]):
-        if params.scorer == "energy" and i not in caches:
+        if fast_path(params) and i not in caches:
             caches[i] = EnergyReplay(src.samples16k)
         turns = replay(src.samples16k, params, caches.get(i))
         row: dict[str, Any] = {**params.to_dict(), "source": src.name, "turns": len(turns)}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from workbench.replay import RATE, Turn
-from workbench.sweep import EnergyReplay, Source, load_source, replay
+from workbench.sweep import EnergyReplay, Source, fast_path, load_source, replay
 from workbench.turns import TurnParams
 
 # name: (min, max, step, unit)
@@ -152,7 +152,7 @@ class TuningPanel:
                             f"{self.last_update_ms['replay']:.0f} ms, draw {self.last_update_ms['draw']:.0f} ms")
 
     def _replay(self, params: TurnParams) -> list[Turn]:
-        if params.scorer == "energy":
+        if fast_path(params):
             return self._energy.turns(params)
         hit = self._cache.get(params)
         if hit is None:

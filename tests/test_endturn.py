@@ -1,0 +1,159 @@
+"""End-of-turn policies with exact times (stub model), the Smart Turn features against a reference, the model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from workbench import endturn
+from workbench.endpointing import DynamicWindow
+from workbench.turns import TurnDetector, TurnParams
+
+REPO = Path(__file__).resolve().parent.parent
+RATE = 16000
+FRAME = 320  # 20 ms
+LOUD = (0.1 * np.sin(2 * np.pi * 220 * np.arange(FRAME) / RATE)).astype(np.float32)  # -23 dBFS
+QUIET = np.zeros(FRAME, np.float32)
+
+
+class StubModel:
+    """Stands in for the network (an external model, not our code): answers a fixed sequence, keeps the audio."""
+
+    def __init__(self, *probs: float) -> None:
+        self.probs = list(probs)
+        self.audio: list[np.ndarray] = []
+
+    def probability(self, audio: np.ndarray) -> float:
+        self.audio.append(audio)
+        return self.probs.pop(0)
+
+
+def drive(det: TurnDetector, plan: list[tuple[float, float, bool]], until: float, tick_s: float = 0.01):
+    """Frames per ``plan`` (start s, end s, loud) every 20 ms, ticking every 10 ms, up to ``until``.
+
+    A span with loud=None sends no frames at all (DTX): only the clock runs.
+    """
+    out = []
+    k = 0
+    for a, b, loud in plan:
+        t = a
+        while t < b - 1e-9:
+            while k * tick_s <= t + 1e-9:
+                out += det.tick(round(k * tick_s, 6))
+                k += 1
+            if loud is not None:
+                out += det.frame(round(t, 6), LOUD if loud else QUIET)
+            t = round(t + FRAME / RATE, 6)
+    while k * tick_s <= until + 1e-9:
+        out += det.tick(round(k * tick_s, 6))
+        k += 1
+    return out
+
+
+def kinds(decisions):
+    return [(d.kind, round(d.t, 3), d.reason) for d in decisions]
+
+
+def test_complete_ends_the_turn_when_the_model_scores_after_silence_ms() -> None:
+    model = StubModel(0.9)
+    det = TurnDetector(TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2000), end_model=model)
+    out = drive(det, [(0, 1.0, True), (1.0, 3.0, False)], 3.0)
+    assert kinds(out)[1:] == [("end_score", 1.3, "complete"), ("speech_end", 1.3, "end_model")]
+    assert out[1].probability == 0.9 and out[1].silence_ms == pytest.approx(300)
+    # The model heard the turn from its pre-roll (0.3 s before speech, clipped at 0) to the scoring time.
+    assert model.audio[0].shape[0] == round(1.3 * RATE)
+
+
+def test_incomplete_waits_up_to_max_silence_and_scores_once_per_silence() -> None:
+    model = StubModel(0.2, 0.1)
+    det = TurnDetector(TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=1500), end_model=model)
+    # A thinking pause of 1 s (scored incomplete, not cut off), then the true end scored incomplete too.
+    out = drive(det, [(0, 1.0, True), (1.0, 2.0, False), (2.0, 3.0, True), (3.0, 6.0, False)], 6.0)
+    assert kinds(out)[1:] == [("end_score", 1.3, "incomplete"), ("end_score", 3.3, "incomplete"),
+                              ("speech_end", 4.5, "max_silence")]
+    assert model.probs == []
+
+
+def test_dtx_the_clock_alone_scores_and_the_missing_frames_are_silence() -> None:
+    model = StubModel(0.8)
+    det = TurnDetector(TurnParams(silence_ms=400, end_model="smart-turn"), end_model=model)
+    out = drive(det, [(0, 1.0, True), (1.0, 3.0, None)], 3.0)  # frames stop at 1.0 s
+    assert kinds(out)[1:] == [("end_score", 1.4, "complete"), ("speech_end", 1.4, "end_model")]
+    audio = model.audio[0]
+    assert audio.shape[0] == round(1.4 * RATE)
+    assert np.all(audio[round(1.0 * RATE):] == 0) and np.abs(audio[: round(1.0 * RATE)]).max() > 0.05
+
+
+def test_dynamic_window_learns_the_pause_after_a_cut_off() -> None:
+    det = TurnDetector(TurnParams(silence_ms=300, endpointing="dynamic", max_silence_ms=2000, dynamic_alpha=1.0))
+    out = drive(det, [(0, 1.0, True), (1.0, 1.8, False), (1.8, 2.8, True), (2.8, 5.0, False)], 5.0)
+    ends = [(round(d.t, 3), d.reason) for d in out if d.kind == "speech_end"]
+    # First pause: the 300 ms floor cuts it off; the speaker resumed 0.8 s after their speech end,
+    # so the next window is 0.8 s: the true end at 2.8 s ends at 3.6 s.
+    assert ends == [(1.3, "silence"), (3.6, "silence")]
+
+
+def test_dynamic_combined_with_the_model_waits_the_learned_window_when_incomplete() -> None:
+    model = StubModel(0.1, 0.1)
+    det = TurnDetector(TurnParams(silence_ms=300, endpointing="dynamic", end_model="smart-turn",
+                                  max_silence_ms=3000, dynamic_alpha=1.0), end_model=model)
+    # An inner pause of 0.24 s (not scored: under silence_ms) is learned, but the window stays at its 300 ms floor.
+    out = drive(det, [(0, 1.0, True), (1.0, 1.24, False), (1.24, 2.0, True), (2.0, 4.0, False)], 4.0)
+    assert kinds(out)[1:] == [("end_score", 2.3, "incomplete"), ("speech_end", 2.3, "max_silence")]
+
+
+def test_dynamic_window_clamps_and_ignores_short_gaps() -> None:
+    w = DynamicWindow(0.5, 2.0, alpha=0.5)
+    assert w.window_s == 0.5
+    w.observe(0.1)
+    assert w.pauses == 0 and w.window_s == 0.5
+    w.observe(1.0)
+    w.observe(3.0)  # clamped to max before averaging
+    assert w.ema_s == pytest.approx(1.5) and w.window_s == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        DynamicWindow(1.0, 0.5)
+
+
+def test_bad_policy_params_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match="endpointing"):
+        TurnParams(endpointing="adaptive").validate()
+    with pytest.raises(ValueError, match="end_model"):
+        TurnParams(end_model="gpt").validate()
+    with pytest.raises(ValueError, match="end_threshold"):
+        TurnParams(end_threshold=1.5).validate()
+
+
+_REF = Path(endturn.smart_turn_path() or "/nonexistent").parents[1] / "_whisper_features.py"
+
+
+@pytest.mark.skipif(not _REF.is_file(), reason="pipecat-ai's wheel (reference features) not installed")
+def test_log_mel_matches_the_reference_whisper_features() -> None:
+    spec = importlib.util.spec_from_file_location("pipecat_whisper_features", _REF)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)  # numpy only: pipecat itself is not imported
+    x, _ = sf.read(REPO / "recordings" / "thinking.flac", dtype="float32")
+    for a, b in ((1.0, 6.0), (0.0, 9.5), (20.0, 30.0)):
+        audio = endturn.last_window(x[int(a * RATE) : int(b * RATE)])
+        want = ref.compute_whisper_log_mel_features(audio, do_normalize=True)
+        got = endturn.log_mel(audio)
+        assert got.shape == want.shape == (80, 800)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_log_mel_puts_a_tone_in_the_right_band() -> None:
+    t = np.arange(8 * RATE) / RATE
+    feats = endturn.log_mel(np.sin(2 * np.pi * 1000 * t).astype(np.float32))
+    band = int(np.argmax(feats[:, 400]))
+    lo, hi = endturn._mel_to_hz(np.linspace(0, endturn._hz_to_mel(8000.0), 82)[[band, band + 2]])
+    assert lo < 1000 < hi
+
+
+@pytest.mark.skipif(endturn.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
+def test_smart_turn_scores_real_speech() -> None:
+    x, _ = sf.read(REPO / "recordings" / "thinking.flac", dtype="float32")
+    p = endturn.SmartTurn().probability(x[RATE : int(6.2 * RATE)])
+    assert 0.0 <= p <= 1.0
