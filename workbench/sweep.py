@@ -153,7 +153,8 @@ class EnergyReplay:
 
 def fast_path(params: TurnParams) -> bool:
     """True when ``EnergyReplay`` reproduces ``params`` exactly: energy scorer, fixed window, no end model."""
-    return params.scorer == "energy" and params.endpointing == "fixed" and params.end_model == "none"
+    return (params.scorer == "energy" and params.noise_margin_db == 0 and params.endpointing == "fixed"
+            and params.end_model == "none")
 
 
 def replay(x16k: np.ndarray, params: TurnParams, cache: EnergyReplay | None = None) -> list[Turn]:

@@ -80,6 +80,7 @@ class TurnParams:
     webrtcvad_frame_ms: int = 20
     silero_threshold: float = 0.5
     silero_neg_threshold: float = 0.35
+    noise_margin_db: float = 0.0
     endpointing: str = "fixed"
     max_silence_ms: float = 3000
     dynamic_alpha: float = 0.3
@@ -114,6 +115,7 @@ class TurnParams:
         check("silero_threshold", 0.01, 0.99, "must be between 0.01 and 0.99")
         check("silero_neg_threshold", 0.01, self.silero_threshold,
               f"must be between 0.01 and silero_threshold ({self.silero_threshold:g})")
+        check("noise_margin_db", 0, 60, "must be between 0 (off) and 60 dB")
         if self.endpointing not in ENDPOINTING_NAMES:
             raise ValueError(f"TurnParams.endpointing = {self.endpointing!r} is not one of: "
                              f"{', '.join(ENDPOINTING_NAMES)}")
