@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps silero-vad  # ships silero_vad.onnx; --no-deps keeps PyTorch out
+	$(BIN)/pip install -q --no-deps pipecat-ai  # ships smart-turn-v3.2-cpu.onnx (BSD-2); --no-deps: none of pipecat
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

@@ -157,3 +157,74 @@ def test_smart_turn_scores_real_speech() -> None:
     x, _ = sf.read(REPO / "recordings" / "thinking.flac", dtype="float32")
     p = endturn.SmartTurn().probability(x[RATE : int(6.2 * RATE)])
     assert 0.0 <= p <= 1.0
+
+
+class SlowFuture:
+    """A score that becomes ready after ``polls`` looks (a worker thread, without the thread's timing)."""
+
+    def __init__(self, p: float, polls: int) -> None:
+        self.p, self.left = p, polls
+
+    def done(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+    def result(self) -> float:
+        return self.p
+
+
+class SubmitModel:
+    def __init__(self, p: float, polls: int) -> None:
+        self.p, self.polls, self.submitted = p, polls, 0
+
+    def submit(self, audio: np.ndarray) -> SlowFuture:
+        self.submitted += 1
+        return SlowFuture(self.p, self.polls)
+
+
+def test_a_threaded_score_is_polled_on_the_clock_and_decides_when_ready() -> None:
+    model = SubmitModel(0.9, polls=3)  # ready at the 4th look: 4 polls of 5 ms after submitting
+    det = TurnDetector(TurnParams(silence_ms=300, end_model="smart-turn"), end_model=model)
+    assert drive(det, [(0, 1.0, True)], 1.0)  # the turn is open
+    assert det.next_deadline() == pytest.approx(1.3)
+    out = []
+    t = 1.0
+    while det.turn_open and t < 2.0:
+        t = det.next_deadline()
+        out += det.tick(t)
+    assert kinds(out) == [("end_score", 1.32, "complete"), ("speech_end", 1.32, "end_model")]
+    assert out[0].silence_ms == pytest.approx(320)  # the inference time is in the latency
+
+
+def test_speech_resuming_while_a_threaded_score_runs_makes_it_stale() -> None:
+    model = SubmitModel(0.9, polls=1000)
+    det = TurnDetector(TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=1000), end_model=model)
+    out = drive(det, [(0, 1.0, True), (1.0, 1.4, False), (1.4, 2.0, True), (2.0, 4.0, None)], 4.0)
+    # The first score never came back before speech resumed (dropped, no decision); the second silence
+    # is scored again and that score never returns either: the turn still ends on the clock at the cap.
+    assert model.submitted == 2
+    assert kinds(out)[1:] == [("speech_end", 3.0, "max_silence")]
+
+
+@pytest.mark.skipif(endturn.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
+def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
+    import json
+
+    from workbench.cli import main
+
+    assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--format", "json", "--silence-ms", "300",
+                 "--end-model", "smart-turn", "--max-silence-ms", "1500"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"params", "turns"} and out["params"]["end_model"] == "smart-turn"
+    assert set(out["turns"][0]) == {"speech_start", "activity_start", "activity_end", "end_reason", "speech_end"}
+    reasons = {t["end_reason"] for t in out["turns"]}
+    assert reasons <= {"end_model", "max_silence", "end_of_audio"} and reasons & {"end_model", "max_silence"}
+
+
+def test_cli_end_model_without_the_file_is_one_line(capsys, monkeypatch) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv(endturn.SMART_TURN_ENV, "/nonexistent.onnx")
+    assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--end-model", "smart-turn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("workbench: error: --end-model smart-turn needs") and err.count("\n") == 1

@@ -140,6 +140,28 @@ class SmartTurn:
         return float(np.asarray(out[0]).reshape(-1)[0])
 
 
+class ThreadedEndModel:
+    """Runs a model's ``probability`` on one worker thread: ``submit(audio)`` returns a Future.
+
+    Why: one Smart Turn call is ~80-300 ms of CPU; on the event loop it would stall every session's
+    frames and pings for that long.  onnxruntime and numpy's FFT release the GIL, so the loop keeps
+    running while the thread scores.  The turn detector polls the Future on its clock (``turns.py``).
+    """
+
+    def __init__(self, model: SmartTurn) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.model = model
+        self.name = model.name
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="end-model")
+
+    def submit(self, audio: np.ndarray):  # noqa: ANN201 - concurrent.futures.Future[float]
+        return self._pool.submit(self.model.probability, audio)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def make_end_model(name: str) -> SmartTurn | None:
     """The end-of-turn model ``name`` names (``none`` -> None)."""
     if name == "none":

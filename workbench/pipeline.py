@@ -39,10 +39,18 @@ Output = Event | Outgoing
 class MicPipeline:
     """Ingest -> resample -> turn detector -> send order, for one microphone."""
 
-    def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS) -> None:
+    def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS,
+                 threaded_end_model: bool = True) -> None:
+        """``threaded_end_model``: score an end-of-turn model (``params.end_model``) on a worker thread so
+        the event loop never waits for it (live); False scores it inline, deterministic (offline replay)."""
         self.params = params
         self.gap_s = gap_s
-        self.detector = TurnDetector(params, rate=16_000)
+        model = None
+        if threaded_end_model and params.end_model != "none":
+            from .endturn import ThreadedEndModel, make_end_model
+
+            model = ThreadedEndModel(make_end_model(params.end_model))
+        self.detector = TurnDetector(params, rate=16_000, end_model=model)
         self.order = SendOrder(rate=16_000, chunk_ms=send_chunk_ms)
         self.resampler = Resampler()
         self.media_offset: float | None = None  # session time of media time 0

@@ -228,7 +228,7 @@ def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
 
     frames_df = rec.of_kind("frame")
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
-    pipe = MicPipeline(params)
+    pipe = MicPipeline(params, threaded_end_model=False)  # replay decides the same way every time
     decisions: list[Vad] = []
 
     def run_clock_to(t: float) -> None:

@@ -34,6 +34,10 @@ Rules:
   re-scoring as the silence grows: measured on real speech, the model's score
   rises at hesitations too (issue 15), so it does not separate them.
   The clock, not frames, reaches these deadlines: ``tick`` alone scores and ends.
+  A model with ``submit(audio) -> Future`` (``endturn.ThreadedEndModel``, what the
+  live pipeline uses) is scored off the loop: the detector polls the Future every
+  ``POLL_S`` on its clock and decides at the first tick that finds it done; speech
+  that resumes meanwhile makes that score stale (dropped).
 - Decision times never go back: a decision's ``t`` is at least the latest tick.
 - Late frames: audio whose media time is before the last ActivityEnd decision
   (for instance the ~80 ms aiortc's jitter buffer holds until packets resume,
@@ -63,6 +67,7 @@ _EPS = 1e-6  # seconds; absorbs float error in window times (a sample is 62.5 us
 _INT16_SCALE = np.float32(1 / 32768)
 _CONTIGUOUS_S = 0.001  # a frame starting within 1 ms of the previous end continues the stream
 ENDPOINTING_NAMES = ("fixed", "dynamic")
+POLL_S = 0.005  # how often the clock looks at a model score running on a thread
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ class TurnDetector:
         if self._model is not None and rate != MODEL_RATE:
             raise ValueError(f"the end model runs at {MODEL_RATE} Hz, got {rate}")
         self._scored_lse: float | None = None  # the speech end the model last scored the silence after
+        self._pending: Any = None  # a Future of a threaded model's score, for the silence after _scored_lse
+        self._poll_t = 0.0
         self._prev_end_lse = -math.inf  # speech end of the last turn we ended (for false cut-off learning)
         self._turn_speech_t = 0.0
         self._model_buf: deque[tuple[float, np.ndarray]] = deque()  # (media t, float32) for the model
@@ -333,24 +340,38 @@ class TurnDetector:
         """The next deadline of the open turn and what happens then: silence, score, max_silence, max_turn."""
         lse = self._last_speech_end
         window = self._dyn.window_s if self._dyn is not None else self._silence_s
+        wait = window if self._dyn is not None else self._max_silence_s
+        cap = lse + max(wait, self._silence_s)  # the longest the model may hold the turn open
         if self._model is None:
             due, reason = lse + window, "silence"
+        elif self._pending is not None:  # a score still running never holds the turn past the cap
+            due, reason = (self._poll_t, "poll") if self._poll_t < cap else (cap, "max_silence")
         elif self._scored_lse != lse:
             due, reason = lse + self._silence_s, "score"
         else:  # scored incomplete for this silence: wait for the longer window
-            wait = window if self._dyn is not None else self._max_silence_s
-            due, reason = lse + max(wait, self._silence_s), "max_silence"
+            due, reason = cap, "max_silence"
         max_due = self._turn_t + self._max_turn_s
         return (due, reason) if due <= max_due else (max_due, "max_turn")
 
     def _reach(self, t: float, reason: str, upto: float, out: list[Decision]) -> None:
         """The deadline ``reason`` is reached at clock ``t`` (audio known up to media time ``upto``)."""
-        if reason != "score":
+        if reason not in ("score", "poll"):
             out.append(self._end(t, reason))
             return
         lse = self._last_speech_end
-        self._scored_lse = lse
-        p = float(self._model.probability(self._model_audio(upto)))
+        if reason == "score":
+            self._scored_lse = lse
+            if hasattr(self._model, "submit"):
+                self._pending = self._model.submit(self._model_audio(upto))
+                self._poll_t = t + POLL_S
+                return
+            p = float(self._model.probability(self._model_audio(upto)))
+        else:
+            if not self._pending.done():
+                self._poll_t = max(t, self._poll_t) + POLL_S
+                return
+            p = float(self._pending.result())
+            self._pending = None
         complete = p >= self.params.end_threshold
         out.append(Decision(kind="end_score", t=t, speech_t=lse, reason="complete" if complete else "incomplete",
                             level_db=self._level_db, probability=round(p, 4),
@@ -385,7 +406,7 @@ class TurnDetector:
         self._prev_win_end = we
         if self._open:
             due, reason = self._end_due()
-            while self._open and ws >= due - _EPS:
+            while self._open and ws >= due - _EPS and reason != "poll":
                 # The silence ran out before this window (in a pts gap): decide there, then judge the window afresh.
                 self._reach(max(due, self._clock), reason, ws, out)
                 due, reason = self._end_due()
@@ -394,8 +415,9 @@ class TurnDetector:
                     if self._dyn is not None and ws - self._last_speech_end >= MIN_PAUSE_S - _EPS:
                         self._dyn.observe(ws - self._last_speech_end)
                     self._last_speech_end = we
+                    self._pending = None  # speech resumed: a score still running is about a silence that ended
                 due, reason = self._end_due()
-                while self._open and we >= due - _EPS:
+                while self._open and we >= due - _EPS and reason != "poll":
                     self._reach(max(due, self._clock), reason, we, out)
                     due, reason = self._end_due()
                 return
@@ -418,6 +440,7 @@ class TurnDetector:
                 self._dyn.observe(speech_t - self._prev_end_lse)  # we cut them off: the window should cover this
             self._last_speech_end = we
             self._scored_lse = None
+            self._pending = None
             self._cand_start = None
             lo = max(speech_t - self._pre_roll_s, self._floor)
             out.append(Decision(
@@ -428,6 +451,7 @@ class TurnDetector:
 
     def _end(self, t: float, reason: str) -> Decision:
         self._open = False
+        self._pending = None
         self._floor = max(self._floor, t)
         self._cand_start = None
         self._prev_end_lse = self._last_speech_end
