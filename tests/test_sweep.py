@@ -228,3 +228,32 @@ def test_sweep_worker_failure_is_one_line_naming_the_set(capsys, monkeypatch) ->
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("workbench: error: sweep worker failed on scorer=silero: ")
+
+
+def test_sweep_on_a_dask_cluster_of_worker_processes_equals_the_local_pool() -> None:
+    distributed = pytest.importorskip("distributed")
+    grid = {"silence_ms": [300, 1000, 2000], "scorer": ["energy", "webrtcvad"], "endpointing": ["fixed", "dynamic"]}
+    local = sweep(str(THINKING), grid, jobs=1, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        remote = sweep(str(THINKING), grid, progress=False, scheduler=c.scheduler_address)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(local, remote)
+    assert remote["cutoffs"].notna().all() and len(remote) == 12
+
+
+def test_sweep_with_a_wrong_scheduler_address_is_one_line(capsys, monkeypatch) -> None:
+    pytest.importorskip("distributed")
+    from workbench import distributed as wd
+    from workbench.cli import main
+
+    monkeypatch.setattr(wd, "CONNECT_TIMEOUT_S", 1)
+    rc = main(["sweep", str(THINKING), "--grid", "silence_ms=300", "--no-progress", "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("workbench: error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert err.count("\n") == 1
+
+
+def test_grid_takes_the_policy_names_as_text() -> None:
+    g = parse_grid(["endpointing=fixed,dynamic", "end_model=none,smart-turn", "noise_margin_db=0,13"])
+    assert g == {"endpointing": ["fixed", "dynamic"], "end_model": ["none", "smart-turn"], "noise_margin_db": [0, 13]}

@@ -53,6 +53,7 @@ EOT_METRICS = METRICS[8:]
 LATENCY_BUDGETS_MS = (300, 500, 1000)
 CUTOFF_TARGET = 0.05  # eot-bench's operating point: latency at 5 % false cut-offs
 PARAM_NAMES = [f.name for f in dataclasses.fields(TurnParams)]
+_TEXT_PARAMS = {f.name for f in dataclasses.fields(TurnParams) if f.type == "str"}  # scorer, endpointing, end_model
 
 
 class EnergyReplay:
@@ -310,7 +311,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _parse_values(key: str, text: str, spec: str) -> list[Any]:
-    if key == "scorer":
+    if key in _TEXT_PARAMS:
         return [v.strip() for v in text.split(",") if v.strip()]
     try:
         if ":" in text:
@@ -446,9 +447,8 @@ def _sweep(loaded: list[Source], param_sets: list[TurnParams], jobs: int | None,
         if scheduler is not None:
             from workbench.distributed import run_on_cluster
 
-            for result in run_on_cluster(scheduler, loaded, param_sets):
+            for result in run_on_cluster(scheduler, loaded, param_sets, on_done=bar.update):
                 rows += result
-                bar.update()
         elif jobs == 1:
             _init_worker(loaded)
             for ps in param_sets:
