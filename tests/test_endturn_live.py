@@ -62,5 +62,10 @@ def test_the_clock_scores_and_ends_the_turn_while_dtx_sends_no_frames(tmp_path):
     between = frames[(frames["t"] > s["media_t"] + 0.15) & (frames["t"] < e["t"])]
     assert between.empty
     assert frames["t"].max() < s["t"] - 0.25  # frames had stopped (DTX): the clock scored the silence
+    # The timeline shows the score with its probability above the live turn bar.
+    from workbench.plots import TimelinePlot
+
+    plot = TimelinePlot(rec)
+    assert f"{s['probability']:.2f}" in [t.get_text() for t in plot.axes["turns"].texts]
     # The server got the ActivityEnd (its own log, not only our count).
     assert [x.kind for x in log if x.direction == "in" and x.kind == "activity_end"] == ["activity_end"]

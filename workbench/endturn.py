@@ -140,6 +140,26 @@ class SmartTurn:
         return float(np.asarray(out[0]).reshape(-1)[0])
 
 
+class MemoEndModel:
+    """A model that scores identical audio once (offline replays of many settings share most windows)."""
+
+    def __init__(self, model: SmartTurn) -> None:
+        self.model = model
+        self.name = model.name
+        self._memo: dict[bytes, float] = {}
+        self.calls = 0
+
+    def probability(self, audio: np.ndarray) -> float:
+        import hashlib
+
+        key = hashlib.blake2b(np.ascontiguousarray(audio, np.float32).tobytes(), digest_size=16).digest()
+        p = self._memo.get(key)
+        if p is None:
+            p = self._memo[key] = self.model.probability(audio)
+            self.calls += 1
+        return p
+
+
 class ThreadedEndModel:
     """Runs a model's ``probability`` on one worker thread: ``submit(audio)`` returns a Future.
 
