@@ -97,13 +97,25 @@ def test_dynamic_window_learns_the_pause_after_a_cut_off() -> None:
     assert ends == [(1.3, "silence"), (3.6, "silence")]
 
 
-def test_dynamic_combined_with_the_model_waits_the_learned_window_when_incomplete() -> None:
-    model = StubModel(0.1, 0.1)
+def test_dynamic_with_the_model_incomplete_waits_to_max_silence() -> None:
+    model = StubModel(0.1)
     det = TurnDetector(TurnParams(silence_ms=300, endpointing="dynamic", end_model="smart-turn",
                                   max_silence_ms=3000, dynamic_alpha=1.0), end_model=model)
-    # An inner pause of 0.24 s (not scored: under silence_ms) is learned, but the window stays at its 300 ms floor.
-    out = drive(det, [(0, 1.0, True), (1.0, 1.24, False), (1.24, 2.0, True), (2.0, 4.0, False)], 4.0)
-    assert kinds(out)[1:] == [("end_score", 2.3, "incomplete"), ("speech_end", 2.3, "max_silence")]
+    # An inner pause of 0.24 s (not scored: under silence_ms) is learned; the window stays at its 300 ms floor.
+    out = drive(det, [(0, 1.0, True), (1.0, 1.24, False), (1.24, 2.0, True), (2.0, 6.0, False)], 6.0)
+    assert kinds(out)[1:] == [("end_score", 2.3, "incomplete"), ("speech_end", 5.0, "max_silence")]
+
+
+def test_dynamic_with_the_model_complete_still_waits_the_speakers_window() -> None:
+    model = StubModel(0.9, 0.9)
+    det = TurnDetector(TurnParams(silence_ms=300, endpointing="dynamic", end_model="smart-turn",
+                                  max_silence_ms=3000, dynamic_alpha=1.0), end_model=model)
+    # The model's first "complete" cuts the speaker off at 1.3 s (window still 300 ms); they resume 0.8 s after
+    # their speech end, so the next "complete" (at 3.1 s) ends the turn only when the silence reaches 0.8 s.
+    out = drive(det, [(0, 1.0, True), (1.0, 1.8, False), (1.8, 2.8, True), (2.8, 5.0, False)], 5.0)
+    assert kinds(out)[1:] == [("end_score", 1.3, "complete"), ("speech_end", 1.3, "end_model"),
+                              ("speech_start", 1.9, kinds(out)[3][2]), ("end_score", 3.1, "complete"),
+                              ("speech_end", 3.6, "end_model")]
 
 
 def test_dynamic_window_clamps_and_ignores_short_gaps() -> None:

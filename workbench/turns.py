@@ -29,8 +29,11 @@ Rules:
   turn's last 8 s (silence so far included; a gap in the frames, DTX, is zeros up
   to ``now``), once per silence.  p >= ``end_threshold`` ends the turn (reason
   ``end_model``); below, the turn waits until the silence reaches
-  ``max_silence_ms`` (or the dynamic window, with ``endpointing="dynamic"``;
-  reason ``max_silence``).  Every score is an ``end_score`` decision.  No
+  ``max_silence_ms`` (reason ``max_silence``).  Both together: "complete" ends
+  the turn only once the silence also reaches the speaker's own window (the
+  model's complete is wrong at 40-50 % of hesitations; this speaker's pauses
+  guard them), "incomplete" waits to ``max_silence_ms``.  Every score is an
+  ``end_score`` decision.  No
   re-scoring as the silence grows: measured on real speech, the model's score
   rises at hesitations too (issue 15), so it does not separate them.
   The clock, not frames, reaches these deadlines: ``tick`` alone scores and ends.
@@ -222,6 +225,7 @@ class TurnDetector:
         if self._model is not None and rate != MODEL_RATE:
             raise ValueError(f"the end model runs at {MODEL_RATE} Hz, got {rate}")
         self._scored_lse: float | None = None  # the speech end the model last scored the silence after
+        self._scored_complete = False  # that score said complete (with dynamic: waiting for the speaker's window)
         self._pending: Any = None  # a Future of a threaded model's score, for the silence after _scored_lse
         self._poll_t = 0.0
         self._prev_end_lse = -math.inf  # speech end of the last turn we ended (for false cut-off learning)
@@ -340,14 +344,15 @@ class TurnDetector:
         """The next deadline of the open turn and what happens then: silence, score, max_silence, max_turn."""
         lse = self._last_speech_end
         window = self._dyn.window_s if self._dyn is not None else self._silence_s
-        wait = window if self._dyn is not None else self._max_silence_s
-        cap = lse + max(wait, self._silence_s)  # the longest the model may hold the turn open
+        cap = lse + self._max_silence_s  # the longest the model may hold the turn open
         if self._model is None:
             due, reason = lse + window, "silence"
         elif self._pending is not None:  # a score still running never holds the turn past the cap
             due, reason = (self._poll_t, "poll") if self._poll_t < cap else (cap, "max_silence")
         elif self._scored_lse != lse:
             due, reason = lse + self._silence_s, "score"
+        elif self._scored_complete:  # with dynamic endpointing: complete, once the speaker's window has passed
+            due, reason = lse + window, "end_model"
         else:  # scored incomplete for this silence: wait for the longer window
             due, reason = cap, "max_silence"
         max_due = self._turn_t + self._max_turn_s
@@ -376,7 +381,8 @@ class TurnDetector:
         out.append(Decision(kind="end_score", t=t, speech_t=lse, reason="complete" if complete else "incomplete",
                             level_db=self._level_db, probability=round(p, 4),
                             silence_ms=round((t - lse) * 1000, 1)))
-        if complete:
+        self._scored_complete = complete
+        if complete and (self._dyn is None or t >= lse + self._dyn.window_s - _EPS):
             out.append(self._end(t, "end_model"))
 
     def _model_audio(self, upto: float) -> np.ndarray:
