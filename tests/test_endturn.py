@@ -240,3 +240,18 @@ def test_cli_end_model_without_the_file_is_one_line(capsys, monkeypatch) -> None
     assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--end-model", "smart-turn"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("workbench: error: --end-model smart-turn needs") and err.count("\n") == 1
+
+
+def test_run_and_demo_take_the_end_of_turn_flags() -> None:
+    from workbench.cli import _params, build_parser
+
+    for cmd in (["run", "--audio", "x.wav"], ["demo"]):
+        args = build_parser().parse_args([*cmd, "--endpointing", "dynamic", "--max-silence-ms", "2500",
+                                          "--noise-margin-db", "13", "--silence-ms", "400"])
+        p = _params(args)
+        assert (p.endpointing, p.max_silence_ms, p.noise_margin_db, p.silence_ms) == ("dynamic", 2500, 13, 400)
+        assert p.end_model == "none"
+    if endturn.smart_turn_path() is not None:
+        args = build_parser().parse_args(["run", "--audio", "x.wav", "--end-model", "smart-turn",
+                                          "--end-threshold", "0.7"])
+        assert (_params(args).end_model, _params(args).end_threshold) == ("smart-turn", 0.7)
