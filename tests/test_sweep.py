@@ -257,3 +257,33 @@ def test_sweep_with_a_wrong_scheduler_address_is_one_line(capsys, monkeypatch) -
 def test_grid_takes_the_policy_names_as_text() -> None:
     g = parse_grid(["endpointing=fixed,dynamic", "end_model=none,smart-turn", "noise_margin_db=0,13"])
     assert g == {"endpointing": ["fixed", "dynamic"], "end_model": ["none", "smart-turn"], "noise_margin_db": [0, 13]}
+
+
+def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> None:
+    from workbench.endturn import smart_turn_path
+
+    if smart_turn_path() is None:
+        pytest.skip("smart-turn-v3.2-cpu.onnx not installed")
+    import soundfile as sf
+
+    from workbench import sweep as sw
+    from workbench.speechset import read_pauses
+    from workbench.sweep import Source
+
+    x, rate = sf.read(THINKING, dtype="float32")
+    answers = read_labels(REPO / "recordings" / "thinking.labels.txt")[:1]
+    pauses = [p for p in read_pauses(REPO / "recordings" / "thinking.pauses.txt") if p.end < answers[0][1]]
+    src = Source("answer 1", x[: 17 * rate], answers, pauses)
+    df = sweep([src], {"end_threshold": [0.5, 0.99], "silence_ms": [300]},
+               base=TurnParams(end_model="smart-turn", max_silence_ms=3000), jobs=1, progress=False)
+    s = summary(df).set_index("end_threshold")
+    assert list(s["policy"]) == ["energy+smart-turn"] * 2 and list(s["pauses"]) == [3, 3]
+    assert s.loc[0.99, "cutoffs"] <= s.loc[0.5, "cutoffs"]
+    memo = sw._WORKER["energy"][("end_model", "smart-turn")]
+    scorings = 0
+    for thr in (0.5, 0.99):
+        decisions: list = []
+        detect_file(src.samples16k, 16000, TurnParams(end_model="smart-turn", max_silence_ms=3000, silence_ms=300,
+                                                      end_threshold=thr), end_model=memo, decisions=decisions)
+        scorings += sum(d.kind == "end_score" for d in decisions)
+    assert memo.calls < scorings  # the silences both thresholds share were scored once

@@ -382,12 +382,25 @@ def describe(params: TurnParams) -> str:
     return ", ".join(diff) or "defaults"
 
 
-def _rows(params: TurnParams, sources: list[Source], caches: dict[int, EnergyReplay]) -> list[dict[str, Any]]:
+def _rows(params: TurnParams, sources: list[Source], caches: dict[Any, Any]) -> list[dict[str, Any]]:
+    """The rows of one set.  ``caches`` (per worker): energy levels per source, and one memoised end model,
+    so settings that differ only after the model's scoring (threshold, wait) do not score the same audio twice."""
     rows = []
+    model = None
+    if params.end_model != "none":
+        from workbench.endturn import MemoEndModel, make_end_model
+
+        key = ("end_model", params.end_model)
+        if key not in caches:
+            caches[key] = MemoEndModel(make_end_model(params.end_model))
+        model = caches[key]
     for i, src in enumerate(sources):
         if fast_path(params) and i not in caches:
             caches[i] = EnergyReplay(src.samples16k)
-        turns = replay(src.samples16k, params, caches.get(i))
+        if model is not None:
+            turns = detect_file(src.samples16k, RATE, params, end_model=model)
+        else:
+            turns = replay(src.samples16k, params, caches.get(i))
         row: dict[str, Any] = {**params.to_dict(), "policy": params.policy, "source": src.name, "turns": len(turns)}
         if src.truth is not None:
             ev = evaluate(turns, src.truth, params.silence_ms)
