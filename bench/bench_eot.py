@@ -33,7 +33,7 @@ from workbench.endturn import SmartTurn, smart_turn_path  # noqa: E402
 from workbench.replay import RATE, detect_file  # noqa: E402
 from workbench.scorers import silero_model_path  # noqa: E402
 from workbench.sweep import evaluate_eot  # noqa: E402
-from workbench.turns import TurnDetector, TurnParams  # noqa: E402
+from workbench.turns import TurnParams  # noqa: E402
 
 TITLE = "End of turn: false cut-offs vs latency"
 SILENCE_MS = list(range(300, 3001, 100))
@@ -75,17 +75,10 @@ class _Ready:
 
 
 def run_detector(x: np.ndarray, params: TurnParams, model: CachedModel | None) -> list:
-    """``detect_file`` with our model object (a cache) in the detector."""
+    """``detect_file`` with our model object (a cache, the inference delay) in the detector."""
     if model is None or params.end_model == "none":
         return detect_file(x, RATE, params)
-    import workbench.replay as rp
-
-    real = rp.TurnDetector
-    rp.TurnDetector = lambda p, rate: TurnDetector(p, rate, end_model=model)  # type: ignore[assignment]
-    try:
-        return detect_file(x, RATE, params)
-    finally:
-        rp.TurnDetector = real
+    return detect_file(x, RATE, params, end_model=model)
 
 
 def measure_inference(x: np.ndarray, n: int = 12) -> float:
