@@ -27,8 +27,7 @@ def bundled() -> np.ndarray:
 
 
 async def session(audio, out, dtx=True, **emu_kw):
-    # ideal until the bridge-recovery issue lands
-    async with Emulator(EmulatorConfig(**{"profile": "ideal", **emu_kw}), port=0) as emu:
+    async with Emulator(EmulatorConfig(**emu_kw), port=0) as emu:  # the real profile
         settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context())
         cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=dtx, name="test")
         result = await bridge.run_session(audio, cfg, out)

@@ -12,7 +12,7 @@ import pytest
 
 from workbench import cli, diagnose
 from workbench.diagnose import Finding, context, format_findings
-from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
+from workbench.events import Client, Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
 from workbench.recording import Recorder, Recording, load
 
 META = {
@@ -184,7 +184,9 @@ def test_failure_b_no_activity_end_frames_stopped(tmp_path):
     fs = one(findings, "frames_stopped_in_turn")
     assert fs.severity == "error" and "never resumed" in fs.evidence and "Failure B" in fs.cause
     cl = one(findings, "close")
-    assert "server stalled" in cl.cause and "Failure B" in cl.cause
+    # nothing was due from the server while the turn stayed open: its pong was late, it did not stall
+    assert "late pong" in cl.cause and "nothing was due" in cl.cause and "Failure B" in cl.cause
+    assert "server stalled" not in cl.cause
     assert "no_response_after_activity_end" not in codes(findings)
 
 
@@ -431,6 +433,7 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
         Ws(t=7.1, what="reconnect", detail="conn 1: watchdog"),
         Ws(t=7.2, what="connect", detail="conn 2, resumed with handle h"),
         SessionMark(t=7.2, what="resend", detail="conn 2: 3 message(s) of unanswered turn(s) [1]"),
+        Client(t=7.2, action="resend", reason="not_in_handle", conn=2, turn=1, attempt=2),  # what the bridge writes
         Sent(t=7.3, msg="activity_start", n_bytes=0, seq=4, stage="wire"),
         Sent(t=7.3, msg="audio", n_bytes=640, seq=5, stage="wire"),
         Sent(t=7.4, msg="activity_end", n_bytes=0, seq=6, stage="wire"),
@@ -445,3 +448,401 @@ def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
     # the watchdog's finding says the same, not "no response followed" (the answer came on the new connection)
     wd = one(findings, "watchdog")
     assert "the re-sent turn was answered at 8.00 s" in wd.evidence and wd.cause is None
+
+
+# -- keepalive: the four causes of 1011 keepalive ping timeout, and no false alarm --------------------------------
+
+
+def test_server_close_just_after_a_ping_is_not_an_unanswered_ping(tmp_path):
+    """Seen live: the server closed 1011 1 ms after the client's ping; the next connection's pong is not its pong."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=20.0, what="ping", conn=1), Ws(t=20.001, what="close_frame_received", conn=1),
+           Ws(t=20.002, what="close", code=1011, reason="Internal error encountered.", conn=1, closed_by="server",
+              detail="conn 1: close frame from server (echoed)"),
+           Ws(t=20.5, what="reconnect", detail="conn 1: closed"), Ws(t=20.8, what="connect", detail="conn 2"),
+           Ws(t=40.0, what="ping", conn=2), Ws(t=40.01, what="pong", conn=2, latency_ms=10.0))
+    findings = diagnose.diagnose(s.done())
+    assert "unanswered_pings" not in codes(findings)
+    cl = one(findings, "close")
+    assert cl.cause.startswith("server internal error (1011 sent by the server)")
+    assert "keepalive ping sent 2 ms before the close was still in flight" in cl.cause
+    assert "keepalive" not in cl.title
+
+
+def test_client_1011_echoed_by_the_server_is_the_clients(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=9.0, what="close_frame_received", conn=1),
+           Ws(t=9.0, what="close", code=1011, reason="", conn=1, closed_by="client",
+              detail="conn 1: close frame from client (echoed)"))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert "sent by the client" in cl.cause and "by the server" not in cl.cause
+
+
+def test_late_pongs_without_ping_timeout_are_information(tmp_path):
+    meta = {**META, "live": {"ping_interval_s": 20.0, "ping_timeout_s": None, "max_queue": 16}}
+    s = Session(tmp_path, meta=meta).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=3.0, what="ping", conn=1), Ws(t=23.0, what="ping", conn=1),
+           Ws(t=30.0, what="pong", conn=1, latency_ms=27_000.0), Ws(t=41.0, what="pong", conn=1, latency_ms=18_000.0),
+           SessionMark(t=42.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    assert [f.code for f in findings] == ["healthy"]
+    assert "pong delays 18.0–27.0 s" in findings[0].evidence and "ping_timeout=None" in findings[0].evidence
+    assert "pings answered 2/2" in findings[0].evidence
+
+
+def test_late_pong_while_frames_kept_coming_blames_the_keepalive_setting(tmp_path):
+    """(a): the server kept sending (resumption updates) and the app read them; only the pong was late."""
+    s = Session(tmp_path).greeting().frames(3.0, 31.0).lag(0.0, 31.0)
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    for t in range(8, 31):
+        s.server(float(t), "session_resumption_update")
+    s.emit(Ws(t=10.0, what="ping", conn=1))
+    findings = diagnose.diagnose(s.keepalive_close(30.0).done())
+    cl = one(findings, "close")
+    assert "late pong" in cl.cause and "kept sending frames after the ping" in cl.cause
+    assert "ping_interval=None" in cl.cause and "stalled" not in cl.cause.replace("not stalled", "")
+    assert "late pong" in one(findings, "unanswered_pings").cause
+
+
+def test_keepalive_causes_are_told_apart(tmp_path):
+    """One recording per cause, and the enum each verdict gives."""
+    K = diagnose.KeepaliveCause
+    got = {}
+    for name, rec in [("a", failure_b(tmp_path / "a")), ("b", receive_stopped(tmp_path / "b")),
+                      ("d", failure_a(tmp_path / "d"))]:
+        c = context(rec)
+        (p,) = [p for p in diagnose._pings(c) if p.outcome is diagnose.PingOutcome.UNANSWERED]
+        got[name] = diagnose._why_unanswered(c, p)[0]
+    assert got == {"a": K.LATE_PONG, "b": K.RECEIVE_STOPPED, "d": K.STALL}
+
+
+def test_activity_end_after_the_socket_closed_is_blamed_on_the_close(tmp_path):
+    """The turn ended after the server had closed the socket: the send path did nothing wrong."""
+    s = Session(tmp_path).greeting().frames(3.0, 12.0)
+    s.turn(4.0, None, audio_until=7.0)
+    s.emit(Ws(t=7.5, what="close_frame_received", conn=1),
+           Ws(t=7.5, what="close", code=1011, reason="Internal error encountered.", conn=1, closed_by="server"),
+           Vad(t=8.2, decision="speech_end", reason="silence", media_t=7.0),
+           Sent(t=8.2, msg="activity_end", n_bytes=0, seq=999, stage="app"),
+           Error(t=8.21, where="writer", message="ConnectionClosedError: received 1011"))
+    na = one(diagnose.diagnose(s.done()), "no_activity_end")
+    assert "the connection closed at 7.50 s (1011 'Internal error encountered.', closed by server)" in na.cause
+    assert "not the send path" in na.cause and "lost it" not in na.cause
+
+
+# -- the new findings of issue 12 -----------------------------------------------------------------------------------
+
+
+def test_barge_in_is_a_note_not_an_error(tmp_path):
+    """START_OF_ACTIVITY_INTERRUPTS: the next ActivityStart stops the answer (turnComplete, no generationComplete)."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k in range(3):
+        s.server(6.5 + 0.1 * k, "model_audio", n_samples=2400)
+    s.turn(7.0, 9.0, audio_until=8.5)
+    s.server(7.05, "interrupted").server(7.06, "tool_call_cancellation").server(7.1, "turn_complete")
+    s.answer(9.5)
+    findings = diagnose.diagnose(s.done())
+    assert [f.code for f in findings] == ["healthy"]
+    note = one(diagnose.barge_in(context(load(s.rec.dir))), "barge_in")
+    assert note.severity == "info" and note.t == pytest.approx(7.051)
+    assert "by the ActivityStart at 7.01 s" in note.evidence and "answer audio since 6.50 s" in note.evidence
+    assert "turnComplete at 7.10 s without generationComplete" in note.evidence
+    assert "1 tool call cancellation(s)" in note.evidence
+
+
+def test_heard_but_not_answered(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.3, "input_transcription", text="tell me about your last job")
+    findings = diagnose.diagnose(s.emit(SessionMark(t=20.0, what="end")).done())
+    f = one(findings, "heard_not_answered")
+    assert f.severity == "error" and f.t == pytest.approx(6.0015)
+    assert "'tell me about your last job' at 6.30 s" in f.evidence and "no-response 'heard'" in f.cause
+    assert "no_response_after_activity_end" not in codes(findings)
+
+
+def test_never_heard_is_said_when_other_turns_were_transcribed(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").answer(6.5)
+    s.turn(10.0, 12.0, audio_until=11.5).emit(SessionMark(t=25.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "no_response_after_activity_end")
+    assert f.t == pytest.approx(12.0015) and "never heard: no inputTranscription for this activity" in f.evidence
+    assert "heard_not_answered" not in codes(findings)
+
+
+def test_empty_answer(tmp_path):
+    """python-genai #2117: a turnComplete with nothing in it; the old rules counted it as an answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").server(6.6, "turn_complete")
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "empty_answer")
+    assert f.severity == "error" and "turnComplete at 6.60 s" in f.evidence and "'hello' at 6.20 s" in f.evidence
+    assert "#2117" in f.cause
+    assert not {"no_response_after_activity_end", "heard_not_answered"} & codes(findings)
+
+
+def test_late_answer_with_a_repeated_transcript(tmp_path):
+    """gemini-live-api-examples #48: transcript, a long gap, the same transcript again, then the answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="hello").server(40.0, "input_transcription", text="hello")
+    f = one(diagnose.diagnose(s.answer(40.5).done()), "no_response_after_activity_end")
+    assert f.severity == "warning" and "answered late" in f.title and "34.5 s after" in f.evidence
+    assert "the same transcript came again at 40.00 s" in f.evidence
+
+
+def test_late_answer_masks_failure_a_on_the_next_turn(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    s.server(6.2, "input_transcription", text="first question")
+    s.turn(20.0, 22.0, audio_until=21.5)
+    s.server(22.3, "input_transcription", text="first question").answer(22.5)
+    findings = diagnose.diagnose(s.emit(SessionMark(t=30.0, what="end")).done())
+    f = one(findings, "late_answer_masks_next_turn")
+    assert f.severity == "error" and f.t == pytest.approx(22.0015)
+    assert "the turnComplete at 23.50 s, 17.5 s after its ActivityEnd, paid it" in f.evidence
+    assert "got none" in f.evidence
+    assert "transcript came again at 22.30 s" in f.evidence
+    assert one(findings, "heard_not_answered").t == pytest.approx(6.0015)  # the first turn, on its own window
+
+
+def test_two_answers_for_two_turns_mask_nothing(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(7.0, 9.0, audio_until=8.5)
+    s.answer(9.2).answer(11.0)
+    assert "late_answer_masks_next_turn" not in codes(diagnose.diagnose(s.done()))
+
+
+def test_resume_rejected_while_the_old_connection_was_open(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.emit(Ws(t=10.0, what="reconnect", detail="conn 1: goAway"),
+           Ws(t=10.2, what="connect", detail="conn 2, resumed with handle h1"),
+           Ws(t=10.3, what="close", code=1011, reason="Internal error encountered.", conn=2, closed_by="server"),
+           Ws(t=11.0, what="close", code=1000, reason="", conn=1, closed_by="client"),
+           Ws(t=11.5, what="connect", detail="conn 3, resumed with handle h1"))
+    f = one(diagnose.diagnose(s.done()), "resume_rejected")
+    assert f.severity == "warning" and "resumed at 10.20 s with handle h1" in f.evidence
+    assert "still open" in f.evidence and "close the old socket first" in f.cause
+
+
+def test_resume_rejected_from_the_client_core_and_the_emulator_log(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.emit(Client(t=10.3, action="give_up", reason="resume_rejected", conn=2))
+    s.rec.close(gave_up={"reason": "resume_rejected", "detail": "1011 on every resume"})
+    (s.rec.dir / "emulator.jsonl").write_text(
+        '{"t": 10.25, "conn": 2, "direction": "in", "kind": "resume_rejected", '
+        '"detail": "h1: connection(s) [1] open"}\n'
+        "not json\n")
+    findings = diagnose.diagnose(load(s.rec.dir))
+    f = one(findings, "resume_rejected")
+    assert f.severity == "error" and "the emulator rejected the resume (h1: connection(s) [1] open)" in f.evidence
+    assert "give_up/resume_rejected on conn 2" in f.evidence
+    g = one(findings, "gave_up")
+    assert g.title == "the bridge gave up: resume_rejected" and g.t == pytest.approx(10.3)
+
+
+def test_gave_up_from_session_json_alone(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.rec.close(gave_up={"reason": "reconnect_limit", "detail": "3 attempts"})
+    g = one(diagnose.diagnose(load(s.rec.dir)), "gave_up")
+    assert g.severity == "error" and g.evidence == "give_up (reconnect_limit): 3 attempts"
+    assert "every reconnect attempt failed" in g.cause
+
+
+def test_lost_turn_after_resuming_an_older_snapshot(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.server(7.2, "session_resumption_update", detail="resumable=False handle=None")
+    s.emit(Ws(t=9.0, what="close", code=1011, reason="Deadline expired before operation could complete.", conn=1,
+              closed_by="server"),
+           Ws(t=9.1, what="reconnect", detail="conn 1: closed"),
+           Ws(t=9.3, what="connect", detail="conn 2, resumed with handle h1"))
+    findings = diagnose.diagnose(s.done())
+    f = one(findings, "lost_turn")
+    assert "resumed at 9.30 s with handle h1 from 3.00 s" in f.evidence
+    assert "turn 1's ActivityEnd at 6.00 s" in f.evidence
+    assert "goAway by age" in one(findings, "close").cause
+
+
+def test_duplicate_turn_from_a_resend_of_an_answered_turn(tmp_path):
+    """The snapshot the bridge resumed from (h2, issued after the answer) holds the turn: re-sending doubles it."""
+    s = Session(tmp_path).greeting().server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.server(8.0, "session_resumption_update", detail="resumable=True handle=h2")
+    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1: closed"),
+           Ws(t=9.2, what="connect", detail="conn 2, resumed with handle h2"),
+           Client(t=9.2, action="resend", reason="closed", conn=2, turn=1, attempt=2))
+    s.send(9.3, "activity_start").audio(9.4, 9.6).send(9.7, "activity_end").answer(10.0)
+    f = one(diagnose.diagnose(s.done()), "duplicate_turn")
+    assert "turn 1 first sent on conn 1 at 4.01 s was answered at 7.50 s" in f.evidence
+    assert "resumed at 9.20 s with handle h2 from 8.00 s" in f.evidence
+
+
+def test_resend_of_a_turn_the_snapshot_does_not_hold_is_no_duplicate(tmp_path):
+    """Seen live (no-response:heard): the handle predates the turn, so the re-send is what keeps it."""
+    s = Session(tmp_path).greeting().server(3.0, "session_resumption_update", detail="resumable=True handle=h1")
+    s.turn(4.0, 6.0, audio_until=5.5).server(6.2, "input_transcription", text="hello")
+    s.emit(Ws(t=26.0, what="reconnect", detail="conn 1"),
+           Ws(t=26.2, what="connect", detail="conn 2, resumed with handle h1"),
+           Client(t=26.2, action="resend", reason="not_in_handle", conn=2, turn=1, attempt=2))
+    s.send(26.3, "activity_start").audio(26.4, 26.6).send(26.7, "activity_end").answer(27.0)
+    findings = diagnose.diagnose(s.done())
+    assert not {"duplicate_turn", "lost_turn"} & codes(findings)
+    assert one(findings, "heard_not_answered").severity == "warning"  # recovered by the re-send
+
+
+def test_duplicate_and_lost_turns_from_the_emulator_log(tmp_path):
+    rec = healthy_session(tmp_path)
+    (rec.path / "emulator.jsonl").write_text(
+        '{"t": 9.0, "conn": 2, "direction": "violation", "kind": "duplicate_turn", "detail": "user turn 2 twice"}\n'
+        '{"t": 9.5, "conn": 2, "direction": "violation", "kind": "lost_turn", "detail": "user turn 1 gone"}\n')
+    findings = diagnose.diagnose(load(rec.path))
+    assert "user turn 2 twice" in one(findings, "duplicate_turn").evidence
+    assert "user turn 1 gone" in one(findings, "lost_turn").evidence
+
+
+def test_the_emulators_own_account_is_evidence(tmp_path):
+    """emulator.jsonl beside the recording: a noise activity left unanswered, a latency spike on a late answer."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(10.0, 12.0, audio_until=11.5)
+    rec = s.answer(19.0).done()
+    (rec.path / "emulator.jsonl").write_text(
+        '{"t": 6.0, "conn": 0, "direction": "out", "kind": "fault", '
+        '"detail": "no-response:noise: user turn 1 is not speech (-60 dBFS)"}\n'
+        '{"t": 12.0, "conn": 0, "direction": "out", "kind": "latency_spike", "detail": "7.000 s"}\n')
+    found = [f for f in diagnose.diagnose(load(rec.path)) if f.code == "no_response_after_activity_end"]
+    noise, late = sorted(found, key=lambda f: f.t)
+    assert "the emulator's log: fault no-response:noise: user turn 1" in noise.evidence
+    assert "took the activity for noise" in noise.cause
+    assert "answered late" in late.title and "the emulator's log: latency_spike 7.000 s" in late.evidence
+
+
+@pytest.mark.parametrize(("reason", "words"), [
+    ("models/nope is not found for API version v1beta, or is not supported for bidiGenerateContent", "model name"),
+    ("Invalid session resumption handle.", "refused the resumption handle"),
+])
+def test_strict_input_1008_closes_are_named(tmp_path, reason, words):
+    s = Session(tmp_path).greeting()
+    s.emit(Ws(t=3.0, what="close", code=1008, reason=reason, conn=1, closed_by="server"))
+    cl = one(diagnose.diagnose(s.done()), "close")
+    assert cl.severity == "error" and words in cl.cause
+
+
+def test_a_turn_complete_owed_by_the_previous_answer_is_not_an_empty_answer(tmp_path):
+    """turnComplete waits for playback (livekit/agents #6421): the last answer's can land after the next turn."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k in range(5):
+        s.server(round(6.5 + 0.1 * k, 3), "model_audio", n_samples=2400)
+    s.turn(7.5, 9.0, audio_until=8.5).server(9.2, "turn_complete").answer(9.6)
+    findings = diagnose.diagnose(s.done())
+    assert "empty_answer" not in codes(findings) and [f.code for f in findings] == ["healthy"]
+
+
+# -- regressions seen on the real profile (tests/test_recovery.py's sessions, diagnosed) ----------------------------
+
+
+def test_answers_interrupted_by_each_next_turn_mask_nothing(tmp_path):
+    """Barge-in: each answer's turnComplete comes after the next ActivityStart, yet every turn has its own."""
+    s = Session(tmp_path).greeting()
+    for start, end in ((4.0, 6.0), (9.0, 11.0), (14.0, 16.0)):
+        s.turn(start, end, audio_until=end - 0.5)
+        for k in range(3):
+            s.server(round(end + 0.5 + 0.1 * k, 3), "model_audio", n_samples=2400)
+        if start < 14.0:
+            s.server(end + 3.02, "interrupted").server(end + 3.03, "turn_complete")  # at the next ActivityStart
+    s.server(18.0, "turn_complete")
+    findings = diagnose.diagnose(s.done())
+    assert "late_answer_masks_next_turn" not in codes(findings), findings
+    assert len([f for f in diagnose.barge_in(context(load(s.rec.dir)))]) == 2
+
+
+def test_a_turn_re_sent_back_to_back_is_heard_after_the_next_activity_start(tmp_path):
+    """A re-send writes turn 1 whole, then opens turn 2 at once: turn 1's transcript lands in turn 2's start."""
+    s = Session(tmp_path).greeting()
+    s.send(4.0, "activity_start").audio(4.01, 4.02).send(4.03, "activity_end").send(4.04, "activity_start")
+    s.server(4.25, "input_transcription", text="turn one").audio(4.1, 6.0).send(6.5, "activity_end")
+    s.server(6.7, "input_transcription", text="turn two").emit(SessionMark(t=20.0, what="end"))
+    findings = diagnose.diagnose(s.done())
+    first = [f for f in findings if f.t is not None and abs(f.t - 4.0305) < 0.01]
+    assert [f.code for f in first] == ["heard_not_answered"] and "'turn one' at 4.25 s" in first[0].evidence
+
+
+def test_a_turn_re_sent_after_several_rejected_resumes_is_not_lost(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5)
+    for k, t in enumerate((9.0, 10.0, 11.0), start=2):
+        s.emit(Ws(t=t, what="reconnect", detail=f"conn {k - 1}"), Ws(t=t + 0.1, what="connect", detail=f"conn {k}"))
+    # the user starts the next turn while the resumes are rejected: the re-send comes after that speech
+    s.emit(Vad(t=9.5, decision="speech_start", reason="level", media_t=9.5))
+    s.emit(Client(t=11.1, action="resend", reason="closed", conn=4, turn=1, attempt=2))
+    s.send(11.2, "activity_start").audio(11.3, 11.5).send(11.6, "activity_end").answer(12.0)
+    f = one(diagnose.diagnose(s.done()), "reconnects")
+    assert f.severity == "info" and "no user turn lost" in f.title
+
+
+def test_frames_stopping_in_a_turn_cut_by_a_reconnect_are_not_failure_b(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 7.0)
+    s.emit(Vad(t=4.0, decision="speech_start", reason="level", media_t=4.0))
+    s.send(4.01, "activity_start").audio(4.02, 7.0)
+    s.emit(Ws(t=9.0, what="reconnect", detail="conn 1"), Ws(t=9.1, what="connect", detail="conn 2"))
+    s.send(9.2, "setup").send(9.3, "activity_start").audio(9.31, 9.4)
+    s.emit(Vad(t=9.5, decision="speech_end", reason="silence", media_t=7.0)).send(9.5, "activity_end").answer(10.0)
+    findings = diagnose.diagnose(s.done())
+    assert not [f for f in findings if f.code == "frames_stopped_in_turn" and f.severity == "error"], findings
+
+
+def test_a_turn_open_when_the_bridge_gave_up_is_blamed_on_the_close(tmp_path):
+    s = Session(tmp_path).greeting().frames(3.0, 23.8)
+    s.turn(22.4, None, audio_until=23.7)
+    s.emit(Client(t=23.72, action="give_up", reason="resend_limit", conn=3, turn=1),
+           Ws(t=23.73, what="close", code=1000, reason="", conn=1, closed_by="client"))
+    findings = diagnose.diagnose(s.done())
+    na = one(findings, "no_activity_end")
+    assert na.severity == "warning" and "while the user was still speaking" in na.cause
+    assert one(findings, "gave_up").severity == "error"
+
+
+def test_a_failed_reconnect_attempt_the_bridge_got_past_is_a_warning(tmp_path):
+    s = Session(tmp_path).greeting()
+    s.emit(Ws(t=5.0, what="reconnect", detail="conn 1"),
+           Error(t=5.2, where="reconnect", message="conn 2: APIError: 1011 None. Internal error encountered."),
+           Ws(t=6.0, what="connect", detail="conn 3"))
+    f = one(diagnose.diagnose(s.done()), "errors")
+    assert f.severity == "warning" and "connected again at 6.00 s" in f.evidence
+
+
+def test_a_close_followed_by_a_connect_retry_is_recovered(tmp_path):
+    """The client core retries one reconnect without a new reconnect mark: the later connect still counts."""
+    s = Session(tmp_path).greeting().emit(
+        Ws(t=5.0, what="reconnect", detail="conn 1"), Ws(t=5.1, what="connect", detail="conn 2, resumed with handle h"),
+        Ws(t=5.2, what="close", code=1011, reason="Internal error encountered.", conn=2, closed_by="server"),
+        Ws(t=5.6, what="connect", detail="conn 3, resumed with handle h"))
+    cl = [f for f in diagnose.diagnose(s.done()) if f.code == "close"]
+    assert [f.severity for f in cl] == ["warning"] and "the bridge reconnected at 5.60 s" in cl[0].cause
+
+
+def test_a_skipped_turn_and_an_answered_next_one_is_failure_a_not_a_mask(tmp_path):
+    """In-order pairing alone would give the next turn's answer to the skipped one: no evidence, no mask."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(20.0, 22.0, audio_until=21.5)
+    findings = diagnose.diagnose(s.answer(22.5).emit(SessionMark(t=30.0, what="end")).done())
+    assert "late_answer_masks_next_turn" not in codes(findings)
+    assert one(findings, "no_response_after_activity_end").t == pytest.approx(6.0015)
+
+
+def test_a_late_answer_that_began_while_the_next_turn_was_spoken_masks_it(tmp_path):
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).turn(20.0, 24.0, audio_until=23.5)
+    for k in range(5):  # audio while the user still speaks; its turnComplete waits for playback, after the turn
+        s.server(round(23.0 + 0.1 * k, 3), "model_audio", n_samples=2400)
+    s.server(24.5, "turn_complete")
+    f = one(diagnose.diagnose(s.emit(SessionMark(t=35.0, what="end")).done()), "late_answer_masks_next_turn")
+    assert "the turn ending 24.00 s got none" in f.evidence
+
+
+def test_frames_delayed_not_silent_are_no_failure_b(tmp_path):
+    """A busy loop delivers 2 s of frames late, their media time continuous: the detector was right to wait."""
+    s = Session(tmp_path).greeting()
+    for k in range(int(4.0 / 0.02)):  # media 0-4 s; the frames of media 1-3 s arrive in a burst at 3.0 s
+        media = k * 0.02
+        t = 3.0 + media if media < 1.0 else (6.0 + 0.001 * k if media < 3.0 else 3.0 + media + 3.0)
+        s.emit(Frame(t=round(t, 4), pts_s=round(media, 4), n_samples=960, rate=48_000, level_db=-20.0))
+    s.turn(3.05, 10.5, audio_until=10.0).answer(11.0)
+    rec = s.done()
+    assert [f.code for f in diagnose.diagnose(rec)] == ["healthy"]
+    (f,) = [f for f in diagnose.frames_stopped_in_turn(context(rec)) if f.t == pytest.approx(3.98)]
+    assert f.severity == "info" and "delayed" in f.evidence and "continues 20 ms of media time later" in f.evidence

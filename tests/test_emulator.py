@@ -430,7 +430,7 @@ def test_sdk_greeting_answer_and_tool_call_round_trip():
     assert emu.violations == [] and emu.turns_answered == 3
     kinds_in = [e.kind for e in emu.log if e.direction == "in" and e.kind != "client_closed"]
     activity = ["activity_start", "audio", "audio", "audio", "activity_end"]
-    assert kinds_in == ["setup", "client_content", *activity, *activity, "tool_response"]
+    assert kinds_in == ["api_key", "setup", "client_content", *activity, *activity, "tool_response"]
     assert all(isinstance(e.t_mono, float) and abs(e.t_mono - time.monotonic()) < 30 for e in emu.log)
 
 

@@ -118,3 +118,47 @@ def test_decode_on_loop_refuses_a_started_receiver() -> None:
             await link.close()
 
     asyncio.run(run())
+
+
+def test_release_hands_on_what_the_jitter_buffer_holds_in_order_and_the_stream_goes_on() -> None:
+    """aiortc's own jitter buffer and timestamp mapper, fed as its RTP handler feeds them (``_handle_rtp_packet``);
+    only the receiver around them is left out.  A hole inside the held run is skipped, not waited for; later packets
+    continue the stream; the hole's packet arriving late is dropped, as aiortc drops any packet that late."""
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtcrtpreceiver import TimestampMapper
+    from aiortc.rtp import RtpPacket
+
+    class Receiver:  # the two attributes of RTCRtpReceiver that release() reads
+        def __init__(self) -> None:
+            self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)
+            self._RTCRtpReceiver__timestamp_mapper = TimestampMapper()
+
+    frames = encoded(tone(0.4))  # 20 frames
+    receiver = Receiver()
+    jitter, mapper = receiver._RTCRtpReceiver__jitter_buffer, receiver._RTCRtpReceiver__timestamp_mapper
+
+    async def run() -> list[int]:
+        out: asyncio.Queue = asyncio.Queue()
+        dec = LoopDecoder(out, threading.Event(), receiver)  # type: ignore[arg-type]
+
+        def packet(i: int) -> None:  # what RTCRtpReceiver._handle_rtp_packet does with packet i
+            p = RtpPacket(payload_type=111, sequence_number=1000 + i, timestamp=5000 + frames[i].timestamp,
+                          payload=frames[i].data)
+            p._data = p.payload  # type: ignore[attr-defined]
+            _, frame = jitter.add(p)
+            if frame is not None:
+                frame.timestamp = mapper.map(frame.timestamp)
+                dec.put((OPUS, frame))
+
+        for i in [0, 1, 2, 3, 4, 5, 7, 8]:  # 6 is lost
+            packet(i)
+        assert out.qsize() == 2  # frames 0 and 1: 2..5 wait for 4 later packets, and stall on the hole
+        assert dec.release() == 6 and dec.released == 6
+        assert dec.release() == 0  # nothing held any more
+        packet(6)  # too late now: dropped by the buffer
+        for i in range(9, 14):
+            packet(i)  # 9 comes out when 13 arrives (prefetch again)
+        return [f.pts for f in (out.get_nowait() for _ in range(out.qsize()))]
+
+    pts = asyncio.run(run())
+    assert pts == [frames[i].timestamp for i in [0, 1, 2, 3, 4, 5, 7, 8, 9]]

@@ -13,7 +13,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from workbench.events import Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws  # noqa: E402
+from workbench.events import (  # noqa: E402
+    Client,
+    Error,
+    Frame,
+    FrameGap,
+    LoopLag,
+    Sent,
+    Server,
+    SessionMark,
+    Vad,
+    Watchdog,
+    Ws,
+)
 from workbench.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
 from workbench.recording import Recorder, Recording, RecordingError, load  # noqa: E402
 from workbench.replay import Turn  # noqa: E402
@@ -56,6 +68,8 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     r.emit(Server(12.0, "tool_call", detail="get_time"))
     r.emit(Server(26.0, "go_away", detail="10s"))
     r.emit(Watchdog(20.0, after_s=5.0, action="log"))
+    r.emit(Client(17.0, action="interrupted", reason="barge_in", conn=1, turn=2, attempt=1))
+    r.emit(Client(20.0, action="reconnect", reason="watchdog", conn=2, turn=3))
     r.emit(Error(27.0, where="receive", message="ConnectionClosed 1011"))
     r.emit(Ws(27.0, "close", code=1011, reason="keepalive ping timeout"))
     r.close()
@@ -96,6 +110,14 @@ def test_markers_sit_at_event_times(rec: Recording) -> None:
     # thresholds come from the recording's params
     levels = sorted(ln.get_ydata()[0] for ln in p.axes["level"].get_lines() if ln.get_label().startswith(("st",)))
     assert levels == [-44, -38]
+
+
+def test_client_decisions_on_the_timeline(rec: Recording) -> None:
+    server = TimelinePlot(rec).axes["server"]
+    assert np.allclose(_line(server, "turn interrupted (barge-in)").get_xdata(), [17.0])
+    assert np.allclose(_line(server, "client reconnect").get_xdata(), [20.0])
+    texts = [t.get_text() for t in server.texts]
+    assert "turn 2 interrupted" in texts and "reconnect watchdog" in texts
 
 
 def test_frame_gap_is_shaded_and_live_turns_drawn(rec: Recording) -> None:

@@ -99,13 +99,15 @@ def test_damaged_flac_keeps_readable_part(tmp_path):
 
 
 def test_turn_table_follows_resends_across_connections(tmp_path):
-    """A turn cut by a reconnect and re-sent is one user turn with two attempts; answers stay on their connection."""
+    """A turn cut by a reconnect and re-sent is one user turn with two attempts (from the client core's ``resend``
+    events' fields); answers stay on their connection; a re-sent greeting labels no user turn."""
     from workbench.analysis import turn_table, user_turns
-    from workbench.events import SessionMark
+    from workbench.events import Client
 
     rec = Recorder(tmp_path / "r", {})
     ev = [
         Ws(t=0.1, what="connect", detail="conn 1"),
+        Client(t=0.5, action="resend", reason="closed", conn=1, turn=0, attempt=2),  # the greeting: not a user turn
         Vad(t=1.0, decision="speech_start", reason="x", media_t=0.9),
         Sent(t=1.0, msg="activity_start", n_bytes=0, seq=1, stage="wire"),
         Vad(t=3.0, decision="speech_end", reason="silence", media_t=2.3),
@@ -119,7 +121,8 @@ def test_turn_table_follows_resends_across_connections(tmp_path):
         Sent(t=8.0, msg="activity_start", n_bytes=0, seq=5, stage="wire"),  # cut by the reconnect
         Ws(t=11.0, what="reconnect"),
         Ws(t=11.1, what="connect", detail="conn 2"),
-        SessionMark(t=11.1, what="resend", detail="conn 2: 9 message(s) of unanswered turn(s) [2, 3]"),
+        Client(t=11.1, action="resend", reason="not_in_handle", conn=2, turn=2, attempt=2),
+        Client(t=11.1, action="resend", reason="not_in_handle", conn=2, turn=3, attempt=2),
         Sent(t=11.2, msg="activity_start", n_bytes=0, seq=6, stage="wire"),
         Sent(t=11.3, msg="activity_end", n_bytes=0, seq=7, stage="wire"),
         Sent(t=11.3, msg="activity_start", n_bytes=0, seq=8, stage="wire"),

@@ -11,13 +11,12 @@ Columns of ``turn_table`` (seconds on the session clock, NaN where it never happ
 - ``first_audio``: first model audio the receive loop got after ActivityEnd
 - ``turn_complete``: the turn_complete the receive loop got for it
 - ``audio_s``: seconds of user audio sent in the activity
-- ``answered``: True when a turn_complete came back
+- ``answered``: True when a turn_complete came back (or the answer was interrupted by barge-in)
+- ``interrupted``: True when the user spoke over the answer and the server stopped it (``interrupted``)
 - ``end_to_audio_ms``, ``end_to_complete_ms``: latencies after ActivityEnd
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -57,15 +56,30 @@ def _connections(rec: Recording) -> np.ndarray:
 
 
 def _resends(rec: Recording) -> list[tuple[float, list[int]]]:
-    """The bridge's ``session resend`` marks: when, and which user turns it sent again."""
-    ses = rec.of_kind("session")
-    out = []
-    if len(ses) and "what" in ses:
-        for row in ses[ses["what"] == "resend"].itertuples():
-            m = re.search(r"\[([\d,\s]+)\]", str(getattr(row, "detail", "")))
-            if m:
-                out.append((float(row.t), [int(x) for x in m.group(1).split(",") if x.strip()]))
+    """The client core's re-sends (``client`` events, action ``resend``): when, and which user turns, in order.
+
+    Consecutive re-sends at one moment (one reconnect) are one group; turn 0 (the greeting) is not an activity.
+    """
+    cl = rec.of_kind("client")
+    out: list[tuple[float, list[int]]] = []
+    if len(cl) and {"action", "turn"} <= set(cl.columns):
+        for row in cl[cl["action"] == "resend"].itertuples():
+            if pd.isna(row.turn) or int(row.turn) < 1:
+                continue
+            if out and out[-1][0] == float(row.t):
+                out[-1][1].append(int(row.turn))
+            else:
+                out.append((float(row.t), [int(row.turn)]))
     return out
+
+
+def _interrupted(rec: Recording) -> list[tuple[float, int]]:
+    """Barge-ins: when the client core counted a user turn's answer as interrupted, and which turn."""
+    cl = rec.of_kind("client")
+    if not len(cl) or not {"action", "turn"} <= set(cl.columns):
+        return []
+    rows = cl[(cl["action"] == "interrupted") & cl["turn"].notna()]
+    return [(float(t), int(n)) for t, n in zip(rows["t"], rows["turn"], strict=True)]
 
 
 def turn_table(rec: Recording) -> pd.DataFrame:
@@ -140,7 +154,12 @@ def turn_table(rec: Recording) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows, columns=["turn", "attempt", "conn", "speech_start", "activity_start", "speech_end",
                                      "activity_end", "first_audio", "turn_complete", "audio_s"])
-    df["answered"] = df["turn_complete"].notna()
+    df["interrupted"] = False
+    for t, n in _interrupted(rec):  # the attempt of turn n that was on the wire when the barge-in came
+        sel = df.index[(df["turn"] == n) & (df["activity_start"] <= t)]
+        if len(sel):
+            df.loc[sel[-1], "interrupted"] = True
+    df["answered"] = df["turn_complete"].notna() | df["interrupted"]
     df["end_to_audio_ms"] = (df["first_audio"] - df["activity_end"]) * 1000.0
     df["end_to_complete_ms"] = (df["turn_complete"] - df["activity_end"]) * 1000.0
     return df
@@ -191,7 +210,7 @@ def format_turn_table(tt: pd.DataFrame) -> str:
     for r in tt.itertuples():
         name = f"{r.turn}" if r.attempt == 1 else f"{r.turn} re{r.attempt - 1}"
         retried = ((tt["turn"] == r.turn) & (tt["attempt"] > r.attempt)).any()
-        verdict = "yes" if r.answered else ("re-sent" if retried else "NO")
+        verdict = ("interrupted" if r.interrupted else "yes") if r.answered else ("re-sent" if retried else "NO")
         lines.append(f"{name:>7}  {f(r.speech_start):>12}  {f(r.activity_end):>16}  {f(r.first_audio):>20}  "
                      f"{f(r.turn_complete):>13}  {verdict}")
     return "\n".join(lines)

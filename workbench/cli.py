@@ -16,7 +16,7 @@ from pathlib import Path
 
 BUNDLED = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
 # Modules that add their own subcommands with ``register(subparsers)`` (heavy imports stay inside them).
-PLUGGED = ("workbench.plots", "workbench.sweep", "workbench.diagnose", "workbench.serve")
+PLUGGED = ("workbench.plots", "workbench.sweep", "workbench.diagnose", "workbench.serve", "workbench.export")
 DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
 
@@ -28,12 +28,23 @@ def _default_out(name: str) -> Path:
     return Path("recordings") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _seconds_or_off(text: str) -> float | None:
+    """A ``--ping-timeout`` value: seconds > 0, or ``off``/``none``/0 for no timeout."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 s or 'off', got {text!r}")
+    return value
+
+
 def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="recording directory (default recordings/<name>-<time>)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--base-url", help="a Live endpoint to use instead of the embedded emulator "
                        "(https://host:port; trust its certificate with SSL_CERT_FILE)")
     where.add_argument("--live", action="store_true", help="use real Gemini (needs GEMINI_API_KEY)")
+    add_api_key_arg(p)
     p.add_argument("--model", default=DEFAULT_LIVE_MODEL, help="model name (default %(default)s)")
     p.add_argument("--params", type=Path, help="turn-detector parameters as JSON (written by the tuning panel)")
     p.add_argument("--threshold-db", type=float, help="speech start threshold in dBFS (default -40)")
@@ -47,7 +58,9 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                    help="stop sending WebRTC packets while the source is digitally silent (Failure B)")
     p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
     p.add_argument("--ping-interval", type=float, default=20.0, help="websocket keepalive ping interval, s")
-    p.add_argument("--ping-timeout", type=float, default=20.0, help="websocket keepalive ping timeout, s")
+    p.add_argument("--ping-timeout", type=_seconds_or_off, default=None, metavar="S|off",
+                   help="websocket keepalive ping timeout, s (default off: pongs are recorded, never waited for; "
+                        "a dead connection is found by the missing answer instead)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="websocket frames buffered unread before reading pauses (websockets max_queue)")
     p.add_argument("--close-timeout", type=float, default=5.0, help="websocket close handshake timeout, s")
@@ -76,6 +89,13 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
                         "off with --naive)")
     p.add_argument("--watchdog-action", choices=["reconnect", "none"], default="reconnect",
                    help="what the watchdog does: reconnect and re-send the turn (default), or only record it")
+    p.add_argument("--heard-timeout", type=float, default=20.0, metavar="S",
+                   help="the server heard the turn (input transcription): wait up to S for its answer before "
+                        "reconnecting (default %(default)s)")
+    p.add_argument("--max-resends", type=int, default=2, metavar="N",
+                   help="re-sends of one user turn before giving up (default %(default)s)")
+    p.add_argument("--max-reconnects", type=int, default=5, metavar="N",
+                   help="reconnects allowed in any 60 s before giving up (default %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
@@ -90,6 +110,24 @@ def _add_end_args(p: argparse.ArgumentParser) -> None:
                    "that learns the speaker's pauses, between --silence-ms and --max-silence-ms")
     p.add_argument("--noise-margin-db", type=float, help="energy scorer: thresholds at least this far above an "
                    "adaptive noise floor, dB (default 0 = off; 13 works at 15 dB SNR)")
+
+
+def add_api_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key-env", metavar="NAME",
+                   help="send the API key held in environment variable NAME (GEMINI_API_KEY goes only to Google's "
+                        "endpoint with --live; the emulator and --base-url get no key unless named here)")
+
+
+def api_key_from(args: argparse.Namespace) -> str | None:
+    """The key ``--api-key-env NAME`` names (None without it); checks ``--live`` has a key."""
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: no such variable in the environment (or empty)")
+    if args.live and not (key or os.environ.get("GEMINI_API_KEY")):
+        raise UsageError("--live needs GEMINI_API_KEY in the environment (or --api-key-env NAME)")
+    return key
 
 
 def _params(args: argparse.Namespace):
@@ -129,11 +167,10 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     out = args.out or _default_out(name)
     if (Path(out) / "events.jsonl").exists():
         raise UsageError(f"{out} already holds a recording; choose another --out or delete it")
-    if args.live and not os.environ.get("GEMINI_API_KEY"):
-        raise UsageError("--live needs GEMINI_API_KEY in the environment")
     settings = live.LiveSettings(
         model=args.model,
         base_url=args.base_url,
+        api_key=api_key_from(args),
         ping_interval_s=args.ping_interval,
         ping_timeout_s=args.ping_timeout,
         max_queue=args.max_queue,
@@ -152,7 +189,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     cfg = bridge.SessionConfig(params=params, live=settings, name=name, source=str(audio_path),
                                dtx=dtx_default if args.dtx is None else args.dtx, naive=args.naive,
                                reconnect=not args.naive if args.reconnect is None else args.reconnect,
-                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action)
+                               watchdog_s=watchdog or None, watchdog_action=args.watchdog_action,
+                               heard_timeout_s=args.heard_timeout, max_resends=args.max_resends,
+                               max_reconnects=args.max_reconnects)
     say = (lambda _m: None) if args.quiet else (lambda m: print(f"[{name}] {m}", file=sys.stderr, flush=True))
 
     async def go() -> bridge.SessionResult:
@@ -182,6 +221,9 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
     tt = turn_table(rec)
     print(format_turn_table(tt))
     print(f"recording: {result.path}")
+    if result.gave_up:
+        print(f"workbench: gave up: {result.gave_up['reason']}: {result.gave_up['detail']}", file=sys.stderr)
+        return 1
     if result.error:
         print(f"workbench: session ended with an error: {result.error}", file=sys.stderr)
         return 1

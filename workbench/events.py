@@ -119,13 +119,20 @@ class Server(Event):
 
 @dataclass(frozen=True)
 class Ws(Event):
-    """WebSocket life: ``connect``, ``ping``, ``pong``, ``close``, ``reconnect``."""
+    """WebSocket life: ``connect``, ``ping``, ``pong``, ``close``, ``reconnect``.
+
+    ``conn`` numbers the wire tap's connections from 1 (pings, pongs and closes of one socket share it);
+    on ``close``, ``closed_by`` says which side sent the first close frame: ``server``, ``client``
+    (the server's echo does not make it the server's close) or ``none`` (no close frame: 1006).
+    """
 
     what: str
     code: int | None = None
     reason: str | None = None
     latency_ms: float | None = None
     detail: str | None = None
+    conn: int | None = None
+    closed_by: str | None = None
     kind: ClassVar[str] = "ws"
 
 

@@ -3,7 +3,7 @@
 A scenario is emulator faults plus a naive-bridge mode.  ``broken`` runs it with the naive piece
 in place and the bridge's resilience off (that is the failure, reproduced); ``fixed`` runs the same
 faults through the real bridge (persistent receive loop, clock-measured silence, one writer,
-watchdog, reconnect with the resumption handle).  Short keepalive settings make it quick.
+watchdog, reconnect with the resumption handle) against the emulator's real profile.
 """
 
 from __future__ import annotations
@@ -51,12 +51,17 @@ class LabRun:
 
 
 async def run(name: str, samples: np.ndarray, out_dir: str | Path, *, fixed: bool) -> LabRun:
-    """One scenario on the embedded emulator, pings every 1 s with a 2 s timeout."""
+    """One scenario on the embedded emulator.
+
+    ``broken`` runs the ideal server (each failure alone, as the field report saw it) with pings every
+    1 s and a 2 s pong timeout; ``fixed`` runs the real profile (late pongs, barge-in, snapshot
+    handles, strict input) with the bridge's own keepalive: pings every 1 s, no pong timeout.
+    """
     sc = SCENARIOS[name]
-    # ideal until the bridge-recovery issue lands
-    async with Emulator(EmulatorConfig(profile="ideal", faults=[parse_fault(f) for f in sc.faults])) as emu:
+    config = EmulatorConfig(profile="real" if fixed else "ideal", faults=[parse_fault(f) for f in sc.faults])
+    async with Emulator(config) as emu:
         settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
-                                     ping_interval_s=1.0, ping_timeout_s=2.0, close_timeout_s=1.0,
+                                     ping_interval_s=1.0, ping_timeout_s=None if fixed else 2.0, close_timeout_s=1.0,
                                      max_queue=16 if fixed else sc.max_queue)
         cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=sc.dtx, name=f"lab-{name}",
                                    naive=None if fixed else sc.naive, reconnect=fixed,

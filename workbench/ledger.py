@@ -1,14 +1,16 @@
-"""Which user turns went out, which got answers, and what must be re-sent after a reconnect: no I/O.
+"""The turn book of the client core (``connection.py``): every user turn, where it went, what the server did.
 
-The bridge tells the ledger every message it hands to the writer (``sent``) and every server
-message kind it reads (``server``).  A turn is an activity (ActivityStart, its audio, ActivityEnd)
-or a text turn (the greeting prompt); it is answered by the first ``turn_complete`` after it closed
-(the server answers in order).  When a connection dies, ``resend()`` is every unanswered turn's
-messages in their original order: the open activity so far and every closed, unanswered one.  A
-resumption handle only covers turns the server finished, so those are exactly the turns at risk.
+No I/O, no policy.  The core tells the ledger every message it hands out (``add``) and the
+ledger files it under its turn: an activity (ActivityStart, its audio, ActivityEnd) or a text
+turn (the greeting prompt, turn 0).  Tool replies belong to no turn.  For each turn it keeps
+its messages (to re-send them), the connection and client-message indices they last went out
+with (to compare with ``lastConsumedClientMessageIndex``), and the server's evidence on that
+connection: heard (input transcription), generating (audio, transcript, tool call),
+``generation_complete``, answered (``turn_complete``) or interrupted (barge-in).
 
-The response watchdog lives here too: a closed turn with no response for ``watchdog_s`` since its
-ActivityEnd (or since the last response message, or the reconnect that re-sent it) is due.
+Attribution: the server answers in order, so a server message is about the oldest closed turn
+that is not answered yet (``head``).  A turn the core gave up on (``dropped``: the unanswered
+greeting) still takes a late answer until a user turn closes.
 """
 
 from __future__ import annotations
@@ -16,111 +18,134 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Server message kinds that show the model is working on the oldest unanswered turn.
-PROGRESS_KINDS = ("model_audio", "model_text", "output_transcription", "tool_call", "generation_complete")
+# Server message kinds that show the model is generating the head turn's answer.
+PROGRESS_KINDS = frozenset({"model_audio", "model_text", "output_transcription", "tool_call", "generation_complete"})
 
 
 @dataclass
 class LedgerTurn:
-    """One user turn: its messages in order, when it closed, and whether it was answered."""
+    """One user turn: its messages in order and what happened to it on its latest connection."""
 
     n: int  # 0: a text turn (greeting prompt); 1, 2, ...: activities
     items: list[Any] = field(default_factory=list)
-    closed_t: float | None = None
-    progress_t: float | None = None  # last response message for this turn, or the re-send
-    answered_t: float | None = None
-    sends: int = 1  # 1 + times re-sent
+    closed_t: float | None = None  # ActivityEnd (or the text turn) handed out, first time
+    conn: int | None = None  # connection its messages last went out on
+    indices: list[int] = field(default_factory=list)  # client-message index of each item on ``conn``
+    due_t: float | None = None  # closing message handed out on ``conn``: an answer is due from here
+    heard_t: float | None = None  # input transcription for it on ``conn``
+    progress_t: float | None = None  # last generation message for it on ``conn``
+    generated_t: float | None = None  # generation_complete for it
+    answered_t: float | None = None  # turn_complete (or interrupted) for it
+    audio_s: float = 0.0  # model audio of its answer so far, seconds (turn_complete waits for its playback)
+    interrupted: bool = False
+    sends: int = 0  # connections its messages went out on (1 + re-sends)
+    dropped: bool = False  # the core stopped waiting for it (greeting retried once)
+    waited_longer: bool = False  # the watchdog saw it heard and chose to wait (recorded once per connection)
 
     @property
     def closed(self) -> bool:
         return self.closed_t is not None
 
+    @property
+    def answered(self) -> bool:
+        return self.answered_t is not None
+
+    @property
+    def done_in_context(self) -> bool:
+        """Its answer is complete in the server's context: a handle taken now holds turn and answer."""
+        return self.answered_t is not None or self.generated_t is not None
+
+    def on_connection(self, conn: int, first_index: int, t: float) -> None:
+        """Its messages so far go out again, on connection ``conn`` from index ``first_index``; evidence resets."""
+        self.conn = conn
+        self.indices = list(range(first_index, first_index + len(self.items)))
+        self.due_t = t if self.closed else None
+        self.heard_t = self.progress_t = self.generated_t = self.answered_t = None
+        self.audio_s = 0.0
+        self.interrupted = self.waited_longer = False
+        self.sends += 1
+
 
 class TurnLedger:
-    """Bookkeeping of turns for re-sending and for the response watchdog.
+    """Every turn of the session, oldest first; items of turns a clean handle covers are let go (``forget``)."""
 
-    ``item`` objects are opaque except for ``msg`` (``activity_start``/``audio``/``activity_end``)
-    on activity messages and ``text`` on text turns; other items (tool replies) are not kept,
-    as they belong to the connection whose tool call they answer.
-    """
-
-    def __init__(self, watchdog_s: float | None = None) -> None:
-        self.watchdog_s = watchdog_s
-        self.turns: list[LedgerTurn] = []  # unanswered turns, oldest first
+    def __init__(self) -> None:
+        self.turns: list[LedgerTurn] = []
         self.open: LedgerTurn | None = None
         self.activities = 0
-        self.answered = 0
-        self.resent_turns = 0
-        self._fired: set[int] = set()  # id() of turns the watchdog fired for on this connection
+        self._swallow_turn_complete = False  # an interrupted answer's turn_complete is still to come
 
-    # -- input ------------------------------------------------------------------------------------
-    def sent(self, item: Any, t: float) -> None:
-        """The bridge handed ``item`` to the writer at session time ``t``."""
+    def add(self, item: Any, t: float) -> LedgerTurn | None:
+        """``item`` is handed out at ``t``; returns its turn (None: not part of a turn, e.g. a tool reply)."""
         msg = getattr(item, "msg", None)
         if msg == "activity_start":
             self.activities += 1
             self.open = LedgerTurn(n=self.activities, items=[item])
             self.turns.append(self.open)
-        elif msg == "audio":
-            if self.open is not None:
-                self.open.items.append(item)
-        elif msg == "activity_end":
-            if self.open is not None:
-                self.open.items.append(item)
-                self.open.closed_t = t
+            return self.open
+        if msg in ("audio", "activity_end"):
+            turn = self.open
+            if turn is None:
+                return None
+            turn.items.append(item)
+            if msg == "activity_end":
+                turn.closed_t = t
                 self.open = None
-        elif hasattr(item, "text"):
-            self.turns.append(LedgerTurn(n=0, items=[item], closed_t=t))
-
-    def server(self, kind: str, t: float) -> LedgerTurn | None:
-        """A server message of ``kind`` was read at ``t``; returns the turn it completed, if any."""
-        turn = self.oldest_pending()
-        if turn is None:
-            return None
-        if kind in PROGRESS_KINDS:
-            turn.progress_t = t
-        elif kind == "turn_complete":
-            turn.answered_t = t
-            self.turns.remove(turn)
-            self.answered += 1
+                self._swallow_turn_complete = False
+                for old in self.turns:  # a user turn closed: a late answer now belongs to it, not to these
+                    if old.dropped and not old.answered:
+                        old.answered_t = t
+            return turn
+        if hasattr(item, "text"):
+            turn = LedgerTurn(n=0, items=[item], closed_t=t)
+            self.turns.append(turn)
             return turn
         return None
 
-    def reconnected(self, t: float) -> list[Any]:
-        """A new connection is up at ``t``: the messages to send on it first (``resend()``), timers restarted."""
-        items = self.resend()
-        for turn in self.turns:
-            turn.sends += 1
-            self.resent_turns += 1
-            if turn.closed:
-                turn.progress_t = t
-        self._fired.clear()
-        return items
+    def head(self) -> LedgerTurn | None:
+        """The oldest closed turn without its answer: the one server messages are about."""
+        return next((turn for turn in self.turns if turn.closed and not turn.answered), None)
 
-    # -- output -----------------------------------------------------------------------------------
-    def resend(self) -> list[Any]:
-        """Every unanswered turn's messages, oldest first, the open activity included."""
-        return [item for turn in self.turns for item in turn.items]
+    def server(self, kind: str, t: float, audio_s: float = 0.0) -> tuple[LedgerTurn | None, str | None]:
+        """A server message of ``kind`` at ``t`` (``audio_s`` of model audio): (the turn it concerns, what it
+        did: answered|interrupted|None)."""
+        if kind == "turn_complete" and self._swallow_turn_complete:
+            self._swallow_turn_complete = False
+            return None, None
+        turn = self.head()
+        if turn is None:
+            return None, None
+        if kind == "input_transcription":
+            turn.heard_t = turn.heard_t or t
+        elif kind in PROGRESS_KINDS:
+            turn.progress_t = t
+            turn.audio_s += audio_s
+            if kind == "generation_complete":
+                turn.generated_t = t
+        elif kind == "interrupted":
+            turn.answered_t = t
+            turn.interrupted = True
+            self._swallow_turn_complete = True
+            return turn, "interrupted"
+        elif kind == "turn_complete":
+            turn.answered_t = t
+            return turn, "answered"
+        return turn, None
 
-    def oldest_pending(self) -> LedgerTurn | None:
-        """The oldest closed turn still waiting for its answer."""
-        return next((turn for turn in self.turns if turn.closed), None)
+    def pending(self) -> list[LedgerTurn]:
+        """Closed turns still waiting for an answer (dropped ones excluded)."""
+        return [turn for turn in self.turns if turn.closed and not turn.answered and not turn.dropped]
+
+    def unanswered(self) -> list[LedgerTurn]:
+        """Turns without an answer, the open activity included, oldest first."""
+        return [turn for turn in self.turns if not turn.answered and not turn.dropped]
+
+    def forget(self, turns: list[LedgerTurn]) -> None:
+        """A clean handle holds these answered turns: their messages need never go out again."""
+        for turn in turns:
+            turn.items = []
+            turn.indices = []
 
     @property
-    def pending(self) -> int:
-        """Closed turns without an answer (an open activity cannot be answered yet)."""
-        return sum(1 for turn in self.turns if turn.closed)
-
-    def watchdog(self, t: float) -> tuple[LedgerTurn, float] | None:
-        """The oldest pending turn if it got no response for ``watchdog_s`` (once per connection), and how long."""
-        if self.watchdog_s is None:
-            return None
-        turn = self.oldest_pending()
-        if turn is None or id(turn) in self._fired:
-            return None
-        assert turn.closed_t is not None
-        since = max(turn.closed_t, turn.progress_t or turn.closed_t)
-        if t - since < self.watchdog_s:
-            return None
-        self._fired.add(id(turn))
-        return turn, t - since
+    def answered(self) -> int:
+        return sum(1 for turn in self.turns if turn.answered and not turn.dropped)

@@ -19,9 +19,11 @@ import numpy as np
 from google import genai
 from google.genai import types
 
+from .connection import Incoming
 from .events import Error, Event, Sent, Server
 from .sender import Outgoing
 
+MODEL_RATE = 24_000  # the Live API's audio out
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 SYSTEM_INSTRUCTION = (
     "You are a friendly job interviewer. Ask one short question at a time and wait for the candidate's answer."
@@ -70,11 +72,18 @@ class LiveSettings:
     base_url: str | None = None  # None: Google's endpoint
     api_key: str | None = None
     ssl_context: ssl.SSLContext | None = None
+    # Pings still go out every 20 s and their pongs are recorded, but a late pong never closes the
+    # connection: Gemini's pongs come 8-30 s late (aicc2025/sip-to-ai PR #14), which trips websockets'
+    # default 20 s timeout with 1011 while content flows (googleapis/python-genai #2935).  A dead
+    # connection is found by the client core instead: no server frame while an answer is due.
     ping_interval_s: float | None = 20.0
-    ping_timeout_s: float | None = 20.0
+    ping_timeout_s: float | None = None
     max_queue: int | None = 16
     close_timeout_s: float = 5.0
     resume: bool = True  # ask for session resumption handles (needed to reconnect without losing context)
+    # transparent resumption adds lastConsumedClientMessageIndex to each handle; google-genai refuses it in
+    # Gemini Developer API mode ("only supported in Gemini Enterprise Agent Platform mode"), so off by default
+    transparent: bool = False
     system_instruction: str = SYSTEM_INSTRUCTION
     greeting_prompt: str | None = GREETING_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,11 +98,35 @@ class LiveSettings:
             "max_queue": self.max_queue,
             "close_timeout_s": self.close_timeout_s,
             "greeting": self.greeting_prompt is not None,
+            "resume": self.resume,
+            "transparent": self.transparent,
         }
 
 
+GOOGLE_KEY_ENV = "GEMINI_API_KEY"
+_KEY_HEADER = "x-goog-api-key"
+_NO_KEY = "no-key"  # what the SDK is given when no key may be sent (its header is then taken off)
+
+
+def api_key_for(settings: LiveSettings) -> str | None:
+    """The API key a session may send: the one the user named (``settings.api_key``), else ``GEMINI_API_KEY`` for
+    Google's endpoint only.  The embedded emulator and any ``base_url`` get no key unless one was named."""
+    if settings.api_key:
+        return settings.api_key
+    if settings.base_url:
+        return None
+    return os.environ.get(GOOGLE_KEY_ENV) or None
+
+
 def make_client(settings: LiveSettings, create_connection: type | None = None) -> genai.Client:
-    """A genai client whose websocket uses our keepalive settings and (optionally) a wire tap."""
+    """A genai client whose websocket uses our keepalive settings and (optionally) a wire tap.
+
+    The key rule (``api_key_for``): ``GEMINI_API_KEY`` goes to Google's endpoint only.  For another endpoint
+    with no key named, the SDK still needs a key to take its API-key path, and given none it would read
+    ``GEMINI_API_KEY``/``GOOGLE_API_KEY`` from the environment itself; so it gets a placeholder and the
+    header that would carry it is removed: nothing key-like goes out (the emulator logs ``api_key`` absent).
+    Raises ValueError for Google's endpoint without a key.
+    """
     args: dict[str, Any] = {
         "ping_interval": settings.ping_interval_s,
         "ping_timeout": settings.ping_timeout_s,
@@ -107,8 +140,18 @@ def make_client(settings: LiveSettings, create_connection: type | None = None) -
     options = types.HttpOptions(async_client_args=args)
     if settings.base_url:
         options.base_url = settings.base_url
-    api_key = settings.api_key or os.environ.get("GEMINI_API_KEY") or "emulator"
-    return genai.Client(api_key=api_key, http_options=options)
+    api_key = api_key_for(settings)
+    if api_key:
+        return genai.Client(api_key=api_key, http_options=options)
+    if not settings.base_url:
+        raise ValueError(f"Google's Live endpoint needs an API key: set {GOOGLE_KEY_ENV} (or name one)")
+    client = genai.Client(api_key=_NO_KEY, http_options=options)
+    # google-genai 3.x keeps the key header in the client's http options, which live.connect() sends as is.
+    headers = getattr(getattr(getattr(client, "_api_client", None), "_http_options", None), "headers", None)
+    if not isinstance(headers, dict) or headers.get(_KEY_HEADER) != _NO_KEY:
+        raise RuntimeError("this google-genai keeps its API key header where make_client does not expect it")
+    del headers[_KEY_HEADER]
+    return client
 
 
 def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> types.LiveConnectConfig:
@@ -123,7 +166,8 @@ def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> 
         output_audio_transcription=types.AudioTranscriptionConfig(),
         thinking_config=types.ThinkingConfig(thinking_budget=0),
         tools=interview_tools(),
-        session_resumption=types.SessionResumptionConfig(handle=resume_handle) if settings.resume else None,
+        session_resumption=types.SessionResumptionConfig(
+            handle=resume_handle, transparent=True if settings.transparent else None) if settings.resume else None,
     )
 
 
@@ -174,9 +218,10 @@ class Writer:
         if session is not None:
             self.attach(session)
 
-    def attach(self, session: Any, first: list[WriterItem] | None = None) -> None:
-        """Write to ``session`` from now on, starting with ``first``; items queued before are dropped."""
-        self.gen += 1
+    def attach(self, session: Any, first: list[WriterItem] | None = None, conn: int | None = None) -> None:
+        """Write to ``session`` (connection ``conn``, default the next) from now on, starting with ``first``;
+        items queued before are dropped."""
+        self.gen = self.gen + 1 if conn is None else conn
         self._drain()
         self.session = session
         self.failed = None
@@ -209,7 +254,7 @@ class Writer:
         """Send one item if its connection is still the current one; report a failure once."""
         await self.connected.wait()
         if gen != self.gen:
-            return  # queued for a connection that is gone: the ledger decides what to re-send
+            return  # queued for a connection that is gone: the client core decides what to re-send
         try:
             await self._send(item)
         except Exception as exc:  # the connection is gone: record it, wait for the next one
@@ -289,6 +334,52 @@ def describe_server_message(msg: types.LiveServerMessage) -> list[tuple[str, dic
     if not out:
         fields = sorted(k for k, v in msg.model_dump(exclude_none=True).items() if v not in ({}, []))
         out.append(("unknown", {"detail": ",".join(fields) or "empty"}))
+    return out
+
+
+def _seconds(duration: Any) -> float | None:
+    """goAway's timeLeft: the SDK gives a ``datetime.timedelta`` (or a "50s" string from older versions)."""
+    if duration is None:
+        return None
+    if hasattr(duration, "total_seconds"):
+        return float(duration.total_seconds())
+    try:
+        return float(str(duration).rstrip("s"))
+    except ValueError:
+        return None
+
+
+def incoming(msg: types.LiveServerMessage) -> list[Incoming]:
+    """The facts of one server message the client core decides on, in the order they matter."""
+    out: list[Incoming] = []
+    sc = msg.server_content
+    if sc is not None:
+        if sc.input_transcription and sc.input_transcription.text:
+            out.append(Incoming("input_transcription"))
+        if sc.model_turn and sc.model_turn.parts:
+            n = sum(len(p.inline_data.data) // 2 for p in sc.model_turn.parts if p.inline_data and p.inline_data.data)
+            out.append(Incoming("model_audio", audio_s=n / MODEL_RATE))
+        if sc.output_transcription and sc.output_transcription.text:
+            out.append(Incoming("output_transcription"))
+        if sc.interrupted:
+            out.append(Incoming("interrupted"))
+        if sc.generation_complete:
+            out.append(Incoming("generation_complete"))
+        if sc.turn_complete:
+            out.append(Incoming("turn_complete"))
+    if msg.tool_call is not None:
+        calls = tuple((fc.id or "", fc.name or "", dict(fc.args or {})) for fc in msg.tool_call.function_calls or [])
+        out.append(Incoming("tool_call", calls=calls))
+    if msg.tool_call_cancellation is not None:
+        out.append(Incoming("tool_call_cancellation", call_ids=tuple(msg.tool_call_cancellation.ids or ())))
+    if msg.go_away is not None:
+        out.append(Incoming("go_away", time_left_s=_seconds(msg.go_away.time_left)))
+    u = msg.session_resumption_update
+    if u is not None:
+        out.append(Incoming("session_resumption_update", handle=u.new_handle, resumable=u.resumable,
+                            last_consumed=u.last_consumed_client_message_index))
+    if not out:
+        out.append(Incoming("other"))
     return out
 
 

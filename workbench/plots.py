@@ -35,6 +35,9 @@ PANELS = ("wave", "level", "turns", "sent", "server", "ws")
 
 # Row positions inside the categorical panels (y ticks carry the names).
 TURN_ROWS = {"speech (live VAD)": 3, "turn open (live)": 2, "speech (replay)": 1, "turn open (replay)": 0}
+# A recording of the user's own bridge (``workbench.tap``): the live rows are theirs, the replay is the workbench's.
+THEIR_ROWS = {"speech (live VAD)": "their VAD (speech)", "turn open (live)": "their turn (ActivityStart..End)",
+              "speech (replay)": "workbench detector (speech)", "turn open (replay)": "workbench detector (turn)"}
 SENT_ROWS = {"audio": 2, "activity": 1, "other": 0}
 SERVER_ROWS = {"model audio": 5, "transcript": 4, "turn": 3, "tool / go_away": 2, "session": 1, "error / watchdog": 0}
 WS_ROWS = {"ping": 2, "pong": 1, "close / connect": 0}
@@ -98,6 +101,7 @@ class TimelinePlot:
         from matplotlib.figure import Figure
 
         self.rec = rec
+        self.their = rec is not None and rec.meta.get("recorder") == "tap"  # a tapped bridge: its VAD is theirs
         if rec is not None and mic is None:
             mic, mic_rate, mic_start_t = rec.mic, rec.mic_rate, rec.mic_start_t
         self.mic = np.zeros(0, np.float32) if mic is None else np.asarray(mic, dtype=np.float32).reshape(-1)
@@ -232,15 +236,18 @@ class TimelinePlot:
                     d = vad[vad["decision"] == dec]
                     if len(d):
                         ax.plot(d["t"], d["level_db"].fillna(-100), ls="none", marker=marker, color=color, ms=6,
-                                label=f"live VAD {dec}")
+                                label=f"{'their' if self.their else 'live'} VAD {dec}")
         ax.set_ylabel("level\n(dBFS)")
 
     def _setup_turns(self) -> None:
         ax = self.axes["turns"]
         rows = TURN_ROWS if self.rec is not None else {k: v for k, v in TURN_ROWS.items() if "replay" in k}
-        self._rows(ax, rows)
+        self._rows(ax, {THEIR_ROWS[k]: v for k, v in rows.items()} if self.their else rows)
 
     def _draw_live_turns(self) -> None:
+        if self.their:
+            self._draw_their_turns()
+            return
         ax = self.axes["turns"]
         vad = self.rec.of_kind("vad") if self.rec is not None else None
         if vad is None or not len(vad):
@@ -278,6 +285,40 @@ class TimelinePlot:
                 for t, p, _ in scores]
         return art
 
+    def _draw_their_turns(self) -> None:
+        """A tapped bridge: speech from its VAD decisions (``rec.vad``), turns from the activity signals it sent."""
+        assert self.rec is not None
+        ax = self.axes["turns"]
+        end = self._full_range(self.rec.events)[1]
+
+        def spans(times: list[tuple[float, bool]]) -> list[tuple[float, float]]:
+            out, start = [], None
+            for t, opens in times:
+                if opens and start is None:
+                    start = t
+                elif not opens and start is not None:
+                    out.append((start, max(t - start, 1e-3)))
+                    start = None
+            if start is not None:  # still open when the recording ended
+                out.append((start, max(end - start, 1e-3)))
+            return out
+
+        vad = self.rec.of_kind("vad")
+        if len(vad) and "decision" in vad:
+            media = _col(vad, "media_t")
+            times = [(float(m) if m is not None and np.isfinite(m) else float(t), d == "speech_start")
+                     for t, m, d in zip(vad["t"], media, vad["decision"], strict=True)]
+            ax.broken_barh(spans(times), (TURN_ROWS["speech (live VAD)"] - 0.35, 0.7), color="tab:green", alpha=0.8,
+                           label="their VAD: speech_start..speech_end")
+        from workbench.analysis import sends
+
+        snd = sends(self.rec)
+        if len(snd) and "msg" in snd:
+            act = snd[snd["msg"].isin(["activity_start", "activity_end"])]
+            signals = [(float(t), m == "activity_start") for t, m in zip(act["t"], act["msg"], strict=True)]
+            ax.broken_barh(spans(signals), (TURN_ROWS["turn open (live)"] - 0.35, 0.7), color="tab:olive",
+                           alpha=0.8, label="their turn: ActivityStart..End sent")
+
     def set_turns(self, turns: Sequence[Turn] | None,
                   end_scores: Sequence[tuple[float, float, bool]] | None = None) -> None:
         """Replace the replay's turn bars (the only artists that change when parameters change).
@@ -298,11 +339,12 @@ class TimelinePlot:
         speech = [(t.speech_start + off, max(t.speech_end - t.speech_start, 1e-3)) for t in turns]
         open_ = [(t.activity_start + off, max(t.activity_end - t.activity_start, 1e-3)) for t in turns]
         ends = [t.activity_end + off for t in turns]
+        who = "workbench detector: " if self.their else ""
         self._turn_artists += [
             ax.broken_barh(speech, (TURN_ROWS["speech (replay)"] - 0.35, 0.7), color="tab:purple", alpha=0.8,
-                           label="speech (replay)"),
+                           label=f"{who}speech (replay)"),
             ax.broken_barh(open_, (TURN_ROWS["turn open (replay)"] - 0.35, 0.7), color="tab:pink", alpha=0.8,
-                           label="turn open (replay)"),
+                           label=f"{who}turn open (replay)"),
         ]
         if ends:
             (line,) = ax.plot(ends, [TURN_ROWS["turn open (replay)"]] * len(ends), ls="none", marker="|", ms=14,
@@ -416,9 +458,33 @@ class TimelinePlot:
         if len(wd):
             ax.plot(wd["t"], [SERVER_ROWS["error / watchdog"]] * len(wd), ls="none", marker="h", color="tab:orange",
                     ms=9, label="watchdog fired")
+        self._draw_client(ax)
         self._rows(ax, SERVER_ROWS)
         ax.set_ylabel("server\n(app)")
         self._legend(ax)
+
+    def _draw_client(self, ax: Axes) -> None:
+        """The client core's decisions: a barge-in on the turn row, labelled with the turn it cut; recovery
+        (reconnect, re-send, wait longer, give up) on the error row, labelled with its reason."""
+        cl = self._events("client")
+        if not len(cl) or "action" not in cl:
+            return
+        turn = _col(cl, "turn")
+        cut = cl[cl["action"] == "interrupted"]
+        if len(cut):
+            ax.plot(cut["t"], [SERVER_ROWS["turn"] - 0.3] * len(cut), ls="none", marker="v", color="tab:red", ms=8,
+                    label="turn interrupted (barge-in)")
+            self._texts(ax, list(cut["t"]), SERVER_ROWS["turn"] - 0.3,
+                        ["greeting interrupted" if n == 0 else f"turn {int(n)} interrupted" for n in turn[cut.index]],
+                        "tab:red")
+        for action, marker, color in (("reconnect", "o", "tab:orange"), ("resend", ">", "tab:orange"),
+                                      ("wait_longer", "|", "tab:olive"), ("give_up", "X", "black")):
+            d = cl[cl["action"] == action]
+            if len(d):
+                ax.plot(d["t"], [SERVER_ROWS["error / watchdog"]] * len(d), ls="none", marker=marker, color=color,
+                        ms=8, label=f"client {action.replace('_', ' ')}")
+                self._texts(ax, list(d["t"]), SERVER_ROWS["error / watchdog"],
+                            [f"{action} {r}" for r in _col(d, "reason").fillna("")], color)
 
     @staticmethod
     def _audio_spans(audio: pd.DataFrame, rate: int = 24_000, join_s: float = 0.3) -> list[tuple[float, float]]:
@@ -526,7 +592,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--to", dest="t_to", type=float, metavar="S", help="end of the view, session seconds")
     p.add_argument("--replay", action="store_true",
                    help="also replay the recording through the turn detector with its own params and draw the turns "
-                        "(received frames with their arrival times when recorded, else mic.flac as a file)")
+                        "(received frames with their arrival times when recorded, else mic.flac as a file); "
+                        "always on for a tapped bridge's recording (workbench.tap), beside their own VAD")
     p.set_defaults(func=cmd_plot)
 
 
@@ -543,8 +610,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not t_range[1] > t_range[0]:
             raise ValueError(f"--from {t_range[0]:g} must be before --to {t_range[1]:g}")
     turns, offset = None, None
-    if args.replay:
-        params = TurnParams.from_dict(rec.meta["params"]) if isinstance(rec.meta.get("params"), dict) else TurnParams()
+    if args.replay or rec.meta.get("recorder") == "tap":  # a tapped bridge: their VAD beside the workbench's
+        try:
+            params = TurnParams.from_dict(rec.meta["params"]) if isinstance(rec.meta.get("params"), dict) \
+                else TurnParams()
+        except ValueError:  # a tapped bridge's own VAD settings, not the detector's
+            params = TurnParams()
         if len(rec.of_kind("frame")):  # the frames as they arrived, through the bridge's own mic pipeline
             from workbench.replay import replay_recording
 

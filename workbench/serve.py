@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from . import eventloop
 
 def register(subparsers: Any) -> None:
     """Add ``workbench serve``."""
+    from .cli import add_api_key_arg
+
     p = subparsers.add_parser(
         "serve", help="serve a web page that bridges a real browser's microphone (WebRTC) into a Live session",
         description="Start a local web server: its page takes the microphone, connects to the bridge over WebRTC, "
@@ -33,6 +34,7 @@ def register(subparsers: Any) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--base-url", help="a Live endpoint instead of the embedded emulator (https://host:port)")
     where.add_argument("--live", action="store_true", help="use real Gemini (needs GEMINI_API_KEY)")
+    add_api_key_arg(p)
     p.add_argument("--out-dir", type=Path, default=Path("recordings"), help="where recordings go (default %(default)s)")
     p.add_argument("--params", type=Path, help="turn-detector parameters as JSON")
     p.add_argument("--reply-s", type=float, default=1.0, help="emulator: length of each spoken answer, s")
@@ -40,17 +42,16 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .cli import UsageError
+    from .cli import UsageError, api_key_from
     from .turns import TurnParams
     from .web.server import ServeConfig, Server
 
-    if args.live and not os.environ.get("GEMINI_API_KEY"):
-        raise UsageError("--live needs GEMINI_API_KEY in the environment")
+    api_key = api_key_from(args)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     params = TurnParams.from_file(args.params) if args.params else TurnParams()
     config = ServeConfig(out_dir=args.out_dir, base_url=args.base_url, live=args.live, params=params,
-                         reply_s=args.reply_s, host=args.host, port=args.port)
+                         reply_s=args.reply_s, host=args.host, port=args.port, api_key=api_key)
 
     async def go() -> None:
         server = Server(config)

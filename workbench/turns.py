@@ -43,9 +43,12 @@ Rules:
   that resumes meanwhile makes that score stale (dropped).
 - Decision times never go back: a decision's ``t`` is at least the latest tick.
 - Late frames: audio whose media time is before the last ActivityEnd decision
-  (for instance the ~80 ms aiortc's jitter buffer holds until packets resume,
-  or a re-sent/overlapping frame) is ignored: it cannot reopen that turn,
-  start a new one, or enter a pre-roll.
+  (a re-sent/overlapping frame, or the ~80 ms aiortc's jitter buffer holds until
+  packets resume when nothing releases it) is ignored: it cannot reopen that
+  turn, start a new one, or enter a pre-roll.  The bridge's ingest releases that
+  held tail ~50 ms after packets stop (``workbench.ingest``, ``LoopDecoder.release``),
+  so it arrives well inside the silence window and ends its turn by media time:
+  a turn's last syllable is sent before its ActivityEnd.
 """
 
 from __future__ import annotations

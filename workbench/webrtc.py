@@ -9,7 +9,8 @@ Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes i
   When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
   when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
   judge a frame by ``pts_s`` (media time), not by arrival time (``MediaClock``); the receiver can
-  be changed, and ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame.
+  be changed: ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame, and
+  ``workbench.ingest`` releases it when packets stop (``LoopDecoder.release``).
 - aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
   timestamp continuing the previous burst; the next packet carries the true time.  So one 20 ms
   frame of each new burst looks, by pts, as if it followed the old burst directly.
@@ -32,7 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSe
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .loopdecode import decode_audio_on_loop
+from .loopdecode import HoldingJitterBuffer, decode_audio_on_loop
 
 RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
@@ -57,6 +58,11 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Mono int16 samples of a 48 kHz frame: channels averaged (aiortc decodes Opus as packed stereo)."""
     if frame.sample_rate != RATE:
         raise ValueError(f"expected a {RATE} Hz frame, got {frame.sample_rate} Hz")
+    return mono_int16(frame)
+
+
+def mono_int16(frame: av.AudioFrame) -> np.ndarray:
+    """Mono int16 samples of an audio frame of any rate, layout and sample format (channels averaged)."""
     channels = frame.layout.nb_channels
     if frame.format.name == "s16" and channels <= 2:  # the hot paths (Opus decoders): read the plane in place
         x = np.frombuffer(frame.planes[0], np.int16, count=channels * frame.samples)
@@ -65,8 +71,12 @@ def to_mono(frame: av.AudioFrame) -> np.ndarray:
         return ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)  # aiortc's decoder thread: stereo
     x = frame.to_ndarray()
     x = x.reshape(channels, -1).T if frame.format.is_planar else x.reshape(-1, channels)
-    if x.dtype != np.int16:  # float formats from other decoders
+    if x.dtype.kind == "f":  # float formats from other decoders
         x = np.clip(np.round(x * 32768.0), -32768, 32767)
+    elif x.dtype == np.int32:  # s32: the top 16 bits
+        x = x >> 16
+    elif x.dtype == np.uint8:  # u8: offset binary
+        x = (x.astype(np.int32) - 128) << 8
     if channels == 1:
         return x[:, 0].astype(np.int16, copy=True)
     return (x.astype(np.int32).sum(axis=1) // channels).astype(np.int16)
@@ -232,7 +242,9 @@ def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
         raise RuntimeError("this aiortc has no audio jitter buffer where set_jitter_prefetch expects it")
     if receiver.track.kind != "audio":
         raise ValueError("set_jitter_prefetch is for audio receivers")
-    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=prefetch))
+    old = getattr(receiver, name)
+    on_held = old.on_held if isinstance(old, HoldingJitterBuffer) else None  # decode_on_loop's, if it came first
+    setattr(receiver, name, HoldingJitterBuffer(capacity=16, prefetch=prefetch, on_held=on_held))
 
 
 async def loopback(

@@ -68,13 +68,33 @@ def classify_server(data: bytes) -> str:
     return "unknown"
 
 
-def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float]) -> type[ClientConnection]:
-    """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``."""
+def close_side(protocol: Any) -> str:
+    """Who started the closing handshake: ``server``, ``client`` or ``none`` (no close frame either way).
+
+    websockets' ``Protocol.close_rcvd_then_sent`` is True when the peer's close frame came first and ours
+    was the echo, False when ours came first and the peer echoed it; it stays None when only one frame
+    (or none) crossed, and then whichever frame exists tells the side.  A 1011 the client sent and the
+    server echoed is the client's, although a close frame was received.
+    """
+    first = protocol.close_rcvd_then_sent
+    if first is not None:
+        return "server" if first else "client"
+    if protocol.close_sent is not None:
+        return "client"
+    return "server" if protocol.close_rcvd is not None else "none"
+
+
+def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float],
+                      base: type[ClientConnection] = ClientConnection) -> type[ClientConnection]:
+    """A ``ClientConnection`` subclass that reports to ``emit`` with times from ``clock``.
+
+    ``base``: the connection class to tap (a user's own ``create_connection``, for ``workbench.tap``).
+    """
 
     conns = itertools.count(1)
 
-    class TappedConnection(ClientConnection):
-        """Each instance is one connection, numbered from 1 in ``detail`` (a bridge reconnects)."""
+    class TappedConnection(base):  # type: ignore[valid-type,misc]
+        """Each instance is one connection, numbered from 1 in ``conn`` (a bridge reconnects)."""
 
         _seq = 0
 
@@ -91,32 +111,40 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float])
             emit(Sent(t=clock(), msg=classify_client(s), n_bytes=len(message), seq=self._seq, stage="wire"))
 
         def process_event(self, event: Any) -> None:
-            if isinstance(event, Frame):
-                now = clock()
-                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    data = bytes(event.data)
-                    emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage="wire"))
-                elif event.opcode is Opcode.PONG:
-                    emit(Ws(t=now, what="pong", detail=f"conn {self.conn}"))
-                elif event.opcode is Opcode.PING:
-                    emit(Ws(t=now, what="server_ping"))
-                elif event.opcode is Opcode.CLOSE:
-                    emit(Ws(t=now, what="close_frame_received"))
+            if not isinstance(event, Frame):
+                super().process_event(event)
+                return
+            now = clock()
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                data = bytes(event.data)
+                emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage="wire"))
+            elif event.opcode is Opcode.PING:
+                emit(Ws(t=now, what="server_ping", conn=self.conn))
+            elif event.opcode is Opcode.CLOSE:
+                emit(Ws(t=now, what="close_frame_received", conn=self.conn))
             super().process_event(event)
+            if event.opcode is Opcode.PONG:
+                # After websockets matched it to its ping: ``latency`` is that ping's round trip.
+                emit(Ws(t=now, what="pong", detail=f"conn {self.conn}", conn=self.conn,
+                        latency_ms=round(self.latency * 1000.0, 3)))
 
         async def ping(self, data: Any = None) -> Any:
             waiter = await super().ping(data)
-            emit(Ws(t=clock(), what="ping", detail=f"conn {self.conn}"))
+            emit(Ws(t=clock(), what="ping", detail=f"conn {self.conn}", conn=self.conn))
             return waiter
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
             rcvd = self.protocol.close_rcvd
             sent = self.protocol.close_sent
-            code = rcvd.code if rcvd else (sent.code if sent else 1006)
-            reason = rcvd.reason if rcvd else (sent.reason if sent else "no close frame")
-            side = "server" if rcvd else ("client" if sent else "none")
-            detail = f"conn {self.conn}: close frame from {side}" + (f"; transport error {exc!r}" if exc else "")
-            emit(Ws(t=clock(), what="close", code=code, reason=reason, detail=detail))
+            side = close_side(self.protocol)
+            first = {"server": rcvd, "client": sent}.get(side)
+            code = first.code if first else 1006
+            reason = first.reason if first else "no close frame"
+            echo = " (echoed)" if rcvd is not None and sent is not None else ""
+            detail = (f"conn {self.conn}: close frame from {side}{echo}"
+                      + (f"; transport error {exc!r}" if exc else ""))
+            emit(Ws(t=clock(), what="close", code=code, reason=reason, detail=detail, conn=self.conn,
+                    closed_by=side))
 
     return TappedConnection

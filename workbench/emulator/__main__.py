@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import sys
 from typing import Any
 
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     async def serve() -> None:
+        # SIGTERM and SIGINT end the server the same way, through ``async with``, so the certificate's temporary
+        # directory (its private key) is removed either way, not only on Ctrl-C.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         emu = Emulator(config, port=args.port, host=args.host)
         async with emu:
             if args.cert_out:
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Live API emulator at {emu.base_url}", flush=True)
             print(f"certificate: {args.cert_out or emu.cert_path}  (export SSL_CERT_FILE=...); "
                   f"profile {config.profile}", flush=True)
-            await asyncio.Future()
+            await stop.wait()
 
     try:
         eventloop.run(serve())

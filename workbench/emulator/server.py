@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidState
@@ -131,10 +132,16 @@ class Emulator:
         return conv
 
     async def __aenter__(self) -> Emulator:
-        self._server = await serve(
-            self._handle, self.host, self.port, ssl=server_context(self.cert_path, self.key_path),
-            ping_interval=None, max_size=None, compression=None, close_timeout=2.0, create_connection=_Connection,
-        )
+        try:
+            self._server = await serve(
+                self._handle, self.host, self.port, ssl=server_context(self.cert_path, self.key_path),
+                ping_interval=None, max_size=None, compression=None, close_timeout=2.0, create_connection=_Connection,
+            )
+        except BaseException:
+            # e.g. the port is taken: the private key's temporary directory must not outlive us
+            if self._own_cert_dir:
+                shutil.rmtree(self.cert_path.parent, ignore_errors=True)
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -153,6 +160,12 @@ class Emulator:
         faults = [f for f in self.config.faults if f.every_connection or conn == 0]
         core = SessionCore(self.config, conn, self.conversations, self._new_conversation, faults)
         self.cores.append(core)
+        # Whether the client sent an API key (header or ?key=), never the key: a bridge must not hand the user's
+        # GEMINI_API_KEY to an endpoint that is not Google's unless told to (tests/test_security.py).
+        req = ws.request
+        sent_key = req is not None and bool(req.headers.get("x-goog-api-key")
+                                            or parse_qs(urlsplit(req.path).query).get("key"))
+        core.log.append(LogEntry(time.monotonic(), conn, "in", "api_key", 0, "present" if sent_key else "absent"))
         shell = _Shell(ws, core)
         self._shells.add(shell)
         if isinstance(ws, _Connection):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import fractions
 import html
+import ipaddress
 import json
 import time
 from collections import deque
@@ -49,7 +50,10 @@ class ModelAudioTrack(MediaStreamTrack):
     """Plays the model's 24 kHz audio as 48 kHz 20 ms frames at real-time pace; silence when idle.
 
     The emulator (and Gemini) send audio faster than real time, so chunks queue here.  ``clear``
-    drops what is queued (the server said ``interrupted``).
+    drops what is queued and what the resampler holds (the answer was interrupted): the next frame
+    aiortc's sender takes is silence, so the browser stops hearing the old answer one frame (20 ms)
+    after the message, plus the network and its jitter buffer (``bench/BENCHMARKS.md``, "Barge-in").
+    The sender keeps no queue of its own: it asks for a frame, encodes and sends it.
     """
 
     kind = "audio"
@@ -184,7 +188,7 @@ class BrowserSession:
             name = getattr(e, "msg", None) or getattr(e, "decision", None) or getattr(e, "what", None)
             key = f"{e.kind}:{name}" if e.kind in ("send", "server", "vad", "session") else e.kind
             self.counts[key] = self.counts.get(key, 0) + 1
-        if e.kind == "server" and getattr(e, "msg", "") == "interrupted":
+        if _interrupts(e):
             self.voice.clear()
         if e.kind == "session" and getattr(e, "what", "") == "mic_open":
             self.state = "mic_open"
@@ -217,6 +221,13 @@ class BrowserSession:
                 "answered": None if self.result is None else self.result.answered}
 
 
+def _interrupts(e: Event) -> bool:
+    """The old answer must stop playing: the server said ``interrupted``, or the bridge's client core decided the
+    answer was interrupted (``Client`` action ``interrupted``, e.g. on barge-in)."""
+    return (e.kind == "server" and getattr(e, "msg", "") == "interrupted") or (
+        e.kind == "client" and getattr(e, "action", "") == "interrupted")
+
+
 async def _run_observed(session: BrowserSession, source: MediaStreamTrack, cfg: bridge.SessionConfig
                         ) -> bridge.SessionResult:
     return await bridge.run_session(source, cfg, session.dir, observer=session)
@@ -234,6 +245,7 @@ class ServeConfig:
     reply_s: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8080
+    api_key: str | None = field(default=None, repr=False)  # named with --api-key-env; see live.api_key_for
 
 
 class Server:
@@ -343,8 +355,38 @@ class Server:
                                  + table, content_type="text/html")
 
     # -- signalling --
+    def check_own_page(self, request: web.Request) -> None:
+        """403 unless the request is a JSON POST from this server's own page.
+
+        Any web site the user visits can make the browser POST to 127.0.0.1; an offer starts a session on the
+        user's key.  A cross-site page can send only "simple" requests without a CORS preflight (text/plain,
+        form types), and this server answers no preflight, so ``application/json`` alone keeps other sites'
+        pages out; the Origin check also refuses what a browser did send from elsewhere.  Browsers send Origin
+        on every POST, so a request without one is not from the page.  DNS rebinding (an attacker's name
+        resolving to 127.0.0.1) would make Origin match Host; so Host must be an IP address, ``localhost`` or
+        the configured ``--host``, never another name.
+        """
+        if request.content_type != "application/json":
+            raise web.HTTPForbidden(text="POST /offer takes application/json from this server's own page")
+        host = request.host
+        origin = request.headers.get("Origin")
+        if origin is None or origin != f"http://{host}":
+            raise web.HTTPForbidden(text="POST /offer is accepted only from this server's own page (Origin)")
+        name = request.url.host or ""
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if name.lower() not in ("localhost", self.config.host.lower()):
+                raise web.HTTPForbidden(text=f"POST /offer: host {name!r} is not this machine's address") from None
+
     async def offer(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        self.check_own_page(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="expected JSON {sdp, type: 'offer'}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="expected {sdp, type: 'offer'}")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise web.HTTPBadRequest(text="expected {sdp, type: 'offer'}")
         self._count += 1
@@ -404,7 +446,8 @@ class Server:
                                   "session": s.id, "name": s.name})
 
     async def _session(self, s: BrowserSession) -> None:
-        settings = live.LiveSettings(base_url=None if self.config.live else self.config.base_url)
+        settings = live.LiveSettings(base_url=None if self.config.live else self.config.base_url,
+                                     api_key=self.config.api_key)
         cfg = bridge.SessionConfig(params=self.config.params, live=settings, name="browser",
                                    source=f"browser {json.dumps(s.options, sort_keys=True)}")
         assert s.mic is not None

@@ -1,0 +1,278 @@
+"""Cost of ``workbench.tap``: the same user bridge, untapped and tapped, side by side in one run.
+
+Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 3] [--seconds 12]
+(``bench/run_all.py`` runs it with the other bench_*.py scripts.)
+
+The bridge is the user's code, written correctly (one persistent receive loop, one task sending in
+order): a paced microphone track hands 20 ms frames of 48 kHz packed-stereo s16 (what aiortc's
+decoder gives a bridge) from the bundled candidate track; the bridge averages the channels,
+resamples to 16 kHz with a soxr stream, gates speech on energy (ActivityStart / ActivityEnd) and
+sends 100 ms audio chunks with ``send_realtime_input``.  ``--n`` such sessions run at once in
+this process against ``workbench emulator`` in another (``benchlib.ExternalEmulator``).  The
+tapped variant differs only by the tap's lines: ``Tap``, ``rec.client``, ``rec.session``,
+``rec.track`` and ``rec.vad`` for each gate decision, recording into ``bench/out/tap/``.
+
+Each round runs the untapped variant, then the tapped one (so both see the same machine), on a
+fresh uvloop each; with ``--parts`` (the default) also a tap of the session only and of the track
+only, which split the cost between the message path and the frame path.  Per variant and round:
+this process's CPU over the window in which all sessions stream (last mic start to first mic
+end), in % of one core per session; and event-loop lag, sampled every 100 ms by the bench itself
+in the same window (p50 / p99 / max).  The figure
+is the tapped − untapped difference per session, round by round (median over the rounds).
+``--write`` replaces the "## Recording a user's bridge (workbench.tap)" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import CANDIDATE, OUT, CpuTrace, ExternalEmulator, pct, publish, section  # noqa: E402
+
+from workbench import eventloop, tap  # noqa: E402
+from workbench.audio import load_mono, to_int16  # noqa: E402
+
+TITLE = "Recording a user's bridge (workbench.tap)"
+TARGET_PCT = 0.5  # % of one core per session, on top of the user's bridge (issue 14)
+MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
+FRAME = 960
+GATE_DB = -40.0
+HANG_FRAMES = 35  # 700 ms below the gate ends a turn
+CHUNK = 1600  # 100 ms at 16 kHz per send
+LAG_PERIOD_S = 0.1
+
+
+class PacedTrack:
+    """Frames due every 20 ms from the first ``recv()``: a microphone as a bridge receives it."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        stereo = np.repeat(audio[: audio.size // FRAME * FRAME], 2).reshape(-1, 2 * FRAME)
+        self.frames = []
+        for i, row in enumerate(stereo):
+            f = av.AudioFrame.from_ndarray(row.reshape(1, -1), format="s16", layout="stereo")
+            f.sample_rate, f.pts, f.time_base = 48_000, i * FRAME, fractions.Fraction(1, 48_000)
+            self.frames.append(f)
+        self.i = 0
+        self.t0: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.i >= len(self.frames):
+            raise EOFError
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        wait = self.t0 + self.i * FRAME / 48_000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.i += 1
+        return self.frames[self.i - 1]
+
+
+def _level_db(x: np.ndarray) -> float:
+    ms = float(np.dot(x.astype(np.float32), x.astype(np.float32))) / max(1, x.size) / 32768**2
+    return 10 * np.log10(ms) if ms > 0 else -120.0
+
+
+# What each variant taps: the untapped bridge, the whole tap, and the two halves of its cost.
+VARIANTS = {"untapped": (), "tapped": ("session", "track"), "tapped, session only": ("session",),
+            "tapped, track only": ("track",)}
+
+
+async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None, spans: list[tuple[float, float]],
+                      parts: tuple[str, ...] = ("session", "track")) -> None:
+    """One session of the user's bridge; tapped into ``out`` when given (``parts``: which of session, track;
+    the client is always the tap's then)."""
+    from google import genai
+    from google.genai import types
+
+    rec = tap.Tap(out, name=out.name) if out is not None else None
+    opts = types.HttpOptions(base_url=emu.base_url, async_client_args={"ssl": emu.ssl_context()})
+    client = rec.client(api_key="bench", http_options=opts) if rec else genai.Client(api_key="bench",
+                                                                                     http_options=opts)
+    config = types.LiveConnectConfig(
+        response_modalities=["AUDIO"], realtime_input_config=types.RealtimeInputConfig(
+            automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)))
+    try:
+        async with client.aio.live.connect(model=MODEL, config=config) as session:
+            if rec is not None and "session" in parts:
+                session = rec.session(session)
+            track: Any = PacedTrack(audio)
+            if rec is not None and "track" in parts:
+                track = rec.track(track)
+
+            async def receive() -> None:
+                while True:
+                    async for _msg in session.receive():
+                        pass
+
+            reader = asyncio.create_task(receive())
+            resampler = soxr.ResampleStream(48_000, 16_000, 1, dtype="int16")
+            pending: list[np.ndarray] = []
+            in_turn, quiet = False, 0
+            t_start = time.monotonic()
+            while True:
+                try:
+                    frame = await track.recv()
+                except EOFError:
+                    break
+                x = np.frombuffer(frame.planes[0], np.int16, count=2 * frame.samples)
+                pcm = resampler.resample_chunk(((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16))
+                loud = _level_db(pcm) >= GATE_DB
+                if not in_turn and loud:
+                    in_turn, quiet = True, 0
+                    await session.send_realtime_input(activity_start=types.ActivityStart())
+                    if rec is not None:
+                        rec.vad("speech_start", reason="gate")
+                if not in_turn:
+                    continue
+                pending.append(pcm)
+                quiet = 0 if loud else quiet + 1
+                if sum(p.size for p in pending) >= CHUNK or quiet >= HANG_FRAMES:
+                    data = np.concatenate(pending).astype("<i2").tobytes()
+                    pending = []
+                    await session.send_realtime_input(audio=types.Blob(data=data, mime_type="audio/pcm;rate=16000"))
+                if quiet >= HANG_FRAMES:
+                    in_turn = False
+                    await session.send_realtime_input(activity_end=types.ActivityEnd())
+                    if rec is not None:
+                        rec.vad("speech_end", reason="gate")
+            spans.append((t_start, time.monotonic()))
+            reader.cancel()
+            with __import__("contextlib").suppress(BaseException):
+                await reader
+    finally:
+        if rec is not None:
+            rec.close()
+
+
+async def run_variant(n: int, audio: np.ndarray, emu: ExternalEmulator, out: Path | None,
+                      parts: tuple[str, ...] = ("session", "track")) -> dict[str, float]:
+    trace = CpuTrace()
+    tracer = asyncio.create_task(trace.run())
+    loop = asyncio.get_running_loop()
+    lags: list[tuple[float, float]] = []
+
+    async def sample_lag() -> None:
+        while True:
+            due = loop.time() + LAG_PERIOD_S
+            await asyncio.sleep(LAG_PERIOD_S)
+            lags.append((time.monotonic(), (loop.time() - due) * 1000.0))
+
+    lagger = asyncio.create_task(sample_lag())
+    spans: list[tuple[float, float]] = []
+    await asyncio.gather(*(user_bridge(audio, emu, None if out is None else out / str(i), spans, parts)
+                           for i in range(n)))
+    tracer.cancel()
+    lagger.cancel()
+    got = trace.all_streaming([a for a, _ in spans], [b for _, b in spans])
+    lo, hi = max(a for a, _ in spans), min(b for _, b in spans)
+    window = [v for t, v in lags if lo <= t <= hi]
+    return {**got, "lag_p50": pct(window, 50), "lag_p99": pct(window, 99), "lag_max": max(window, default=np.nan)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="replace this section of bench/BENCHMARKS.md")
+    ap.add_argument("--n", type=int, default=5, help="concurrent sessions per variant (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3, help="untapped/tapped pairs (default %(default)s)")
+    ap.add_argument("--seconds", type=float, default=12.0, help="audio per session, s (default %(default)s)")
+    ap.add_argument("--parts", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the session-only and track-only taps, to split the cost (default on)")
+    args = ap.parse_args()
+    audio = to_int16(load_mono(CANDIDATE, 48_000))[: int(args.seconds * 48_000)]
+    out = OUT / "tap"
+    shutil.rmtree(out, ignore_errors=True)
+    names = list(VARIANTS) if args.parts else ["untapped", "tapped"]
+    rows: dict[str, list[dict[str, float]]] = {v: [] for v in names}
+    with ExternalEmulator() as emu:
+        for r in range(args.rounds):
+            for variant in rows:
+                parts = VARIANTS[variant]
+                where = out / str(r) / variant.replace(", ", "-").replace(" ", "_") if parts else None
+                rows[variant].append(eventloop.run(run_variant(args.n, audio, emu, where, parts), "uvloop"))
+                print(f"round {r + 1} {variant}: {rows[variant][-1]['per_session_pct']:.3f} % per session, "
+                      f"lag p99 {rows[variant][-1]['lag_p99']:.1f} ms", file=sys.stderr)
+    publish(TITLE, report(rows, args, frame_costs(audio)), args.write)
+    return 0
+
+
+def frame_costs(audio: np.ndarray, batches: int = 7) -> dict[str, float]:
+    """µs per 20 ms frame, measured alone (best of ``batches`` passes over the audio, so a busy machine's
+    stalls drop out): the tap's whole frame path, and the mic.flac write of the same samples."""
+    import tempfile
+
+    track = PacedTrack(audio)
+    whole_mono = audio[: len(track.frames) * FRAME]
+    mono = [whole_mono[i:i + 5 * FRAME] for i in range(0, whole_mono.size, 5 * FRAME)]  # as the tap batches
+    whole, flac = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for b in range(batches):
+            rec = tap.Tap(Path(d) / f"rec{b}")
+            rec.track(PacedTrack(audio[:FRAME]))
+            t0 = time.perf_counter()
+            for f in track.frames:
+                rec._frame(f)
+            whole.append((time.perf_counter() - t0) / len(track.frames) * 1e6)
+            t0 = time.perf_counter()
+            for i, x in enumerate(mono):
+                rec.recorder.mic(0.0, whole_mono.size + i * 5 * FRAME, x)
+            flac.append((time.perf_counter() - t0) / len(track.frames) * 1e6)
+            rec.close()
+    return {"frame_us": min(whole), "flac_us": min(flac)}
+
+
+def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, costs: dict[str, float]) -> str:
+    def cpu(v: str) -> str:
+        xs = [r["per_session_pct"] for r in rows[v]]
+        return f"{np.median(xs):.2f} ({', '.join(f'{x:.2f}' for x in xs)})"
+
+    def lag(v: str, key: str) -> str:
+        xs = [r[key] for r in rows[v]]
+        return f"{np.median(xs):.1f} ({', '.join(f'{x:.0f}' for x in xs)})"
+
+    diffs = [t["per_session_pct"] - u["per_session_pct"] for u, t in zip(rows["untapped"], rows["tapped"],
+                                                                           strict=True)]
+    med = float(np.median(diffs))
+    lines = [
+        f"{args.n} sessions at once in one process (uvloop), {args.seconds:g} s of the candidate track each, "
+        f"{args.rounds} rounds of {', then '.join(rows)}; the emulator in its own process. CPU is this process's, "
+        "over the window in which all sessions stream, in % of one core per session (median, then each round). "
+        "Loop lag: the bench's own 100 ms sampler in the same window, ms (median over rounds, then each round).",
+        "",
+        "| variant | CPU % of a core per session | loop lag p50 | p99 | max |",
+        "|---|---|---|---|---|",
+    ]
+    for v in rows:
+        lines.append(f"| {v} | {cpu(v)} | {lag(v, 'lag_p50')} | {lag(v, 'lag_p99')} | {lag(v, 'lag_max')} |")
+    lines += ["", f"Tapped − untapped, per session: {med:+.2f} % of one core (median; rounds "
+              f"{', '.join(f'{d:+.2f}' for d in diffs)}); target < {TARGET_PCT} %: "
+              f"{'met' if med < TARGET_PCT else 'NOT met'}."]
+    split = []
+    for part in ("tapped, session only", "tapped, track only"):
+        if part in rows:
+            d = [t["per_session_pct"] - u["per_session_pct"] for u, t in zip(rows["untapped"], rows[part],
+                                                                              strict=True)]
+            split.append(f"{part.removeprefix('tapped, ')} {float(np.median(d)):+.2f} % "
+                         f"(rounds {', '.join(f'{x:+.2f}' for x in d)})")
+    if split:
+        lines.append(f"Split (the client tapped in both): {'; '.join(split)}.")
+    lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes): "
+              f"{costs['frame_us']:.0f} µs a frame ({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 "
+              "frames a second), of which the mic.flac write (FLAC encode in the recorder's 8192-sample blocks, fed "
+              f"100 ms at a time) {costs['flac_us']:.0f} µs."]
+    return section(TITLE, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
