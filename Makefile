@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint lab system clean peers-venv
+.PHONY: demo test bench lint lab system speechset clean peers-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps silero-vad  # ships silero_vad.onnx; --no-deps keeps PyTorch out
+	$(BIN)/pip install -q --no-deps pipecat-ai  # ships smart-turn-v3.2-cpu.onnx (BSD-2); --no-deps: none of pipecat
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -23,6 +24,10 @@ system:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: chromium not installed; tests/test_browser.py will skip"; }
+	@{ [ -d /usr/share/pocketsphinx/test/data/librivox ] && [ -d /usr/share/asterisk/sounds/en_US_f_Allison ]; } || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
+	  -y -qq pocketsphinx-testdata asterisk-core-sounds-en-wav >/dev/null) || \
+	  echo "note: real-speech sources not installed; python -m workbench.speechset cannot rebuild the set"; }
 
 demo: $(STAMP)
 	$(BIN)/workbench demo
@@ -42,6 +47,10 @@ $(PEERS_VENV)/.installed:
 	$(PEERS_VENV)/bin/pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/pip install -q 'pipecat-ai[google,silero]==1.14.0'
 	touch $@
+
+# The full real-speech set with thinking pauses (clean, 20/15/10 dB SNR) on demand; the tests use recordings/thinking.*
+speechset: $(STAMP) system
+	$(BIN)/python -m workbench.speechset recordings/speechset
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests bench

@@ -83,7 +83,7 @@ def test_fast_path_refuses_other_scorers() -> None:
 
 def test_sweep_table_rows_and_splits_drop_as_silence_grows() -> None:
     df = sweep(str(CANDIDATE), {"silence_ms": [100, 300, 500, 700]}, jobs=1, progress=False)
-    assert list(df.columns) == [*PARAM_NAMES, "source", *METRICS]
+    assert list(df.columns) == [*PARAM_NAMES, "policy", "source", *METRICS]
     assert len(df) == 4 and set(df["source"]) == {"candidate.flac"}
     assert list(df["silence_ms"]) == [100, 300, 500, 700]
     splits = df["split"].tolist()
@@ -173,3 +173,117 @@ def test_labels_for_one_source_may_be_a_one_item_list_or_spans():
     spans = run_sweep([src], {"silence_ms": [700]}, labels=[(0.5, 5.5), (9.0, 14.7), (18.2, 24.2)], jobs=1,
                       progress=False)
     assert aligned["found"].iloc[0] == spans["found"].iloc[0] == 3
+
+
+# --- eot-bench columns on the real-speech set with thinking pauses -------------------------------
+
+THINKING = REPO / "recordings" / "thinking.flac"
+
+
+def test_evaluate_eot_counts_cut_off_pauses_and_latency_exactly() -> None:
+    from workbench.replay import Turn
+    from workbench.speechset import Pause
+    from workbench.sweep import evaluate_eot
+
+    answers = [(1.0, 10.0), (14.0, 20.0)]
+    pauses = [Pause(3.0, 5.0, "hesitation"), Pause(6.0, 7.0, "boundary"), Pause(16.0, 18.0, "hesitation")]
+    turns = [Turn(1.0, 1.1, 3.7, "silence", 3.0),  # cuts the first hesitation off
+             Turn(5.0, 5.1, 10.7, "silence", 10.0),  # true end + 700 ms
+             Turn(14.0, 14.1, 20.3, "end_model", 20.0)]  # the model ended it 300 ms after the true end
+    ev = evaluate_eot(turns, answers, pauses)
+    assert (ev["pauses"], ev["cutoffs"], ev["cutoffs_hesitation"], ev["cutoffs_boundary"]) == (3, 1, 1, 0)
+    assert ev["ends"] == 2 and ev["latency_ms"] == pytest.approx([700, 300])
+    assert ev["cutoffs_other"] == 0 and ev["latency_median_ms"] == pytest.approx(500)
+
+
+def test_sweep_reports_false_cutoffs_and_latency_with_the_window_included() -> None:
+    from workbench.sweep import eot_summary
+
+    df = sweep(str(THINKING), {"silence_ms": [300, 1000, 3000]}, jobs=1, progress=False)
+    s = summary(df).set_index("silence_ms")
+    assert list(s["pauses"]) == [12, 12, 12]
+    # The bundle's pauses are 0.5-3 s: a 300 ms window cuts every one off, 3 s none.
+    assert s.loc[300, "cutoffs"] == 12 and s.loc[3000, "cutoffs"] == 0
+    lengths = [p.end - p.start for p in __import__("workbench.speechset", fromlist=["x"]).read_pauses(
+        REPO / "recordings" / "thinking.pauses.txt")]
+    assert s.loc[1000, "cutoffs"] == sum(1 for d in lengths if d > 1.0)
+    # Latency is true end -> ActivityEnd: the window itself, give or take the faint tail the energy
+    # threshold misses (labels end 35 dB below the peak, stop_db is -45 dBFS) and the 10 ms ticks.
+    for w in (300, 1000, 3000):
+        assert abs(s.loc[w, "latency_ms"] - w) < 60
+    e = eot_summary(df).set_index("policy")
+    assert e.loc["energy", "cutoff_at_300ms"] == e.loc["energy", "cutoff_at_500ms"] == 1.0  # only the 300 ms window
+    assert e.loc["energy", "cutoff_at_1000ms"] == s.loc[1000, "false_cutoff_rate"]
+    assert abs(e.loc["energy", "latency_at_5pct_ms"] - 3000) < 60
+    # "best": the fewest cut-offs within the 1000 ms latency budget, not the 3 s window that cuts nobody off.
+    assert best(df)["silence_ms"] == 1000
+
+
+def test_sweep_worker_failure_is_one_line_naming_the_set(capsys, monkeypatch) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_SILERO_ONNX", "/nonexistent/silero_vad.onnx")
+    rc = main(["sweep", str(THINKING), "--grid", "scorer=energy,silero", "--no-progress", "--jobs", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("workbench: error: sweep worker failed on scorer=silero: ")
+
+
+def test_sweep_on_a_dask_cluster_of_worker_processes_equals_the_local_pool() -> None:
+    distributed = pytest.importorskip("distributed")
+    grid = {"silence_ms": [300, 1000, 2000], "scorer": ["energy", "webrtcvad"], "endpointing": ["fixed", "dynamic"]}
+    local = sweep(str(THINKING), grid, jobs=1, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        remote = sweep(str(THINKING), grid, progress=False, scheduler=c.scheduler_address)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(local, remote)
+    assert remote["cutoffs"].notna().all() and len(remote) == 12
+
+
+def test_sweep_with_a_wrong_scheduler_address_is_one_line(capsys, monkeypatch) -> None:
+    pytest.importorskip("distributed")
+    from workbench import distributed as wd
+    from workbench.cli import main
+
+    monkeypatch.setattr(wd, "CONNECT_TIMEOUT_S", 1)
+    rc = main(["sweep", str(THINKING), "--grid", "silence_ms=300", "--no-progress", "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("workbench: error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert err.count("\n") == 1
+
+
+def test_grid_takes_the_policy_names_as_text() -> None:
+    g = parse_grid(["endpointing=fixed,dynamic", "end_model=none,smart-turn", "noise_margin_db=0,13"])
+    assert g == {"endpointing": ["fixed", "dynamic"], "end_model": ["none", "smart-turn"], "noise_margin_db": [0, 13]}
+
+
+def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> None:
+    from workbench.endturn import smart_turn_path
+
+    if smart_turn_path() is None:
+        pytest.skip("smart-turn-v3.2-cpu.onnx not installed")
+    import soundfile as sf
+
+    from workbench import sweep as sw
+    from workbench.speechset import read_pauses
+    from workbench.sweep import Source
+
+    x, rate = sf.read(THINKING, dtype="float32")
+    answers = read_labels(REPO / "recordings" / "thinking.labels.txt")[:1]
+    pauses = [p for p in read_pauses(REPO / "recordings" / "thinking.pauses.txt") if p.end < answers[0][1]]
+    src = Source("answer 1", x[: 17 * rate], answers, pauses)
+    df = sweep([src], {"end_threshold": [0.5, 0.99], "silence_ms": [300]},
+               base=TurnParams(end_model="smart-turn", max_silence_ms=3000), jobs=1, progress=False)
+    s = summary(df).set_index("end_threshold")
+    assert list(s["policy"]) == ["energy+smart-turn"] * 2 and list(s["pauses"]) == [3, 3]
+    assert s.loc[0.99, "cutoffs"] <= s.loc[0.5, "cutoffs"]
+    memo = sw._WORKER["energy"][("end_model", "smart-turn")]
+    scorings = 0
+    for thr in (0.5, 0.99):
+        decisions: list = []
+        detect_file(src.samples16k, 16000, TurnParams(end_model="smart-turn", max_silence_ms=3000, silence_ms=300,
+                                                      end_threshold=thr), end_model=memo, decisions=decisions)
+        scorings += sum(d.kind == "end_score" for d in decisions)
+    assert memo.calls < scorings  # the silences both thresholds share were scored once

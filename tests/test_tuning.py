@@ -96,3 +96,19 @@ def test_samples_source_and_bad_values_do_not_crash() -> None:
     assert p.turns == [] and "no turns" in p.table.value
     p.sliders["silence_ms"].value = 10  # clipped by the slider's own minimum, still valid
     assert p.params.silence_ms >= 10
+
+
+@pytest.mark.skipif(__import__("workbench.endturn", fromlist=["x"]).smart_turn_path() is None,
+                    reason="smart-turn-v3.2-cpu.onnx not installed")
+def test_end_model_scores_show_and_its_threshold_slider_replays_without_rescoring(tmp_path: Path) -> None:
+    x, rate = sf.read(Path(__file__).resolve().parent.parent / "recordings" / "thinking.flac", dtype="float32")
+    p = TuningPanel((x[: 16 * rate], rate), TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2500),
+                    save_path=tmp_path / "p.json")
+    assert p.end_scores and all(0 <= prob <= 1 for _, prob, _ in p.end_scores)
+    assert all(t.end_reason in ("end_model", "max_silence", "end_of_audio") for t in p.turns)
+    calls = p._memo_model.calls
+    p.sliders["end_threshold"].value = 0.95
+    assert p.params.end_threshold == 0.95
+    assert not any(ended and prob < 0.95 for _, prob, ended in p.end_scores)
+    assert p._memo_model.calls <= calls + 2  # the same silences, the same audio: scored once
+    assert "model scores" in p.stats.value

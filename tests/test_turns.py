@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,3 +359,36 @@ def test_webrtcvad_window_follows_its_frame_ms() -> None:
     out = feed(det, np.concatenate([silence(0.3), vowel(0.5)]))
     assert out[0].speech_t == pytest.approx(0.3, abs=0.03)
     assert round(out[0].speech_t * 1000) % 30 == 0
+
+
+def test_energy_noise_floor_finds_the_answers_at_15_db_snr_where_fixed_thresholds_fail() -> None:
+    import soundfile as sf
+
+    from workbench import speechset
+    from workbench.replay import detect_file, evaluate
+    from workbench.sweep import read_labels
+
+    rec = Path(__file__).resolve().parent.parent / "recordings"
+    x, _ = sf.read(rec / "thinking.flac", dtype="float32")
+    answers = read_labels(rec / "thinking.labels.txt")
+    noisy = speechset.with_noise(x, answers, 15.0, seed=1)
+    fixed = evaluate(detect_file(noisy, 16000, TurnParams()), answers, 700)
+    assert fixed["merged"] > 0  # -45 dBFS is below this background: a turn never ends, answers merge
+    floor = evaluate(detect_file(noisy, 16000, TurnParams(noise_margin_db=13)), answers, 700)
+    # Every answer found, none merged or missed, no turn in the noise; the thinking pauses (> 700 ms) split them.
+    assert (floor["found"], floor["merged"], floor["missed"], floor["false_turns"]) == (4, 0, 0, 0)
+
+
+def test_noise_floor_follows_a_louder_background_within_its_span() -> None:
+    from workbench.scorers import NoiseFloor
+
+    f = NoiseFloor(0.01, span_s=3.0)
+    for _ in range(300):
+        f.push(-70.0)
+    assert f.floor_db == pytest.approx(-70.0)
+    for _ in range(100):  # speech for 1 s: the floor stays
+        f.push(-20.0)
+    assert f.floor_db == pytest.approx(-70.0)
+    for _ in range(400):  # the room got louder: after the span the floor is the new background
+        f.push(-40.0)
+    assert f.floor_db == pytest.approx(-40.0, abs=0.5)

@@ -53,6 +53,7 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pre-roll-ms", type=float, help="audio sent from before the onset decision, ms (default 300)")
     p.add_argument("--min-speech-ms", type=float, help="speech needed before a turn starts, ms")
     p.add_argument("--scorer", help="turn-detector scorer: energy (default), webrtcvad, silero")
+    _add_end_args(p)
     p.add_argument("--dtx", action=argparse.BooleanOptionalAction, default=None,
                    help="stop sending WebRTC packets while the source is digitally silent (Failure B)")
     p.add_argument("--no-greeting", action="store_true", help="do not ask the agent to greet first")
@@ -98,6 +99,19 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the turn table")
 
 
+def _add_end_args(p: argparse.ArgumentParser) -> None:
+    """End-of-turn policy flags shared by run, demo and vad (issue 15)."""
+    p.add_argument("--end-model", choices=["none", "smart-turn"], help="end-of-turn model scored after "
+                   "--silence-ms of silence: complete ends the turn, incomplete waits up to --max-silence-ms")
+    p.add_argument("--end-threshold", type=float, help="end model probability that means complete (default 0.5)")
+    p.add_argument("--max-silence-ms", type=float, help="longest wait after an incomplete score, and the dynamic "
+                   "window's ceiling, ms (default 3000)")
+    p.add_argument("--endpointing", choices=["fixed", "dynamic"], help="fixed silence window (default) or one "
+                   "that learns the speaker's pauses, between --silence-ms and --max-silence-ms")
+    p.add_argument("--noise-margin-db", type=float, help="energy scorer: thresholds at least this far above an "
+                   "adaptive noise floor, dB (default 0 = off; 13 works at 15 dB SNR)")
+
+
 def add_api_key_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", metavar="NAME",
                    help="send the API key held in environment variable NAME (GEMINI_API_KEY goes only to Google's "
@@ -126,11 +140,18 @@ def _params(args: argparse.Namespace):
         changes["stop_db"] = args.stop_db if args.stop_db is not None else min(base.stop_db, args.threshold_db - 5.0)
     elif args.stop_db is not None:
         changes["stop_db"] = args.stop_db
-    for name in ("silence_ms", "pre_roll_ms", "min_speech_ms", "scorer"):
-        if getattr(args, name) is not None:
+    for name in ("silence_ms", "pre_roll_ms", "min_speech_ms", "scorer", "end_model", "end_threshold",
+                 "max_silence_ms", "endpointing", "noise_margin_db"):
+        if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     params = base.replace(**changes) if hasattr(base, "replace") else type(base)(**{**base.to_dict(), **changes})
     params.validate()
+    if params.end_model == "smart-turn":
+        from .endturn import SMART_TURN_ENV, SMART_TURN_FILE, smart_turn_path
+
+        if smart_turn_path() is None:
+            raise UsageError(f"--end-model smart-turn needs {SMART_TURN_FILE}: `pip install --no-deps pipecat-ai` "
+                             f"or set {SMART_TURN_ENV} to the file")
     return params
 
 
@@ -269,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--pre-roll-ms", "pre-roll, ms"), ("--min-speech-ms", "minimum speech, ms"),
                    ("--scorer", "energy | webrtcvad | silero")):
         p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
+    _add_end_args(p)
     p.set_defaults(func=cmd_vad)
     for name in PLUGGED:
         importlib.import_module(name).register(sub)

@@ -76,6 +76,23 @@ class Vad(Event):
 
 
 @dataclass(frozen=True)
+class EndScore(Event):
+    """The end-of-turn model scored the open turn after ``silence_ms`` of silence (``turns.py``).
+
+    ``probability``: its P(turn complete); ``complete``: at or above ``threshold`` (the turn then ends
+    with reason ``end_model``); ``media_t``: the speech end the silence is measured from.
+    """
+
+    model: str
+    probability: float
+    threshold: float
+    complete: bool
+    silence_ms: float
+    media_t: float | None = None
+    kind: ClassVar[str] = "end_score"
+
+
+@dataclass(frozen=True)
 class Sent(Event):
     """A client message. ``stage`` is ``app`` (handed to the SDK) or ``wire`` (left the socket)."""
 
@@ -178,7 +195,8 @@ class Other(Event):
 
 
 KINDS: dict[str, type[Event]] = {
-    c.kind: c for c in (SessionMark, Frame, FrameGap, Vad, Sent, Server, Ws, LoopLag, Watchdog, Client, Error)
+    c.kind: c
+    for c in (SessionMark, Frame, FrameGap, Vad, EndScore, Sent, Server, Ws, LoopLag, Watchdog, Client, Error)
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .audio import level_dbfs
-from .events import Event, Frame, FrameGap, Vad
+from .events import EndScore, Event, Frame, FrameGap, Vad
 from .resample import Resampler
 from .sender import Outgoing, SendOrder
 from .turns import Decision, TurnDetector, TurnParams
@@ -39,10 +39,18 @@ Output = Event | Outgoing
 class MicPipeline:
     """Ingest -> resample -> turn detector -> send order, for one microphone."""
 
-    def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS) -> None:
+    def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS,
+                 threaded_end_model: bool = True) -> None:
+        """``threaded_end_model``: score an end-of-turn model (``params.end_model``) on a worker thread so
+        the event loop never waits for it (live); False scores it inline, deterministic (offline replay)."""
         self.params = params
         self.gap_s = gap_s
-        self.detector = TurnDetector(params, rate=16_000)
+        model = None
+        if threaded_end_model and params.end_model != "none":
+            from .endturn import ThreadedEndModel, make_end_model
+
+            model = ThreadedEndModel(make_end_model(params.end_model))
+        self.detector = TurnDetector(params, rate=16_000, end_model=model)
         self.order = SendOrder(rate=16_000, chunk_ms=send_chunk_ms)
         self.resampler = Resampler()
         self.media_offset: float | None = None  # session time of media time 0
@@ -116,6 +124,11 @@ class MicPipeline:
         out: list[Output] = []
         started = False
         for d in decisions:
+            if d.kind == "end_score":
+                out.append(EndScore(t=round(d.t, 6), model=self.params.end_model, probability=d.probability,
+                                    threshold=self.params.end_threshold, complete=d.reason == "complete",
+                                    silence_ms=d.silence_ms, media_t=round(d.speech_t, 6)))
+                continue
             out.append(Vad(t=round(d.t, 6), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
                            level_db=None if d.level_db is None else round(d.level_db, 2)))
             if d.kind == "speech_start":

@@ -270,6 +270,20 @@ class TimelinePlot:
                        label="speech (detector, media time)")
         ax.broken_barh(open_, (TURN_ROWS["turn open (live)"] - 0.35, 0.7), color="tab:olive", alpha=0.8,
                        label="turn open (ActivityStart..End decided)")
+        scores = self.rec.of_kind("end_score")
+        if len(scores):
+            self._score_marks(ax, list(zip(scores["t"], scores["probability"], scores["complete"], strict=True)),
+                              TURN_ROWS["turn open (live)"], "end model (live)")
+
+    def _score_marks(self, ax: Axes, scores: Sequence[tuple[float, float, bool]], y: float, label: str) -> list[Any]:
+        """The end-of-turn model's scores: a diamond per score (filled: complete) and its probability."""
+        ts = [float(t) for t, _, _ in scores]
+        colors = ["tab:red" if c else "white" for _, _, c in scores]
+        art = [ax.scatter(ts, [y + 0.45] * len(ts), marker="D", s=28, c=colors, edgecolors="tab:red", zorder=5,
+                          label=f"{label}: P(complete), filled = ended")]
+        art += [ax.text(t, y + 0.62, f"{p:.2f}", fontsize=7, color="tab:red", ha="center", va="bottom")
+                for t, p, _ in scores]
+        return art
 
     def _draw_their_turns(self) -> None:
         """A tapped bridge: speech from its VAD decisions (``rec.vad``), turns from the activity signals it sent."""
@@ -305,13 +319,21 @@ class TimelinePlot:
             ax.broken_barh(spans(signals), (TURN_ROWS["turn open (live)"] - 0.35, 0.7), color="tab:olive",
                            alpha=0.8, label="their turn: ActivityStart..End sent")
 
-    def set_turns(self, turns: Sequence[Turn] | None) -> None:
-        """Replace the replay's turn bars (the only artists that change when parameters change)."""
+    def set_turns(self, turns: Sequence[Turn] | None,
+                  end_scores: Sequence[tuple[float, float, bool]] | None = None) -> None:
+        """Replace the replay's turn bars (the only artists that change when parameters change).
+
+        ``end_scores``: the end-of-turn model's ``(t, probability, complete)`` in replay time, drawn above.
+        """
         for a in self._turn_artists:
             a.remove()
         self._turn_artists = []
         if turns is None:
             return
+        if end_scores:
+            off0 = self.replay_offset_s
+            self._turn_artists += self._score_marks(self.axes["turns"], [(t + off0, p, c) for t, p, c in end_scores],
+                                                    TURN_ROWS["turn open (replay)"], "end model (replay)")
         ax = self.axes["turns"]
         off = self.replay_offset_s
         speech = [(t.speech_start + off, max(t.speech_end - t.speech_start, 1e-3)) for t in turns]

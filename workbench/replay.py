@@ -82,8 +82,13 @@ def _run(det: TurnDetector, frames: Iterable[tuple[float, float, np.ndarray]], t
 
 
 def detect_file(samples: np.ndarray, rate: int, params: TurnParams, frame_ms: float = 20,
-                tick_ms: float = 10) -> list[Turn]:
-    """Turns in a whole recording, as the live detector would see it with frames arriving on time."""
+                tick_ms: float = 10, *, end_model: Any = None, decisions: list[Decision] | None = None) -> list[Turn]:
+    """Turns in a whole recording, as the live detector would see it with frames arriving on time.
+
+    ``end_model``: an end-of-turn model object to use instead of the one ``params.end_model`` names
+    (e.g. ``endturn.MemoEndModel``, which scores identical audio once); ``decisions``: a list that
+    receives every decision, ``end_score`` ones included.
+    """
     x = to_mono_16k(samples, rate)
     n = max(1, round(RATE * frame_ms / 1000))
     dur = x.shape[0] / RATE
@@ -93,7 +98,10 @@ def detect_file(samples: np.ndarray, rate: int, params: TurnParams, frame_ms: fl
             chunk = x[i : i + n]
             yield (i + chunk.shape[0]) / RATE, i / RATE, chunk
 
-    return _turns(_run(TurnDetector(params, RATE), frames(), tick_ms / 1000, dur))
+    out = _run(TurnDetector(params, RATE, end_model=end_model), frames(), tick_ms / 1000, dur)
+    if decisions is not None:
+        decisions.extend(out)
+    return _turns(out)
 
 
 def detect_frames(frames: Iterable[tuple[Any, ...]], params: TurnParams, tick_ms: float = 10,
@@ -244,7 +252,7 @@ def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
 
     frames_df = rec.of_kind("frame")
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
-    pipe = MicPipeline(params)
+    pipe = MicPipeline(params, threaded_end_model=False)  # replay decides the same way every time
     decisions: list[Vad] = []
 
     def run_clock_to(t: float) -> None:

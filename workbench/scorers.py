@@ -6,6 +6,10 @@ whether it may *stay* in speech (``stay``).  Two flags give every scorer its own
 hysteresis while the turn logic stays the same.  Units of ``score``:
 
 - ``energy``: window RMS in dBFS (the level itself); start at ``start_db``, stay at ``stop_db``.
+  With ``noise_margin_db`` > 0 the thresholds also rise above an adaptive noise floor (see
+  ``NoiseFloor``): start at ``max(start_db, floor + noise_margin_db)``, stay that less
+  ``start_db - stop_db``, judged on a 50 ms smoothed level, so a steady background at 15 dB SNR
+  neither holds every turn open nor starts one.
 - ``webrtcvad``: 1.0 speech / 0.0 not speech from WebRTC's GMM VAD (``webrtcvad_mode`` 0-3,
   windows of ``webrtcvad_frame_ms``); start = stay = the VAD's answer.
 - ``silero``: speech probability 0..1 from Silero VAD v5/v6 (ONNX, 512-sample windows = 32 ms),
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import deque
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -44,8 +49,43 @@ class Scorer(Protocol):
         ...
 
 
+class NoiseFloor:
+    """Minimum statistics (after R. Martin, 2001): the background level is the minimum of the smoothed
+    level over the last ``span_s``, kept as per-block minima so each window costs O(1).
+
+    Why a minimum: between words and in pauses the level falls to the background even while
+    someone talks, so the minimum over a few seconds tracks the noise and not the speech, and it
+    follows a background that gets louder within ``span_s``.  Sans-I/O: fed window levels in order.
+    """
+
+    def __init__(self, window_s: float, span_s: float = 3.0, block_s: float = 0.25, smooth_s: float = 0.05) -> None:
+        self._per_block = max(1, round(block_s / window_s))
+        self._blocks: deque[float] = deque(maxlen=max(1, round(span_s / block_s)))
+        self._cur = np.inf
+        self._n = 0
+        self._alpha = min(1.0, window_s / smooth_s)
+        self._ms: float | None = None  # smoothed mean square (linear), not dB: averaging dB would bias low
+        self.smoothed_db = -120.0
+        self.floor_db = -120.0
+
+    def push(self, level_db: float) -> None:
+        ms = 10 ** (level_db / 10)
+        self._ms = ms if self._ms is None else self._ms + self._alpha * (ms - self._ms)
+        self.smoothed_db = 10 * np.log10(max(self._ms, 1e-12))
+        self._cur = min(self._cur, self.smoothed_db)
+        self._n += 1
+        if self._n == self._per_block:
+            self._blocks.append(self._cur)
+            self._cur, self._n = np.inf, 0
+        self.floor_db = min(min(self._blocks, default=np.inf), self._cur)
+
+
 class EnergyScorer:
-    """Window RMS in dBFS against two thresholds: cheap, deterministic, gain-dependent."""
+    """Window RMS in dBFS against two thresholds: cheap, deterministic, gain-dependent.
+
+    ``noise_margin_db`` > 0 adds the adaptive noise floor (module docstring); 0 keeps the fixed
+    thresholds alone (and the sweep's exact fast path).
+    """
 
     name: ClassVar[str] = "energy"
     unit: ClassVar[str] = "dBFS"
@@ -54,12 +94,28 @@ class EnergyScorer:
         self.window = rate // 100  # 10 ms: fine enough for onsets, coarse enough to be cheap
         self.start_db = params.start_db
         self.stop_db = params.stop_db
+        self.margin_db = params.noise_margin_db
+        self.floor = NoiseFloor(self.window / rate) if self.margin_db > 0 else None
 
     def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
         levels = level_db.tolist()  # a frame holds 1-3 windows: Python compares them faster than numpy
-        return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
+        if self.floor is None:
+            return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
+        starts: list[bool] = []
+        stays: list[bool] = []
+        hyst = self.start_db - self.stop_db
+        for v in levels:
+            f = self.floor
+            start_at = max(self.start_db, f.floor_db + self.margin_db)  # the floor before this window
+            f.push(v)
+            starts.append(v >= start_at and f.smoothed_db >= start_at)
+            stays.append(f.smoothed_db >= max(self.stop_db, start_at - hyst))
+        return levels, starts, stays
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
+        if self.floor is not None:
+            return (f"level {level_db:.1f} dBFS >= max({self.start_db:g}, noise floor {self.floor.floor_db:.1f} + "
+                    f"{self.margin_db:g}) for {speech_ms:.0f} ms")
         return f"level {level_db:.1f} dBFS >= {self.start_db:g} for {speech_ms:.0f} ms"
 
 

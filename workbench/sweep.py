@@ -7,7 +7,15 @@ audio and then replays only the state machine, jumping from onset to onset with 
 reproduces ``detect_file``'s frame/tick schedule (20 ms frames, 10 ms ticks) and
 ``TurnDetector``'s rules exactly (tests compare them on real speech); other scorers are
 stateful (webrtcvad's noise model, Silero's LSTM see a different window sequence when late
-windows are dropped), so they go through ``detect_file`` itself.
+windows are dropped), so they go through ``detect_file`` itself, as do the dynamic window and the
+end-of-turn model.
+
+The eot-bench convention (LiveKit's end-of-turn benchmark), for audio with labelled thinking pauses
+(``<stem>.pauses.txt`` beside the file, see ``workbench.speechset``): per setting, the *false cut-off
+rate* (pauses, not the end, inside which an ActivityEnd went out) and the *end-of-turn latency* (true
+end of speech -> ActivityEnd, the silence window included: the wait the candidate feels).
+``eot_summary`` reads the trade-off per policy the way eot-bench does: the lowest false cut-off rate
+within latency budgets of 300, 500 and 1000 ms, and the lowest latency at <= 5 % false cut-offs.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.replay import RATE, Turn, detect_file, evaluate, to_mono_16k
+from workbench.speechset import Pause, pauses_beside, read_pauses
 from workbench.turns import TurnParams
 
 if TYPE_CHECKING:
@@ -36,8 +46,14 @@ _EPS = 1e-6  # the detector's tolerance on window and tick times, seconds
 _WIN = RATE // 100  # the energy scorer's 10 ms window
 _FRAME_MS = 20.0  # detect_file's defaults, which the fast path reproduces
 _TICK_MS = 10.0
-METRICS = ["turns", "found", "split", "merged", "missed", "false_turns", "lateness_median_ms", "lateness_p95_ms"]
+METRICS = ["turns", "found", "split", "merged", "missed", "false_turns", "lateness_median_ms", "lateness_p95_ms",
+           "pauses", "cutoffs", "hesitations", "cutoffs_hesitation", "boundaries", "cutoffs_boundary",
+           "cutoffs_other", "ends", "latency_median_ms", "latency_p95_ms"]
+EOT_METRICS = METRICS[8:]
+LATENCY_BUDGETS_MS = (300, 500, 1000)
+CUTOFF_TARGET = 0.05  # eot-bench's operating point: latency at 5 % false cut-offs
 PARAM_NAMES = [f.name for f in dataclasses.fields(TurnParams)]
+_TEXT_PARAMS = {f.name for f in dataclasses.fields(TurnParams) if f.type == "str"}  # scorer, endpointing, end_model
 
 
 class EnergyReplay:
@@ -136,9 +152,15 @@ class EnergyReplay:
             j = int(np.searchsorted(self._ws, t_end - _EPS, side="left"))
 
 
+def fast_path(params: TurnParams) -> bool:
+    """True when ``EnergyReplay`` reproduces ``params`` exactly: energy scorer, fixed window, no end model."""
+    return (params.scorer == "energy" and params.noise_margin_db == 0 and params.endpointing == "fixed"
+            and params.end_model == "none")
+
+
 def replay(x16k: np.ndarray, params: TurnParams, cache: EnergyReplay | None = None) -> list[Turn]:
     """Turns in 16 kHz audio: the exact fast path for ``energy``, ``detect_file`` otherwise."""
-    if params.scorer == "energy":
+    if fast_path(params):
         return (cache or EnergyReplay(x16k)).turns(params)
     return detect_file(x16k, RATE, params)
 
@@ -153,6 +175,7 @@ class Source:
     name: str
     samples16k: np.ndarray
     truth: list[tuple[float, float]] | None = None
+    pauses: list[Pause] | None = None  # thinking pauses inside the answers (eot-bench columns)
 
 
 def read_labels(path: str | os.PathLike[str]) -> list[tuple[float, float]]:
@@ -184,12 +207,13 @@ def labels_beside(path: str | os.PathLike[str]) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def load_source(src: Any, labels: Any = None, name: str | None = None) -> Source:
+def load_source(src: Any, labels: Any = None, name: str | None = None, pauses: Any = None) -> Source:
     """Audio file path, recording directory, ``Recording``, ``(samples, rate)`` or a ``Source``.
 
     Recordings are replayed from ``mic.flac`` as a file: times are mic media time (add
     ``mic_start_t`` for the session clock).  ``labels``: a path, a list of spans, or None to
-    look for ``<stem>.labels.txt`` beside an audio file.
+    look for ``<stem>.labels.txt`` beside an audio file.  ``pauses``: a ``.pauses.txt`` path, a list of
+    ``speechset.Pause``, or None to look for ``<stem>.pauses.txt`` beside an audio file.
     """
     from workbench.recording import Recording, load
 
@@ -213,13 +237,56 @@ def load_source(src: Any, labels: Any = None, name: str | None = None) -> Source
             x = load_mono(p, RATE)
             if labels is None:
                 labels = labels_beside(p)
+            if pauses is None:
+                pauses = pauses_beside(p)
         name = name or p.name
     if x.size == 0:
         raise ValueError(f"{name}: no audio to replay")
     truth = None
     if labels is not None:
         truth = [tuple(map(float, s)) for s in labels] if isinstance(labels, list) else read_labels(labels)
-    return Source(name=name, samples16k=x, truth=truth)  # type: ignore[arg-type]
+    if pauses is not None and not isinstance(pauses, list):
+        pauses = read_pauses(pauses)
+    return Source(name=name, samples16k=x, truth=truth, pauses=pauses)  # type: ignore[arg-type]
+
+
+def evaluate_eot(turns: list[Turn], answers: Sequence[tuple[float, float]], pauses: Sequence[Pause]) -> dict[str, Any]:
+    """eot-bench's two measures for one audio: false cut-offs and end-of-turn latency.
+
+    A pause is *cut off* when an ActivityEnd falls inside it (``start <= t < end``): the answer was
+    not over.  ``cutoffs_other``: ActivityEnds inside an answer but in no labelled pause (a natural
+    gap).  Latency, per answer: the first ActivityEnd from its true end (``end - 50 ms``, a faint
+    tail) until the next answer starts, minus the true end, in ms; an answer with none (merged into
+    the next, or never ended) has no latency and is not in ``ends``.
+    """
+    ends = sorted(t.activity_end for t in turns)
+    cut = {"hesitation": 0, "boundary": 0}
+    total = {"hesitation": 0, "boundary": 0}
+    in_pause = 0
+    for p in pauses:
+        total[p.kind] = total.get(p.kind, 0) + 1
+        i = int(np.searchsorted(ends, p.start - _EPS, side="left"))
+        if i < len(ends) and ends[i] < p.end - _EPS:
+            cut[p.kind] = cut.get(p.kind, 0) + 1
+    for t in ends:
+        if any(p.start - _EPS <= t < p.end - _EPS for p in pauses):
+            in_pause += 1
+    inside = sum(1 for t in ends for a, b in answers if a < t < b - 0.05)
+    latencies: list[float] = []
+    for j, (_a, b) in enumerate(answers):
+        nxt = answers[j + 1][0] if j + 1 < len(answers) else math.inf
+        i = int(np.searchsorted(ends, b - 0.05, side="left"))
+        if i < len(ends) and ends[i] < nxt:
+            latencies.append((ends[i] - b) * 1000)
+    lat = np.asarray(latencies)
+    return {
+        "pauses": len(pauses), "cutoffs": sum(cut.values()),
+        "hesitations": total["hesitation"], "cutoffs_hesitation": cut["hesitation"],
+        "boundaries": total["boundary"], "cutoffs_boundary": cut["boundary"],
+        "cutoffs_other": inside - in_pause, "ends": len(latencies), "latency_ms": latencies,
+        "latency_median_ms": float(np.median(lat)) if lat.size else None,
+        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+    }
 
 
 # --- the grid ---------------------------------------------------------------------------------
@@ -244,7 +311,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _parse_values(key: str, text: str, spec: str) -> list[Any]:
-    if key == "scorer":
+    if key in _TEXT_PARAMS:
         return [v.strip() for v in text.split(",") if v.strip()]
     try:
         if ":" in text:
@@ -296,17 +363,51 @@ def _init_worker(sources: list[Source]) -> None:
     _WORKER["energy"] = {}
 
 
+class SweepError(ValueError):
+    """A parameter set failed in a worker; the message names the set and the cause in one line."""
+
+
 def _run_params(params: TurnParams) -> list[dict[str, Any]]:
+    try:
+        return _rows(params, _WORKER["sources"], _WORKER["energy"])
+    except Exception as exc:  # noqa: BLE001 - any worker failure becomes one line naming the set
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SweepError(f"sweep worker failed on {describe(params)}: {msg}") from None
+
+
+def describe(params: TurnParams) -> str:
+    """The settings of ``params`` that differ from the defaults, as ``name=value`` (``defaults`` if none)."""
+    d0 = TurnParams().to_dict()
+    diff = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.to_dict().items() if d0[k] != v]
+    return ", ".join(diff) or "defaults"
+
+
+def _rows(params: TurnParams, sources: list[Source], caches: dict[Any, Any]) -> list[dict[str, Any]]:
+    """The rows of one set.  ``caches`` (per worker): energy levels per source, and one memoised end model,
+    so settings that differ only after the model's scoring (threshold, wait) do not score the same audio twice."""
     rows = []
-    caches: dict[int, EnergyReplay] = _WORKER["energy"]
-    for i, src in enumerate(_WORKER["sources"]):
-        if params.scorer == "energy" and i not in caches:
+    model = None
+    if params.end_model != "none":
+        from workbench.endturn import MemoEndModel, make_end_model
+
+        key = ("end_model", params.end_model)
+        if key not in caches:
+            caches[key] = MemoEndModel(make_end_model(params.end_model))
+        model = caches[key]
+    for i, src in enumerate(sources):
+        if fast_path(params) and i not in caches:
             caches[i] = EnergyReplay(src.samples16k)
-        turns = replay(src.samples16k, params, caches.get(i))
-        row: dict[str, Any] = {**params.to_dict(), "source": src.name, "turns": len(turns)}
+        if model is not None:
+            turns = detect_file(src.samples16k, RATE, params, end_model=model)
+        else:
+            turns = replay(src.samples16k, params, caches.get(i))
+        row: dict[str, Any] = {**params.to_dict(), "policy": params.policy, "source": src.name, "turns": len(turns)}
         if src.truth is not None:
             ev = evaluate(turns, src.truth, params.silence_ms)
-            row.update({k: ev[k] for k in METRICS if k != "turns"})
+            row.update({k: ev[k] for k in METRICS[:8] if k != "turns"})
+            if src.pauses is not None:
+                eot = evaluate_eot(turns, src.truth, src.pauses)
+                row.update({k: eot[k] for k in EOT_METRICS})
         rows.append(row)
     return rows
 
@@ -318,16 +419,16 @@ def _is_spans(x: Any) -> bool:
 
 
 def sweep(sources: Any, grid: Mapping[str, Iterable[Any]], labels: Any = None, jobs: int | None = None,
-          progress: bool = True, base: TurnParams | None = None) -> pd.DataFrame:
+          progress: bool = True, base: TurnParams | None = None, scheduler: str | None = None) -> pd.DataFrame:
     """Replay every parameter combination over every source; one row per (params, source).
 
     ``sources``: one or a list of audio paths / recordings / ``(samples, rate)`` / ``Source``.
     ``labels``: None (look beside each file), a path or span list (one source), or a list aligned
     with ``sources``.  ``jobs``: worker processes (default: all cores; 1 runs in this process).
-    Unlabelled sources get NaN in the evaluation columns.
+    Unlabelled sources get NaN in the evaluation columns, sources without pauses in the eot columns.
+    ``scheduler``: a ``dask.distributed`` scheduler address (``tcp://host:8786``) to run the grid on
+    that cluster instead of local processes; same rows, same order.  A failing set raises ``SweepError``.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
 
     src_list = list(sources) if isinstance(sources, list | tuple) and not _is_samples(sources) else [sources]
     if not src_list:
@@ -344,11 +445,24 @@ def sweep(sources: Any, grid: Mapping[str, Iterable[Any]], labels: Any = None, j
             raise ValueError(f"{len(label_list)} labels for {len(src_list)} sources")
     loaded = [load_source(s, lab) for s, lab in zip(src_list, label_list, strict=True)]
     param_sets = expand_grid(grid, base)
+    return _sweep(loaded, param_sets, jobs, progress, scheduler)
+
+
+def _sweep(loaded: list[Source], param_sets: list[TurnParams], jobs: int | None, progress: bool,
+           scheduler: str | None) -> pd.DataFrame:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(param_sets)))
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(param_sets), desc="sweep", unit="set", disable=not progress)
     try:
-        if jobs == 1:
+        if scheduler is not None:
+            from workbench.distributed import run_on_cluster
+
+            for result in run_on_cluster(scheduler, loaded, param_sets, on_done=bar.update):
+                rows += result
+        elif jobs == 1:
             _init_worker(loaded)
             for ps in param_sets:
                 rows += _run_params(ps)
@@ -359,13 +473,15 @@ def sweep(sources: Any, grid: Mapping[str, Iterable[Any]], labels: Any = None, j
                 for result in ex.map(_run_params, param_sets, chunksize=chunk):
                     rows += result
                     bar.update()
+    except BrokenProcessPool as exc:
+        raise SweepError(f"a sweep worker process died ({exc}); rerun with --jobs 1 to see why") from None
     finally:
         bar.close()
     df = pd.DataFrame(rows)
     for col in METRICS:
         if col not in df:
             df[col] = np.nan
-    return df[[*PARAM_NAMES, "source", *METRICS]]
+    return df[[*PARAM_NAMES, "policy", "source", *METRICS]]
 
 
 def _is_samples(x: Any) -> bool:
@@ -382,11 +498,19 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     sorted by errors then lateness; ``pareto`` marks the sets no other set beats on both.
     """
     varied = [c for c in PARAM_NAMES if df[c].nunique(dropna=False) > 1] or ["silence_ms"]
-    g = df.groupby(PARAM_NAMES, sort=False, dropna=False)
-    out = g[["turns", "found", "split", "merged", "missed", "false_turns"]].sum(min_count=1)
+    g = df.groupby([*PARAM_NAMES, "policy"], sort=False, dropna=False)
+    counts = ["turns", "found", "split", "merged", "missed", "false_turns", "pauses", "cutoffs",
+              "cutoffs_hesitation", "cutoffs_boundary", "hesitations", "boundaries", "cutoffs_other", "ends"]
+    out = g[[c for c in counts if c in df]].sum(min_count=1)
     out["lateness_ms"] = g["lateness_median_ms"].mean()
     out["lateness_p95_ms"] = g["lateness_p95_ms"].max()
     out["errors"] = out[["split", "merged", "missed", "false_turns"]].sum(axis=1, min_count=1)
+    if "pauses" in out:
+        out["false_cutoff_rate"] = out["cutoffs"] / out["pauses"].where(out["pauses"] > 0)
+        out["cutoff_rate_hesitation"] = out["cutoffs_hesitation"] / out["hesitations"].where(out["hesitations"] > 0)
+        out["cutoff_rate_boundary"] = out["cutoffs_boundary"] / out["boundaries"].where(out["boundaries"] > 0)
+        out["latency_ms"] = g["latency_median_ms"].mean()
+        out["latency_p95_ms"] = g["latency_p95_ms"].max()
     out = out.reset_index()
     out["pareto"] = _pareto(out["errors"].to_numpy(float), out["lateness_ms"].to_numpy(float))
     out.attrs["varied"] = varied
@@ -403,11 +527,52 @@ def _pareto(errors: np.ndarray, lateness: np.ndarray) -> np.ndarray:
     return front
 
 
-def best(df: pd.DataFrame) -> pd.Series:
-    """The best setting: fewest errors, then least lateness (a Pareto-front member)."""
+def has_eot(s: pd.DataFrame) -> bool:
+    """True when a summary holds eot-bench columns with numbers (labelled pauses were swept)."""
+    return "false_cutoff_rate" in s and bool(s["false_cutoff_rate"].notna().any())
+
+
+def eot_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy (scorer, dynamic window, end model): eot-bench's reading of its curve.
+
+    ``cutoff_at_<B>ms``: the lowest false cut-off rate among the policy's settings whose median
+    end-of-turn latency is within B ms (NaN: no setting that fast).  ``latency_at_5pct_ms``: the
+    lowest median latency among settings with at most 5 % false cut-offs (NaN: none that careful).
+    ``settings``: how many points the curve has.
+    """
+    import pandas as pd
+
+    s = summary(df)
+    if not has_eot(s):
+        raise ValueError("no labelled pauses in the sweep: eot columns need <stem>.pauses.txt beside the audio")
+    rows = []
+    for policy, g in s.dropna(subset=["false_cutoff_rate", "latency_ms"]).groupby("policy", sort=False):
+        row: dict[str, Any] = {"policy": policy, "settings": len(g)}
+        for b in LATENCY_BUDGETS_MS:
+            ok = g[g["latency_ms"] <= b]
+            row[f"cutoff_at_{b}ms"] = float(ok["false_cutoff_rate"].min()) if len(ok) else np.nan
+        ok = g[g["false_cutoff_rate"] <= CUTOFF_TARGET + 1e-12]
+        row["latency_at_5pct_ms"] = float(ok["latency_ms"].min()) if len(ok) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best(df: pd.DataFrame, budget_ms: float = 1000) -> pd.Series:
+    """The best setting.
+
+    With labelled pauses: the fewest false cut-offs among settings whose median end-of-turn latency
+    is within ``budget_ms``, then the lowest latency (none within budget: the lowest latency), so a
+    window that waits seconds is not "best" for cutting nobody off.  Without: fewest turn errors,
+    then least lateness (a Pareto-front member).
+    """
     s = summary(df)
     if s["errors"].isna().all():
         raise ValueError("no labelled source in the sweep: best() needs labels (start<TAB>end lines)")
+    if has_eot(s):
+        ok = s.dropna(subset=["false_cutoff_rate", "latency_ms"])
+        within = ok[ok["latency_ms"] <= budget_ms]
+        pick = within.sort_values(["false_cutoff_rate", "latency_ms"]) if len(within) else ok.sort_values("latency_ms")
+        return pick.iloc[0]
     return s.iloc[0]
 
 
@@ -418,7 +583,12 @@ def to_params(row: Mapping[str, Any]) -> TurnParams:
 
 
 def tradeoff_plot(df: pd.DataFrame, ax: Any = None) -> Figure:
-    """Lateness vs turn errors per parameter set; the Pareto front joined, the best starred."""
+    """The trade-off of the sweep.
+
+    With labelled pauses (eot-bench): false cut-off rate against median end-of-turn latency, one
+    curve per policy (its lower envelope joined, every setting a dot), the 5 % line and the latency
+    budgets marked.  Without: lateness vs turn errors per parameter set, the Pareto front joined.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
@@ -428,6 +598,10 @@ def tradeoff_plot(df: pd.DataFrame, ax: Any = None) -> Figure:
         ax = fig.add_subplot()
     else:
         fig = ax.figure
+    if has_eot(s):
+        _eot_plot(s, ax)
+        plt.close("all")
+        return fig
     ok = s.dropna(subset=["errors", "lateness_ms"])
     if ok.empty:
         ax.text(0.5, 0.5, "no labelled results to plot", ha="center", va="center", transform=ax.transAxes)
@@ -458,6 +632,27 @@ def tradeoff_plot(df: pd.DataFrame, ax: Any = None) -> Figure:
     return fig
 
 
+def _eot_plot(s: pd.DataFrame, ax: Any) -> None:
+    ok = s.dropna(subset=["false_cutoff_rate", "latency_ms"])
+    for i, (policy, g) in enumerate(ok.groupby("policy", sort=False)):
+        color = f"C{i % 10}"
+        g = g.sort_values(["latency_ms", "false_cutoff_rate"])
+        ax.scatter(g["latency_ms"], 100 * g["false_cutoff_rate"], s=14, alpha=0.45, color=color, zorder=2)
+        env = g[g["false_cutoff_rate"] < g["false_cutoff_rate"].cummin().shift(fill_value=np.inf)]
+        ax.plot(env["latency_ms"], 100 * env["false_cutoff_rate"], "-o", ms=5, lw=1.6, color=color,
+                label=f"{policy} ({len(g)} settings)", zorder=3)
+    ax.axhline(100 * CUTOFF_TARGET, color="grey", ls=":", lw=1)
+    for b in LATENCY_BUDGETS_MS:
+        ax.axvline(b, color="grey", ls="--", lw=0.8, alpha=0.6)
+    ax.set_xlabel("end-of-turn latency, median (ms from true end of speech to ActivityEnd, window included)")
+    ax.set_ylabel("false cut-off rate (% of thinking pauses)")
+    n = int(ok["pauses"].iloc[0]) if len(ok) else 0
+    ax.set_title(f"False cut-offs vs latency: {len(ok)} settings, {n} pauses per setting")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+
+
 def pd_codes(values: pd.Series) -> np.ndarray:
     """Rank codes of a column, so any parameter (numbers or scorer names) can colour points."""
     uniq = {v: i for i, v in enumerate(sorted(values.unique()))}
@@ -482,8 +677,11 @@ def register(subparsers: Any) -> None:
                    help=f"a parameter and its values; repeat per parameter ({', '.join(PARAM_NAMES)})")
     p.add_argument("--params", type=Path, help="base parameters JSON for everything the grid does not vary")
     p.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the grid on a dask.distributed cluster "
+                   "(e.g. tcp://10.0.0.5:8786) instead of local processes; same results")
     p.add_argument("-o", "--out", type=Path, help="write the tidy table (one row per set and file) as CSV")
-    p.add_argument("--plot", type=Path, help="write the lateness vs errors trade-off plot (PNG/SVG/PDF)")
+    p.add_argument("--plot", type=Path, help="write the trade-off plot (PNG/SVG/PDF): false cut-off rate vs "
+                   "latency per policy when pauses are labelled, else lateness vs errors")
     p.add_argument("--best-params", type=Path, help="write the best setting as a --params JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -496,18 +694,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     base = TurnParams.from_file(args.params) if args.params else None
-    df = sweep([str(f) for f in args.files], grid, jobs=args.jobs, progress=not args.no_progress, base=base)
+    df = sweep([str(f) for f in args.files], grid, jobs=args.jobs, progress=not args.no_progress, base=base,
+               scheduler=args.scheduler)
     if args.out:
         df.to_csv(args.out, index=False)
     s = summary(df)
-    cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "lateness_ms",
-            "pareto"]
-    print(s[cols].head(15).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
+    if has_eot(s):
+        # eot-bench: the wait users feel and the pauses cut off, per setting, then per policy.
+        cols = [*s.attrs["varied"], "turns", "pauses", "cutoffs", "false_cutoff_rate", "latency_ms",
+                "latency_p95_ms", "errors"]
+        view = s[cols].sort_values(["false_cutoff_rate", "latency_ms"])
+        print(view.head(20).to_string(index=False, float_format=lambda v: f"{v:.2f}" if v < 1 else f"{v:.0f}"))
+        print()
+        print(eot_summary(df).to_string(index=False, float_format=lambda v: f"{v:.2f}" if v < 1 else f"{v:.0f}"))
+    else:
+        cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "lateness_ms",
+                "pareto"]
+        print(s[cols].head(15).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     if args.plot:
         tradeoff_plot(df).savefig(args.plot, dpi=110)
     if not s["errors"].isna().all():
         top = best(df)
-        print("best: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
+        within = " (fewest false cut-offs within 1000 ms median latency)" if has_eot(s) else ""
+        print(f"best{within}: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
         if args.best_params:
             Path(args.best_params).write_text(json.dumps(to_params(top).to_dict(), indent=2) + "\n")
     elif args.best_params:

@@ -5,7 +5,10 @@ Why it is fast enough to drag: for the ``energy`` scorer the window levels are c
 state machine (about a millisecond for 5 minutes); the figure's static part (waveform, level) is
 rendered once and kept as a bitmap, and each change draws only the turn bars and thresholds on
 top (blitting).  webrtcvad and Silero are stateful, so they rerun ``detect_file`` (slower; results
-are cached per parameter set).
+are cached per parameter set).  With the Smart Turn end model (``end_model`` dropdown) the model's
+scores are memoised on their exact audio (``endturn.MemoEndModel``), so moving its threshold or the
+wait replays without rescoring most windows; each score is drawn above the turn bars with its
+probability (filled diamond: it ended the turn).
 
 Everything is plain ipywidgets and testable without a browser: set ``panel.sliders[name].value``,
 read ``panel.turns``; ``panel.save_button.click()`` writes the ``--params`` JSON.
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from workbench.replay import RATE, Turn
-from workbench.sweep import EnergyReplay, Source, load_source, replay
+from workbench.sweep import EnergyReplay, Source, fast_path, load_source, replay
 from workbench.turns import TurnParams
 
 # name: (min, max, step, unit)
@@ -34,7 +37,11 @@ SLIDERS: dict[str, tuple[float, float, float, str]] = {
     "min_speech_ms": (0.0, 1000.0, 10.0, "ms"),
     "pre_roll_ms": (0.0, 2000.0, 10.0, "ms"),
     "max_turn_ms": (2000.0, 120000.0, 1000.0, "ms"),
+    "max_silence_ms": (100.0, 10000.0, 100.0, "ms"),
+    "end_threshold": (0.05, 0.95, 0.05, "P(complete)"),
 }
+CHOICES: dict[str, list[str]] = {"scorer": ["energy", "webrtcvad", "silero"], "endpointing": ["fixed", "dynamic"],
+                                 "end_model": ["none", "smart-turn"]}
 _CACHE_SIZE = 64  # parameter sets whose turns are kept (slow scorers)
 
 
@@ -66,14 +73,21 @@ class TuningPanel:
         for name, (lo, hi, step, unit) in SLIDERS.items():
             value = float(np.clip(getattr(params, name), lo, hi))
             s = w.FloatSlider(value=value, min=lo, max=hi, step=step, description=f"{name}",
-                              continuous_update=False, readout_format=".0f",
+                              continuous_update=False, readout_format=".2f" if step < 1 else ".0f",
                               style={"description_width": "110px"}, layout=w.Layout(width="420px"))
             s.tooltip = unit
             s.observe(self._on_slider, names="value")
             self.sliders[name] = s
-        self.scorer = w.Dropdown(options=["energy", "webrtcvad", "silero"], value=params.scorer,
-                                 description="scorer", style={"description_width": "110px"})
-        self.scorer.observe(self._on_slider, names="value")
+        self.choices: dict[str, Any] = {}
+        for name, options in CHOICES.items():
+            d = w.Dropdown(options=options, value=getattr(params, name), description=name,
+                           style={"description_width": "110px"})
+            d.observe(self._on_slider, names="value")
+            self.choices[name] = d
+        self.scorer = self.choices["scorer"]
+        self.end_scores: list[tuple[float, float, bool]] = []  # (t, P(complete), ended) of the current replay
+        self._scores: dict[TurnParams, list[tuple[float, float, bool]]] = {}
+        self._memo_model: Any = None
         self.message = w.HTML()
         self.stats = w.HTML()
         self.table = w.HTML()
@@ -93,7 +107,7 @@ class TuningPanel:
         self._canvas = _agg_canvas(self.plot.fig)
         self._background: Any = None
 
-        controls = w.VBox([*self.sliders.values(), self.scorer, w.HBox([self.save_path, self.save_button]),
+        controls = w.VBox([*self.sliders.values(), *self.choices.values(), w.HBox([self.save_path, self.save_button]),
                            self.message, self.stats])
         self.widget = w.VBox([w.HBox([controls, self.audio]), self.image, self.table])
         self.update()
@@ -127,7 +141,7 @@ class TuningPanel:
     def current_params(self) -> TurnParams:
         """The parameters the controls show (validated)."""
         d = {**self.params.to_dict(), **{k: float(s.value) for k, s in self.sliders.items()},
-             "scorer": self.scorer.value}
+             **{k: c.value for k, c in self.choices.items()}}
         return TurnParams.from_dict(d)
 
     def update(self, note: str = "") -> None:
@@ -141,6 +155,7 @@ class TuningPanel:
             return
         t1 = time.perf_counter()
         self.params, self.turns = params, turns
+        self.end_scores = self._scores.get(params, [])
         self._redraw()
         t2 = time.perf_counter()
         self.table.value = self.turn_table_html()
@@ -148,25 +163,42 @@ class TuningPanel:
                                "total": (time.perf_counter() - t0) * 1000}
         self.message.value = f"<span style='color:#a60'>{_esc(note)}</span>" if note else ""
         ends = sum(1 for t in turns if t.end_reason == "silence")
-        self.stats.value = (f"<b>{len(turns)}</b> turns ({ends} ended on silence); replay "
+        model = ""
+        if self.end_scores:
+            n_model = sum(1 for t in turns if t.end_reason == "end_model")
+            model = f", {len(self.end_scores)} model scores ({n_model} ended a turn)"
+        self.stats.value = (f"<b>{len(turns)}</b> turns ({ends} ended on silence{model}); replay "
                             f"{self.last_update_ms['replay']:.0f} ms, draw {self.last_update_ms['draw']:.0f} ms")
 
     def _replay(self, params: TurnParams) -> list[Turn]:
-        if params.scorer == "energy":
+        if fast_path(params):
             return self._energy.turns(params)
         hit = self._cache.get(params)
         if hit is None:
-            hit = replay(self.source.samples16k, params)
+            if params.end_model != "none":
+                from workbench.endturn import MemoEndModel, make_end_model
+                from workbench.replay import detect_file
+
+                if self._memo_model is None:
+                    self._memo_model = MemoEndModel(make_end_model(params.end_model))
+                decisions: list[Any] = []
+                hit = detect_file(self.source.samples16k, RATE, params, end_model=self._memo_model,
+                                  decisions=decisions)
+                self._scores[params] = [(d.t, d.probability, d.reason == "complete") for d in decisions
+                                        if d.kind == "end_score"]
+            else:
+                hit = replay(self.source.samples16k, params)
             self._cache[params] = hit
             while len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+                old, _ = self._cache.popitem(last=False)
+                self._scores.pop(old, None)
         else:
             self._cache.move_to_end(params)
         return hit
 
     def _redraw(self) -> None:
         """Blit: the static figure is drawn once; turn bars and thresholds are drawn on a copy of it."""
-        self.plot.set_turns(self.turns)
+        self.plot.set_turns(self.turns, self.end_scores)
         self.plot.set_thresholds(self.params)
         dynamic = self.plot._turn_artists + self.plot._threshold_artists
         for a in dynamic:
