@@ -55,8 +55,9 @@ speechset: $(STAMP) system
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests bench
 
+# Jupyter refuses to start as root (containers, CI images) without --allow-root; a user gets no extra flag.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(PEERS_VENV)
