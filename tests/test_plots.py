@@ -185,3 +185,68 @@ def test_cli_plot_writes_png_and_reports_errors(rec: Recording, tmp_path: Path) 
         with pytest.raises(exc, match=msg) as info:
             a.func(a)
         assert "\n" not in str(info.value)
+
+
+def test_empty_rows_are_left_out(rec: Recording) -> None:
+    p = TimelinePlot(rec)
+    rows = {name: [t.get_text() for t in p.axes[name].get_yticklabels()] for name in ("turns", "sent", "ws")}
+    assert rows["turns"] == ["turn open (live)", "speech (live VAD)"]  # no replay asked for: no replay rows
+    assert "other" not in rows["sent"] and "audio" in rows["sent"]  # nothing but audio and activity was sent
+    assert rows["ws"] == ["close / connect", "pong", "ping"]
+    # the markers moved with their rows: ActivityStart sits on the activity row's new position
+    assert set(_line(p.axes["sent"], "ActivityStart").get_ydata()) == {p.rows["sent"]["activity"]}
+    with pytest.raises(ValueError, match="without replay rows"):
+        p.set_turns([])
+
+
+def test_gap_kinds_dtx_is_quiet_and_stall_is_marked(rec: Recording) -> None:
+    # the fixture's gap: media time jumps by the gap (the sender was silent), so it is an expected DTX pause
+    p = TimelinePlot(rec)
+    labels = [a.get_label() for a in p.axes["turns"].patches]
+    assert any("DTX" in lab for lab in labels) and not any("stalled" in lab for lab in labels)
+    import pandas as pd
+
+    frames = pd.DataFrame({"t": [1.0, 1.02, 2.0, 2.02, 2.04], "pts_s": [0.0, 0.02, 0.04, 0.06, 0.08]})
+    assert TimelinePlot._gap_kind(frames, 1.02, 2.0) == "stall"  # media time went on from where it stopped
+    frames["pts_s"] = [0.0, 0.02, 0.04, 1.02, 1.04]
+    assert TimelinePlot._gap_kind(frames, 1.02, 2.0) == "dtx"
+
+
+def test_labels_never_overlap_nor_leave_their_panel(tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = Recorder(tmp_path / "dense", {"name": "dense"})
+    r.emit(SessionMark(0.0, "start"))
+    for k in range(40):  # an utterance every 0.5 s, each far wider than 0.5 s of plot: they must not collide
+        r.emit(Server(0.05 + 0.5 * k, "output_transcription", text=f"utterance number {k} with quite a few words"))
+        r.emit(Server(0.3 + 0.5 * k, "input_transcription", text=f"[user audio {k}.0 s]"))
+    r.emit(Ws(19.95, "close_frame_received", code=1000, reason="bye"))
+    r.emit(Ws(20.0, "close"))
+    r.close()
+    p = TimelinePlot(load(tmp_path / "dense"))
+    canvas = FigureCanvasAgg(p.fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for name in ("server", "ws"):
+        ax = p.axes[name]
+        inside = ax.get_window_extent(renderer)
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert boxes, name
+        for i, a in enumerate(boxes):
+            assert inside.x0 - 0.5 <= a.x0 and a.x1 <= inside.x1 + 0.5, (name, ax.texts[i].get_text())
+            assert inside.y0 - 0.5 <= a.y0 and a.y1 <= inside.y1 + 0.5, (name, ax.texts[i].get_text())
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b) or a.intersection(a, b).width < 0.5, name
+    texts = [t.get_text() for t in p.axes["server"].texts]
+    assert any(t.endswith("\u2026") for t in texts)  # crowded: cut with a marker
+    assert [t.get_text() for t in p.axes["ws"].texts] == ["close 1000 bye"]  # one label for one close
+
+
+def test_transcript_fragments_join_into_utterances() -> None:
+    import pandas as pd
+
+    from workbench.plots import _utterances
+
+    tr = pd.DataFrame({"t": [1.0, 1.1, 1.2, 5.0], "msg": ["output_transcription"] * 4,
+                       "text": ["Could ", "you", "help?", "Next."]})
+    assert _utterances(tr) == ([1.0, 5.0], ["Could you help?", "Next."])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
 
 LEVEL_WIN_S = 0.02  # level panel resolution: the detector's frame size
 MAX_WAVE_POINTS = 4000  # envelope buckets; a screen cannot show more
-MAX_TEXT_LABELS = 8  # more events than this in view: markers + legend only
+MAX_LABEL_CHARS = 48  # a longer label is cut, ending in an ellipsis
+LABEL_PT = 7.0  # label font size (points)
+LABEL_GAP_PT = 3.0  # between a label and its marker, and between neighbouring labels
+JOIN_TRANSCRIPT_S = 1.5  # transcription fragments closer than this are one utterance on the plot
+LAG_NOTE_MS = 50.0  # event-loop lag at or above this is named in the legend (it starts to delay audio)
 PANELS = ("wave", "level", "turns", "sent", "server", "ws")
 
 # Row positions inside the categorical panels (y ticks carry the names).
@@ -41,6 +46,17 @@ THEIR_ROWS = {"speech (live VAD)": "their VAD (speech)", "turn open (live)": "th
 SENT_ROWS = {"audio": 2, "activity": 1, "other": 0}
 SERVER_ROWS = {"model audio": 5, "transcript": 4, "turn": 3, "tool / go_away": 2, "session": 1, "error / watchdog": 0}
 WS_ROWS = {"ping": 2, "pong": 1, "close / connect": 0}
+
+
+@dataclass(frozen=True)
+class _Label:
+    """A text waiting for a place beside its marker: (t, y) in data units of ``panel``, y a row position."""
+
+    panel: str
+    t: float
+    y: float
+    text: str
+    color: str
 
 
 def _mpl() -> Any:
@@ -134,6 +150,10 @@ class TimelinePlot:
         self.legend_values = True  # threshold values in the legend (off when the legend is drawn once)
         self._turn_artists: list[Any] = []
         self._threshold_artists: list[Any] = []
+        self._labels: list[_Label] = []
+        # Row positions per categorical panel; empty rows are dropped after drawing (``_compact``).
+        self.rows: dict[str, dict[str, float]] = {"turns": {}, "sent": dict(SENT_ROWS), "server": dict(SERVER_ROWS),
+                                                  "ws": dict(WS_ROWS)}
 
         self._draw_wave()
         self._draw_level()
@@ -146,6 +166,11 @@ class TimelinePlot:
         self._draw_gaps()
         self.set_turns(replay_turns)
         self.set_thresholds(params)
+        # The replay rows stay when replay turns are (or will be) drawn: the tuning panel sets them later.
+        keep = ("speech (replay)", "turn open (replay)") if rec is None or replay_turns is not None else ()
+        for panel in ("turns", "sent", "server", "ws"):
+            if panel in self.axes:
+                self._compact(panel, keep if panel == "turns" else ())
         last = self.axes[self.panels[-1]]
         last.set_xlim(lo, hi)
         last.set_xlabel("session time (s)" if rec is not None else "time (s)")
@@ -155,6 +180,7 @@ class TimelinePlot:
             fig.suptitle(title)
         for ax in self.axes.values():
             ax.grid(axis="x", alpha=0.3)
+        self._place_labels()
 
     # --- layout helpers ---------------------------------------------------------------------
 
@@ -170,9 +196,76 @@ class TimelinePlot:
         return lo - pad, hi + pad
 
     @staticmethod
-    def _rows(ax: Axes, rows: dict[str, int]) -> None:
+    def _rows(ax: Axes, rows: dict[str, float]) -> None:
+        if not rows:
+            ax.set_yticks([])
+            ax.set_ylim(-0.7, 0.7)
+            ax.text(0.5, 0.5, "no events", transform=ax.transAxes, ha="center", va="center", color="grey")
+            return
         ax.set_yticks(list(rows.values()), list(rows.keys()), fontsize="small")
         ax.set_ylim(min(rows.values()) - 0.7, max(rows.values()) + 0.7)
+
+    def _compact(self, panel: str, keep: Sequence[str] = ()) -> None:
+        """Leave out the rows of ``panel`` that nothing was drawn in, moving the artists onto the remaining rows.
+
+        Why after drawing: each panel's drawing code stays one pass over its events; which rows it used is read
+        back from the artists in data coordinates (a row's artists sit within half a row of its position).
+        """
+        ax = self.axes[panel]
+        rows = self.rows[panel]
+        artists = [a for a in [*ax.lines, *ax.collections] if a.get_transform() is ax.transData]
+        # Scatter markers (the end model's scores) sit at data offsets; their paths are the marker's shape.
+        scatters = [a for a in ax.collections if a.get_offset_transform() is ax.transData and len(a.get_offsets())
+                    and a not in artists]
+        texts = [a for a in ax.texts if a.get_transform() is ax.transData]
+
+        def ys(a: Any) -> np.ndarray:
+            if hasattr(a, "get_ydata"):
+                return np.asarray(a.get_ydata(), dtype=float)
+            paths = a.get_paths()
+            return np.concatenate([p.vertices[:, 1] for p in paths]) if paths else np.zeros(0)
+
+        def row_of(y: float) -> str | None:
+            if not rows:
+                return None
+            name, pos = min(rows.items(), key=lambda kv: (abs(y - kv[1]), kv[1]))  # nearest row
+            return name if abs(y - pos) <= 0.7 else None
+
+        used = set(keep) & set(rows)
+        for a in artists:
+            used.update(r for r in map(row_of, ys(a)) if r is not None)
+        for a in scatters:
+            used.update(r for r in map(row_of, np.asarray(a.get_offsets())[:, 1]) if r is not None)
+        names = sorted(used, key=lambda n: rows[n])
+        new = {n: float(i) for i, n in enumerate(names)}
+
+        def move(y: np.ndarray) -> np.ndarray:
+            out = np.array(y, dtype=float)
+            for i, v in enumerate(out):
+                r = row_of(v)
+                if r is not None and r in new:
+                    out[i] = new[r] + (v - rows[r])
+            return out
+
+        for a in artists:
+            if hasattr(a, "get_ydata"):
+                a.set_ydata(move(a.get_ydata()))
+            else:
+                for p in a.get_paths():
+                    p.vertices[:, 1] = move(p.vertices[:, 1])
+                a.stale = True
+        for a in scatters:
+            off = np.array(a.get_offsets(), dtype=float)
+            off[:, 1] = move(off[:, 1])
+            a.set_offsets(off)
+        for a in texts:
+            x, y = a.get_position()
+            a.set_position((x, float(move(np.array([y]))[0])))
+        self._labels = [_Label(lb.panel, lb.t, float(move(np.array([lb.y]))[0]), lb.text, lb.color)
+                        if lb.panel == panel else lb for lb in self._labels]
+        self.rows[panel] = new
+        shown = {THEIR_ROWS.get(n, n) if self.their else n: v for n, v in new.items()}
+        self._rows(ax, shown)
 
     @staticmethod
     def _legend(ax: Axes, x: float = 1.005) -> None:
@@ -190,15 +283,87 @@ class TimelinePlot:
         lo, hi = self.t_range
         return _in_range(self.rec.of_kind(kind), lo, hi)
 
-    def _texts(self, ax: Axes, ts: Sequence[float], y: float, texts: Sequence[str], color: str) -> None:
-        """Text beside markers only when few; staggered in three heights so neighbours never collide."""
-        if not 0 < len(ts) <= MAX_TEXT_LABELS:
+    def _texts(self, panel: str, ts: Sequence[float], y: float, texts: Sequence[str], color: str) -> None:
+        """Queue labels beside markers; ``_place_labels`` puts them where they collide with nothing."""
+        self._labels += [_Label(panel, float(t), float(y), str(s), color) for t, s in zip(ts, texts, strict=True)]
+
+    def _place_labels(self) -> None:
+        """Place every queued label so that no two overlap and none leaves its panel; cut or drop the rest.
+
+        Why measured: a label's width is known only in pixels, the panel's only after layout.  The layout is
+        run first (labels are kept out of it, so it does not move afterwards); then, per panel, labels in time
+        order take the first free slot (above or below their row, starting at or ending at their marker),
+        shortened with an ellipsis until one fits.  A label with no room even when short is left out: its
+        marker and the legend still say what happened.
+        """
+        if not self._labels:
             return
+        from matplotlib.backends.backend_agg import RendererAgg
+        from matplotlib.font_manager import FontProperties
+
+        fig = self.fig
+        engine = fig.get_layout_engine()
+        if engine is not None:
+            engine.execute(fig)
+        dpi = fig.dpi
+        measure = RendererAgg(10, 10, dpi)
+        prop = FontProperties(size=LABEL_PT)
+        px = dpi / 72.0
         lo, hi = self.t_range
-        for i, (t, s) in enumerate(zip(ts, texts, strict=True)):
-            right = t > lo + 0.8 * (hi - lo)  # near the right edge: grow leftwards, away from the legend
-            ax.annotate(s[:40], (t, y), xytext=(-3 if right else 3, 6 + 8 * (i % 3)), textcoords="offset points",
-                        fontsize=7, color=color, ha="right" if right else "left", annotation_clip=True)
+        by_panel: dict[str, list[_Label]] = {}
+        for lb in self._labels:
+            by_panel.setdefault(lb.panel, []).append(lb)
+        for panel, labels in by_panel.items():
+            ax = self.axes[panel]
+            pos = ax.get_position()
+            w_px, h_px = pos.width * fig.bbox.width, pos.height * fig.bbox.height
+            y0, y1 = ax.get_ylim()
+            placed: list[tuple[float, float, float, float]] = []
+            gap = LABEL_GAP_PT * px
+            for lb in sorted(labels, key=lambda x: x.t):
+                if not lo <= lb.t <= hi:
+                    continue
+                xm = (lb.t - lo) / (hi - lo) * w_px
+                ym = (lb.y - y0) / (y1 - y0) * h_px
+                spot = self._free_spot(lb.text, xm, ym, w_px, h_px, placed, gap, lambda s: measure
+                                       .get_text_width_height_descent(s, prop, ismath=False))
+                if spot is None:
+                    continue
+                text, (bx0, by0, bx1, by1), ha, va = spot
+                placed.append((bx0 - gap, by0, bx1 + gap, by1))
+                ax.annotate(text, (lb.t, lb.y), xytext=((gap if ha == "left" else -gap) / px,
+                                                        (gap if va == "bottom" else -gap) / px),
+                            textcoords="offset points", fontsize=LABEL_PT, color=lb.color, ha=ha, va=va,
+                            annotation_clip=False, in_layout=False)
+
+    @staticmethod
+    def _free_spot(text: str, xm: float, ym: float, w_px: float, h_px: float,
+                   placed: Sequence[tuple[float, float, float, float]], gap: float, size: Any
+                   ) -> tuple[str, tuple[float, float, float, float], str, str] | None:
+        """The first slot (text, pixel box, ha, va) for a label at marker (xm, ym) that overlaps nothing placed."""
+        text = " ".join(text.split())
+        if len(text) > MAX_LABEL_CHARS:
+            text = text[: MAX_LABEL_CHARS - 1].rstrip() + "\u2026"
+        candidates = [text]
+        n = len(text)
+        while n > 6:
+            n = int(n * 0.75)
+            candidates.append(text[: n - 1].rstrip() + "\u2026")
+        for cand in candidates:
+            w, h, d = size(cand)
+            for va in ("bottom", "top"):
+                by0 = ym + gap if va == "bottom" else ym - gap - h
+                by1 = by0 + h
+                if by0 < 0 or by1 > h_px:
+                    continue
+                for ha in ("left", "right"):
+                    bx0 = xm + gap if ha == "left" else xm - gap - w
+                    bx1 = bx0 + w
+                    if bx0 < 0 or bx1 > w_px:
+                        continue
+                    if all(bx1 <= a0 or bx0 >= a1 or by1 <= b0 or by0 >= b1 for a0, b0, a1, b1 in placed):
+                        return cand, (bx0, by0, bx1, by1), ha, va
+        return None
 
     # --- panels -------------------------------------------------------------------------------
 
@@ -242,6 +407,7 @@ class TimelinePlot:
     def _setup_turns(self) -> None:
         ax = self.axes["turns"]
         rows = TURN_ROWS if self.rec is not None else {k: v for k, v in TURN_ROWS.items() if "replay" in k}
+        self.rows["turns"] = {k: float(v) for k, v in rows.items()}
         self._rows(ax, {THEIR_ROWS[k]: v for k, v in rows.items()} if self.their else rows)
 
     def _draw_live_turns(self) -> None:
@@ -330,10 +496,13 @@ class TimelinePlot:
         self._turn_artists = []
         if turns is None:
             return
+        rows = self.rows["turns"]
+        if "speech (replay)" not in rows:
+            raise ValueError("this timeline was drawn without replay rows: pass replay_turns when making it")
         if end_scores:
             off0 = self.replay_offset_s
             self._turn_artists += self._score_marks(self.axes["turns"], [(t + off0, p, c) for t, p, c in end_scores],
-                                                    TURN_ROWS["turn open (replay)"], "end model (replay)")
+                                                    rows["turn open (replay)"], "end model (replay)")
         ax = self.axes["turns"]
         off = self.replay_offset_s
         speech = [(t.speech_start + off, max(t.speech_end - t.speech_start, 1e-3)) for t in turns]
@@ -341,13 +510,13 @@ class TimelinePlot:
         ends = [t.activity_end + off for t in turns]
         who = "workbench detector: " if self.their else ""
         self._turn_artists += [
-            ax.broken_barh(speech, (TURN_ROWS["speech (replay)"] - 0.35, 0.7), color="tab:purple", alpha=0.8,
+            ax.broken_barh(speech, (rows["speech (replay)"] - 0.35, 0.7), color="tab:purple", alpha=0.8,
                            label=f"{who}speech (replay)"),
-            ax.broken_barh(open_, (TURN_ROWS["turn open (replay)"] - 0.35, 0.7), color="tab:pink", alpha=0.8,
+            ax.broken_barh(open_, (rows["turn open (replay)"] - 0.35, 0.7), color="tab:pink", alpha=0.8,
                            label=f"{who}turn open (replay)"),
         ]
         if ends:
-            (line,) = ax.plot(ends, [TURN_ROWS["turn open (replay)"]] * len(ends), ls="none", marker="|", ms=14,
+            (line,) = ax.plot(ends, [rows["turn open (replay)"]] * len(ends), ls="none", marker="|", ms=14,
                               mew=2, color="black", label="ActivityEnd (replay)")
             self._turn_artists.append(line)
         self._legend(ax)
@@ -378,11 +547,20 @@ class TimelinePlot:
         if not len(gaps):
             return
         gaps = gaps[(gaps["t"] >= lo) & (gaps["start_t"] <= hi)]
+        frames = self.rec.of_kind("frame")
+        kinds = [self._gap_kind(frames, g.start_t, g.t) for g in gaps.itertuples(index=False)]
+        # An expected pause (the sender sent nothing: silence under DTX) is a quiet tint; a stall is red hatching.
+        style = {"dtx": ({"color": "0.6", "alpha": 0.15, "lw": 0}, "no packets: sender silent (DTX, expected)"),
+                 "stall": ({"facecolor": "tab:red", "alpha": 0.25, "hatch": "//", "edgecolor": "tab:red", "lw": 0},
+                           "frames stalled (media time went on)"),
+                 "unknown": ({"color": "grey", "alpha": 0.25, "hatch": "//", "lw": 0}, "frame gap (no frames arrived)")}
         for name in ("wave", "turns"):
             ax = self.axes[name]
-            for i, g in enumerate(gaps.itertuples(index=False)):
-                ax.axvspan(g.start_t, g.t, color="grey", alpha=0.25, hatch="//", lw=0,
-                           label="frame gap (no frames arrived)" if i == 0 else "_")
+            seen: set[str] = set()
+            for g, k in zip(gaps.itertuples(index=False), kinds, strict=True):
+                kw, label = style[k]
+                ax.axvspan(g.start_t, g.t, **kw, label="_" if k in seen else label)
+                seen.add(k)
             self._legend(ax)
 
     def _draw_sent(self) -> None:
@@ -404,8 +582,7 @@ class TimelinePlot:
                 if len(d):
                     ax.plot(d["t"], [SENT_ROWS["activity"]] * len(d), ls="none", marker=marker, color=color, ms=8,
                             label=label)
-                    dy = 0.0 if msg == "activity_start" else -0.001
-                    self._texts(ax, list(d["t"]), SENT_ROWS["activity"] + dy,
+                    self._texts("sent", list(d["t"]), SENT_ROWS["activity"],
                                 [f"{'start' if msg == 'activity_start' else 'end'} {n}" for n in d["n"]],
                                 color)
             for msg, marker, color in (("client_content", "D", "tab:purple"), ("tool_response", "P", "tab:orange")):
@@ -435,8 +612,8 @@ class TimelinePlot:
                     ax.plot(d["t"], [SERVER_ROWS["transcript"]] * len(d), ls="none", marker=marker, mfc="none",
                             color=color, ms=6, label=msg.replace("_", " "))
             if len(tr):
-                self._texts(ax, list(tr["t"]), SERVER_ROWS["transcript"],
-                            [str(x) for x in _col(tr, "text").fillna("")], "dimgrey")
+                ts, texts = _utterances(tr)
+                self._texts("server", ts, SERVER_ROWS["transcript"], texts, "dimgrey")
             for msg, row, marker, color in (
                 ("turn_complete", "turn", "*", "tab:green"), ("generation_complete", "turn", "|", "tab:olive"),
                 ("interrupted", "turn", "x", "tab:red"), ("tool_call", "tool / go_away", "P", "tab:purple"),
@@ -452,7 +629,7 @@ class TimelinePlot:
         if len(err):
             ax.plot(err["t"], [SERVER_ROWS["error / watchdog"]] * len(err), ls="none", marker="X", color="red", ms=9,
                     label="error")
-            self._texts(ax, list(err["t"]), SERVER_ROWS["error / watchdog"],
+            self._texts("server", list(err["t"]), SERVER_ROWS["error / watchdog"],
                         [f"{w}: {m}" for w, m in zip(_col(err, "where"), _col(err, "message"), strict=True)], "red")
         wd = self._events("watchdog")
         if len(wd):
@@ -474,7 +651,7 @@ class TimelinePlot:
         if len(cut):
             ax.plot(cut["t"], [SERVER_ROWS["turn"] - 0.3] * len(cut), ls="none", marker="v", color="tab:red", ms=8,
                     label="turn interrupted (barge-in)")
-            self._texts(ax, list(cut["t"]), SERVER_ROWS["turn"] - 0.3,
+            self._texts("server", list(cut["t"]), SERVER_ROWS["turn"] - 0.3,
                         ["greeting interrupted" if n == 0 else f"turn {int(n)} interrupted" for n in turn[cut.index]],
                         "tab:red")
         for action, marker, color in (("reconnect", "o", "tab:orange"), ("resend", ">", "tab:orange"),
@@ -483,8 +660,29 @@ class TimelinePlot:
             if len(d):
                 ax.plot(d["t"], [SERVER_ROWS["error / watchdog"]] * len(d), ls="none", marker=marker, color=color,
                         ms=8, label=f"client {action.replace('_', ' ')}")
-                self._texts(ax, list(d["t"]), SERVER_ROWS["error / watchdog"],
+                self._texts("server", list(d["t"]), SERVER_ROWS["error / watchdog"],
                             [f"{action} {r}" for r in _col(d, "reason").fillna("")], color)
+
+    @staticmethod
+    def _gap_kind(frames: pd.DataFrame, g0: float, g1: float) -> str:
+        """``dtx`` when the media time jumped by about the gap (the sender stopped: silence, DTX, mute; expected),
+        ``stall`` when it continued where it left off (frames were delayed), ``unknown`` without media times.
+
+        The same test as ``diagnose`` (``_arrived_late``): a frame's ``pts_s`` is its media time.
+        """
+        if not len(frames) or "pts_s" not in frames:
+            return "unknown"
+        t = frames["t"].to_numpy(float)
+        pts = frames["pts_s"].to_numpy(float)
+        before, after = np.flatnonzero(t <= g0 + 1e-9), np.flatnonzero(t >= g1 - 1e-9)
+        if not before.size or not after.size:
+            return "unknown"
+        # The jitter buffer hands out the frame it held when packets resume, so the jump shows a frame or two in.
+        k = after[min(2, after.size - 1)]
+        media = float(pts[k] - pts[before[-1]]) - (t[k] - t[after[0]])
+        if not np.isfinite(media) or media < 0:  # a new media origin: cannot tell
+            return "unknown"
+        return "stall" if media < 0.5 * (g1 - g0) else "dtx"
 
     @staticmethod
     def _audio_spans(audio: pd.DataFrame, rate: int = 24_000, join_s: float = 0.3) -> list[tuple[float, float]]:
@@ -515,25 +713,68 @@ class TimelinePlot:
                 if len(d):
                     ax.plot(d["t"], [WS_ROWS[row]] * len(d), ls="none", marker=marker, color=color, ms=8 if what !=
                             "close" else 11, label=what.replace("_", " "))
-            closes = ws[ws["what"].isin(["close", "close_frame_received"])]
-            if len(closes):
-                codes = _col(closes, "code")
-                reasons = _col(closes, "reason").fillna("")
-                self._texts(ax, list(closes["t"]), WS_ROWS["close / connect"],
-                            [f"close {int(c) if c == c and c is not None else '?'} {r}".strip()
-                             for c, r in zip(codes, reasons, strict=True)], "red")
+            ts, texts = _close_labels(ws)
+            self._texts("ws", ts, WS_ROWS["close / connect"], texts, "red")
+            rc = ws[ws["what"] == "reconnect"]
+            self._texts("ws", list(rc["t"]), WS_ROWS["close / connect"], ["reconnect"] * len(rc), "tab:orange")
         self._rows(ax, WS_ROWS)
         ax.set_ylabel("websocket")
         lag = self._events("loop_lag")
         if len(lag):
             ax2 = ax.twinx()
-            ax2.step(lag["t"], lag["lag_ms"], where="post", color="tab:grey", lw=0.8, alpha=0.8)
-            ax2.set_ylabel("loop lag (ms)", color="tab:grey", fontsize="small")
-            ax2.set_ylim(0, max(50.0, float(lag["lag_ms"].max()) * 1.2))
-            ax.plot([], [], color="tab:grey", lw=0.8, label="event-loop lag (right axis, ms)")
+            ax2.set_zorder(ax.get_zorder() - 1)  # under the markers, which stay on top
+            ax.patch.set_visible(False)
+            t, ms = lag["t"].to_numpy(float), lag["lag_ms"].to_numpy(float)
+            ax2.fill_between(t, 0, ms, step="post", color="tab:purple", alpha=0.18, lw=0)
+            ax2.step(t, ms, where="post", color="tab:purple", lw=1.1)
+            ax2.set_ylabel("loop lag (ms)", color="tab:purple", fontsize="small")
+            ax2.tick_params(axis="y", colors="tab:purple", labelsize="small")
+            peak = float(np.nanmax(ms))
+            ax2.set_ylim(0, max(LAG_NOTE_MS, peak * 1.2))
+            note = f", max {peak:.0f} ms at {t[int(np.nanargmax(ms))]:.1f} s" if peak >= LAG_NOTE_MS else ""
+            ax.plot([], [], color="tab:purple", lw=1.1, label=f"event-loop lag (right axis{note})")
             self._legend(ax, x=1.06)  # clear of the twin axis' ticks and label
             return
         self._legend(ax)
+
+
+def _utterances(tr: pd.DataFrame) -> tuple[list[float], list[str]]:
+    """Transcription fragments joined into utterances (per direction): one label per utterance, at its first
+    fragment, instead of a label per word that no placement can keep apart."""
+    out: list[tuple[float, str]] = []
+    for msg in ("input_transcription", "output_transcription"):
+        d = tr[tr["msg"] == msg]
+        last_t, parts, start = None, [], 0.0
+        for t, text in zip(d["t"].to_numpy(float), _col(d, "text").fillna("").astype(str), strict=True):
+            if last_t is not None and t - last_t > JOIN_TRANSCRIPT_S and parts:
+                out.append((start, "".join(parts)))
+                parts = []
+            if not parts:
+                start = t
+            elif text and not text[0].isspace() and not parts[-1][-1:].isspace():
+                text = " " + text
+            parts.append(text)
+            last_t = t
+        if parts:
+            out.append((start, "".join(parts)))
+    out = [(t, s.strip()) for t, s in sorted(out) if s.strip()]
+    return [t for t, _ in out], [s for _, s in out]
+
+
+def _close_labels(ws: pd.DataFrame) -> tuple[list[float], list[str]]:
+    """One label per connection close: the close code and reason, from the close frame received just before our
+    own ``close`` event when there was one (two labels for one close would sit on top of each other)."""
+    closes = ws[ws["what"].isin(["close", "close_frame_received"])].sort_values("t")
+    codes, reasons = _col(closes, "code"), _col(closes, "reason").fillna("")
+    out: list[tuple[float, str, str]] = []
+    for t, what, c, r in zip(closes["t"].to_numpy(float), closes["what"], codes, reasons, strict=True):
+        code = str(int(c)) if c is not None and c == c else ""
+        if out and what == "close" and out[-1][1] == "close_frame_received" and t - out[-1][0] <= 1.0:
+            t0, _, text = out.pop()
+            out.append((t0, "close", text if code == "" else f"close {code} {r}".strip()))
+            continue
+        out.append((t, what, f"close {code or '(no code)'} {r}".strip()))
+    return [t for t, _, _ in out], [s for _, _, s in out]
 
 
 def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | None = None,
