@@ -112,3 +112,50 @@ def test_end_model_scores_show_and_its_threshold_slider_replays_without_rescorin
     assert not any(ended and prob < 0.95 for _, prob, ended in p.end_scores)
     assert p._memo_model.calls <= calls + 2  # the same silences, the same audio: scored once
     assert "model scores" in p.stats.value
+
+
+def _legend_texts(panel: TuningPanel) -> list[str]:
+    legend = panel.plot.axes["level"].get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend is not None else []
+
+
+def test_panel_opens_on_the_parameters_it_was_given() -> None:
+    given = TurnParams(silence_ms=700, start_db=-38, stop_db=-47, min_speech_ms=120, pre_roll_ms=250,
+                       max_turn_ms=150_000)  # max_turn_ms beyond the slider's usual range: widened, not clipped
+    p = TuningPanel(str(CANDIDATE), params=given)
+    assert {k: s.value for k, s in p.sliders.items()} == {k: float(getattr(given, k)) for k in p.sliders}
+    assert p.current_params() == given and p.params == given
+
+
+def test_legend_and_sliders_follow_the_scorer(panel: TuningPanel) -> None:
+    panel.scorer.value = "energy"
+    assert {"start_db", "stop_db"} <= set(_legend_texts(panel))
+    assert not panel.sliders["start_db"].disabled and not panel.sliders["stop_db"].disabled
+    image = panel.image.value
+    panel.scorer.value = "webrtcvad"
+    assert not {"start_db", "stop_db"} & set(_legend_texts(panel))  # no threshold lines, none in the legend
+    assert panel.sliders["start_db"].disabled and panel.sliders["stop_db"].disabled
+    assert not panel.sliders["silence_ms"].disabled
+    assert panel.image.value != image
+    panel.scorer.value = "energy"
+    assert {"start_db", "stop_db"} <= set(_legend_texts(panel)) and not panel.sliders["start_db"].disabled
+
+
+def test_turn_table_is_styled_numbered_from_one_and_rounded(panel: TuningPanel) -> None:
+    panel.sliders["silence_ms"].value = 700
+    html = panel.table.value
+    assert "border:1px solid" in html and "background:#f6f6f6" in html  # borders and striping
+    import re
+
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)
+    assert cells[0::8] == [str(i) for i in range(1, len(panel.turns) + 1)]  # turns counted from 1
+    ms = cells[6::8]
+    assert ms and all(re.fullmatch(r"-?\d+", v) for v in ms)  # whole milliseconds, not "780.00"
+    assert all(re.fullmatch(r"-?\d+\.\d\d", v) for v in cells[1::8])
+
+
+def test_saved_message_clears_on_the_next_move(panel: TuningPanel, tmp_path: Path) -> None:
+    panel.save(tmp_path / "p.json")
+    assert panel.message.value.startswith("saved")
+    panel.sliders["min_speech_ms"].value = panel.sliders["min_speech_ms"].value + 10
+    assert panel.message.value == ""

@@ -43,6 +43,8 @@ SLIDERS: dict[str, tuple[float, float, float, str]] = {
 CHOICES: dict[str, list[str]] = {"scorer": ["energy", "webrtcvad", "silero"], "endpointing": ["fixed", "dynamic"],
                                  "end_model": ["none", "smart-turn"]}
 _CACHE_SIZE = 64  # parameter sets whose turns are kept (slow scorers)
+# Sliders that only the energy scorer reads: webrtcvad and Silero judge speech with their own model and threshold.
+ENERGY_ONLY = ("start_db", "stop_db")
 
 
 class TuningPanel:
@@ -71,7 +73,10 @@ class TuningPanel:
 
         self.sliders: dict[str, Any] = {}
         for name, (lo, hi, step, unit) in SLIDERS.items():
-            value = float(np.clip(getattr(params, name), lo, hi))
+            # The panel opens on the parameters it was given: a value outside the usual range widens the range
+            # instead of being clipped (a clipped slider would replay other parameters than the caller's).
+            value = float(getattr(params, name))
+            lo, hi = min(lo, value), max(hi, value)
             s = w.FloatSlider(value=value, min=lo, max=hi, step=step, description=f"{name}",
                               continuous_update=False, readout_format=".2f" if step < 1 else ".0f",
                               style={"description_width": "110px"}, layout=w.Layout(width="420px"))
@@ -106,6 +111,7 @@ class TuningPanel:
         self.plot.legend_values = False  # the legend is blitted once; values are on the sliders
         self._canvas = _agg_canvas(self.plot.fig)
         self._background: Any = None
+        self._background_scorer: str | None = None  # the legend differs per scorer: redrawn when it changes
 
         controls = w.VBox([*self.sliders.values(), *self.choices.values(), w.HBox([self.save_path, self.save_button]),
                            self.message, self.stats])
@@ -156,6 +162,10 @@ class TuningPanel:
         t1 = time.perf_counter()
         self.params, self.turns = params, turns
         self.end_scores = self._scores.get(params, [])
+        for name in ENERGY_ONLY:  # the thresholds a model scorer ignores cannot be moved
+            self.sliders[name].disabled = params.scorer != "energy"
+        if "end_threshold" in self.sliders:  # read only by the end-of-turn model
+            self.sliders["end_threshold"].disabled = params.end_model == "none"
         self._redraw()
         t2 = time.perf_counter()
         self.table.value = self.turn_table_html()
@@ -203,29 +213,37 @@ class TuningPanel:
         dynamic = self.plot._turn_artists + self.plot._threshold_artists
         for a in dynamic:
             a.set_animated(True)
-        if self._background is None:
-            self._canvas.draw()  # animated artists are left out of a full draw
+        scorer_kind = "energy" if self.params.scorer == "energy" else "model"
+        if self._background is None or self._background_scorer != scorer_kind:
+            self._canvas.draw()  # animated artists are left out of a full draw; the legend is in it
             self._background = self._canvas.copy_from_bbox(self.plot.fig.bbox)
+            self._background_scorer = scorer_kind
         self._canvas.restore_region(self._background)
         for a in dynamic:
             self.plot.fig.draw_artist(a)
         self.image.value = _png(self._canvas)
 
     def turn_table_html(self) -> str:
-        """The turns as an HTML table (seconds on the plot's clock)."""
-        import pandas as pd
-
-        off = self.offset_s
-        df = pd.DataFrame([{
-            "speech start (s)": t.speech_start + off, "ActivityStart (s)": t.activity_start + off,
-            "speech end (s)": t.speech_end + off, "ActivityEnd (s)": t.activity_end + off,
-            "length (s)": t.activity_end - t.activity_start,
-            "end after speech (ms)": (t.activity_end - t.speech_end) * 1000, "ended by": t.end_reason,
-        } for t in self.turns])
-        if df.empty:
+        """The turns as a bordered, striped HTML table: turns numbered from 1, seconds to 2 places on the plot's
+        clock, milliseconds whole.  Styles are inline (a widget's HTML gets no notebook stylesheet)."""
+        if not self.turns:
             return "<i>no turns with these parameters</i>"
-        df.index = pd.RangeIndex(1, len(df) + 1, name="turn")
-        return df.to_html(float_format=lambda v: f"{v:.2f}", border=0)
+        off = self.offset_s
+        cols = ("turn", "speech start (s)", "ActivityStart (s)", "speech end (s)", "ActivityEnd (s)", "length (s)",
+                "end after speech (ms)", "ended by")
+        cell = "border:1px solid #bbb;padding:2px 8px;"
+        head = "".join(f"<th style='{cell}background:#eee;text-align:center'>{_esc(c)}</th>" for c in cols)
+        rows = []
+        for i, t in enumerate(self.turns, start=1):
+            values = (str(i), f"{t.speech_start + off:.2f}", f"{t.activity_start + off:.2f}",
+                      f"{t.speech_end + off:.2f}", f"{t.activity_end + off:.2f}",
+                      f"{t.activity_end - t.activity_start:.2f}", f"{(t.activity_end - t.speech_end) * 1000:.0f}",
+                      _esc(t.end_reason))
+            shade = "background:#f6f6f6;" if i % 2 == 0 else ""
+            rows.append("<tr>" + "".join(f"<td style='{cell}{shade}text-align:{'left' if j == 7 else 'right'}'>"
+                                         f"{v}</td>" for j, v in enumerate(values)) + "</tr>")
+        return (f"<table style='border-collapse:collapse;font-size:90%'><thead><tr>{head}</tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>")
 
     def _on_save(self, _button: Any = None) -> None:
         try:
