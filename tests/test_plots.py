@@ -190,9 +190,9 @@ def test_cli_plot_writes_png_and_reports_errors(rec: Recording, tmp_path: Path) 
 def test_empty_rows_are_left_out(rec: Recording) -> None:
     p = TimelinePlot(rec)
     rows = {name: [t.get_text() for t in p.axes[name].get_yticklabels()] for name in ("turns", "sent", "ws")}
-    assert rows["turns"] == ["turn open (live)", "speech (live VAD)"]  # no replay asked for: no replay rows
+    assert rows["turns"] == ["speech (live VAD)", "turn open (live)"]  # no replay asked for: no replay rows
     assert "other" not in rows["sent"] and "audio" in rows["sent"]  # nothing but audio and activity was sent
-    assert rows["ws"] == ["close / connect", "pong", "ping"]
+    assert rows["ws"] == ["ping", "pong", "close / connect"]
     # the markers moved with their rows: ActivityStart sits on the activity row's new position
     assert set(_line(p.axes["sent"], "ActivityStart").get_ydata()) == {p.rows["sent"]["activity"]}
     with pytest.raises(ValueError, match="without replay rows"):

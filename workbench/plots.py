@@ -2,8 +2,10 @@
 
 Why one figure with a shared x axis (session clock, seconds): every failure in DESIGN.md §3 is a
 question of *order in time* across stages (speech ended, ActivityEnd left, a pong never came).
-Dense event streams are drawn as rugs and row markers with a legend, never as free text, so labels
-cannot pile up; text appears only where few events are in view.
+Dense event streams are drawn as rugs and row markers with a legend; text labels (turn numbers,
+transcripts joined into utterances, close codes, client decisions) are placed by their measured
+extents so that none overlaps another or leaves its panel (cut with an ellipsis, or left out when
+there is no room).  Rows with nothing in them are left out.
 
 matplotlib is imported inside functions so that ``workbench --help`` stays fast; figures are made
 with ``matplotlib.figure.Figure`` (no pyplot state), so they render headless (Agg) anywhere.
@@ -236,8 +238,8 @@ class TimelinePlot:
             used.update(r for r in map(row_of, ys(a)) if r is not None)
         for a in scatters:
             used.update(r for r in map(row_of, np.asarray(a.get_offsets())[:, 1]) if r is not None)
-        names = sorted(used, key=lambda n: rows[n])
-        new = {n: float(i) for i, n in enumerate(names)}
+        rank = {n: float(i) for i, n in enumerate(sorted(used, key=lambda n: rows[n]))}
+        new = {n: rank[n] for n in rows if n in used}  # the panel's own order of rows (top first), closed up
 
         def move(y: np.ndarray) -> np.ndarray:
             out = np.array(y, dtype=float)
