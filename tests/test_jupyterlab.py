@@ -263,6 +263,7 @@ def _open_and_run_all(lab: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return cells
 
 
+@pytest.mark.timeout(300)  # the first one also starts JupyterLab and Chromium
 @pytest.mark.parametrize("name", list(CASES))
 def test_notebook_runs_in_jupyterlab(lab: dict[str, Any], name: str) -> None:
     cdp: Cdp = lab["cdp"]
