@@ -22,7 +22,19 @@ from aiortc.mediastreams import MediaStreamTrack
 from google.genai import types
 
 from . import live, naive
-from .connection import Action, CancelTool, ClientCore, Connect, GiveUp, Reason, Record, RecoveryConfig, RunTool, Send
+from .connection import (
+    Act,
+    Action,
+    CancelTool,
+    ClientCore,
+    Connect,
+    GiveUp,
+    Reason,
+    Record,
+    RecoveryConfig,
+    RunTool,
+    Send,
+)
 from .eventloop import running_loop_name
 from .events import Client, Error, Event, LoopLag, SessionMark, Ws
 from .ingest import Received, ingest
@@ -189,7 +201,7 @@ class _Session:
         self.connecting = None
         actions = self.core.opened(self.clock(), a.conn)
         resent = [r.event.turn for r in actions if isinstance(r, Record) and isinstance(r.event, Client)
-                  and r.event.action == "resend"]
+                  and r.event.action == Act.RESEND]
         if resent:  # kept for readers of older recordings' marks; the facts are the Client events' fields
             self.emit(SessionMark(t=self.clock(), what="resend", detail=f"conn {a.conn}: turn(s) {resent}"))
         self.act(actions)

@@ -82,6 +82,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.DONE: frozenset(),
     State.GAVE_UP: frozenset(),
 }
+CONNECTED = frozenset({State.OPEN, State.DRAINING})  # a connection is up: server messages and timers count
 
 
 class Act(enum.StrEnum):
@@ -229,6 +230,10 @@ class RecoveryConfig:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _name(turn: LedgerTurn) -> str:
+    return "greeting" if turn.n == 0 else f"turn {turn.n}"
+
+
 @dataclass
 class _Handle:
     value: str
@@ -300,8 +305,10 @@ class ClientCore:
         self.connect_failures = 0
         self.tools.clear()  # tool calls belong to the connection that made them
         out: list[Action] = []
-        resumed = self.connect_handle is not None and self.clean is not None
-        covered = {id(x) for x in self.clean.covers} if resumed and self.clean is not None else set()
+        # connect_handle is the clean handle's value: server messages are ignored while connecting
+        covers = self.clean.covers if self.connect_handle is not None and self.clean is not None else None
+        resumed = covers is not None
+        covered = {id(x) for x in covers or []}
         for turn in self.ledger.turns:
             if turn.dropped or id(turn) in covered or not turn.items:
                 continue
@@ -316,7 +323,7 @@ class ClientCore:
             turn.on_connection(conn, self.next_index, t)
             self.next_index += len(turn.items)
             out += [Send(item, conn) for item in turn.items]
-        for turn in self.clean.covers if resumed and self.clean is not None else []:
+        for turn in covers or []:
             if turn.closed and not turn.answered and not turn.dropped:
                 out.append(self._client(t, Act.SKIP_RESEND, Reason.CONSUMED_BY_SERVER, turn=turn.n,
                                         handle=self.connect_handle))
@@ -343,7 +350,7 @@ class ClientCore:
 
     def lost(self, t: float, conn: int, reason: Reason, detail: str) -> list[Action]:
         """Connection ``conn`` closed or a send on it failed (``reason``: closed | send_failed)."""
-        if conn != self.conn or self.state not in (State.OPEN, State.DRAINING):
+        if conn != self.conn or self.state not in CONNECTED:
             return []  # an old connection, or already being replaced
         return self._reconnect(t, reason, detail)
 
@@ -367,14 +374,14 @@ class ClientCore:
     def tool_done(self, t: float, call_id: str, reply: Any) -> list[Action]:
         """A tool call finished: its reply goes out if the call is still live on the current connection."""
         conn = self.tools.pop(call_id, None)
-        if conn != self.conn or self.state not in (State.OPEN, State.DRAINING):
+        if conn != self.conn or self.state not in CONNECTED:
             return []
         self.next_index += 1
         return [Send(reply, self.conn)]
 
     def server(self, t: float, conn: int, msg: Incoming) -> list[Action]:
         """One fact of a server message read on connection ``conn``."""
-        if conn != self.conn or self.state not in (State.OPEN, State.DRAINING):
+        if conn != self.conn or self.state not in CONNECTED:
             return []
         self.last_server_t = t
         out: list[Action] = []
@@ -383,8 +390,8 @@ class ClientCore:
             out.append(self._client(t, Act.INTERRUPTED, Reason.BARGE_IN, turn=turn.n, attempt=turn.sends))
         if what == "answered" and turn is not None and turn.progress_t is None and self.config.recovers:
             turn.answered_t = None  # nothing came: the turn is in the context, unanswered
-            return out + self._reconnect(t, Reason.EMPTY_ANSWER, f"turn_complete with no content for "
-                                         f"{'greeting' if turn.n == 0 else f'turn {turn.n}'}", turn=turn.n)
+            return out + self._reconnect(t, Reason.EMPTY_ANSWER, f"turn_complete with no content for {_name(turn)}",
+                                         turn=turn.n)
         if msg.kind == "session_resumption_update":
             self._handle_update(t, msg)
         elif msg.kind == "tool_call":
@@ -422,11 +429,10 @@ class ClientCore:
         out: list[Action] = []
         if self.state == State.DRAINING:
             out += self._maybe_switch(t)
-        if self.state in (State.OPEN, State.DRAINING):
+        if self.state in CONNECTED:
             out += self._watch(t)
-        for turn in self.ledger.turns:
-            if (turn.n == 0 and not turn.answered and not turn.dropped and turn.closed_t is not None
-                    and t >= turn.closed_t + self.config.greeting_timeout_s):
+        for turn in self._greeting_waiting():
+            if t >= self._greeting_deadline(turn):
                 turn.dropped = True  # whatever the watchdog does: the user is not kept waiting any longer
                 out.append(self._client(t, Act.SKIP_RESEND, Reason.GREETING_UNANSWERED, turn=0, attempt=turn.sends,
                                         detail=f"greeting unanswered for {self.config.greeting_timeout_s:g} s; "
@@ -446,15 +452,23 @@ class ClientCore:
         if self.state == State.DRAINING and self.go_away_deadline is not None:
             due.append(self.go_away_deadline)
         head = self._due_turn()
-        if head is not None and head.due_t is not None and self.state in (State.OPEN, State.DRAINING):
+        if head is not None and head.due_t is not None and self.state in CONNECTED:
             due += [d for d, _ in self._deadlines(head)]
         if self.input_done_t is not None and not self.config.recovers:
             due.append(self.input_done_t + self.config.response_timeout_s)
-        due += [turn.closed_t + self.config.greeting_timeout_s for turn in self.ledger.turns
-                if turn.n == 0 and not turn.answered and not turn.dropped and turn.closed_t is not None]
+        due += [self._greeting_deadline(turn) for turn in self._greeting_waiting()]
         return min(due) if due else None
 
     # -- decisions --------------------------------------------------------------------------------
+    def _greeting_waiting(self) -> list[LedgerTurn]:
+        """The greeting, if it went out and is neither answered nor given up on."""
+        return [turn for turn in self.ledger.turns
+                if turn.n == 0 and turn.closed and not turn.answered and not turn.dropped]
+
+    def _greeting_deadline(self, turn: LedgerTurn) -> float:
+        assert turn.closed_t is not None
+        return turn.closed_t + self.config.greeting_timeout_s
+
     def _max_sends(self, turn: LedgerTurn) -> int:
         return 2 if turn.n == 0 else 1 + self.config.max_resends
 
@@ -514,7 +528,7 @@ class ClientCore:
             return []
         _, reason = due[0]
         waited = t - max(head.due_t, head.progress_t or head.due_t)
-        what = "greeting" if head.n == 0 else f"turn {head.n}"
+        what = _name(head)
         if reason == Reason.ANSWER_COMPLETE:
             head.answered_t = t
             return [self._client(t, Act.SKIP_RESEND, Reason.ANSWER_COMPLETE, turn=head.n, attempt=head.sends,

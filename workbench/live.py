@@ -21,9 +21,9 @@ from google.genai import types
 
 from .connection import Incoming
 from .events import Error, Event, Sent, Server
+from .recording import MODEL_RATE
 from .sender import Outgoing
 
-MODEL_RATE = 24_000  # the Live API's audio out
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 SYSTEM_INSTRUCTION = (
     "You are a friendly job interviewer. Ask one short question at a time and wait for the candidate's answer."
