@@ -331,12 +331,6 @@ class _Out:
 
 
 @dataclass(frozen=True)
-class _Pong:
-    data: bytes
-    ping_t: float
-
-
-@dataclass(frozen=True)
 class _HandleDue:
     """Issue a sessionResumptionUpdate when due (built then, so it snapshots that moment)."""
 
@@ -457,7 +451,7 @@ class SessionCore:
         self._answer_ids = itertools.count(1)
         self._busy_until = -math.inf  # end of the last scheduled answer: answers never interleave with barge-in
         self._last_pong_t = -math.inf
-        self._queue: list[tuple[float, int, int, _Out | Close | _Pong | _HandleDue]] = []
+        self._queue: list[tuple[float, int, int, _Out | Close | SendPong | _HandleDue]] = []
         self._seq = itertools.count()
         self._flood_next: float | None = None
         self._session_end_t: float | None = None
@@ -470,7 +464,7 @@ class SessionCore:
         self.violations.append(Violation(t, self.conn, rule, detail))
         self._log(t, "in", "violation", 0, f"{rule}: {detail}")
 
-    def _at(self, t: float, item: _Out | Close | _Pong | _HandleDue, answer: int = 0) -> None:
+    def _at(self, t: float, item: _Out | Close | SendPong | _HandleDue, answer: int = 0) -> None:
         heapq.heappush(self._queue, (t, next(self._seq), answer, item))
 
     def _take_fault(self, t: float, name: str, what: str) -> Fault | None:
@@ -539,7 +533,7 @@ class SessionCore:
         if at <= t:
             self._log(t, "out", "pong", len(data), "delay 0.000 s")
             return [SendPong(data, t, t)]
-        self._at(at, _Pong(data, t))
+        self._at(at, SendPong(data, t, at))
         return []
 
     def _receive(self, t: float, msg: Any) -> list[Action]:
@@ -919,9 +913,10 @@ class SessionCore:
             return
         start = self._answer_start(t)
         tx_t = start if cfg.input_tx_s is None else min(start, t + cfg.input_tx_s)
+        tx_out = _Out({"serverContent": {"inputTranscription": {"text": tx_text}}}, "input_transcription",
+                      len(tx_text or ""), tx_text)
         if tx:
-            self._at(tx_t, _Out({"serverContent": {"inputTranscription": {"text": tx_text}}},
-                                "input_transcription", len(tx_text or ""), tx_text))
+            self._at(tx_t, tx_out)
         if mode == "heard":
             self._log(t, "out", "fault", 0, f"no-response:heard: user turn {n} transcribed, never answered")
             return
@@ -937,8 +932,7 @@ class SessionCore:
             again = tx_t + cfg.late_gap_s
             answer = self._speak(max(start, again + self._latency(again)), user_turn=n)
             if tx:
-                self._at(again, _Out({"serverContent": {"inputTranscription": {"text": tx_text}}},
-                                     "input_transcription", len(tx_text or ""), tx_text), answer.id)
+                self._at(again, tx_out, answer.id)
             return
         if n in cfg.tool_call_turns:
             if self.tools:
@@ -1072,9 +1066,9 @@ class SessionCore:
                     assert self.conversation is not None
                     self.conversation.ended = True
                 return out + self._close(t, item.code, item.reason)
-            if isinstance(item, _Pong):
+            if isinstance(item, SendPong):  # ``at_t``: when it actually goes out, the tick's time
                 self._log(t, "out", "pong", len(item.data), f"delay {t - item.ping_t:.3f} s")
-                out.append(SendPong(item.data, item.ping_t, t))
+                out.append(dataclasses.replace(item, at_t=t))
                 continue
             if isinstance(item, _HandleDue):
                 payload, detail = self._handle_update(t, item.periodic)
@@ -1091,12 +1085,10 @@ class SessionCore:
             if answer is not None and item.kind == "tool_call":
                 self.tool_sent = True
                 self._answers.pop(aid)  # the model waits for the tool now: the tool call keeps it busy
-            elif answer is not None and item.kind == "turn_complete":
+            elif item.kind == "turn_complete":
                 if self.config.usage_metadata:
                     self._log(t, "out", "usage_metadata")
-                self._answers.pop(aid)
-            elif item.kind == "turn_complete" and self.config.usage_metadata:
-                self._log(t, "out", "usage_metadata")
+                self._answers.pop(aid, None)
         return out
 
     def next_due(self) -> float | None:

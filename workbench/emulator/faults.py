@@ -70,7 +70,7 @@ class Fault:
 
 def _no_response_arg(spec: str, arg: str) -> str:
     mode, _, turn = arg.partition(":")
-    if mode.isdigit() or _is_number(mode):
+    if _is_number(mode):  # a bare turn number
         mode, turn = "", arg
     if mode and mode not in NO_RESPONSE_MODES:
         raise ValueError(f"fault no-response: unknown mode {mode!r} in {spec!r}; choose one of: "

@@ -155,7 +155,7 @@ class Emulator:
         if self._own_cert_dir:
             shutil.rmtree(self.cert_path.parent, ignore_errors=True)
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: _Connection) -> None:  # serve(create_connection=_Connection)
         conn = next(self._conn_ids)
         faults = [f for f in self.config.faults if f.every_connection or conn == 0]
         core = SessionCore(self.config, conn, self.conversations, self._new_conversation, faults)
@@ -168,16 +168,14 @@ class Emulator:
         core.log.append(LogEntry(time.monotonic(), conn, "in", "api_key", 0, "present" if sent_key else "absent"))
         shell = _Shell(ws, core)
         self._shells.add(shell)
-        if isinstance(ws, _Connection):
-            ws.on_ping = shell.on_ping
-            ws.on_close_frame = lambda detail: core.connection_lost(time.monotonic(), detail)
+        ws.on_ping = shell.on_ping
+        ws.on_close_frame = lambda detail: core.connection_lost(time.monotonic(), detail)
         ticker = asyncio.create_task(shell.tick_loop())
         try:
             await shell.receive_loop()
         finally:
             self._shells.discard(shell)
-            if isinstance(ws, _Connection):
-                ws.on_ping = ws.on_close_frame = None
+            ws.on_ping = ws.on_close_frame = None
             ticker.cancel()
             with contextlib.suppress(BaseException):
                 await ticker
