@@ -60,25 +60,28 @@ def _resends(rec: Recording) -> list[tuple[float, list[int]]]:
 
     Consecutive re-sends at one moment (one reconnect) are one group; turn 0 (the greeting) is not an activity.
     """
-    cl = rec.of_kind("client")
     out: list[tuple[float, list[int]]] = []
-    if len(cl) and {"action", "turn"} <= set(cl.columns):
-        for row in cl[cl["action"] == "resend"].itertuples():
-            if pd.isna(row.turn) or int(row.turn) < 1:
-                continue
-            if out and out[-1][0] == float(row.t):
-                out[-1][1].append(int(row.turn))
-            else:
-                out.append((float(row.t), [int(row.turn)]))
+    for t, n in _client_turns(rec, "resend"):
+        if n < 1:
+            continue
+        if out and out[-1][0] == t:
+            out[-1][1].append(n)
+        else:
+            out.append((t, [n]))
     return out
 
 
 def _interrupted(rec: Recording) -> list[tuple[float, int]]:
     """Barge-ins: when the client core counted a user turn's answer as interrupted, and which turn."""
+    return _client_turns(rec, "interrupted")
+
+
+def _client_turns(rec: Recording, action: str) -> list[tuple[float, int]]:
+    """The client core's ``client`` events of one action that name a turn: (t, turn), in recording order."""
     cl = rec.of_kind("client")
     if not len(cl) or not {"action", "turn"} <= set(cl.columns):
         return []
-    rows = cl[(cl["action"] == "interrupted") & cl["turn"].notna()]
+    rows = cl[(cl["action"] == action) & cl["turn"].notna()]
     return [(float(t), int(n)) for t, n in zip(rows["t"], rows["turn"], strict=True)]
 
 

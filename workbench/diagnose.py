@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -143,27 +144,51 @@ class Context:
     gave_up: dict[str, Any] | None = None  # session.json ``gave_up``: the bridge's terminal decision
     emu: pd.DataFrame | None = None  # the emulator's own log (emulator.jsonl beside the recording), if any
     turns: pd.DataFrame | None = None  # analysis.turn_table: which user turn each activity carried
+    connects: list[float] = field(default_factory=list)  # when each connection began (``_connect_times_of``)
+
+    # Derived once and shared by the rules (a frozen dataclass still caches into its ``__dict__``).
+    @cached_property
+    def closes(self) -> list[WsClose]:
+        return _ws_closes(self)
+
+    @cached_property
+    def pings(self) -> list[Ping]:
+        return _pings(self)
+
+    @cached_property
+    def responses(self) -> np.ndarray:
+        """When the application read a server message that answers an ask (``RESPONSE_KINDS``)."""
+        return _responses(self)
 
 
 # -- reading the events -----------------------------------------------------------------------------------------
 
 
+def _where(df: pd.DataFrame, eq: dict[str, Any]) -> pd.DataFrame | None:
+    """Rows whose columns equal (or, for tuples, are in) the given values; None when a column is absent."""
+    for col, val in eq.items():
+        if col not in df:
+            return None
+        df = df[df[col].isin(val)] if isinstance(val, tuple) else df[df[col] == val]
+    return df
+
+
 def _select(ev: pd.DataFrame, kind: str, **eq: Any) -> pd.DataFrame:
     """Rows of one kind whose columns equal (or, for tuples, are in) the given values."""
     df = ev[ev["kind"] == kind] if "kind" in ev else ev.iloc[0:0]
-    for col, val in eq.items():
-        if col not in df:
-            return df.iloc[0:0]
-        df = df[df[col].isin(val)] if isinstance(val, tuple) else df[df[col] == val]
-    return df.reset_index(drop=True)
+    hit = _where(df, eq)
+    return (df.iloc[0:0] if hit is None else hit).reset_index(drop=True)
 
 
 def _times(df: pd.DataFrame, **eq: Any) -> np.ndarray:
-    for col, val in eq.items():
-        if col not in df:
-            return np.array([])
-        df = df[df[col].isin(val)] if isinstance(val, tuple) else df[df[col] == val]
-    return df["t"].to_numpy(float)
+    """The ``t`` of the rows whose columns match, as ``_select`` matches them."""
+    hit = _where(df, eq)
+    return np.array([]) if hit is None else hit["t"].to_numpy(float)
+
+
+def _vad(c: Context, decision: str) -> np.ndarray:
+    """When the turn detector decided ``decision`` (speech_start / speech_end)."""
+    return _times(_select(c.events, "vad"), decision=decision)
 
 
 def _between(times: np.ndarray, lo: float, hi: float, *, closed_hi: bool = True) -> np.ndarray:
@@ -234,7 +259,10 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
     sends = wire_sends if len(wire_sends) else app_sends
     ping_timeout = live.get("ping_timeout_s", DEFAULT_PING_TIMEOUT_S)
     max_queue = live.get("max_queue")
-    acts, orphans, stray = _walk(sends, _connect_times_of(_select(ev, "ws")))
+    ws = _select(ev, "ws")
+    server_wire = _select(ev, "server", stage="wire")
+    connects = _connect_times_of(ws)
+    acts, orphans, stray = _walk(sends, connects)
     from .analysis import turn_table
 
     tt = turn_table(rec)
@@ -243,10 +271,10 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
         sends=sends,
         app_sends=app_sends,
         wire_sends=bool(len(wire_sends)),
-        wire_server=bool(len(_select(ev, "server", stage="wire"))),
+        wire_server=bool(len(server_wire)),
         server_app=_select(ev, "server", stage="app"),
-        server_wire=_select(ev, "server", stage="wire"),
-        ws=_select(ev, "ws"),
+        server_wire=server_wire,
+        ws=ws,
         frames_t=_select(ev, "frame")["t"].to_numpy(float),
         end_t=float(ev["t"].max()) if len(ev) else 0.0,
         ping_timeout_s=math.inf if ping_timeout is None else float(ping_timeout),
@@ -264,6 +292,7 @@ def context(rec: Recording, *, response_timeout_s: float = 5.0, lag_threshold_ms
         gave_up=rec.meta.get("gave_up") if isinstance(rec.meta.get("gave_up"), dict) else None,
         emu=_emulator_log(rec.path),
         turns=tt,
+        connects=connects,
     )
 
 
@@ -377,7 +406,7 @@ def _pings(c: Context) -> list[Ping]:
         t = float(row["t"])
         lat = _text(row, "latency_ms")
         pongs.append((t, _conn_of(row), t - float(lat) / 1000.0 if lat is not None else -math.inf))
-    closes = _ws_closes(c)
+    closes = c.closes
     out = []
     for _, row in _select(c.ws, "ws", what="ping").iterrows():
         t, conn = float(row["t"]), _conn_of(row)
@@ -488,9 +517,8 @@ def no_activity_end(c: Context) -> list[Finding]:
             f"ActivityStart at {_s(a.start_t)} was never followed by ActivityEnd",
             f"ActivityStart at {_s(a.start_t)}; {audio}; no ActivityEnd {where} at {_s(until)} "
             f"({until - a.start_t:.1f} s open)", a.start_t, why))
-    vad = _select(c.events, "vad")
-    starts = _times(vad, decision="speech_start")
-    ends = _times(vad, decision="speech_end")
+    starts = _vad(c, "speech_start")
+    ends = _vad(c, "speech_end")
     act_starts = np.array([a.start_t for a in c.activities])
     for i, ts in enumerate(starts):
         nxt = float(starts[i + 1]) if i + 1 < len(starts) else math.inf
@@ -509,7 +537,7 @@ CLOSED_FIRST = "the connection closed"  # how a cause that blames the close (not
 
 
 def _why_no_end(c: Context, start: float, until: float) -> str:
-    ends = _times(_select(c.events, "vad"), decision="speech_end")
+    ends = _vad(c, "speech_end")
     decided = _between(ends, start, until)
     app_end = _between(_times(c.app_sends, msg="activity_end"), start, until)
     tried = [float(x[0]) for x in (decided, app_end) if x.size]
@@ -548,8 +576,8 @@ def _why_no_end(c: Context, start: float, until: float) -> str:
 
 def _closed_before(c: Context, lo: float, hi: float) -> WsClose | None:
     """The close in [lo, hi] after which no new connection opened before ``hi``: the socket was gone."""
-    connects = _connect_times(c)
-    for cl in _ws_closes(c):
+    connects = c.connects
+    for cl in c.closes:
         if lo <= cl.t <= hi + 0.05 and not [x for x in connects if cl.t < x <= hi]:
             return cl
     return None
@@ -557,7 +585,7 @@ def _closed_before(c: Context, lo: float, hi: float) -> WsClose | None:
 
 def _vad_end_between(c: Context, lo: float, hi: float) -> float | None:
     """When the turn detector decided speech_end within [lo, hi], if it did."""
-    ts = _times(_select(c.events, "vad", decision="speech_end"))
+    ts = _vad(c, "speech_end")
     ts = ts[(ts >= lo) & (ts <= hi)]
     return float(ts[0]) if ts.size else None
 
@@ -703,7 +731,7 @@ def no_response_after_activity_end(c: Context) -> list[Finding]:
     is a turnComplete with nothing in it (python-genai #2117).
     """
     out = []
-    responses = _responses(c)
+    responses = c.responses
     wire_responses = _responses(c, c.server_wire)
     content = _times(c.server_app, msg=CONTENT_KINDS)
     completes = _times(c.server_app, msg="turn_complete")
@@ -873,7 +901,7 @@ def unanswered_pings(c: Context) -> list[Finding]:
     Judged per connection: a ping whose connection closed for another reason before its timeout ran
     out, or whose session ended first, gets no verdict.
     """
-    bad = [p for p in _pings(c) if p.outcome is PingOutcome.UNANSWERED]
+    bad = [p for p in c.pings if p.outcome is PingOutcome.UNANSWERED]
     if not bad:
         return []
     parts = []
@@ -900,7 +928,7 @@ def late_pongs(c: Context) -> list[Finding]:
     nothing closes on a late pong) or when the pongs stay well inside it; a warning when a pong used
     half the timeout or more, because the next one may trip it.
     """
-    late = [p for p in _pings(c) if p.answered and (p.latency_s or 0.0) >= LATE_PONG_S]
+    late = [p for p in c.pings if p.answered and (p.latency_s or 0.0) >= LATE_PONG_S]
     if not late:
         return []
     worst = max(late, key=lambda p: p.latency_s or 0.0)
@@ -951,9 +979,9 @@ CLOSE_CODES = {
 def close(c: Context) -> list[Finding]:
     """The websocket close: code, reason, which side, and the likely cause given the other evidence."""
     out = []
-    reconnect_ts = _connect_times(c)[1:]
-    pings = _pings(c)
-    for cl in _ws_closes(c):
+    reconnect_ts = c.connects[1:]
+    pings = c.pings
+    for cl in c.closes:
         t, code, reason, detail = cl.t, cl.code, cl.reason, cl.detail
         severity, meaning = CLOSE_CODES.get(code or 0, ("error", "unexpected close code"))
         from_server = cl.by == "server" or (cl.by == "unknown" and "from server" in detail)
@@ -992,15 +1020,12 @@ def close(c: Context) -> list[Finding]:
 
 def _keepalive_cause(c: Context, close_t: float, conn: int | None = None) -> str:
     """Why the keepalive closed the connection ``conn`` at ``close_t``: the verdict on its unanswered ping."""
-    unanswered = [p for p in _pings(c) if p.outcome is PingOutcome.UNANSWERED and p.t <= close_t
+    unanswered = [p for p in c.pings if p.outcome is PingOutcome.UNANSWERED and p.t <= close_t
                   and (conn is None or p.conn is None or p.conn == conn)]
     if not unanswered:
         idle = _receive_idle(c)
         if idle is not None:
-            full = "; max_queue reached" if c.max_queue and idle.unread_t.size >= c.max_queue else ""
-            return (f"pongs went unread because the receive loop stopped (last application read at "
-                    f"{_s(idle.last_app_t) if idle.last_app_t is not None else 'never'}, {idle.unread_t.size} "
-                    f"frame(s) unread{full})")
+            return _unread_cause(c, idle.last_app_t, idle.unread_t.size)
         return "no unanswered ping in the recording: cannot tell which (was the wire tap installed?)"
     return _why_unanswered(c, unanswered[-1])[1]
 
@@ -1034,11 +1059,7 @@ def _why_unanswered(c: Context, p: Ping) -> tuple[KeepaliveCause, str]:
     hi = min(p.t + c.ping_timeout_s, p.closed_t if p.closed_t is not None else c.end_t)
     unread = _unread_in(c, hi)
     if unread is not None:
-        last_t, n = unread
-        return KeepaliveCause.RECEIVE_STOPPED, (
-            f"pongs went unread because the receive loop stopped (last application read at "
-            f"{_s(last_t) if last_t is not None else 'never'}, {n} frame(s) unread"
-            f"{'; max_queue reached' if c.max_queue and n >= c.max_queue else ''})")
+        return KeepaliveCause.RECEIVE_STOPPED, _unread_cause(c, *unread)
     blocked = _blocked_in(c, p.t, hi)
     if blocked is not None:
         ms, at = blocked
@@ -1070,6 +1091,13 @@ def _why_unanswered(c: Context, p: Ping) -> tuple[KeepaliveCause, str]:
         f"running and no frames arrived ({last_wire}); {what} at {_s(due)} got no response (Failure A)")
 
 
+def _unread_cause(c: Context, last_t: float | None, n: int) -> str:
+    """The keepalive cause when ``n`` frames waited unread after the application's last read at ``last_t``."""
+    return (f"pongs went unread because the receive loop stopped (last application read at "
+            f"{_s(last_t) if last_t is not None else 'never'}, {n} frame(s) unread"
+            f"{'; max_queue reached' if c.max_queue and n >= c.max_queue else ''})")
+
+
 def _unread_in(c: Context, hi: float) -> tuple[float | None, int] | None:
     """Frames read off the socket by ``hi - READ_GRACE_S`` that the application had not read by ``hi``."""
     if "msg" not in c.server_wire or not len(c.server_wire):
@@ -1098,10 +1126,6 @@ def _blocked_in(c: Context, lo: float, hi: float) -> tuple[float, float] | None:
     return float(ms[i]), float(t[i])
 
 
-def _connect_times(c: Context) -> list[float]:
-    return _connect_times_of(c.ws)
-
-
 def _connect_times_of(ws: pd.DataFrame) -> list[float]:
     """When each connection began: the first ``connect``, then each ``reconnect`` (the bridge's decision to
     replace the connection, which it follows with its own ``connect``); without reconnects, the ``connect``s."""
@@ -1121,7 +1145,7 @@ def go_away(c: Context) -> list[Finding]:
     app = _select(c.server_app, "server", msg="go_away")
     df = app if len(app) else _select(c.server_wire, "server", msg="go_away")
     out = []
-    connects = _connect_times(c)
+    connects = c.connects
     for _, row in df.iterrows():
         t = float(row["t"])
         left = _text(row, "detail") or "?"
@@ -1145,12 +1169,12 @@ def reconnects(c: Context) -> list[Finding]:
     ActivityStart after the reconnect before the next ``vad`` speech_start (a re-send is not driven by new
     speech). Speech is also lost when a speech_start's window saw no audio sent at all (no connection).
     """
-    connects = _connect_times(c)
+    connects = c.connects
     again = connects[1:]
     if not again:
         return []
-    responses = _responses(c)
-    speech = _times(_select(c.events, "vad"), decision="speech_start")
+    responses = c.responses
+    speech = _vad(c, "speech_start")
     resend_marks = _times(_select(c.events, "session"), what="resend")
     lost: list[str] = []
     for i, r in enumerate(again):
@@ -1167,7 +1191,7 @@ def reconnects(c: Context) -> list[Finding]:
             if not _between(responses, a.end_t, r).size and not resent and not _sent_again(c, a):
                 lost.append(f"ActivityEnd at {_s(a.end_t)} unanswered before the reconnect at {_s(r)} and not re-sent")
     audio_t = _times(c.sends, msg=("audio", "activity_start"))
-    ends = _times(_select(c.events, "vad"), decision="speech_end")
+    ends = _vad(c, "speech_end")
     for i, ts in enumerate(speech):
         nxt = float(speech[i + 1]) if i + 1 < len(speech) else c.end_t
         stop = _between(ends, ts, nxt)
@@ -1181,28 +1205,30 @@ def reconnects(c: Context) -> list[Finding]:
     return [Finding("reconnects", "info", f"{len(again)} reconnect(s), no user turn lost", evidence, again[0])]
 
 
-def _later_attempt_answer(c: Context, a: Activity) -> float | None:
-    """When a later attempt of this activity's turn got a turnComplete (an empty answer's re-send), that time."""
+def _later_attempts(c: Context, a: Activity) -> pd.DataFrame | None:
+    """The turn table's later attempts of the turn this activity carried; None when the table has no such row."""
     tt = c.turns
     if tt is None or not len(tt) or a.end_t is None:
         return None
     row = tt[(tt["activity_end"] - a.end_t).abs() < 5e-3]
     if not len(row):
         return None
-    later = tt[(tt["turn"] == row["turn"].iloc[0]) & (tt["attempt"] > row["attempt"].iloc[0]) & tt["answered"]]
+    return tt[(tt["turn"] == row["turn"].iloc[0]) & (tt["attempt"] > row["attempt"].iloc[0])]
+
+
+def _later_attempt_answer(c: Context, a: Activity) -> float | None:
+    """When a later attempt of this activity's turn got a turnComplete (an empty answer's re-send), that time."""
+    later = _later_attempts(c, a)
+    if later is None:
+        return None
+    later = later[later["answered"]]
     return float(later["turn_complete"].iloc[0]) if len(later) and later["turn_complete"].notna().any() else None
 
 
 def _sent_again(c: Context, a: Activity) -> bool:
     """The turn table shows a later attempt of the turn this activity carried (the client core re-sent it)."""
-    tt = c.turns
-    if tt is None or not len(tt) or a.end_t is None:
-        return False
-    row = tt[(tt["activity_end"] - a.end_t).abs() < 5e-3]
-    if not len(row):
-        return False
-    turn, attempt = row["turn"].iloc[0], row["attempt"].iloc[0]
-    return bool(((tt["turn"] == turn) & (tt["attempt"] > attempt)).any())
+    later = _later_attempts(c, a)
+    return later is not None and bool(len(later))
 
 
 FLOOD_PER_S = 25.0  # server messages of one kind per second that is more than a live answer sends
@@ -1273,7 +1299,7 @@ def watchdog(c: Context) -> list[Finding]:
     """The response watchdog fired (``watchdog`` events: ``after_s``, ``action``), and whether an answer followed."""
     wd = _select(c.events, "watchdog")
     out = []
-    responses = _responses(c)
+    responses = c.responses
     for _, row in wd.iterrows():
         t = float(row["t"])
         after_s = _text(row, "after_s")
@@ -1380,17 +1406,16 @@ def resume_rejected(c: Context) -> list[Finding]:
     log entry, or a resumed connection closed 1011 by the server within seconds while the previous
     connection had not closed yet.
     """
-    seen: list[tuple[float, str]] = []
     by_client = [(float(row["t"]), f"the client core recorded {row.get('action')}/resume_rejected"
                   + (f" on conn {int(row['conn'])}" if _text(row, "conn") else ""))
                  for _, row in _client(c, reason="resume_rejected").iterrows()]
     by_server = [(float(row["t"]), f"the emulator rejected the resume ({_text(row, 'detail') or '?'})")
                  for _, row in _emu(c, "in", "resume_rejected").iterrows()]
     n = max(len(by_client), len(by_server))  # the same rejections, seen from both sides
-    seen = sorted(by_server[:2] + by_client[:2])
+    seen: list[tuple[float, str]] = sorted(by_server[:2] + by_client[:2])
     if not seen:
         n = 0
-        closes = _ws_closes(c)
+        closes = c.closes
         connects = _times(c.ws, what="connect")
         for t, handle in _resumes(c):
             prev = connects[connects < t]
@@ -1425,7 +1450,7 @@ def late_answer_masks_next_turn(c: Context) -> list[Finding]:
     its connection ends, its Failure A was hidden.  A repeated inputTranscription is named when present.
     """
     out = []
-    bounds = _connect_times(c)[1:] + [math.inf]
+    bounds = c.connects[1:] + [math.inf]
     asks = _times(c.sends, msg="client_content")
     items: list[tuple[float, int, Activity | None]] = [(float(t), 0, None) for t in asks]
     items += [(a.end_t, 0, a) for a in c.activities if a.end_t is not None]
@@ -1587,10 +1612,10 @@ RULES: tuple[Callable[[Context], list[Finding]], ...] = (
 
 def summary(c: Context) -> str:
     """Turns, answered turns, pings answered, loop lag: one line for the healthy finding."""
-    responses = _responses(c)
+    responses = c.responses
     answered = sum(1 for a in c.activities if a.end_t is not None
                    and _between(responses, a.end_t, min(a.next_start_t, c.end_t)).size)
-    every = _pings(c)
+    every = c.pings
     pings = [p for p in every if not p.pending]
     open_ = len(every) - len(pings)
     max_ms, _ = _max_lag(c)
