@@ -17,7 +17,6 @@ tick that late), ``INFER_MS`` being the median measured on this machine at the s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import publish, section  # noqa: E402
 
 from workbench import speechset  # noqa: E402
-from workbench.endturn import SmartTurn, smart_turn_path  # noqa: E402
+from workbench.endturn import MemoEndModel, ReadyAfter, SmartTurn, smart_turn_path  # noqa: E402
 from workbench.replay import RATE, detect_file  # noqa: E402
 from workbench.scorers import silero_model_path  # noqa: E402
 from workbench.sweep import evaluate_eot  # noqa: E402
@@ -40,38 +39,16 @@ SILENCE_MS = list(range(300, 3001, 100))
 TICK_MS = 10  # detect_file's tick
 
 
-class CachedModel:
+class CachedModel(MemoEndModel):
     """Smart Turn with a cache on the exact audio; ``submit`` returns a score ready after ``infer_ms``."""
 
     def __init__(self, infer_ms: float) -> None:
-        self.model = SmartTurn()
-        self.cache: dict[bytes, float] = {}
+        super().__init__(SmartTurn())
         # detect_file ticks every 10 ms and each tick looks at a pending score once: ready after infer_ms.
         self.polls = max(0, int(np.ceil(infer_ms / TICK_MS)) - 1)
-        self.calls = 0
 
-    def probability(self, audio: np.ndarray) -> float:
-        key = hashlib.blake2b(np.ascontiguousarray(audio, np.float32).tobytes(), digest_size=16).digest()
-        p = self.cache.get(key)
-        if p is None:
-            p = self.cache[key] = self.model.probability(audio)
-            self.calls += 1
-        return p
-
-    def submit(self, audio: np.ndarray) -> _Ready:
-        return _Ready(self.probability(audio), self.polls)
-
-
-class _Ready:
-    def __init__(self, p: float, polls: int) -> None:
-        self.p, self.left = p, polls
-
-    def done(self) -> bool:
-        self.left -= 1
-        return self.left < 0
-
-    def result(self) -> float:
-        return self.p
+    def submit(self, audio: np.ndarray) -> ReadyAfter:
+        return ReadyAfter(self.probability(audio), self.polls)
 
 
 def run_detector(x: np.ndarray, params: TurnParams, model: CachedModel | None) -> list:

@@ -164,7 +164,7 @@ def real_speech_in_noise() -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for pname, params in param_sets():
         params = TurnParams.from_dict({**params.to_dict(), "silence_ms": 1500})
-        for snr in (None, 20.0, 15.0, 10.0):
+        for snr in speechset.SNRS_DB:
             y = x if snr is None else speechset.with_noise(x, answers, snr, seed=1)
             r = evaluate(detect_file(y, 16000, params), answers, params.silence_ms)
             lines.append(f"| {pname} | {'clean' if snr is None else f'{snr:g} dB'} | {r['found']}/4 | {r['split']} | "

@@ -171,27 +171,13 @@ def test_smart_turn_scores_real_speech() -> None:
     assert 0.0 <= p <= 1.0
 
 
-class SlowFuture:
-    """A score that becomes ready after ``polls`` looks (a worker thread, without the thread's timing)."""
-
-    def __init__(self, p: float, polls: int) -> None:
-        self.p, self.left = p, polls
-
-    def done(self) -> bool:
-        self.left -= 1
-        return self.left < 0
-
-    def result(self) -> float:
-        return self.p
-
-
 class SubmitModel:
     def __init__(self, p: float, polls: int) -> None:
         self.p, self.polls, self.submitted = p, polls, 0
 
-    def submit(self, audio: np.ndarray) -> SlowFuture:
+    def submit(self, audio: np.ndarray) -> endturn.ReadyAfter:
         self.submitted += 1
-        return SlowFuture(self.p, self.polls)
+        return endturn.ReadyAfter(self.p, self.polls)
 
 
 def test_a_threaded_score_is_polled_on_the_clock_and_decides_when_ready() -> None:

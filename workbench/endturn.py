@@ -182,6 +182,24 @@ class ThreadedEndModel:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class ReadyAfter:
+    """A score that is ready at the ``polls + 1``-th ``done()``: a worker thread's latency, without its timing.
+
+    Offline replays use it to charge inference time to the detector's decisions deterministically
+    (``done()`` is looked at once per clock poll, see ``turns.py``).
+    """
+
+    def __init__(self, p: float, polls: int) -> None:
+        self.p, self.left = p, polls
+
+    def done(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+    def result(self) -> float:
+        return self.p
+
+
 def make_end_model(name: str) -> SmartTurn | None:
     """The end-of-turn model ``name`` names (``none`` -> None)."""
     if name == "none":

@@ -57,6 +57,7 @@ import dataclasses
 import json
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,15 +392,7 @@ class TurnDetector:
     def _model_audio(self, upto: float) -> np.ndarray:
         """The turn's audio up to media time ``upto`` (its last 8 s); frames that never came are zeros."""
         lo = max(self._turn_speech_t - self._pre_roll_s, upto - MODEL_WINDOW_S)
-        parts: list[np.ndarray] = []
-        for ct, chunk in self._model_buf:
-            ce = ct + chunk.shape[0] / self.rate
-            if ce <= lo + _EPS or ct >= upto - _EPS:
-                continue
-            i0 = max(0, round((lo - ct) * self.rate))
-            i1 = min(chunk.shape[0], round((upto - ct) * self.rate))
-            if i1 > i0:
-                parts.append(chunk[i0:i1])
+        parts = self._slices(self._model_buf, lo, upto)
         x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         missing = round((upto - max(lo, min(upto, self._stream_end))) * self.rate)
         if missing > 0:  # DTX / stopped frames: the silence the clock measured
@@ -467,9 +460,10 @@ class TurnDetector:
         return Decision(kind="speech_end", t=t, speech_t=self._last_speech_end, reason=reason,
                         level_db=self._level_db)
 
-    def _audio_between(self, lo: float, hi: float) -> np.ndarray:
+    def _slices(self, chunks: Iterable[tuple[float, np.ndarray]], lo: float, hi: float) -> list[np.ndarray]:
+        """The parts of ``(media t, samples)`` chunks that fall in media time ``[lo, hi)``, in order."""
         parts: list[np.ndarray] = []
-        for ct, chunk in self._history:
+        for ct, chunk in chunks:
             ce = ct + chunk.shape[0] / self.rate
             if ce <= lo + _EPS or ct >= hi - _EPS:
                 continue
@@ -477,6 +471,10 @@ class TurnDetector:
             i1 = min(chunk.shape[0], round((hi - ct) * self.rate))
             if i1 > i0:
                 parts.append(chunk[i0:i1])
+        return parts
+
+    def _audio_between(self, lo: float, hi: float) -> np.ndarray:
+        parts = self._slices(self._history, lo, hi)
         if not parts:
             return np.zeros(0, np.float32)
         if all(p.dtype == np.int16 for p in parts):
