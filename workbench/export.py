@@ -199,6 +199,19 @@ def otlp_json(rec: Recording) -> str:
                       separators=(",", ":"))
 
 
+def recorded_params(rec: Recording) -> TurnParams | None:
+    """The detector parameters in ``session.json``; None when there are none or they are a tapped bridge's own."""
+    from .turns import TurnParams
+
+    meta = rec.meta.get("params")
+    if not isinstance(meta, dict):
+        return None
+    try:
+        return TurnParams.from_dict(meta)
+    except ValueError:  # not the detector's keys or ranges
+        return None
+
+
 def detector_turns(rec: Recording, params: TurnParams) -> list[Turn]:
     """The workbench detector's turns on the session clock: a replay over the recorded frames (else mic.flac)."""
     from .replay import replay_recording
@@ -236,11 +249,7 @@ def export(rec: Recording, fmt: str, out: str | Path | None = None, params: Turn
         from .turns import TurnParams
 
         if params is None:
-            meta = rec.meta.get("params")
-            try:
-                params = TurnParams.from_dict(meta) if isinstance(meta, dict) else TurnParams()
-            except (TypeError, ValueError):  # a tapped bridge's own VAD settings, not the detector's
-                params = TurnParams()
+            params = recorded_params(rec) or TurnParams()
         text = audacity_labels(rec, params)
     path.write_text(text, encoding="utf-8")
     return path

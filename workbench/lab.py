@@ -27,10 +27,9 @@ import pandas as pd
 
 from . import bridge, live
 from .emulator import Emulator, EmulatorConfig, parse_fault
-from .recording import Recording, load
+from .recording import MIC_RATE, Recording, load
 from .turns import TurnParams
 
-RATE = 48_000
 # The real bridge's recovery bounds in the lab (tests/test_recovery.py's): shorter than the defaults (watchdog 5 s,
 # heard 20 s, dead connection 8 s) so that a server that never answers is given up on within ~15 s.
 FIXED_BRIDGE: Mapping[str, Any] = {"watchdog_s": 3.0, "heard_timeout_s": 4.0, "dead_connection_s": 5.0}
@@ -233,7 +232,7 @@ async def run_side(side: Side, samples: np.ndarray, out_dir: str | Path, *, name
 async def run(name: str, samples: np.ndarray, out_dir: str | Path, *, fixed: bool) -> LabRun:
     """One scenario, one way, on the first ``Scenario.seconds`` of ``samples`` (48 kHz int16)."""
     sc = SCENARIOS[name]
-    result, log, violations = await run_side(sc.side(fixed), samples[: int(sc.seconds * RATE)], out_dir,
+    result, log, violations = await run_side(sc.side(fixed), samples[: int(sc.seconds * MIC_RATE)], out_dir,
                                              name=f"lab-{name}", dtx=sc.dtx)
     return LabRun(name, fixed, load(out_dir), result, log, violations)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench.export import detector_turns, recorded_params
 from workbench.turns import TurnParams
 
 if TYPE_CHECKING:
@@ -127,11 +128,8 @@ class TimelinePlot:
         self.mic_start_t = mic_start_t
         # Replay turns are in mic media time: shift them onto the session clock.
         self.replay_offset_s = mic_start_t if replay_offset_s is None else replay_offset_s
-        if params is None and rec is not None and isinstance(rec.meta.get("params"), dict):
-            try:
-                params = TurnParams.from_dict(rec.meta["params"])
-            except ValueError:
-                params = None
+        if params is None and rec is not None:
+            params = recorded_params(rec)
         self.params = params
         events = rec.events if rec is not None else None
         lo, hi = self._full_range(events)
@@ -854,19 +852,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise ValueError(f"--from {t_range[0]:g} must be before --to {t_range[1]:g}")
     turns, offset = None, None
     if args.replay or rec.meta.get("recorder") == "tap":  # a tapped bridge: their VAD beside the workbench's
-        try:
-            params = TurnParams.from_dict(rec.meta["params"]) if isinstance(rec.meta.get("params"), dict) \
-                else TurnParams()
-        except ValueError:  # a tapped bridge's own VAD settings, not the detector's
-            params = TurnParams()
-        if len(rec.of_kind("frame")):  # the frames as they arrived, through the bridge's own mic pipeline
-            from workbench.replay import replay_recording
-
-            turns, offset = replay_recording(rec, params), 0.0
-        else:
-            from workbench.sweep import load_source, replay
-
-            turns = replay(load_source(rec).samples16k, params)
+        # the frames as they arrived through the bridge's own mic pipeline (else mic.flac), on the session clock
+        turns, offset = detector_turns(rec, recorded_params(rec) or TurnParams()), 0.0
     out = save_timeline(rec, args.out, t_range=t_range, replay_turns=turns, replay_offset_s=offset)
     print(f"wrote {out}")
     return 0
