@@ -15,7 +15,6 @@ receiver that holds less, closer to a browser's adaptive buffer on a quiet link)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import pct, publish, section  # noqa: E402
+from benchlib import arg_parser, pct, publish, section  # noqa: E402
 from google.genai import types  # noqa: E402
 
 from workbench import eventloop, live  # noqa: E402
@@ -111,8 +110,7 @@ def report(rounds: int, results: dict[str, tuple[list[float], list[float]]]) -> 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
+    ap = arg_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=20, help="interruptions per receiver setting")
     args = ap.parse_args()
 

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import CANDIDATE, OUT, ROOT, pct, process_cpu, publish, section  # noqa: E402
+from benchlib import CANDIDATE, OUT, ROOT, arg_parser, pct, process_cpu, publish, section  # noqa: E402
 
 TITLE = "Against the peers"
 HERE = Path(__file__).resolve().parent
@@ -91,14 +91,10 @@ class Track:
     labels: list[tuple[float, float]]
 
 
-def read_labels(path: Path) -> list[tuple[float, float]]:
-    return [(float(a), float(b)) for a, b, *_ in
-            (ln.split("\t") for ln in path.read_text().splitlines() if ln.strip())]
-
-
 def thinking_track() -> Track:
     """The candidate track with the longest pause inside each answer widened to ``THINK_S`` (digital silence)."""
     from workbench.audio import load_mono, to_int16
+    from workbench.sweep import read_labels
 
     x = to_int16(load_mono(CANDIDATE, 48_000))
     labels = read_labels(CANDIDATE.with_suffix(".labels.txt"))
@@ -129,6 +125,7 @@ def thinking_track() -> Track:
 
 def labelled_beside(audio: Path) -> Track:
     from workbench.audio import load_mono, to_int16
+    from workbench.sweep import read_labels
 
     labels = audio.with_suffix(".labels.txt")
     if not labels.exists():
@@ -510,8 +507,7 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
+    ap = arg_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--n", default="1,10", help="session counts; end of turn and cut-offs are measured at N = 1")
     ap.add_argument("--no-install", action="store_true", help="fail instead of creating bench/.peers-venv")

@@ -16,7 +16,6 @@ give-up) and to the answer of the re-sent turn.  ``--write`` puts the table in b
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import publish, section  # noqa: E402
+from benchlib import arg_parser, publish, section  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench import lab  # noqa: E402
@@ -131,8 +130,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="put the table into bench/BENCHMARKS.md")
+    ap = arg_parser(__doc__)
     ap.add_argument("--concurrency", type=int, default=4, help="sessions at once (default %(default)s)")
     args = ap.parse_args()
     samples = candidate()

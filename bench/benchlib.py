@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -62,6 +63,13 @@ def write_section(title: str, text: str, path: Path = BENCHMARKS) -> Path:
         doc = doc.rstrip("\n") + "\n\n" + block
     path.write_text(doc.rstrip("\n") + "\n", encoding="utf-8")
     return path
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench script's parser: described by its docstring's first line, with ``--write`` (see ``publish``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="update bench/BENCHMARKS.md")
+    return ap
 
 
 def publish(title: str, text: str, write: bool) -> None:

@@ -11,15 +11,13 @@ Chromium is installed (``make system`` installs Debian's ``chromium``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+from conftest import chromium, end_group
 
 import workbench
 from workbench.analysis import turn_table
@@ -38,13 +36,6 @@ RUNS = {"enabled": {"mute_mode": "enabled", "dtx": 0}, "enabled_dtx": {"mute_mod
 DEADLINE_S = 60.0
 
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("WORKBENCH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def _launch(binary: str, url: str, wav: Path, profile: Path) -> subprocess.Popen[bytes]:
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -58,20 +49,9 @@ def _launch(binary: str, url: str, wav: Path, profile: Path) -> subprocess.Popen
                             start_new_session=True)
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop this Chromium and the helpers it started (its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def browser_sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    binary = _chromium()
+    binary = chromium()
     if binary is None:
         pytest.skip("no Chromium found (apt-get install -y chromium, or set WORKBENCH_CHROMIUM)")
     root = tmp_path_factory.mktemp("browser")
@@ -95,7 +75,7 @@ def browser_sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
             pytest.fail(f"browser sessions did not end within {DEADLINE_S:.0f} s: {json.dumps(handle.status())}")
     finally:
         for proc in procs.values():
-            _end(proc)
+            end_group(proc, 5)
         handle.stop()
     return {s["options"]["mute_mode"] + ("_dtx" if s["options"]["dtx"] else ""): s for s in sessions}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reaped, sigkill
 
 import workbench
 from workbench.diagnose import diagnose
@@ -39,16 +39,10 @@ def _wait_for_activity(events: Path, proc: subprocess.Popen[bytes], min_pts_s: f
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crash") / "rec"
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "demo", "--out", str(out), "--quiet"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with reaped(subprocess.Popen([sys.executable, "-m", "workbench.cli", "demo", "--out", str(out), "--quiet"],
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) as proc:
         _wait_for_activity(out / "events.jsonl", proc, min_pts_s=6.0, timeout_s=60.0)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     assert proc.returncode == -signal.SIGKILL
     return out
 

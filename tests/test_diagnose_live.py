@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import soundfile as sf
+from conftest import SHORT_S, bundled_audio
 
 import workbench
 from workbench import bridge, live
-from workbench.cli import BUNDLED
 from workbench.diagnose import Finding, diagnose, format_findings
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.recording import Recording
 from workbench.turns import TurnParams
 
 pytestmark = pytest.mark.slow
-SHORT_S = 8.5  # the first answer (0.5-5.5 s) and the silence after it
 
 
 @dataclass
@@ -88,12 +86,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("diag-live")
-    x, rate = sf.read(BUNDLED, dtype="int16")
 
     async def go(name: str) -> tuple[str, Run]:
         kw = dict(SCENARIOS[name])
-        seconds = kw.pop("seconds", SHORT_S)
-        return name, await _one(root / name, x if seconds is None else x[: int(seconds * rate)], **kw)
+        return name, await _one(root / name, bundled_audio(kw.pop("seconds", SHORT_S)), **kw)
 
     async def all_of() -> dict[str, Run]:
         return dict(await asyncio.gather(*(go(n) for n in SCENARIOS)))

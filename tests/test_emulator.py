@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
+from conftest import run_until
 from google import genai
 from google.genai import errors, types
 
@@ -78,14 +79,6 @@ def user_turn(core: SessionCore, t: float, n_audio: int = 3) -> list:
     for i in range(n_audio):
         out += core.receive(t + 0.1 * i, AUDIO)
     return out + core.receive(t + 0.1 * n_audio, END)
-
-
-def run_until(core: SessionCore, t_end: float) -> list[tuple[float, Any]]:
-    """Tick exactly when the core asks to (``next_due``), up to ``t_end``, and collect (t, action)."""
-    out = []
-    while (t := core.next_due()) is not None and t <= t_end + 1e-9:
-        out += [(t, a) for a in core.tick(t)]
-    return out
 
 
 def payloads(actions: list[tuple[float, Any]]) -> list[dict]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
+from conftest import run_until
 from google import genai
 from google.genai import _live_converters, errors, types
 
@@ -97,13 +98,6 @@ def user_turn(core: SessionCore, t: float, k: int = 0, n_audio: int = 3) -> list
     for i in range(n_audio):
         out += core.receive(t + 0.1 * i, audio_msg(pcm(k)))
     return out + core.receive(t + 0.1 * n_audio, END)
-
-
-def run_until(core: SessionCore, t_end: float) -> list[tuple[float, Any]]:
-    out = []
-    while (t := core.next_due()) is not None and t <= t_end + 1e-9:
-        out += [(t, a) for a in core.tick(t)]
-    return out
 
 
 def sc(payload: dict) -> dict:

@@ -8,45 +8,29 @@ the reproductions.  They run concurrently in one event loop, in two module fixtu
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
+from conftest import SHORT_S, EmulatedRun, bundled_audio
 
 import workbench
 from workbench import bridge, live
-from workbench.cli import BUNDLED
 from workbench.diagnose import Finding, diagnose
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.naive import FrameCountDetector, check_mode
-from workbench.recording import Recording
 from workbench.turns import TurnParams
 
 pytestmark = pytest.mark.slow
-SHORT_S = 8.5  # the first answer (0.5-5.5 s) and the silence after it
 
 
-@dataclass
-class Run:
-    result: bridge.SessionResult
-    rec: Recording
-    emu_log: list[Any]
-    violations: list[Any]
-
+class Run(EmulatedRun):
     def findings(self, **kw: Any) -> list[Finding]:
         return diagnose(self.rec, **kw)
 
     def codes(self, **kw: Any) -> dict[str, Finding]:
         return {f.code: f for f in reversed(self.findings(**kw))}
-
-
-def audio(seconds: float | None = None) -> np.ndarray:
-    x, rate = sf.read(BUNDLED, dtype="int16")
-    assert rate == 48_000
-    return x if seconds is None else x[: int(seconds * 48_000)]
 
 
 async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, naive: str | None = None,
@@ -108,7 +92,7 @@ REPRO = {
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("repro")
-    short = audio(SHORT_S)
+    short = bundled_audio(SHORT_S)
     return asyncio.run(many(root, {name: {"samples": short, "profile": "ideal", **kw} for name, kw in REPRO.items()}))
 
 
@@ -204,7 +188,7 @@ SURVIVE = {
 @pytest.fixture(scope="module")
 def survived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("survive")
-    full = audio()
+    full = bundled_audio()
     return asyncio.run(many(root, {name: {"samples": full, "faults": f} for name, f in SURVIVE.items()}))
 
 

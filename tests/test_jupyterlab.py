@@ -19,8 +19,6 @@ import base64
 import itertools
 import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import chromium, end_group
 
 pytestmark = pytest.mark.slow
 
@@ -41,28 +40,10 @@ RUN_TIMEOUT_S = 120.0  # per notebook, Run All to idle
 START_TIMEOUT_S = 60.0
 
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("WORKBENCH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process this test started and its children (its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _copy_notebooks(dest: Path, recordings: Path) -> None:
@@ -167,7 +148,7 @@ SLIDER = """(() => { const w = PANEL;
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A JupyterLab server on a free port and one headless Chromium page connected to it over CDP."""
-    binary = _chromium()
+    binary = chromium()
     if binary is None:
         pytest.skip("no Chromium found (apt-get install -y chromium, or set WORKBENCH_CHROMIUM)")
     pytest.importorskip("jupyterlab")
@@ -239,8 +220,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
         cdp.ws.close()
     finally:
         if browser is not None:
-            _end(browser)
-        _end(server)
+            end_group(browser, 10)
+        end_group(server, 10)
         log.close()
 
 

@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
+from conftest import EmulatedRun, bundled_audio
 
 import workbench
 from workbench import bridge, live
 from workbench.analysis import format_turn_table, turn_table
-from workbench.cli import BUNDLED
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.recording import Recording
 from workbench.turns import TurnParams
 
 pytestmark = pytest.mark.slow
@@ -65,22 +63,10 @@ SCENARIOS = {
 }
 
 
-@dataclass
-class Run:
-    result: bridge.SessionResult
-    rec: Recording
-    emu_log: list[Any]
-    violations: list[Any]
-
+class Run(EmulatedRun):
     def client(self, action: str) -> Any:
         df = self.rec.of_kind("client")
         return df[df["action"] == action] if len(df) else df
-
-
-def audio() -> np.ndarray:
-    x, rate = sf.read(BUNDLED, dtype="int16")
-    assert rate == 48_000
-    return x
 
 
 async def one(out: Path, sc: Scenario, samples: np.ndarray) -> Run:
@@ -100,7 +86,7 @@ async def one(out: Path, sc: Scenario, samples: np.ndarray) -> Run:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("recovery")
-    samples = audio()
+    samples = bundled_audio()
 
     async def go() -> dict[str, Run]:
         gate = asyncio.Semaphore(CONCURRENT)  # the machine is shared: too many at once and turns split

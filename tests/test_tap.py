@@ -23,6 +23,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from conftest import reaped, sigkill
 from google import genai
 from google.genai import types
 
@@ -297,10 +298,9 @@ KILLED_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -> None:
     out = tmp_path / "rec"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(out)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
+    with reaped(subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(out)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)) as proc:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read().decode()
@@ -309,12 +309,7 @@ def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -
             if sum('"kind":"frame"' in ln for ln in lines) >= 100 and any('"stage":"wire"' in ln for ln in lines):
                 break
             time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        sigkill(proc)
     assert proc.returncode == -signal.SIGKILL
     assert "ended" not in json.loads((out / "session.json").read_text())
     rec = workbench.load(out)
