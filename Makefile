@@ -27,7 +27,7 @@ system:
 	@{ [ -d /usr/share/pocketsphinx/test/data/librivox ] && [ -d /usr/share/asterisk/sounds/en_US_f_Allison ]; } || \
 	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
 	  -y -qq pocketsphinx-testdata asterisk-core-sounds-en-wav >/dev/null) || \
-	  echo "note: real-speech sources not installed; python -m workbench.speechset cannot rebuild the set"; }
+	  echo "note: real-speech sources not installed; python -m workbench.store.speechset cannot rebuild the set"; }
 
 demo: $(STAMP)
 	$(BIN)/workbench demo
@@ -50,7 +50,7 @@ $(PEERS_VENV)/.installed:
 
 # The full real-speech set with thinking pauses (clean, 20/15/10 dB SNR) on demand; the tests use recordings/thinking.*
 speechset: $(STAMP) system
-	$(BIN)/python -m workbench.speechset recordings/speechset
+	$(BIN)/python -m workbench.store.speechset recordings/speechset
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests bench

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import pct, publish, section  # noqa: E402
 
-from workbench.pipeline import MicPipeline  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.core.pipeline import MicPipeline  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
 
 TITLE = "End-of-turn model and the event loop"
 AUDIO = Path(__file__).resolve().parents[1] / "recordings" / "thinking.flac"
@@ -80,7 +80,7 @@ async def run_once(n: int, seconds: float, threaded: bool) -> dict[str, float]:
     audio = np.clip(np.round(soxr.resample(x, rate, 48_000) * 32767), -32768, 32767).astype(np.int16)
     params = TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2000)
     pipes = [MicPipeline(params, threaded_end_model=threaded) for _ in range(n)]
-    from workbench.endturn import SmartTurn
+    from workbench.core.endturn import SmartTurn
 
     SmartTurn().probability(np.zeros(16000, np.float32))  # load and warm the session before the clock starts
     loop = asyncio.get_running_loop()

@@ -2,10 +2,10 @@
 
 Run:  nice -n 10 .venv/bin/python bench/bench_eot.py [--write] [--quick]
 
-Data: the full real-speech set (``workbench.speechset.build(rounds=3)``: LibriVox + Asterisk human
+Data: the full real-speech set (``workbench.store.speechset.build(rounds=3)``: LibriVox + Asterisk human
 speech, thinking pauses of 0.5-3 s stretched in, labelled hesitation / boundary), clean.  Per policy
 a grid of settings is replayed offline through the live ``TurnDetector`` (``detect_file``: 20 ms
-frames, 10 ms ticks), scored the eot-bench way (``workbench.sweep.evaluate_eot``).
+frames, 10 ms ticks), scored the eot-bench way (``workbench.analysis.sweep.evaluate_eot``).
 
 The Smart Turn model runs for real (onnxruntime) on every scoring; identical audio windows are scored
 once (a cache keyed by the audio bytes, results unchanged).  Its inference time is charged to the
@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import publish, section  # noqa: E402
 
-from workbench import speechset  # noqa: E402
-from workbench.endturn import MemoEndModel, ReadyAfter, SmartTurn, smart_turn_path  # noqa: E402
-from workbench.replay import RATE, detect_file  # noqa: E402
-from workbench.scorers import silero_model_path  # noqa: E402
-from workbench.sweep import evaluate_eot  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.analysis.replay import RATE, detect_file  # noqa: E402
+from workbench.analysis.sweep import evaluate_eot  # noqa: E402
+from workbench.core.endturn import MemoEndModel, ReadyAfter, SmartTurn, smart_turn_path  # noqa: E402
+from workbench.core.scorers import silero_model_path  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.store import speechset  # noqa: E402
 
 TITLE = "End of turn: false cut-offs vs latency"
 SILENCE_MS = list(range(300, 3001, 100))
@@ -144,7 +144,7 @@ def report(rows: list[dict], ss: speechset.SpeechSet, infer_ms: float, model: Ca
     lines = [
         f"Real-speech set: {len(ss.answers)} answers ({dur:.0f} s), {n_p} thinking pauses of 0.5–3 s "
         f"({n_h} hesitations inside a sentence, {n_p - n_h} sentence boundaries), clean; "
-        "`python -m workbench.speechset` (LibriVox public domain + Asterisk prompts CC-BY-SA-3.0).",
+        "`python -m workbench.store.speechset` (LibriVox public domain + Asterisk prompts CC-BY-SA-3.0).",
         "False cut-off rate = pauses with an ActivityEnd inside / all pauses. Latency = true end of speech → "
         "ActivityEnd, silence window included (median over answers). Offline replay through `TurnDetector` "
         "(20 ms frames, 10 ms ticks).",

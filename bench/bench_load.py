@@ -64,12 +64,17 @@ from benchlib import (  # noqa: E402
 )
 
 import workbench  # noqa: E402
-from workbench import bridge, eventloop, live  # noqa: E402
-from workbench.analysis import turn_table  # noqa: E402
-from workbench.audio import load_mono, to_int16  # noqa: E402
-from workbench.loopdecode import decode_audio_on_loop  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
-from workbench.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
+from workbench.analysis.tables import turn_table  # noqa: E402
+from workbench.core.pcm import to_int16  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.io import (
+    bridge,  # noqa: E402
+    eventloop,
+    live,
+)
+from workbench.io.loopdecode import decode_audio_on_loop  # noqa: E402
+from workbench.io.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
+from workbench.store.audiofile import load_mono
 
 TITLE = "Concurrent sessions"
 LAG_TARGET_MS = 20.0
@@ -256,7 +261,7 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
     pcs = []
 
     async def one() -> bridge.SessionResult:
-        from workbench.web.server import BrowserSession, HangupTrack, ModelAudioTrack
+        from workbench.ui.web.server import BrowserSession, HangupTrack, ModelAudioTrack
 
         voice = ModelAudioTrack() if serve else None
         i, pc, track = await answer(players, loop_decode, voice)
@@ -339,7 +344,7 @@ class CpuVariant:
     title: str
     full: bool  # the bridges (else a bare ``track.recv()`` loop)
     loop_decode: bool
-    loop: str  # workbench.eventloop kind
+    loop: str  # workbench.io.eventloop kind
     serve: bool = False  # as ``workbench serve`` runs a session: HangupTrack, page observer, the voice back
 
 

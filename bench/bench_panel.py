@@ -33,10 +33,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from workbench.replay import detect_file, to_mono_16k  # noqa: E402
-from workbench.sweep import read_labels, sweep  # noqa: E402
-from workbench.tuning import TuningPanel  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.analysis.replay import detect_file, to_mono_16k  # noqa: E402
+from workbench.analysis.sweep import read_labels, sweep  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.ui.tuning import TuningPanel  # noqa: E402
 
 CANDIDATE = REPO / "recordings" / "candidate.flac"
 

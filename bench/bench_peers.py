@@ -93,8 +93,9 @@ class Track:
 
 def thinking_track() -> Track:
     """The candidate track with the longest pause inside each answer widened to ``THINK_S`` (digital silence)."""
-    from workbench.audio import load_mono, to_int16
-    from workbench.sweep import read_labels
+    from workbench.analysis.sweep import read_labels
+    from workbench.core.pcm import to_int16
+    from workbench.store.audiofile import load_mono
 
     x = to_int16(load_mono(CANDIDATE, 48_000))
     labels = read_labels(CANDIDATE.with_suffix(".labels.txt"))
@@ -124,8 +125,9 @@ def thinking_track() -> Track:
 
 
 def labelled_beside(audio: Path) -> Track:
-    from workbench.audio import load_mono, to_int16
-    from workbench.sweep import read_labels
+    from workbench.analysis.sweep import read_labels
+    from workbench.core.pcm import to_int16
+    from workbench.store.audiofile import load_mono
 
     labels = audio.with_suffix(".labels.txt")
     if not labels.exists():
@@ -147,8 +149,8 @@ def tracks(candidate: bool = True, extra: list[str] | None = None) -> list[Track
 
 def emulator_child(log_path: str) -> int:
     """The emulator in this process until SIGTERM, then its receive log (monotonic times) into ``log_path``."""
-    from workbench import eventloop
     from workbench.emulator import Emulator, EmulatorConfig
+    from workbench.io import eventloop
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -170,10 +172,10 @@ def emulator_child(log_path: str) -> int:
 
 def workbench_child(args: argparse.Namespace) -> int:
     """N workbench sessions on uvloop, microphones handed to the bridge directly; the same JSON as peers_pipecat."""
-    from workbench import bridge, eventloop, live
+    from workbench.core.turns import TurnParams
     from workbench.emulator.certs import client_context
-    from workbench.turns import TurnParams
-    from workbench.webrtc import FilePlayerTrack
+    from workbench.io import bridge, eventloop, live
+    from workbench.io.webrtc import FilePlayerTrack
 
     audio = np.fromfile(args.audio, dtype=np.int16)
 

@@ -3,7 +3,7 @@
 Run:  .venv/bin/python bench/bench_recovery.py [--write] [--concurrency N]
 
 One session per scenario (the bundled three-turn candidate track, DTX, the greeting), N at a time
-(default 4) in one event loop, against one emulator each (``workbench.lab.Side``, ``lab.run_side``), profile
+(default 4) in one event loop, against one emulator each (``workbench.ui.lab.Side``, ``lab.run_side``), profile
 "real", the bridge's default recovery settings
 (watchdog 5 s, heard 20 s, dead connection 8 s, 2 re-sends, 5 reconnects a minute, pings every
 20 s with no pong timeout) unless the scenario names a change.  Per scenario: how it ended, user
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import arg_parser, publish, section  # noqa: E402
 
 import workbench  # noqa: E402
-from workbench import lab  # noqa: E402
-from workbench.analysis import turn_table, user_turns  # noqa: E402
-from workbench.cli import BUNDLED  # noqa: E402
+from workbench.analysis.tables import turn_table, user_turns  # noqa: E402
+from workbench.ui import lab  # noqa: E402
+from workbench.ui.cli import BUNDLED  # noqa: E402
 
 TITLE = "Recovery"
 Side = lab.Side  # the failure lab's session setup: emulator (profile real here) and bridge overrides

@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/bench_resample.py [--write] [--rounds N]
 
 Contenders, all fed the same 960-sample int16 chunks:
 
-- soxr stream: ``workbench.resample.Resampler`` (``soxr.ResampleStream``, HQ), what the bridge uses
+- soxr stream: ``workbench.core.resample.Resampler`` (``soxr.ResampleStream``, HQ), what the bridge uses
 - PyAV: ``av.AudioResampler`` (FFmpeg's swresample), one ``AudioFrame`` per chunk
 - resample_poly per chunk: ``scipy.signal.resample_poly`` on each chunk alone (stateless)
 
@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import publish, section  # noqa: E402
 
-from workbench.audio import load_mono, to_int16  # noqa: E402
-from workbench.resample import Resampler  # noqa: E402
-from workbench.webrtc import mono_frame  # noqa: E402
+from workbench.core.pcm import to_int16  # noqa: E402
+from workbench.core.resample import Resampler  # noqa: E402
+from workbench.io.webrtc import mono_frame  # noqa: E402
+from workbench.store.audiofile import load_mono
 
 IN_RATE, OUT_RATE, CHUNK = 48_000, 16_000, 960
 TITLE = "Resampling"

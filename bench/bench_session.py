@@ -32,9 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import CANDIDATE, OUT, ExternalEmulator, pct, publish, section  # noqa: E402
 
 import workbench  # noqa: E402
-from workbench import bridge, eventloop, live  # noqa: E402
-from workbench.audio import load_mono, to_int16  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.core.pcm import to_int16  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.io import (
+    bridge,  # noqa: E402
+    eventloop,
+    live,
+)
+from workbench.store.audiofile import load_mono
 
 TITLE = "End-of-turn latency"
 # Kept in the section when it is rewritten: the figures before the jitter buffer's tail was released.
@@ -140,7 +145,7 @@ def report(res: dict[str, object], n: int, params: TurnParams) -> str:
         "last speech frame received before ActivityEnd (ms; negative: the labels end inside the last frame). "
         "Lateness: ActivityEnd on the wire − arrival of the last speech frame before it − silence window (ms). "
         "With DTX aiortc's jitter buffer alone holds the last ~80 ms of each answer until the next burst "
-        "(DESIGN.md §6) and the turn ends ~80 ms of media short; `workbench.ingest` releases it 50 ms after "
+        "(DESIGN.md §6) and the turn ends ~80 ms of media short; `workbench.io.ingest` releases it 50 ms after "
         "packets stop (`LoopDecoder.release`), so the whole answer is sent and the turn ends on its true media "
         "end. Released frames arrive ~30 ms before their steady-state time, which lateness (by arrival) counts "
         "against the bridge; from the true end it is on a par with frames that keep coming.",

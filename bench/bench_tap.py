@@ -1,4 +1,4 @@
-"""Cost of ``workbench.tap``: the same user bridge, untapped and tapped, side by side in one run.
+"""Cost of ``workbench.io.tap``: the same user bridge, untapped and tapped, side by side in one run.
 
 Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 3] [--seconds 12]
 (``bench/run_all.py`` runs it with the other bench_*.py scripts.)
@@ -19,7 +19,7 @@ this process's CPU over the window in which all sessions stream (last mic start 
 end), in % of one core per session; and event-loop lag, sampled every 100 ms by the bench itself
 in the same window (p50 / p99 / max).  The figure
 is the tapped − untapped difference per session, round by round (median over the rounds).
-``--write`` replaces the "## Recording a user's bridge (workbench.tap)" section of BENCHMARKS.md.
+``--write`` replaces the "## Recording a user's bridge (workbench.io.tap)" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import CANDIDATE, OUT, CpuTrace, ExternalEmulator, pct, publish, section  # noqa: E402
 
-from workbench import eventloop, tap  # noqa: E402
-from workbench.audio import load_mono, to_int16  # noqa: E402
+from workbench.core.pcm import to_int16  # noqa: E402
+from workbench.io import (
+    eventloop,  # noqa: E402
+    tap,
+)
+from workbench.store.audiofile import load_mono
 
-TITLE = "Recording a user's bridge (workbench.tap)"
+TITLE = "Recording a user's bridge (workbench.io.tap)"
 TARGET_PCT = 0.5  # % of one core per session, on top of the user's bridge (issue 14)
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 FRAME = 960

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import publish, section  # noqa: E402
 from synth import Interview, add_noise, interview  # noqa: E402
 
-from workbench.replay import detect_file, evaluate  # noqa: E402
-from workbench.scorers import silero_model_path  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.analysis.replay import detect_file, evaluate  # noqa: E402
+from workbench.core.scorers import silero_model_path  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
 
 TITLE = "Turn detection"
 ENERGY_TARGET_X = 500
@@ -150,8 +150,8 @@ def real_speech_in_noise() -> list[str]:
     Silence window 1500 ms: pauses longer than that split an answer whatever the scorer (the clean rows show how
     many); answers are 3.5 s apart, so a merge or a missed end is background noise holding the turn open.
     """
-    from workbench import speechset
-    from workbench.sweep import read_labels
+    from workbench.analysis.sweep import read_labels
+    from workbench.store import speechset
 
     rec = Path(__file__).resolve().parents[1] / "recordings"
     x, _ = sf.read(rec / "thinking.flac", dtype="float32")

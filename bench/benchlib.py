@@ -161,7 +161,7 @@ class ExternalEmulator:
         self._dir = tempfile.TemporaryDirectory()
         self.cert = str(Path(self._dir.name) / "cert.pem")
         # ideal until the bridge-recovery issue lands
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "emulator", "--port", "0",
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "emulator", "--port", "0",
                                       "--cert-out", self.cert, "--profile", "ideal"],
                                      stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None

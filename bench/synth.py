@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from workbench.synth import espeak
+from workbench.store.synth import espeak
 
 RATE = 16000
 OUT = Path(__file__).resolve().parent / "out"

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from workbench import bridge
-from workbench.cli import BUNDLED
 from workbench.emulator import SessionCore
-from workbench.recording import Recording
+from workbench.io import bridge
+from workbench.store.recording import Recording
+from workbench.ui.cli import BUNDLED
 
 SHORT_S = 8.5  # the bundled recording's first answer (0.5-5.5 s) and the silence after it
 

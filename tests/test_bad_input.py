@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench.audio import AudioInputError, load_mono
+from workbench.store.audiofile import AudioInputError, load_mono
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "workbench.ui.cli", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd)
 
 

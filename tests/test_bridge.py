@@ -8,12 +8,12 @@ import pytest
 import soundfile as sf
 
 import workbench
-from workbench import bridge, live
-from workbench.analysis import turn_table
-from workbench.cli import BUNDLED, main
+from workbench.analysis.replay import replay_recording
+from workbench.analysis.tables import turn_table
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
-from workbench.replay import replay_recording
-from workbench.turns import TurnParams
+from workbench.io import bridge, live
+from workbench.ui.cli import BUNDLED, main
 
 pytestmark = pytest.mark.slow
 LABELS = BUNDLED.with_suffix(".labels.txt").read_text().splitlines()

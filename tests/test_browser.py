@@ -20,8 +20,8 @@ import soundfile as sf
 from conftest import chromium, end_group
 
 import workbench
-from workbench.analysis import turn_table
-from workbench.serve import start_in_background
+from workbench.analysis.tables import turn_table
+from workbench.ui.serve import start_in_background
 
 pytestmark = pytest.mark.slow
 
@@ -135,8 +135,8 @@ def test_the_agent_is_heard_in_the_browser(browser_sessions: dict[str, dict]) ->
 
 
 def test_browser_recordings_plot_and_diagnose_like_any_other(browser_sessions: dict[str, dict], tmp_path: Path) -> None:
-    from workbench.diagnose import diagnose
-    from workbench.plots import save_timeline
+    from workbench.analysis.diagnose import diagnose
+    from workbench.ui.plots import save_timeline
 
     for run, s in browser_sessions.items():
         rec = workbench.load(s["dir"])

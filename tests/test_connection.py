@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from google.genai import _live_converters, types
 
-from workbench import live
-from workbench.connection import (
+from workbench.core.connection import (
     CancelTool,
     ClientCore,
     Connect,
@@ -26,10 +25,11 @@ from workbench.connection import (
     Send,
     State,
 )
+from workbench.core.events import Client
+from workbench.core.sender import Outgoing
 from workbench.emulator import core as emu
 from workbench.emulator.faults import Fault, parse_fault
-from workbench.events import Client
-from workbench.sender import Outgoing
+from workbench.io import live
 
 
 def activity(seed: int, n_audio: int = 3) -> list[Outgoing]:
@@ -473,7 +473,7 @@ def test_the_core_imports_no_io():
     import subprocess
     import sys
 
-    code = ("import sys, workbench.connection; "
+    code = ("import sys, workbench.core.connection; "
             "print(sorted(m for m in ('asyncio', 'google.genai', 'websockets', 'aiortc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,10 +10,23 @@ import sys
 import numpy as np
 import pytest
 
-from workbench import cli, diagnose
-from workbench.diagnose import Finding, context, format_findings
-from workbench.events import Client, Error, Frame, FrameGap, LoopLag, Sent, Server, SessionMark, Vad, Watchdog, Ws
-from workbench.recording import Recorder, Recording, load
+from workbench.analysis.diagnose import Finding, context, format_findings
+from workbench.analysis import diagnose
+from workbench.core.events import (
+    Client,
+    Error,
+    Frame,
+    FrameGap,
+    LoopLag,
+    Sent,
+    Server,
+    SessionMark,
+    Vad,
+    Watchdog,
+    Ws,
+)
+from workbench.store.recording import Recorder, Recording, load
+from workbench.ui import cli
 
 META = {
     "name": "synthetic",
@@ -390,7 +403,7 @@ def test_format_findings(tmp_path):
 def test_registered_subcommand(tmp_path, monkeypatch, capsys):
     healthy_session(tmp_path, "ok")
     failure_a(tmp_path / "x")
-    monkeypatch.setattr(cli, "PLUGGED", ("workbench.diagnose",))
+    monkeypatch.setattr(cli, "PLUGGED", ("workbench.analysis.diagnose",))
     assert cli.main(["diagnose", str(tmp_path / "ok")]) == 0
     assert "healthy" in capsys.readouterr().out
     assert cli.main(["diagnose", str(tmp_path / "x" / "r"), "--format", "json", "--response-timeout", "3"]) == 1
@@ -407,8 +420,8 @@ def test_module_entry_point(tmp_path):
     failure_b(tmp_path / "b")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "workbench.diagnose", *args], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run([sys.executable, "-m", "workbench.analysis.diagnose", *args], capture_output=True,
+                              text=True, timeout=60)
 
     ok = run(str(tmp_path / "ok"))
     assert ok.returncode == 0 and "healthy session" in ok.stdout
@@ -421,7 +434,7 @@ def test_module_entry_point(tmp_path):
 
 def test_unanswered_turn_recovered_by_a_resend_is_a_warning(tmp_path):
     """Failure A survived: the original ActivityEnd stays on record, as a warning naming the answer."""
-    from workbench.recording import Recorder, load
+    from workbench.store.recording import Recorder, load
 
     rec = Recorder(tmp_path / "r", {"params": {"silence_ms": 700}, "live": {"ping_timeout_s": 20}})
     for e in [

@@ -16,11 +16,11 @@ import pytest
 from conftest import SHORT_S, bundled_audio
 
 import workbench
-from workbench import bridge, live
-from workbench.diagnose import Finding, diagnose, format_findings
+from workbench.analysis.diagnose import Finding, diagnose, format_findings
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.recording import Recording
-from workbench.turns import TurnParams
+from workbench.io import bridge, live
+from workbench.store.recording import Recording
 
 pytestmark = pytest.mark.slow
 

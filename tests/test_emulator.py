@@ -20,15 +20,7 @@ from conftest import run_until
 from google import genai
 from google.genai import errors, types
 
-from workbench.emulator import (
-    Close,
-    Emulator,
-    EmulatorConfig,
-    PauseReading,
-    SendJson,
-    SessionCore,
-    parse_fault,
-)
+from workbench.emulator import Close, Emulator, EmulatorConfig, PauseReading, SendJson, SessionCore, parse_fault
 from workbench.emulator.core import MODEL_RATE, Conversation, speech_like
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"

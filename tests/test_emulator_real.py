@@ -20,18 +20,10 @@ from conftest import run_until
 from google import genai
 from google.genai import _live_converters, errors, types
 
-from workbench import cli, live
-from workbench.emulator import (
-    PROFILES,
-    Close,
-    Emulator,
-    EmulatorConfig,
-    SendJson,
-    SendPong,
-    SessionCore,
-    parse_fault,
-)
+from workbench.emulator import PROFILES, Close, Emulator, EmulatorConfig, SendJson, SendPong, SessionCore, parse_fault
 from workbench.emulator.core import DEADLINE, MODEL_RATE, Conversation, model_known
+from workbench.io import live
+from workbench.ui import cli
 
 MODEL = live.DEFAULT_MODEL
 LOUD = (np.sin(np.arange(1600) / 3) * 8000).astype(np.int16)  # 100 ms of a loud tone at 16 kHz

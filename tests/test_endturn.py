@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench import endturn
-from workbench.endpointing import DynamicWindow
-from workbench.turns import TurnDetector, TurnParams
+from workbench.core import endturn
+from workbench.core.endpointing import DynamicWindow
+from workbench.core.turns import TurnDetector, TurnParams
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -208,7 +208,7 @@ def test_speech_resuming_while_a_threaded_score_runs_makes_it_stale() -> None:
 def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
     import json
 
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--format", "json", "--silence-ms", "300",
                  "--end-model", "smart-turn", "--max-silence-ms", "1500"]) == 0
@@ -220,7 +220,7 @@ def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
 
 
 def test_cli_end_model_without_the_file_is_one_line(capsys, monkeypatch) -> None:
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     monkeypatch.setenv(endturn.SMART_TURN_ENV, "/nonexistent.onnx")
     assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--end-model", "smart-turn"]) == 2
@@ -229,7 +229,7 @@ def test_cli_end_model_without_the_file_is_one_line(capsys, monkeypatch) -> None
 
 
 def test_run_and_demo_take_the_end_of_turn_flags() -> None:
-    from workbench.cli import _params, build_parser
+    from workbench.ui.cli import _params, build_parser
 
     for cmd in (["run", "--audio", "x.wav"], ["demo"]):
         args = build_parser().parse_args([*cmd, "--endpointing", "dynamic", "--max-silence-ms", "2500",

@@ -12,11 +12,11 @@ import soundfile as sf
 import soxr
 
 import workbench
-from workbench import bridge, live
-from workbench.cli import BUNDLED
+from workbench.core.endturn import smart_turn_path
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
-from workbench.endturn import smart_turn_path
-from workbench.turns import TurnParams
+from workbench.io import bridge, live
+from workbench.ui.cli import BUNDLED
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")]
@@ -63,7 +63,7 @@ def test_the_clock_scores_and_ends_the_turn_while_dtx_sends_no_frames(tmp_path):
     assert between.empty
     assert frames["t"].max() < s["t"] - 0.25  # frames had stopped (DTX): the clock scored the silence
     # The timeline shows the score with its probability above the live turn bar.
-    from workbench.plots import TimelinePlot
+    from workbench.ui.plots import TimelinePlot
 
     plot = TimelinePlot(rec)
     assert f"{s['probability']:.2f}" in [t.get_text() for t in plot.axes["turns"].texts]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench import eventloop
+from workbench.io import eventloop
 
 
 async def _name() -> str:

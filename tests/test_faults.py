@@ -16,11 +16,11 @@ import pytest
 from conftest import SHORT_S, EmulatedRun, bundled_audio
 
 import workbench
-from workbench import bridge, live
-from workbench.diagnose import Finding, diagnose
+from workbench.analysis.diagnose import Finding, diagnose
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.naive import FrameCountDetector, check_mode
-from workbench.turns import TurnParams
+from workbench.io import bridge, live
+from workbench.io.naive import FrameCountDetector, check_mode
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import workbench
+from workbench.core.events import Frame, Vad
 from workbench.emulator import Close, Emulator, EmulatorConfig, SessionCore
 from workbench.emulator.core import Conversation
-from workbench.events import Frame, Vad
-from workbench.recording import Recorder, RecordingError
+from workbench.store.recording import Recorder, RecordingError
 
 SETUP = {"setup": {"model": "models/x", "realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}},
                    "sessionResumption": {}}}

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from workbench.ingest import Received, ingest
-from workbench.pipeline import MicPipeline
-from workbench.sender import Outgoing
-from workbench.turns import TurnParams
-from workbench.webrtc import mono_frame
+from workbench.core.pipeline import MicPipeline
+from workbench.core.sender import Outgoing
+from workbench.core.turns import TurnParams
+from workbench.io.ingest import Received, ingest
+from workbench.io.webrtc import mono_frame
 
 
 class QueueTrack(MediaStreamTrack):
@@ -198,13 +198,13 @@ def test_the_pipeline_ends_a_turn_on_the_clock_when_frames_stop() -> None:
     assert 0.25 <= end_t - stopped < 0.45
 
 
-# -- straight from the decoder (workbench.loopdecode) -----------------------------------------------------------
+# -- straight from the decoder (workbench.io.loopdecode) -----------------------------------------------------------
 
 
 def _link_frames(direct: bool, fail_at: int | None = None) -> tuple[list[Received], BaseException | None, int]:
     """Play 1 s of tone over a real loopback link (Opus decoded on the loop) and ingest it."""
-    from workbench.loopdecode import decoder_of
-    from workbench.webrtc import FilePlayerTrack, loopback
+    from workbench.io.loopdecode import decoder_of
+    from workbench.io.webrtc import FilePlayerTrack, loopback
 
     tone = (np.sin(np.arange(48_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
 
@@ -247,9 +247,9 @@ def test_an_error_in_a_frame_from_the_decoder_ends_ingest_not_aiortc() -> None:
 def test_the_browser_servers_hangup_track_takes_frames_straight_from_the_decoder_and_ends_at_hangup() -> None:
     """``serve`` wraps the browser's track in a HangupTrack; the frames must still bypass recv() (no tasks per
     frame), and a hang-up must end ingest at once with nothing delivered after it."""
-    from workbench.loopdecode import decoder_of
-    from workbench.web.server import HangupTrack
-    from workbench.webrtc import FilePlayerTrack, loopback
+    from workbench.io.loopdecode import decoder_of
+    from workbench.io.webrtc import FilePlayerTrack, loopback
+    from workbench.ui.web.server import HangupTrack
 
     tone = (np.sin(np.arange(96_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workbench import bridge, lab, live
+from workbench.io import bridge, live
+from workbench.ui import lab
 
 
 @pytest.mark.parametrize("name", list(lab.SCENARIOS))
@@ -45,7 +46,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, lab.Pair]:
 
     import soundfile as sf
 
-    from workbench.cli import BUNDLED
+    from workbench.ui.cli import BUNDLED
 
     samples, _ = sf.read(BUNDLED, dtype="int16")
     return asyncio.run(lab.run_pairs(LIVE, samples, tmp_path_factory.mktemp("lab"), concurrency=10))

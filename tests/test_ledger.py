@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from workbench import live
-from workbench.ledger import TurnLedger
-from workbench.sender import Outgoing
+from workbench.core.ledger import TurnLedger
+from workbench.core.sender import Outgoing
+from workbench.io import live
 
 
 def activity(n_audio=2):

@@ -13,9 +13,9 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
-from workbench.ingest import Received, ingest
-from workbench.loopdecode import LoopDecoder, decode_on_loop
-from workbench.webrtc import FilePlayerTrack, loopback, mono_frame
+from workbench.io.ingest import Received, ingest
+from workbench.io.loopdecode import LoopDecoder, decode_on_loop
+from workbench.io.webrtc import FilePlayerTrack, loopback, mono_frame
 
 RATE = 48_000
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, channels=2, payloadType=111)
@@ -61,7 +61,7 @@ def test_a_bad_frame_is_reported_and_decoding_goes_on(caplog: pytest.LogCaptureF
         dec.put((OPUS, good[2]))
         return out.qsize(), error.is_set()
 
-    with caplog.at_level(logging.WARNING, logger="workbench.loopdecode"):
+    with caplog.at_level(logging.WARNING, logger="workbench.io.loopdecode"):
         n, flagged = asyncio.run(run())
     assert flagged and n >= 2  # the frames on either side of the bad one both came out
     assert any("failed to decode" in r.message for r in caplog.records)

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from workbench.events import FrameGap, Vad
-from workbench.pipeline import MicPipeline
-from workbench.sender import Outgoing
-from workbench.turns import TurnParams
+from workbench.core.events import FrameGap, Vad
+from workbench.core.pipeline import MicPipeline
+from workbench.core.sender import Outgoing
+from workbench.core.turns import TurnParams
 
 RATE = 48_000
 

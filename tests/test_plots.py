@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from workbench.events import (  # noqa: E402
+from workbench.analysis.replay import Turn  # noqa: E402
+from workbench.core.events import (  # noqa: E402
     Client,
     Error,
     Frame,
@@ -26,10 +27,9 @@ from workbench.events import (  # noqa: E402
     Watchdog,
     Ws,
 )
-from workbench.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
-from workbench.recording import Recorder, Recording, RecordingError, load  # noqa: E402
-from workbench.replay import Turn  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.store.recording import Recorder, Recording, RecordingError, load  # noqa: E402
+from workbench.ui.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS = [(1.0, 6.7), (9.5, 15.9), (18.7, 25.4)]  # (ActivityStart-ish, ActivityEnd-ish) session seconds
@@ -169,7 +169,7 @@ def test_cli_plot_writes_png_and_reports_errors(rec: Recording, tmp_path: Path) 
     args = ap.parse_args(["plot", str(rec.path), "-o", str(out), "--from", "5", "--to", "12", "--replay"])
     assert args.func(args) == 0  # --replay goes through replay_recording: the fixture has frame events
     assert out.read_bytes()[:4] == b"\x89PNG"
-    from workbench.replay import replay_recording
+    from workbench.analysis.replay import replay_recording
 
     turns = replay_recording(rec, TurnParams.from_dict(rec.meta["params"]))
     p = TimelinePlot(rec, replay_turns=turns, replay_offset_s=0.0)
@@ -245,7 +245,7 @@ def test_labels_never_overlap_nor_leave_their_panel(tmp_path: Path) -> None:
 def test_transcript_fragments_join_into_utterances() -> None:
     import pandas as pd
 
-    from workbench.plots import _utterances
+    from workbench.ui.plots import _utterances
 
     tr = pd.DataFrame({"t": [1.0, 1.1, 1.2, 5.0], "msg": ["output_transcription"] * 4,
                        "text": ["Could ", "you", "help?", "Next."]})

@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 
 import workbench
-from workbench.events import Frame, Other, Sent, Server, Vad, Ws, from_dict
-from workbench.recording import Recorder, RecordingError, load
+from workbench.core.events import Frame, Other, Sent, Server, Vad, Ws, from_dict
+from workbench.store.recording import Recorder, RecordingError, load
 
 
 def make(tmp_path, close=True):
@@ -101,8 +101,8 @@ def test_damaged_flac_keeps_readable_part(tmp_path):
 def test_turn_table_follows_resends_across_connections(tmp_path):
     """A turn cut by a reconnect and re-sent is one user turn with two attempts (from the client core's ``resend``
     events' fields); answers stay on their connection; a re-sent greeting labels no user turn."""
-    from workbench.analysis import turn_table, user_turns
-    from workbench.events import Client
+    from workbench.analysis.tables import turn_table, user_turns
+    from workbench.core.events import Client
 
     rec = Recorder(tmp_path / "r", {})
     ev = [
@@ -162,8 +162,8 @@ def test_audio_written_in_blocks_keeps_every_sample_in_place(tmp_path):
 
 def test_events_reach_the_os_within_the_flush_interval_and_failures_at_once(tmp_path):
     """Buffered, not a write per event: what a SIGKILL can lose is bounded by EVENT_FLUSH_S."""
-    from workbench.events import Error
-    from workbench.recording import EVENT_FLUSH_S
+    from workbench.core.events import Error
+    from workbench.store.recording import EVENT_FLUSH_S
 
     rec = Recorder(tmp_path / "r", {})
     path = tmp_path / "r" / "events.jsonl"

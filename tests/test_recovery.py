@@ -19,10 +19,10 @@ import pytest
 from conftest import EmulatedRun, bundled_audio
 
 import workbench
-from workbench import bridge, live
-from workbench.analysis import format_turn_table, turn_table
+from workbench.analysis.tables import format_turn_table, turn_table
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.turns import TurnParams
+from workbench.io import bridge, live
 
 pytestmark = pytest.mark.slow
 WATCHDOG_S = 3.0

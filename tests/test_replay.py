@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench.replay import (
+from workbench.analysis.replay import (
     Turn,
     detect_file,
     detect_frames,
@@ -18,7 +18,7 @@ from workbench.replay import (
     replay_path,
     turns_to_json,
 )
-from workbench.turns import TurnParams
+from workbench.core.turns import TurnParams
 
 RATE = 16000
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout

@@ -1,6 +1,6 @@
 import numpy as np
 
-from workbench.resample import Resampler
+from workbench.core.resample import Resampler
 
 
 def tone(n, f=440.0, rate=48_000, start=0):

@@ -35,10 +35,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from workbench import cli, live
 from workbench.emulator.certs import make_cert, server_context
-from workbench.web.server import ServeConfig, Server
-from workbench.webrtc import FilePlayerTrack, patch_aioice_loopback
+from workbench.io import live
+from workbench.io.webrtc import FilePlayerTrack, patch_aioice_loopback
+from workbench.ui import cli
+from workbench.ui.web.server import ServeConfig, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "AIza-test-secret-that-must-not-leak"
@@ -209,7 +210,7 @@ def test_the_emulator_certificate_is_a_server_leaf_with_a_private_key(tmp_path: 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_emulator_removes_its_certificate_directory_on_a_signal(sig: signal.Signals) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "emulator", "--port", "0"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "emulator", "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from workbench.sender import SendOrder
+from workbench.core.sender import SendOrder
 
 
 def kinds(out):

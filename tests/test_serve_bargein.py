@@ -20,11 +20,11 @@ import numpy as np
 from aiortc import RTCPeerConnection
 from google.genai import types
 
-from workbench import live
-from workbench.events import Client
-from workbench.ingest import Received, ingest
-from workbench.web.server import MODEL_RATE, BrowserSession, ModelAudioTrack
-from workbench.webrtc import RATE, loopback
+from workbench.core.events import Client
+from workbench.io import live
+from workbench.io.ingest import Received, ingest
+from workbench.io.webrtc import RATE, loopback
+from workbench.ui.web.server import MODEL_RATE, BrowserSession, ModelAudioTrack
 
 N_FRAMES = 10  # 200 ms of frames: the in-flight frame, the receiver's 4-frame prefetch, and margin
 ANSWERS_HZ = (600.0, 900.0, 1300.0)

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from workbench.ingest import Received, ingest
-from workbench.pipeline import MicPipeline
-from workbench.sender import Outgoing
-from workbench.turns import TurnParams
-from workbench.webrtc import FilePlayerTrack, loopback
+from workbench.core.pipeline import MicPipeline
+from workbench.core.sender import Outgoing
+from workbench.core.turns import TurnParams
+from workbench.io.ingest import Received, ingest
+from workbench.io.webrtc import FilePlayerTrack, loopback
 
 RATE = 48_000
 OUT_RATE = 16_000

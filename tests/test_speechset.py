@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench import speechset
-from workbench.sweep import read_labels
+from workbench.analysis.sweep import read_labels
+from workbench.store import speechset
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "recordings" / "thinking.flac"

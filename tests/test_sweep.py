@@ -12,9 +12,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from workbench.audio import load_mono  # noqa: E402
-from workbench.replay import detect_file  # noqa: E402
-from workbench.sweep import (  # noqa: E402
+from workbench.analysis.replay import detect_file  # noqa: E402
+from workbench.analysis.sweep import (  # noqa: E402
     METRICS,
     PARAM_NAMES,
     EnergyReplay,
@@ -28,7 +27,8 @@ from workbench.sweep import (  # noqa: E402
     to_params,
     tradeoff_plot,
 )
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.store.audiofile import load_mono  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = REPO / "recordings" / "candidate.flac"
@@ -166,7 +166,7 @@ def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_labels_for_one_source_may_be_a_one_item_list_or_spans():
-    from workbench.sweep import sweep as run_sweep
+    from workbench.analysis.sweep import sweep as run_sweep
 
     src = str(Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac")
     aligned = run_sweep([src], {"silence_ms": [700]}, labels=[None], jobs=1, progress=False)
@@ -181,9 +181,9 @@ THINKING = REPO / "recordings" / "thinking.flac"
 
 
 def test_evaluate_eot_counts_cut_off_pauses_and_latency_exactly() -> None:
-    from workbench.replay import Turn
-    from workbench.speechset import Pause
-    from workbench.sweep import evaluate_eot
+    from workbench.analysis.replay import Turn
+    from workbench.analysis.sweep import evaluate_eot
+    from workbench.store.speechset import Pause
 
     answers = [(1.0, 10.0), (14.0, 20.0)]
     pauses = [Pause(3.0, 5.0, "hesitation"), Pause(6.0, 7.0, "boundary"), Pause(16.0, 18.0, "hesitation")]
@@ -197,14 +197,14 @@ def test_evaluate_eot_counts_cut_off_pauses_and_latency_exactly() -> None:
 
 
 def test_sweep_reports_false_cutoffs_and_latency_with_the_window_included() -> None:
-    from workbench.sweep import eot_summary
+    from workbench.analysis.sweep import eot_summary
 
     df = sweep(str(THINKING), {"silence_ms": [300, 1000, 3000]}, jobs=1, progress=False)
     s = summary(df).set_index("silence_ms")
     assert list(s["pauses"]) == [12, 12, 12]
     # The bundle's pauses are 0.5-3 s: a 300 ms window cuts every one off, 3 s none.
     assert s.loc[300, "cutoffs"] == 12 and s.loc[3000, "cutoffs"] == 0
-    lengths = [p.end - p.start for p in __import__("workbench.speechset", fromlist=["x"]).read_pauses(
+    lengths = [p.end - p.start for p in __import__("workbench.store.speechset", fromlist=["x"]).read_pauses(
         REPO / "recordings" / "thinking.pauses.txt")]
     assert s.loc[1000, "cutoffs"] == sum(1 for d in lengths if d > 1.0)
     # Latency is true end -> ActivityEnd: the window itself, give or take the faint tail the energy
@@ -220,7 +220,7 @@ def test_sweep_reports_false_cutoffs_and_latency_with_the_window_included() -> N
 
 
 def test_sweep_worker_failure_is_one_line_naming_the_set(capsys, monkeypatch) -> None:
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     monkeypatch.setenv("WORKBENCH_SILERO_ONNX", "/nonexistent/silero_vad.onnx")
     rc = main(["sweep", str(THINKING), "--grid", "scorer=energy,silero", "--no-progress", "--jobs", "2"])
@@ -244,8 +244,8 @@ def test_sweep_on_a_dask_cluster_of_worker_processes_equals_the_local_pool() -> 
 
 def test_sweep_with_a_wrong_scheduler_address_is_one_line(capsys, monkeypatch) -> None:
     pytest.importorskip("distributed")
-    from workbench import distributed as wd
-    from workbench.cli import main
+    from workbench.analysis import distributed as wd
+    from workbench.ui.cli import main
 
     monkeypatch.setattr(wd, "CONNECT_TIMEOUT_S", 1)
     rc = main(["sweep", str(THINKING), "--grid", "silence_ms=300", "--no-progress", "--scheduler", "tcp://127.0.0.1:9"])
@@ -260,15 +260,15 @@ def test_grid_takes_the_policy_names_as_text() -> None:
 
 
 def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> None:
-    from workbench.endturn import smart_turn_path
+    from workbench.core.endturn import smart_turn_path
 
     if smart_turn_path() is None:
         pytest.skip("smart-turn-v3.2-cpu.onnx not installed")
     import soundfile as sf
 
-    from workbench import sweep as sw
-    from workbench.speechset import read_pauses
-    from workbench.sweep import Source
+    from workbench.analysis.sweep import Source
+    from workbench.analysis import sweep as sw
+    from workbench.store.speechset import read_pauses
 
     x, rate = sf.read(THINKING, dtype="float32")
     answers = read_labels(REPO / "recordings" / "thinking.labels.txt")[:1]

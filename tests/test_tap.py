@@ -1,4 +1,4 @@
-"""workbench.tap: the recorders dropped into the user's own bridge.
+"""workbench.io.tap: the recorders dropped into the user's own bridge.
 
 Against the real emulator and the real SDK: a tapped run puts the same messages on the wire as an
 untapped run of the same script (the emulator's log is the judge) and raises the same exceptions;
@@ -28,11 +28,11 @@ from google import genai
 from google.genai import types
 
 import workbench
-from workbench import tap
+from workbench.analysis.replay import replay_recording
+from workbench.core.turns import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
-from workbench.recording import RecordingError
-from workbench.replay import replay_recording
-from workbench.turns import TurnParams
+from workbench.io import tap
+from workbench.store.recording import RecordingError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
@@ -259,9 +259,9 @@ KILLED_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     import numpy as np
     from google.genai import types
-    from workbench import tap
+    from workbench.io import tap
     from workbench.emulator import Emulator
-    from workbench.webrtc import mono_frame
+    from workbench.io.webrtc import mono_frame
 
     MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
@@ -319,7 +319,7 @@ def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -
     assert {"activity_start", "audio"} <= set(sends[sends["stage"] == "wire"]["msg"])
     assert rec.mic.size >= 48_000  # two seconds of frames, less the blocks still being gathered
     assert any("not finalised" in p for p in rec.problems)
-    from workbench.diagnose import diagnose
+    from workbench.analysis.diagnose import diagnose
 
     assert "cut_short" in {f.code for f in diagnose(rec)}
 
@@ -355,7 +355,7 @@ def field_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_the_tapped_field_report_bridge_is_diagnosed_failure_by_failure(field_report: Path) -> None:
-    from workbench.diagnose import diagnose
+    from workbench.analysis.diagnose import diagnose
 
     rec = workbench.load(field_report)
     assert not rec.cut_short and rec.meta["recorder"] == "tap"
@@ -381,7 +381,7 @@ def test_the_tapped_field_report_bridge_is_diagnosed_failure_by_failure(field_re
 @pytest.mark.slow
 def test_vad_replay_of_the_tapped_bridge_ends_the_turn_theirs_never_ended(field_report: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     assert main(["vad", str(field_report), "--format", "json"]) == 0
     turns = json.loads(capsys.readouterr().out)["turns"]
@@ -396,8 +396,8 @@ def test_vad_replay_of_the_tapped_bridge_ends_the_turn_theirs_never_ended(field_
 
 @pytest.mark.slow
 def test_the_plot_shows_their_vad_and_the_replayed_detector(field_report: Path, tmp_path: Path) -> None:
-    from workbench.cli import main
-    from workbench.plots import TimelinePlot
+    from workbench.ui.cli import main
+    from workbench.ui.plots import TimelinePlot
 
     rec = workbench.load(field_report)
     plot = TimelinePlot(rec, replay_turns=replay_recording(rec, TurnParams()), replay_offset_s=0.0)
@@ -417,7 +417,7 @@ def test_export_otlp_json_reads_back_with_the_opentelemetry_proto_loader(field_r
     from google.protobuf import json_format
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     out = tmp_path / "traces.jsonl"
     assert main(["export", str(field_report), "--format", "otlp-json", "-o", str(out)]) == 0
@@ -450,8 +450,8 @@ def test_export_otlp_json_reads_back_with_the_opentelemetry_proto_loader(field_r
 
 @pytest.mark.slow
 def test_export_audacity_labels_read_back_by_the_label_reader(field_report: Path) -> None:
-    from workbench.cli import main
-    from workbench.sweep import read_labels
+    from workbench.analysis.sweep import read_labels
+    from workbench.ui.cli import main
 
     assert main(["export", str(field_report), "--format", "audacity"]) == 0
     spans = read_labels(field_report / "mic.labels.txt")
@@ -463,7 +463,7 @@ def test_export_audacity_labels_read_back_by_the_label_reader(field_report: Path
 
 
 def test_export_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from workbench.cli import main
+    from workbench.ui.cli import main
 
     assert main(["export", str(tmp_path / "nope"), "--format", "audacity"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from workbench.events import SessionMark  # noqa: E402
-from workbench.recording import Recorder, load  # noqa: E402
-from workbench.replay import detect_file  # noqa: E402
-from workbench.tuning import TuningPanel  # noqa: E402
-from workbench.turns import TurnParams  # noqa: E402
+from workbench.analysis.replay import detect_file  # noqa: E402
+from workbench.core.events import SessionMark  # noqa: E402
+from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.store.recording import Recorder, load  # noqa: E402
+from workbench.ui.tuning import TuningPanel  # noqa: E402
 
 CANDIDATE = Path(__file__).resolve().parents[1] / "recordings" / "candidate.flac"
 
@@ -34,7 +34,7 @@ def test_silence_slider_changes_turns_like_the_detector(panel: TuningPanel) -> N
     assert len(panel.turns) > 3  # pauses inside answers now end turns
     assert panel.params.silence_ms == 300
     x16, _ = sf.read(CANDIDATE, dtype="float32")
-    from workbench.replay import to_mono_16k
+    from workbench.analysis.replay import to_mono_16k
 
     ref = detect_file(to_mono_16k(x16, 48000), 16000, TurnParams(silence_ms=300))
     assert [round(t.activity_end, 6) for t in panel.turns] == [round(t.activity_end, 6) for t in ref]
@@ -98,7 +98,7 @@ def test_samples_source_and_bad_values_do_not_crash() -> None:
     assert p.params.silence_ms >= 10
 
 
-@pytest.mark.skipif(__import__("workbench.endturn", fromlist=["x"]).smart_turn_path() is None,
+@pytest.mark.skipif(__import__("workbench.core.endturn", fromlist=["x"]).smart_turn_path() is None,
                     reason="smart-turn-v3.2-cpu.onnx not installed")
 def test_end_model_scores_show_and_its_threshold_slider_replays_without_rescoring(tmp_path: Path) -> None:
     x, rate = sf.read(Path(__file__).resolve().parent.parent / "recordings" / "thinking.flac", dtype="float32")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.scorers import silero_model_path
-from workbench.turns import Decision, TurnDetector, TurnParams
+from workbench.core.scorers import silero_model_path
+from workbench.core.turns import Decision, TurnDetector, TurnParams
 
 RATE = 16000
 FRAME = 320  # 20 ms
@@ -364,9 +364,9 @@ def test_webrtcvad_window_follows_its_frame_ms() -> None:
 def test_energy_noise_floor_finds_the_answers_at_15_db_snr_where_fixed_thresholds_fail() -> None:
     import soundfile as sf
 
-    from workbench import speechset
-    from workbench.replay import detect_file, evaluate
-    from workbench.sweep import read_labels
+    from workbench.analysis.replay import detect_file, evaluate
+    from workbench.analysis.sweep import read_labels
+    from workbench.store import speechset
 
     rec = Path(__file__).resolve().parent.parent / "recordings"
     x, _ = sf.read(rec / "thinking.flac", dtype="float32")
@@ -380,7 +380,7 @@ def test_energy_noise_floor_finds_the_answers_at_15_db_snr_where_fixed_threshold
 
 
 def test_noise_floor_follows_a_louder_background_within_its_span() -> None:
-    from workbench.scorers import NoiseFloor
+    from workbench.core.scorers import NoiseFloor
 
     f = NoiseFloor(0.01, span_s=3.0)
     for _ in range(300):

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from workbench.ingest import RELEASE_S, Received, ingest
-from workbench.webrtc import (
+from workbench.io.ingest import RELEASE_S, Received, ingest
+from workbench.io.webrtc import (
     FRAME_S,
     FRAME_SAMPLES,
     FilePlayerTrack,

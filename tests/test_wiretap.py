@@ -11,8 +11,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from workbench.events import Event, Ws
-from workbench.wiretap import tapped_connection
+from workbench.core.events import Event, Ws
+from workbench.io.wiretap import tapped_connection
 
 
 async def _session(server_side: Any, client_side: Any, **client_kw: Any) -> list[Event]:

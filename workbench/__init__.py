@@ -11,7 +11,7 @@ __all__ = ["Recording", "RecordingError", "load", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy, so `workbench --help` does not pay for pandas.
     if name in ("Recording", "RecordingError", "load"):
-        from . import recording
+        from workbench.store import recording
 
         return getattr(recording, name)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

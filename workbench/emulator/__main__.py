@@ -9,10 +9,10 @@ import signal
 import sys
 from typing import Any
 
-from .. import eventloop
-from .core import PROFILES, EmulatorConfig
-from .faults import FAULTS, parse_fault
-from .server import Emulator
+from workbench.emulator.core import PROFILES, EmulatorConfig
+from workbench.emulator.faults import FAULTS, parse_fault
+from workbench.emulator.server import Emulator
+from workbench.io import eventloop
 
 
 def build_parser() -> argparse.ArgumentParser:

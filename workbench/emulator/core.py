@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .faults import Fault
+from workbench.emulator.faults import Fault
 
 MODEL_RATE = 24_000
 USER_BYTES_PER_S = 16_000 * 2  # 16 kHz 16-bit mono, what the Live API expects from the client
@@ -59,7 +59,7 @@ INTERNAL = "Internal error encountered."
 # kizuna-ai-lab/sokuji #179: goAway {timeLeft: "50s"}, then close 1011 with this reason
 DEADLINE = "Deadline expired before operation could complete."
 REALTIME_FIELDS = ("activity_start", "audio", "media_chunks", "activity_end", "audio_stream_end", "text")
-# The models the project uses (workbench/live.py DEFAULT_MODEL, workbench/cli.py DEFAULT_LIVE_MODEL; the core
+# The models the project uses (workbench/io/live.py DEFAULT_MODEL, workbench/ui/cli.py DEFAULT_LIVE_MODEL; the core
 # must not import them, they pull in the SDK) and the families of Live models.
 KNOWN_MODELS = ("gemini-2.5-flash-native-audio-preview-12-2025",)
 MODEL_PATTERNS = ("gemini-*live*", "*native-audio*")

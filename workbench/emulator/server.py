@@ -18,8 +18,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidState
 from websockets.frames import Frame, Opcode
 
-from .certs import client_context, make_cert, server_context
-from .core import (
+from workbench.emulator.certs import client_context, make_cert, server_context
+from workbench.emulator.core import (
     Action,
     Close,
     Conversation,

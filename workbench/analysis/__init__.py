@@ -1,0 +1,1 @@
+"""Reading recordings: turn tables, offline replay, sweeps (local or on Dask), diagnosis and export."""

@@ -1,0 +1,630 @@
+"""Record any bridge: the workbench's recorders as a library for the user's own Gemini Live code.
+
+A team that runs its own bridge (its own aiortc track, its own VAD, its own tasks calling
+``send_realtime_input``) taps it in a few lines and gets an ordinary workbench recording, so
+``diagnose``, ``plot``, ``vad`` replay, the tuning panel and ``sweep`` see its failures::
+
+    from workbench.io import tap
+
+    with tap.Tap("recordings/prod-0142", name="prod-0142", meta={"customer": "x"}) as rec:   # or `async with`
+        client = rec.client(api_key=key, http_options=...)   # a google.genai.Client; its websocket is tapped
+        async with client.aio.live.connect(model=MODEL, config=CONFIG) as session:
+            session = rec.session(session)     # same methods; records each call and each message received
+            track = rec.track(remote_track)    # same recv(); records each frame, its audio, and the gaps
+            rec.vad("speech_start", reason="level above -40 dBFS")   # optional: the user's own VAD decisions
+
+Contract:
+
+- Wrapping changes nothing the user's code or the server can see: every call goes to the real
+  object with the same arguments, returns what it returned and raises what it raised; the same
+  messages leave the socket in the same order.  Recording never raises into the user's path: a
+  recording failure (disk full) becomes an ``error`` event, once per place.
+- What it writes is what ``workbench.store.recording.Recorder`` writes for the workbench's own bridge:
+  ``frame`` events (arrival time, media time, 48 kHz sample count, level) and ``mic.flac`` placed
+  by media time, ``frame_gap`` when frames stop, ``send`` at the app stage (each call) and the
+  wire stage (``workbench.io.wiretap``), ``server`` at both stages, ``ws`` pings, pongs and closes,
+  ``vad`` for the user's decisions, ``loop_lag`` every 100 ms, ``sent.flac`` (16 kHz) and
+  ``model.flac`` (24 kHz).  ``session.json`` says ``"recorder": "tap"``; ``close()`` marks it ended.
+- A track is any object with ``async recv()`` returning ``av.AudioFrame``s, of any rate, layout
+  and sample format; frames are recorded as mono 48 kHz (resampled by soxr when they are not).
+  One track per recording (``mic.flac`` is one microphone).
+- Misuse of the tap itself raises ``TapError`` (a second track, a session after ``close()``, an
+  unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
+  still running while the user's bridge shuts down must not fail because of the recorder.
+
+Cost: an event line per call, message and frame, and the FLAC encode of the audio; 48 kHz s16
+frames (what aiortc's decoders give) are handled in batches of up to 200 ms (``MicTap.push``), so
+``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
+that much of its last frames; the loader orders events by ``t``).  ``bench/bench_tap.py``
+measures the whole cost against the same bridge untapped (``bench/BENCHMARKS.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+import soxr
+from aiortc.mediastreams import MediaStreamTrack
+
+from workbench.core.events import Error, Event, Frame, FrameGap, LoopLag, Sent, SessionMark, Vad, Ws
+from workbench.core.pcm import level_dbfs
+from workbench.core.pipeline import GAP_S
+from workbench.core.resample import Resampler
+from workbench.io.eventloop import running_loop_name
+from workbench.io.live import server_events
+from workbench.io.webrtc import mono_int16
+from workbench.io.wiretap import tapped_connection
+from workbench.store.recording import MIC_RATE, SENT_RATE, Recorder
+
+__all__ = ["Tap", "TapError", "TappedSession", "TappedTrack"]
+
+LOOP_LAG_PERIOD_S = 0.1  # as the workbench's bridge samples it; also hands buffered events to the OS
+VAD_DECISIONS = ("speech_start", "speech_end")
+# websockets' own keepalive defaults, recorded when the user's http_options do not set them
+WS_DEFAULTS = {"ping_interval": 20.0, "ping_timeout": 20.0, "max_queue": 16, "close_timeout": 10.0}
+
+
+class TapError(Exception):
+    """The tap was used in a way it does not support; the message says how."""
+
+
+class TapState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class MicTap:
+    """Sans-I/O: frames in (arrival time, media time, samples), events and 48 kHz mono audio out.
+
+    Mirrors what ``MicPipeline`` records for the workbench's bridge, so ``replay.replay_recording``
+    reads a tapped recording the same way: ``Frame.n_samples`` and ``mic.flac`` are in 48 kHz
+    samples at the frame's media time, and a pause longer than ``gap_s`` between arrivals is a
+    ``FrameGap`` (``resumed=False`` when the recording ends inside it).
+
+    Two ways in.  ``frame``: int16 mono at any rate, handled at once (resampled to 48 kHz by soxr).
+    ``push``: the common case, 48 kHz packed s16 mono or stereo (aiortc's decoders), gathered into
+    batches of media-contiguous frames and handled together (channels averaged, levels computed and
+    audio written for the whole batch: numpy and libsndfile calls cost per call, not per sample).
+    A batch ends at ``BATCH_FRAMES``, at a gap or a media-time jump, at ``flush`` (the tap calls it
+    from its 100 ms timer once the batch is ``BATCH_AGE_S`` old, so a killed process loses at most
+    ~200 ms of frames) and at ``close``.  Each frame's event keeps its own arrival time.
+    """
+
+    BATCH_FRAMES = 10
+    BATCH_AGE_S = 0.1
+
+    def __init__(self, gap_s: float = GAP_S) -> None:
+        self.gap_s = gap_s
+        self.last_arrival: float | None = None
+        self.media_offset: float | None = None  # session time of media time 0
+        self.rate: int | None = None
+        self._resampler: Resampler | None = None
+        self.n_frames = 0
+        self._batch: list[tuple[float, float, np.ndarray]] = []  # (arrival, media t, interleaved int16)
+        self._batch_channels = 1
+        self._batch_next = 0.0  # media time the next frame of the batch starts at
+
+    def _arrive(self, t: float, pts_s: float, events: list[Event]) -> None:
+        if self.media_offset is None:
+            self.media_offset = t - pts_s
+        if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
+            events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
+                                   resumed=True))
+        self.last_arrival = t
+        self.n_frames += 1
+
+    def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int
+              ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(media t, 48 kHz int16)]).
+
+        Media time plus ``media_offset`` is the session time of a sample (``mic.flac`` is placed by it).
+        """
+        events, audio = self.flush()
+        self._arrive(t, pts_s, events)
+        if rate != self.rate:
+            audio += self._flush_resampler()
+            self.rate = rate
+            self._resampler = None if rate == MIC_RATE else Resampler(in_rate=rate, out_rate=MIC_RATE)
+        n48 = samples.size if rate == MIC_RATE else round(samples.size * MIC_RATE / rate)
+        # rounded as the bridge's pipeline rounds them
+        events.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(n48), rate=MIC_RATE,
+                            level_db=round(level_dbfs(samples), 2)))
+        if self._resampler is None:
+            audio.append((pts_s, samples))
+        else:
+            audio += self._resampler.push(pts_s, samples)
+        return events, audio
+
+    def push(self, t: float, pts_s: float, interleaved: np.ndarray, channels: int
+             ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """One 48 kHz packed s16 frame (``channels`` 1 or 2); returns what a batch it ended produced."""
+        n = interleaved.size // channels
+        batch = self._batch
+        if batch and (len(batch) >= self.BATCH_FRAMES or channels != self._batch_channels
+                      or (self.last_arrival is not None and t - self.last_arrival > self.gap_s)
+                      or abs(pts_s - self._batch_next) > 0.5 * n / MIC_RATE):
+            events, audio = self.flush()
+        else:
+            events, audio = [], []
+        self._arrive(t, pts_s, events)
+        if self.rate != MIC_RATE:
+            audio += self._flush_resampler()
+            self.rate, self._resampler = MIC_RATE, None
+        self._batch.append((t, pts_s, interleaved))
+        self._batch_channels = channels
+        self._batch_next = pts_s + n / MIC_RATE
+        return events, audio
+
+    def batch_age(self, t: float) -> float:
+        """How long the oldest frame of the current batch has waited (0 when there is none)."""
+        return t - self._batch[0][0] if self._batch else 0.0
+
+    def flush(self) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """Handle the frames gathered by ``push``: their events and their audio (one contiguous block)."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return [], []
+        raw = batch[0][2] if len(batch) == 1 else np.concatenate([x for _, _, x in batch])
+        mono = raw if self._batch_channels == 1 else (raw[0::2] >> 1) + (raw[1::2] >> 1)
+        n = batch[0][2].size // self._batch_channels
+        if all(x.size == batch[0][2].size for _, _, x in batch):
+            w = mono.reshape(len(batch), n).astype(np.float32)
+            levels = np.einsum("ij,ij->i", w, w) / (n * 32768.0**2)
+            level_db = [round(max(-120.0, 10.0 * math.log10(v)), 2) if v > 0 else -120.0 for v in levels.tolist()]
+        else:
+            at = np.cumsum([0] + [x.size // self._batch_channels for _, _, x in batch])
+            level_db = [round(level_dbfs(mono[a:b]), 2) for a, b in zip(at, at[1:], strict=False)]
+        events: list[Event] = [Frame(t=t, pts_s=round(pts_s, 6), n_samples=x.size // self._batch_channels,
+                                     rate=MIC_RATE, level_db=db) for (t, pts_s, x), db in zip(batch, level_db,
+                                                                                             strict=True)]
+        return events, [(batch[0][1], mono)]
+
+    def _flush_resampler(self) -> list[tuple[float, np.ndarray]]:
+        return self._resampler.flush() if self._resampler is not None else []
+
+    def close(self, t: float) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+        """The recording ends at ``t``: the last batch, a gap still open, the audio soxr holds back (by media time)."""
+        events, audio = self.flush()
+        if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
+            events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
+                                   resumed=False))
+        audio += self._flush_resampler()
+        self._resampler = None
+        return events, audio
+
+
+def _pcm_rate(mime_type: str | None) -> int:
+    """``audio/pcm;rate=16000`` -> 16000 (the Live API's input default when the rate is not given)."""
+    for part in (mime_type or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "rate" and value.isdigit():
+            return int(value)
+    return SENT_RATE
+
+
+def _blob(value: Any) -> tuple[bytes | None, str | None]:
+    """(data, mime_type) of a ``types.Blob`` or its dict form."""
+    if isinstance(value, dict):
+        return value.get("data"), value.get("mime_type") or value.get("mimeType")
+    return getattr(value, "data", None), getattr(value, "mime_type", None)
+
+
+class Tap:
+    """One recording of the user's own bridge session; see the module docstring for the contract.
+
+    ``dir`` must not hold a recording yet.  ``name`` and ``meta`` go into ``session.json`` (``meta``
+    may carry ``params``, the user's VAD settings, which ``diagnose`` reads for the silence window).
+    Use as ``with`` or ``async with``; leaving the block (or ``close()``) finishes the files.
+    """
+
+    def __init__(self, dir: str | os.PathLike[str], name: str | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.t0 = time.monotonic()
+        info: dict[str, Any] = {"name": name or os.path.basename(os.fspath(dir).rstrip("/")), "recorder": "tap",
+                                "t0_monotonic": self.t0, **(meta or {})}
+        self.recorder = Recorder(dir, info)
+        self.dir = self.recorder.dir
+        self.state = TapState.OPEN
+        self._seq = 0
+        self._sessions = 0
+        self._track: TappedTrack | None = None
+        self._mic = MicTap()
+        self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
+        self._rate: int | None = None  # the track's rate and time base, read again only when the rate changes
+        self._time_base: Fraction | None = None
+        self._counted_s = 0.0
+        self._failed: set[str] = set()
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self.recorder.emit(SessionMark(t=0.0, what="start", detail=info["name"]))
+        self._start_loop_lag()
+
+    # -- the clock and the recorder ----------------------------------------------------------------
+
+    def clock(self) -> float:
+        """Seconds on the session clock (0 = the tap's creation)."""
+        return time.monotonic() - self.t0
+
+    def emit(self, event: Event) -> None:
+        """Record one event (never raises: a failure is recorded once as an ``error`` event)."""
+        try:
+            self.recorder.emit(event)
+        except Exception as exc:
+            self._fail("events", exc)
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        if where in self._failed:
+            return
+        self._failed.add(where)
+        try:
+            self.recorder.emit(Error(t=self.clock(), where=f"tap {where}", message=f"{type(exc).__name__}: {exc}"))
+        except Exception:
+            pass
+
+    def _check_open(self, what: str) -> None:
+        if self.state is not TapState.OPEN:
+            raise TapError(f"tap is {self.state.value}: cannot {what} (the recording in {self.dir} is finished)")
+
+    def _start_loop_lag(self) -> None:
+        """Sample the running loop's lag every 100 ms (a self-rearming timer, no task); no loop yet: later."""
+        if self._lag_timer is not None or self.state is not TapState.OPEN:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.recorder.meta["event_loop"] = running_loop_name()
+
+        def fire(due: float) -> None:
+            if self.state is not TapState.OPEN:
+                return
+            now = loop.time()
+            self.emit(LoopLag(t=self.clock(), lag_ms=round((now - due) * 1000.0, 3)))
+            self._flush_mic()
+            self._lag_timer = loop.call_at(now + LOOP_LAG_PERIOD_S, fire, now + LOOP_LAG_PERIOD_S)
+
+        due = loop.time() + LOOP_LAG_PERIOD_S
+        self._lag_timer = loop.call_at(due, fire, due)
+
+    # -- the contract ------------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``google.genai.Client`` built from the same arguments, its websocket tapped.
+
+        ``http_options`` (a ``types.HttpOptions`` or its dict) is copied, never modified; its
+        ``async_client_args`` keep every key the user set, and ``create_connection`` becomes a tapped
+        subclass of the user's own connection class (websockets' ``ClientConnection`` by default).
+        """
+        self._check_open("make a client")
+        self._start_loop_lag()
+        from google import genai
+        from google.genai import types
+        from websockets.asyncio.client import ClientConnection
+
+        opts = kwargs.pop("http_options", None)
+        if opts is None:
+            opts = types.HttpOptions()
+        elif isinstance(opts, dict):
+            opts = types.HttpOptions.model_validate(opts)
+        args = dict(opts.async_client_args or {})
+        base = args.get("create_connection") or ClientConnection
+        args["create_connection"] = tapped_connection(self.emit, self.clock, base=base)
+        opts = opts.model_copy(update={"async_client_args": args})
+        ws = {k: args.get(k, v) for k, v in WS_DEFAULTS.items()}
+        self.recorder.meta["live"] = {"endpoint": opts.base_url or "google", "ping_interval_s": ws["ping_interval"],
+                                      "ping_timeout_s": ws["ping_timeout"], "max_queue": ws["max_queue"],
+                                      "close_timeout_s": ws["close_timeout"]}
+        self.recorder._write_meta()
+        return genai.Client(**kwargs, http_options=opts)
+
+    def session(self, session: Any) -> TappedSession:
+        """The Live session, every call and every message received recorded; one ``ws connect`` each."""
+        self._check_open("tap a session")
+        self._start_loop_lag()
+        self._sessions += 1
+        self.emit(Ws(t=self.clock(), what="connect", detail=f"conn {self._sessions}"))
+        return TappedSession(session, self, self._sessions)
+
+    def track(self, track: Any) -> TappedTrack:
+        """The microphone track, every frame recorded (arrival, media time, audio) and the gaps between them."""
+        self._check_open("tap a track")
+        if self._track is not None:
+            raise TapError("this tap already records a track; one microphone per recording (use another Tap)")
+        self._start_loop_lag()
+        self._track = TappedTrack(track, self)
+        return self._track
+
+    def vad(self, decision: str, reason: str = "user VAD", *, media_t: float | None = None,
+            level_db: float | None = None) -> None:
+        """Record one of the user's own VAD decisions (``speech_start`` or ``speech_end``), now.
+
+        ``media_t``: where in the audio the decision places the speech boundary, on the session clock
+        (e.g. the last loud frame's arrival for a speech_end); left out, the plot draws the decision only.
+        """
+        if decision not in VAD_DECISIONS:
+            raise TapError(f"VAD decision must be one of {', '.join(VAD_DECISIONS)}, not {decision!r}")
+        if self.state is not TapState.OPEN:
+            return
+        self._start_loop_lag()
+        self.emit(Vad(t=self.clock(), decision=decision, reason=str(reason), media_t=media_t, level_db=level_db))
+
+    def close(self, **summary: Any) -> None:
+        """Finish the files and mark ``session.json`` ended (with ``summary`` added); a second call does nothing."""
+        if self.state is TapState.CLOSED:
+            return
+        t = self.clock()
+        try:
+            self._mic_out(*self._mic.close(t))
+            self._sent_flush()
+        finally:
+            self.state = TapState.CLOSED
+            if self._lag_timer is not None:
+                self._lag_timer.cancel()
+                self._lag_timer = None
+            self.recorder.emit(SessionMark(t=self.clock(), what="end"))
+            self.recorder.close(sessions=self._sessions, frames=self._mic.n_frames,
+                                track=self._track.describe() if self._track is not None else None, **summary)
+
+    def _leave(self, exc: BaseException | None) -> None:
+        if exc is not None and self.state is TapState.OPEN:
+            self.emit(Error(t=self.clock(), where="session", message=f"{type(exc).__name__}: {exc}"[:300]))
+        self.close(error=None if exc is None else type(exc).__name__)
+
+    def __enter__(self) -> Tap:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._leave(exc)
+
+    async def __aenter__(self) -> Tap:
+        self._start_loop_lag()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._leave(exc)
+
+    # -- what the wrappers hand in -----------------------------------------------------------------
+
+    def _frame(self, frame: Any) -> None:
+        """Record one frame the track returned: its event, its audio by media time, the gap before it.
+
+        Runs on every frame (50 a second a session), so it reads each PyAV property once: the time
+        base is a new ``Fraction`` at every access and is read only when the rate changes.
+        """
+        if self.state is not TapState.OPEN or not isinstance(frame, av.AudioFrame):
+            return
+        try:
+            t = time.monotonic() - self.t0
+            rate = frame.sample_rate
+            if rate != self._rate:
+                self._rate, self._time_base = rate, frame.time_base
+                if self._track is not None:
+                    self._track.note(frame)
+            pts, tb = frame.pts, self._time_base
+            n = frame.samples
+            pts_s = pts * tb.numerator / tb.denominator if pts is not None and tb is not None else self._counted_s
+            self._counted_s += n / rate  # media time for frames without pts
+            channels = frame.layout.nb_channels
+            if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
+                raw = np.frombuffer(frame.planes[0], np.int16, count=channels * n)
+                self._mic_out(*self._mic.push(t, pts_s, raw, channels))
+            else:
+                self._mic_out(*self._mic.frame(t, pts_s, mono_int16(frame), rate))
+        except Exception as exc:
+            self._fail("track", exc)
+
+    def _mic_out(self, events: list[Event], audio: list[tuple[float, np.ndarray]]) -> None:
+        for e in events:
+            self.recorder.emit(e)
+        self._mic_audio(audio)
+
+    def _flush_mic(self) -> None:
+        """From the 100 ms timer: hand over a batch of frames that has waited long enough."""
+        try:
+            if self._mic.batch_age(self.clock()) >= MicTap.BATCH_AGE_S:
+                self._mic_out(*self._mic.flush())
+        except Exception as exc:
+            self._fail("track", exc)
+
+    def _mic_audio(self, audio: list[tuple[float, np.ndarray]]) -> None:
+        offset = self._mic.media_offset or 0.0
+        for media_t, x in audio:
+            self.recorder.mic(media_t + offset, round(media_t * MIC_RATE), x)
+
+    def _sent(self, msg: str, n_bytes: int = 0, n_samples: int | None = None) -> None:
+        self._seq += 1
+        self.emit(Sent(t=self.clock(), msg=msg, n_bytes=n_bytes, seq=self._seq, stage="app",
+                            n_samples=n_samples))
+
+    def _sent_audio(self, data: bytes, rate: int) -> None:
+        """The 16 kHz audio handed to the session, for ``sent.flac`` (resampled when sent at another rate)."""
+        try:
+            x = np.frombuffer(data, dtype="<i2")
+            if rate != SENT_RATE:
+                stream = self._sent_resamplers.get(rate)
+                if stream is None:
+                    stream = self._sent_resamplers[rate] = soxr.ResampleStream(rate, SENT_RATE, 1, dtype="int16")
+                x = stream.resample_chunk(x)
+            self.recorder.sent(x)
+        except Exception as exc:
+            self._fail("sent audio", exc)
+
+    def _sent_flush(self) -> None:
+        for stream in self._sent_resamplers.values():
+            self.recorder.sent(stream.resample_chunk(np.zeros(0, np.int16), last=True))
+        self._sent_resamplers.clear()
+
+    def _received(self, msg: Any) -> None:
+        if self.state is not TapState.OPEN:
+            return
+        try:
+            t = self.clock()
+            for ev in server_events(msg, t):
+                self.recorder.emit(ev)
+            sc = msg.server_content
+            if sc is not None and sc.model_turn and sc.model_turn.parts:
+                for part in sc.model_turn.parts:
+                    if part.inline_data and part.inline_data.data:
+                        self.recorder.model(np.frombuffer(part.inline_data.data, dtype="<i2"))
+        except Exception as exc:
+            self._fail("receive", exc)
+
+
+class TappedSession:
+    """A Live ``AsyncSession`` whose sends and receives are recorded; everything else is the session's own.
+
+    Each send is recorded (``send`` event, stage ``app``) just before the call, as the workbench's
+    writer does, and the call's own result or exception comes back unchanged; a failed call also
+    leaves an ``error`` event.  ``receive()`` yields exactly what the session's ``receive()`` yields
+    (it too ends at each turn_complete), recording each message as the application gets it.
+    """
+
+    def __init__(self, session: Any, tap: Tap, conn: int) -> None:
+        self._session = session
+        self._tap = tap
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._session, method)(*args, **kwargs)
+        except Exception as exc:
+            if self._tap.state is TapState.OPEN:
+                self._tap.emit(Error(t=self._tap.clock(), where=method, message=f"{type(exc).__name__}: {exc}"[:300]))
+            raise
+
+    async def send_realtime_input(self, *args: Any, **kwargs: Any) -> Any:
+        tap = self._tap
+        audio: tuple[bytes, int] | None = None
+        if tap.state is TapState.OPEN:
+            try:
+                audio = self._record_realtime(kwargs)
+            except Exception as exc:
+                tap._fail("send", exc)
+        result = await self._call("send_realtime_input", *args, **kwargs)
+        if audio is not None:
+            tap._sent_audio(*audio)
+        return result
+
+    def _record_realtime(self, kwargs: dict[str, Any]) -> tuple[bytes, int] | None:
+        tap = self._tap
+        for key in ("activity_start", "activity_end", "audio_stream_end"):
+            if kwargs.get(key) not in (None, False):
+                tap._sent(key)
+        for key in ("audio", "media"):
+            value = kwargs.get(key)
+            if value is None:
+                continue
+            data, mime = _blob(value)
+            if key == "media" and not str(mime or "").startswith("audio/"):
+                tap._sent("video" if str(mime or "").startswith("image/") else "media",
+                          len(data) if isinstance(data, bytes | bytearray) else 0)
+                continue
+            rate = _pcm_rate(mime)
+            if isinstance(data, bytes | bytearray):
+                tap._sent("audio", len(data), round(len(data) // 2 * SENT_RATE / rate))
+                return bytes(data), rate
+            tap._sent("audio", 0)
+        if kwargs.get("video") is not None:
+            tap._sent("video")
+        if kwargs.get("text") is not None:
+            tap._sent("text", len(str(kwargs["text"])))
+        return None
+
+    async def send_client_content(self, *args: Any, **kwargs: Any) -> Any:
+        if self._tap.state is TapState.OPEN:
+            self._tap._sent("client_content")
+        return await self._call("send_client_content", *args, **kwargs)
+
+    async def send_tool_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._tap.state is TapState.OPEN:
+            self._tap._sent("tool_response")
+        return await self._call("send_tool_response", *args, **kwargs)
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's deprecated ``send``, recorded as ``send`` (the wire tap names what it became)."""
+        if self._tap.state is TapState.OPEN:
+            self._tap._sent("send")
+        return await self._call("send", *args, **kwargs)
+
+    async def receive(self) -> AsyncIterator[Any]:
+        inner = self._session.receive()
+        try:
+            while True:
+                try:
+                    msg = await inner.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    if self._tap.state is TapState.OPEN:
+                        self._tap.emit(Error(t=self._tap.clock(), where="receive",
+                                             message=f"{type(exc).__name__}: {exc}"[:300]))
+                    raise
+                self._tap._received(msg)
+                yield msg
+        finally:
+            await inner.aclose()  # closed with ours, as the user's aclose() would close the SDK's
+
+
+class TappedTrack(MediaStreamTrack):
+    """The user's track with the same ``recv()``: each audio frame it returns is recorded, then returned as is.
+
+    ``kind``, ``readyState`` and unknown attributes are the source's; ``stop()`` stops it.  Non-audio
+    frames pass through unrecorded; exceptions from the source's ``recv()`` (``MediaStreamError`` at
+    its end) come through unchanged.
+    """
+
+    def __init__(self, source: Any, tap: Tap) -> None:
+        super().__init__()
+        self._source = source
+        self._tap = tap
+        self.kind = getattr(source, "kind", "audio")
+        self.first: dict[str, Any] | None = None
+        on = getattr(source, "on", None)
+        if callable(on) and isinstance(source, MediaStreamTrack):
+            source.on("ended", self._source_ended)
+
+    def _source_ended(self) -> None:
+        MediaStreamTrack.stop(self)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_source", "_tap"):
+            raise AttributeError(name)
+        return getattr(self._source, name)
+
+    @property
+    def readyState(self) -> str:
+        state = getattr(self._source, "readyState", None)
+        return state if isinstance(state, str) else super().readyState
+
+    async def recv(self) -> Any:
+        frame = await self._source.recv()
+        self._tap._frame(frame)
+        return frame
+
+    def stop(self) -> None:
+        stop = getattr(self._source, "stop", None)
+        if callable(stop):
+            stop()
+        super().stop()
+
+    def note(self, frame: av.AudioFrame) -> None:
+        """Remember the first frame's shape (and the first of each new rate) for session.json."""
+        if self.first is None:
+            tb = frame.time_base
+            self.first = {"rate": int(frame.sample_rate), "channels": frame.layout.nb_channels,
+                          "layout": frame.layout.name, "format": frame.format.name, "samples": frame.samples,
+                          "time_base": str(tb) if isinstance(tb, Fraction) else None}
+
+    def describe(self) -> dict[str, Any] | None:
+        return self.first

@@ -1,0 +1,342 @@
+"""The WebRTC I/O shell: frame helpers, a file-playing microphone track, a loopback link, media time.
+
+Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes it through
+``workbench.io.ingest``.  Facts this module is built on (aiortc 1.16, measured on loopback):
+
+- ``RemoteStreamTrack.recv()`` blocks forever while no packets arrive, so ``ingest`` runs the
+  consumer's clock with a timer beside it: silence is measured on the clock.
+- The receiver's jitter buffer (prefetch 4) holds the newest ~80 ms until 4 later packets arrive.
+  When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
+  when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
+  judge a frame by ``pts_s`` (media time), not by arrival time (``MediaClock``); the receiver can
+  be changed: ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame, and
+  ``workbench.io.ingest`` releases it when packets stop (``LoopDecoder.release``).
+- aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
+  timestamp continuing the previous burst; the next packet carries the true time.  So one 20 ms
+  frame of each new burst looks, by pts, as if it followed the old burst directly.
+- aiortc decodes Opus as packed s16 stereo, ``to_ndarray()`` shape (1, 1920) even from a mono
+  sender; ``workbench.io.loopdecode`` (what the bridge uses) decodes it to s16 mono.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import fractions
+import time
+from dataclasses import dataclass, field
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from workbench.io.loopdecode import HoldingJitterBuffer, decode_audio_on_loop
+
+RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
+FRAME_S = FRAME_SAMPLES / RATE
+TIME_BASE = fractions.Fraction(1, RATE)
+CONNECT_TIMEOUT_S = 10.0
+
+# -- frames ------------------------------------------------------------------
+
+
+def mono_frame(samples: np.ndarray, pts: int, rate: int = RATE) -> av.AudioFrame:
+    """An s16 mono ``AudioFrame`` of int16 ``samples`` with ``pts`` in 1/``rate`` units."""
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.int16).reshape(1, -1),
+                                       format="s16", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, rate)
+    return frame
+
+
+def to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Mono int16 samples of a 48 kHz frame: channels averaged (aiortc decodes Opus as packed stereo)."""
+    if frame.sample_rate != RATE:
+        raise ValueError(f"expected a {RATE} Hz frame, got {frame.sample_rate} Hz")
+    return mono_int16(frame)
+
+
+def mono_int16(frame: av.AudioFrame) -> np.ndarray:
+    """Mono int16 samples of an audio frame of any rate, layout and sample format (channels averaged)."""
+    channels = frame.layout.nb_channels
+    if frame.format.name == "s16" and channels <= 2:  # the hot paths (Opus decoders): read the plane in place
+        x = np.frombuffer(frame.planes[0], np.int16, count=channels * frame.samples)
+        if channels == 1:  # workbench.io.loopdecode decodes to mono
+            return x.copy()
+        return ((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16)  # aiortc's decoder thread: stereo
+    x = frame.to_ndarray()
+    x = x.reshape(channels, -1).T if frame.format.is_planar else x.reshape(-1, channels)
+    if x.dtype.kind == "f":  # float formats from other decoders
+        x = np.clip(np.round(x * 32768.0), -32768, 32767)
+    elif x.dtype == np.int32:  # s32: the top 16 bits
+        x = x >> 16
+    elif x.dtype == np.uint8:  # u8: offset binary
+        x = (x.astype(np.int32) - 128) << 8
+    if channels == 1:
+        return x[:, 0].astype(np.int16, copy=True)
+    return (x.astype(np.int32).sum(axis=1) // channels).astype(np.int16)
+
+
+# -- the file-playing microphone ----------------------------------------------
+
+
+class FilePlayerTrack(MediaStreamTrack):
+    """Plays mono int16 48 kHz audio as 20 ms frames at real-time pace, like a microphone.
+
+    Frame ``i`` is due ``i * 20 ms`` after the first ``recv()`` (scheduled against that start, so
+    the pace never drifts).  With ``dtx`` an all-zero frame is not returned at all: ``recv()``
+    sleeps to the next non-silent frame's due time, so the RTP sender goes quiet exactly like Opus
+    DTX or a muted browser track.  ``tail_s`` of digital silence is played after the audio (and
+    skipped, but waited for, under ``dtx``) before the track ends with ``MediaStreamError``.
+    """
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, *, dtx: bool = False, tail_s: float = 0.0) -> None:
+        super().__init__()
+        audio = np.asarray(samples)
+        if audio.ndim != 1 or audio.dtype != np.int16:
+            raise ValueError(f"FilePlayerTrack wants mono int16 samples, got {audio.dtype} shape {audio.shape}")
+        if tail_s < 0:
+            raise ValueError(f"tail_s must be >= 0, got {tail_s}")
+        self.dtx = dtx
+        self.tail_s = tail_s
+        self._audio = audio
+        self._audio_frames = -(-audio.size // FRAME_SAMPLES)
+        self.n_frames = self._audio_frames + int(round(tail_s / FRAME_S))
+        whole = audio.size // FRAME_SAMPLES
+        silent = ~audio[: whole * FRAME_SAMPLES].reshape(whole, FRAME_SAMPLES).any(axis=1)
+        if whole < self._audio_frames:
+            silent = np.append(silent, not audio[whole * FRAME_SAMPLES :].any())
+        self._sounding = np.flatnonzero(~silent)  # frame indices that carry a non-zero sample
+        self._next = 0  # index of the next frame to hand out (or skip)
+        self.t_start: float | None = None  # time.monotonic() at which frame 0 was due
+        self.frames_sent = 0
+        self.done = asyncio.Event()
+
+    @property
+    def position_s(self) -> float:
+        """Media time handed out (or skipped in silence) so far."""
+        return min(self._next, self.n_frames) * FRAME_S
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames * FRAME_S
+
+    def due(self, pts_s: float) -> float:
+        """``time.monotonic()`` at which the frame at media time ``pts_s`` was (or will be) handed out."""
+        if self.t_start is None:
+            raise RuntimeError("the track has not started playing")
+        return self.t_start + pts_s
+
+    def stop(self) -> None:
+        super().stop()
+        self.done.set()
+
+    def _frame_samples(self, i: int) -> np.ndarray:
+        if i >= self._audio_frames:
+            return np.zeros(FRAME_SAMPLES, np.int16)
+        chunk = self._audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        return chunk if chunk.size == FRAME_SAMPLES else np.pad(chunk, (0, FRAME_SAMPLES - chunk.size))
+
+    def _next_index(self) -> int:
+        """The next frame to hand out; under DTX the next sounding one (``n_frames`` if none is left)."""
+        if not self.dtx:
+            return self._next
+        k = int(np.searchsorted(self._sounding, self._next))
+        return int(self._sounding[k]) if k < self._sounding.size else self.n_frames
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.t_start is None:
+            self.t_start = time.monotonic()
+        i = self._next_index()
+        # Sleep to the frame's due time; at the end, to the end of the tail, so a DTX session runs on.
+        wait = self.t_start + min(i, self.n_frames) * FRAME_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if i >= self.n_frames:
+            self._next = self.n_frames
+            self.stop()
+            raise MediaStreamError
+        self._next = i + 1
+        self.frames_sent += 1
+        return mono_frame(self._frame_samples(i), i * FRAME_SAMPLES)
+
+
+# -- loopback link --------------------------------------------------------------
+
+_loopback_only: contextvars.ContextVar[bool] = contextvars.ContextVar("workbench_loopback_only", default=False)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """Inside ``loopback()``: 127.0.0.1 only.  Elsewhere: aioice's addresses plus 127.0.0.1."""
+    if _loopback_only.get():
+        return ["127.0.0.1"] if use_ipv4 else ["::1"]
+    addresses = _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    return addresses + ["127.0.0.1"] if use_ipv4 and "127.0.0.1" not in addresses else addresses
+
+
+def patch_aioice_loopback() -> None:
+    """Let aioice offer 127.0.0.1, which it leaves out; idempotent.
+
+    Peers on one machine (tests, a local browser) then connect even when ``lo`` is the only
+    interface that works.  ``loopback()`` restricts its own candidates to 127.0.0.1.
+    """
+    aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@dataclass
+class LoopbackLink:
+    """Two peer connections in one process: ``pc_send`` carries the track to ``pc_recv``."""
+
+    pc_send: RTCPeerConnection
+    pc_recv: RTCPeerConnection
+    remote_track: MediaStreamTrack
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    async def close(self) -> None:
+        """Close both peers; the remote track ends.  Safe to call twice."""
+        for task in self._tasks:
+            task.cancel()
+        await self.pc_send.close()
+        await self.pc_recv.close()
+
+
+def _config() -> RTCConfiguration:
+    # No ICE servers: aiortc would otherwise default to Google's STUN server and wait on it.
+    return RTCConfiguration(iceServers=[])
+
+
+async def _connected(pc: RTCPeerConnection) -> None:
+    done = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _changed() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            done.set()
+
+    if pc.connectionState != "connected":
+        await done.wait()
+    if pc.connectionState != "connected":
+        raise ConnectionError(f"loopback peer connection {pc.connectionState}")
+
+
+def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
+    """Replace an audio receiver's jitter buffer by one that holds ``prefetch`` frames (aiortc: 4).
+
+    The receive-side fix for stale speech tails: with 1 the steady delay drops from ~82 to ~22 ms
+    and only the last 20 ms of a burst wait for the next one; the price is no reordering
+    tolerance, which loopback and most audio paths do not need.  Call it before packets arrive.
+    Uses aiortc's private attribute (checked, so an aiortc upgrade fails loudly, not silently).
+    """
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        raise RuntimeError("this aiortc has no audio jitter buffer where set_jitter_prefetch expects it")
+    if receiver.track.kind != "audio":
+        raise ValueError("set_jitter_prefetch is for audio receivers")
+    old = getattr(receiver, name)
+    on_held = old.on_held if isinstance(old, HoldingJitterBuffer) else None  # decode_on_loop's, if it came first
+    setattr(receiver, name, HoldingJitterBuffer(capacity=16, prefetch=prefetch, on_held=on_held))
+
+
+async def loopback(
+    track: MediaStreamTrack,
+    *,
+    jitter_prefetch: int | None = None,
+    loop_decode: bool = True,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+) -> LoopbackLink:
+    """Send ``track`` as Opus 48 kHz from one peer connection to another over 127.0.0.1.
+
+    ``jitter_prefetch`` sets the receiver's jitter buffer depth (``None``: aiortc's 4, as a
+    browser-facing aiortc bridge has unless it too calls ``set_jitter_prefetch``).
+    ``loop_decode`` decodes on the event loop (``workbench.io.loopdecode``), as the bridge's browser
+    server does; False keeps aiortc's decoder thread.
+
+    When ``track`` ends, the sending peer's RTP sender is stopped, which sends an RTCP BYE; the
+    receiver then ends ``remote_track`` as it would for a browser that hung up.
+    """
+    patch_aioice_loopback()
+    pc_send = RTCPeerConnection(_config())
+    pc_recv = RTCPeerConnection(_config())
+    token = _loopback_only.set(True)
+    try:
+        got_track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+        @pc_recv.on("track")
+        def _on_track(remote: MediaStreamTrack) -> None:
+            if remote.kind == "audio" and not got_track.done():
+                got_track.set_result(remote)
+
+        transceiver = pc_send.addTransceiver(track, direction="sendonly")
+        opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+        transceiver.setCodecPreferences(opus)
+
+        async def handshake() -> MediaStreamTrack:
+            await pc_send.setLocalDescription(await pc_send.createOffer())
+            await pc_recv.setRemoteDescription(pc_send.localDescription)
+            if jitter_prefetch is not None:
+                for receiver in pc_recv.getReceivers():
+                    set_jitter_prefetch(receiver, jitter_prefetch)
+            if loop_decode:
+                decode_audio_on_loop(pc_recv)
+            await pc_recv.setLocalDescription(await pc_recv.createAnswer())
+            await pc_send.setRemoteDescription(pc_recv.localDescription)
+            await asyncio.gather(_connected(pc_send), _connected(pc_recv))
+            return await got_track
+
+        remote = await asyncio.wait_for(handshake(), timeout_s)
+    except BaseException:
+        await pc_send.close()
+        await pc_recv.close()
+        raise
+    finally:
+        _loopback_only.reset(token)
+
+    link = LoopbackLink(pc_send=pc_send, pc_recv=pc_recv, remote_track=remote)
+    sender = transceiver.sender
+
+    def _ended() -> None:
+        task = asyncio.ensure_future(sender.stop())
+        link._tasks.add(task)
+        task.add_done_callback(link._tasks.discard)
+
+    if track.readyState == "ended":
+        _ended()
+    else:
+        track.on("ended", _ended)
+    return link
+
+
+# -- media time --------------------------------------------------------------
+
+
+class MediaClock:
+    """Judges frames by media time: how late each one is against the least-late frame seen so far.
+
+    Sans-I/O.  ``late_s`` is ~0 on a steady link whatever its fixed delay; a tail the jitter buffer
+    released after a sender gap shows about the gap's length, a stall after a lost packet its
+    duration.  The bridge can drop, or place by ``pts_s``, frames later than ``stale_after_s``.
+    Sender/receiver clock drift (tens of ppm) slowly biases it; that is ms over a session.
+    """
+
+    def __init__(self, stale_after_s: float = 0.1) -> None:
+        self.stale_after_s = stale_after_s
+        self.offset: float | None = None  # session time of media time 0 on the fastest path seen
+
+    def late_s(self, t: float, pts_s: float) -> float:
+        d = t - pts_s
+        if self.offset is None or d < self.offset:
+            self.offset = d
+        return d - self.offset
+
+    def stale(self, t: float, pts_s: float) -> bool:
+        return self.late_s(t, pts_s) > self.stale_after_s

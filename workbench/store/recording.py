@@ -1,0 +1,379 @@
+"""Write and read ``recordings/<session>/``: the evidence a session leaves behind.
+
+Layout of a recording directory:
+
+- ``session.json``: config, VAD parameters, model, package versions, start wall time;
+  rewritten at the end with a summary (``ended``: true).  A recording whose
+  ``session.json`` lacks ``ended`` was cut short.
+- ``events.jsonl``: one event per line (``workbench.core.events``), appended as it happens and handed to
+  the OS every ``EVENT_FLUSH_S`` (a failure's events at once).
+- ``mic.flac``: the microphone as received (48 kHz mono), placed by media time, so that
+  sample ``i`` is at session time ``mic_start_t + i / 48000``; frame gaps are zero-filled.
+- ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
+- ``model.flac``: the model's 24 kHz audio, back to back.
+
+The recorder is an observer: stages hand it events and audio; it never calls back.
+Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
+that lacks at most its last 100 ms of events and two audio blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import pandas as pd
+import soundfile as sf
+
+from workbench.core.events import Event, from_dict
+
+MIC_RATE = 48_000
+SENT_RATE = 16_000
+MODEL_RATE = 24_000
+AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), "model": ("model.flac", MODEL_RATE)}
+# A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
+# could otherwise make the file grow without bound); the frame events still show the real gap.
+MAX_FILL_S = 120.0
+AUDIO_BLOCK = 8192  # samples gathered per FLAC write (a write per 20 ms frame costs libsndfile ~3x the CPU)
+# Events reach the OS at least this often (a write per event costs a system call, ~100 a second a session);
+# these kinds at once, so the evidence of a failure is on disk even if the process dies right after it.
+EVENT_FLUSH_S = 0.1
+FLUSH_AT_ONCE = frozenset({"session", "error", "watchdog", "ws"})
+
+
+def _plain(value: Any) -> Any:
+    """What orjson does not write itself: numpy scalars (a level computed by numpy) become Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot record a {type(value).__name__} in an event")
+
+
+def _event_line(event: Event) -> bytes:
+    # orjson: ~0.3 µs an event where json's encoder takes ~3.5; ~100 events a second a session
+    return orjson.dumps(event.to_dict(), default=_plain) + b"\n"
+
+
+class RecordingError(Exception):
+    """A recording cannot be read; the message names the file and the problem."""
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # importlib.metadata parses each package's METADATA: ~45 ms, which would stall the loop at every session start
+    out = {}
+    for name in ("workbench", "google-genai", "websockets", "aiortc", "av", "soxr", "numpy", "webrtcvad-wheels"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    out["python"] = platform.python_version()
+    return tuple(out.items())
+
+
+def package_versions() -> dict[str, str]:
+    return dict(_versions())
+
+
+class _FlacStream:
+    """An append-only FLAC file that a killed process leaves readable up to its last whole block.
+
+    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole:
+    its FLAC encoder costs ~37 µs per 20 ms frame written one at a time and ~13 µs written 8192
+    samples at a time.  The encode runs on the caller's thread (the event loop): ~0.1-0.3 ms per
+    block, a few times a second; a thread of its own cost more CPU in hand-overs than it saved
+    the loop (``bench/BENCHMARKS.md``).  libsndfile hands each encoded FLAC block to the OS at
+    once, so after a SIGKILL the file holds everything but the block being gathered and the one
+    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
+    loader does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event
+    loop and guards against power loss, not a crash.
+    """
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path = path
+        self.rate = rate
+        self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
+        self._block = np.empty(AUDIO_BLOCK, np.int16)
+        self._fill = 0
+        self.n_samples = 0
+
+    def write(self, samples: np.ndarray) -> None:
+        if samples.size == 0:
+            return
+        if samples.dtype != np.int16:
+            samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        x = samples.reshape(-1)
+        self.n_samples += x.size
+        while x.size:
+            n = min(x.size, AUDIO_BLOCK - self._fill)
+            self._block[self._fill:self._fill + n] = x[:n]
+            self._fill += n
+            x = x[n:]
+            if self._fill == AUDIO_BLOCK:
+                self._encode()
+
+    def _encode(self) -> None:
+        if self._fill:
+            self._file.write(self._block[:self._fill])
+            self._fill = 0
+
+    def close(self) -> None:
+        """Encode what is gathered and finish the file."""
+        if not self._file.closed:
+            try:
+                self._encode()
+            finally:
+                self._file.close()
+
+
+class Observer(Protocol):
+    """Watches a session as it is recorded (the browser page does): events and the model's audio."""
+
+    def event(self, event: Event) -> None: ...
+
+    def model_audio(self, samples24k: np.ndarray) -> None: ...
+
+
+class Recorder:
+    """Writes one session's recording directory as the session runs; an optional observer sees the same."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None) -> None:
+        self.observer = observer
+        self.dir = Path(out_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(f"cannot create recording directory {self.dir}: {exc.strerror}") from None
+        if (self.dir / "events.jsonl").exists():
+            raise RecordingError(f"{self.dir} already holds a recording; choose another --out or delete it")
+        self.meta = {
+            "format": 1,
+            "start_wall": time.time(),
+            "start_wall_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            **meta,
+        }
+        self._write_meta()
+        self._events = open(self.dir / "events.jsonl", "ab")
+        self._flushed_t = float("-inf")
+        self._audio = {key: _FlacStream(self.dir / name, rate) for key, (name, rate) in AUDIO_FILES.items()}
+        self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
+        self._mic_origin: int = 0
+        self.closed = False
+
+    def _write_meta(self) -> None:
+        tmp = self.dir / "session.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
+        tmp.replace(self.dir / "session.json")
+
+    def emit(self, event: Event) -> None:
+        """Append one event; events reach the OS within ``EVENT_FLUSH_S`` (``FLUSH_AT_ONCE`` kinds at once)."""
+        if self.closed:
+            return
+        self._events.write(_event_line(event))
+        if event.t - self._flushed_t >= EVENT_FLUSH_S or event.kind in FLUSH_AT_ONCE:
+            self._events.flush()
+            self._flushed_t = event.t
+        if self.observer is not None:
+            self.observer.event(event)
+
+    def mic(self, t: float, pts_samples: int, samples: np.ndarray) -> None:
+        """Place a received 48 kHz frame at its media position (``pts_samples``), zero-filling gaps."""
+        if self.closed:
+            return
+        if self._mic_next is None:
+            self._mic_origin = pts_samples
+            self._mic_next = pts_samples
+            self.meta["mic_start_t"] = round(t, 6)
+            self._write_meta()
+        gap = pts_samples - self._mic_next
+        if gap > 0:
+            self._audio["mic"].write(np.zeros(min(gap, int(MAX_FILL_S * MIC_RATE)), np.int16))
+        elif gap < 0:
+            samples = samples[-gap:]  # overlaps audio already written: keep only the new part
+        self._audio["mic"].write(samples)
+        self._mic_next = max(self._mic_next, pts_samples + len(samples) - min(gap, 0))
+
+    def sent(self, samples16k: np.ndarray) -> None:
+        if not self.closed:
+            self._audio["sent"].write(samples16k)
+
+    def model(self, samples24k: np.ndarray) -> None:
+        if not self.closed:
+            self._audio["model"].write(samples24k)
+            if self.observer is not None:
+                self.observer.model_audio(samples24k)
+
+    def close(self, **summary: Any) -> None:
+        """Finish the files and mark the recording complete."""
+        if self.closed:
+            return
+        self.closed = True
+        self._events.close()
+        failed: BaseException | None = None  # raised below (disk full), once the recording is marked complete
+        for stream in self._audio.values():
+            try:
+                stream.close()
+            except Exception as exc:
+                failed = failed or exc
+        self.meta.update(summary)
+        self.meta["ended"] = True
+        self.meta["samples"] = {k: s.n_samples for k, s in self._audio.items()}
+        self._write_meta()
+        if failed is not None:
+            raise failed
+
+
+@dataclass
+class Recording:
+    """A loaded recording: events as a DataFrame, audio as float32 arrays."""
+
+    path: Path
+    meta: dict[str, Any]
+    events: pd.DataFrame
+    mic: np.ndarray
+    sent: np.ndarray
+    model: np.ndarray
+    problems: list[str] = field(default_factory=list)
+    mic_rate: int = MIC_RATE
+    sent_rate: int = SENT_RATE
+    model_rate: int = MODEL_RATE
+
+    @property
+    def cut_short(self) -> bool:
+        """True when the session never closed its recording (killed or crashed)."""
+        return not self.meta.get("ended", False)
+
+    @property
+    def mic_start_t(self) -> float:
+        return float(self.meta.get("mic_start_t", 0.0))
+
+    def of_kind(self, kind: str) -> pd.DataFrame:
+        """The events of one kind, with only the columns that kind uses."""
+        df = self.events[self.events["kind"] == kind]
+        return df.dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def _parse_line(line: str) -> Any:
+    """orjson for speed; json where orjson is stricter (NaN, integers past 64 bits, as older recordings hold)."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
+def _read_events(path: Path, problems: list[str]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().split("\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = _parse_line(line)
+            if not isinstance(d, dict) or not isinstance(d.get("t"), (int, float)):
+                raise ValueError("not an event object with a numeric t")
+        except ValueError as exc:
+            last = i == len(lines) or (i == len(lines) - 1 and not lines[-1])
+            problems.append(
+                f"events.jsonl line {i}: {'truncated last line (cut short)' if last else 'unreadable'}: {exc}"
+            )
+            continue
+        rows.append(from_dict(d).to_dict())
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame({"t": pd.Series(dtype=float), "kind": pd.Series(dtype=str)})
+    return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _read_audio(path: Path, problems: list[str]) -> np.ndarray:
+    if not path.exists():
+        problems.append(f"{path.name}: missing")
+        return np.zeros(0, np.float32)
+    try:
+        with sf.SoundFile(path) as f:
+            # libsndfile writes the FLAC length on close; a killed writer leaves it unknown (huge or 0)
+            finalised = 0 < f.frames < 2**40
+    except Exception as exc:  # not audio, or damaged before the first block
+        problems.append(f"{path.name}: unreadable ({_one_line(exc)})")
+        return np.zeros(0, np.float32)
+    data = None
+    if finalised:
+        try:
+            data = sf.read(path, dtype="float32", always_2d=True)[0]
+        except Exception as exc:  # truncated or damaged after the header: keep what decodes
+            data = _read_audio_partial(path)
+            problems.append(f"{path.name}: damaged; read {data.shape[0]} samples before an error ({_one_line(exc)})")
+    else:
+        data = _read_audio_partial(path)
+        problems.append(f"{path.name}: not finalised (cut short); read {data.shape[0]} samples "
+                        "up to the last whole block")
+    return np.ascontiguousarray(data[:, 0], dtype=np.float32)
+
+
+def _read_audio_partial(path: Path) -> np.ndarray:
+    """Read block by block up to the first error: a killed session leaves a FLAC without its length.
+
+    The error is where the cut block begins, so it is the expected end, not a problem of its own.
+    """
+    out: list[np.ndarray] = []
+    try:
+        with sf.SoundFile(path) as f:
+            while True:
+                block = f.read(4096, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                out.append(block)
+    except Exception:
+        pass
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def load(path: str | os.PathLike[str]) -> Recording:
+    """Load a recording directory written by ``Recorder``.
+
+    Raises ``RecordingError`` with a one-line message when ``path`` is not a recording.
+    Damage short of that (a truncated last line, a cut FLAC) is listed in ``problems``.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise RecordingError(f"{p}: not a recording directory (expected session.json and events.jsonl inside)")
+    problems: list[str] = []
+    meta_path = p / "session.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise RecordingError(f"{p}: no session.json, so this is not a workbench recording") from None
+    except ValueError as exc:
+        raise RecordingError(f"{meta_path}: corrupt session.json ({exc})") from None
+    events_path = p / "events.jsonl"
+    if not events_path.exists():
+        raise RecordingError(f"{p}: no events.jsonl, so this is not a workbench recording")
+    events = _read_events(events_path, problems)
+    written = meta.get("samples", {}) if meta.get("ended") else {}
+    # libsndfile leaves a FLAC it never got a sample for as an empty file: an empty stream, not damage
+    # (a session the model never answered has an empty model.flac)
+    audio = {key: np.zeros(0, np.float32) if written.get(key) == 0 and _empty(p / name) else
+             _read_audio(p / name, problems) for key, (name, _) in AUDIO_FILES.items()}
+    return Recording(path=p, meta=meta, events=events, problems=problems, **audio)

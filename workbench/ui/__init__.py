@@ -1,0 +1,1 @@
+"""What a user touches: the CLI, plots, the tuning panel, notebook helpers, the failure lab and the browser page."""
