@@ -857,15 +857,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print()
         print(eot_summary(df).to_string(index=False, float_format=lambda v: f"{v:.2f}" if v < 1 else f"{v:.0f}"))
     else:
-        cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "lateness_ms",
+        cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "end_wait_ms",
                 "pareto"]
         print(s[cols].head(15).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     if args.plot:
         tradeoff_plot(df).savefig(args.plot, dpi=110)
     if not s["errors"].isna().all():
         top = best(df)
-        within = " (fewest false cut-offs within 1000 ms median latency)" if has_eot(s) else ""
-        print(f"best{within}: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
+        print("best: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
+        print("  why: " + best_rule(df).removeprefix("best: "))
         if args.best_params:
             Path(args.best_params).write_text(json.dumps(to_params(top).to_dict(), indent=2) + "\n")
     elif args.best_params:
