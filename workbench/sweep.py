@@ -610,7 +610,10 @@ def _best(s: pd.DataFrame, budget_ms: float) -> tuple[pd.Series, pd.DataFrame]:
 
 def best_rule(df: pd.DataFrame, budget_ms: float = 1000) -> str:
     """``best``'s choice in words: the rule that picked it and how a tie was broken."""
-    s = summary(df)
+    return _rule(summary(df), budget_ms)
+
+
+def _rule(s: pd.DataFrame, budget_ms: float) -> str:
     top, tied = _best(s, budget_ms)
     if has_eot(s):
         within = bool(top["latency_ms"] <= budget_ms)
@@ -649,6 +652,8 @@ def tradeoff_plot(df: pd.DataFrame, ax: Any = None, budget_ms: float = 1000) -> 
     parameter; sets at the same point are spread sideways (errors are whole numbers, so the
     spread cannot be misread), and the Pareto front is drawn as a step.  ``budget_ms`` as in ``best``.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
@@ -666,9 +671,7 @@ def tradeoff_plot(df: pd.DataFrame, ax: Any = None, budget_ms: float = 1000) -> 
     else:
         _errors_plot(s, ax)
     # Below the axes, in the layout: why the starred set won (the rule and its tie-break).
-    import textwrap
-
-    rule = textwrap.fill(best_rule(df, budget_ms) + ".", width=int(fig.get_figwidth() * 15))
+    rule = textwrap.fill(_rule(s, budget_ms) + ".", width=int(fig.get_figwidth() * 15))
     fig.supxlabel(rule, x=0.01, ha="left", fontsize="small", style="italic")
     plt.close("all")
     return fig
