@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint lab system speechset clean peers-venv
+.PHONY: demo test bench lint lab pages system speechset clean peers-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/workbench demo
 
 test: $(STAMP) system
-	$(BIN)/ruff check workbench tests bench
+	$(BIN)/ruff check workbench tests bench notebooks/render.py
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system peers-venv
@@ -53,11 +53,17 @@ speechset: $(STAMP) system
 	$(BIN)/python -m workbench.store.speechset recordings/speechset
 
 lint: $(STAMP)
-	$(BIN)/ruff check workbench tests bench
+	$(BIN)/ruff check workbench tests bench notebooks/render.py
 
 # Jupyter refuses to start as root (containers, CI images) without --allow-root; a user gets no extra flag.
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
+
+# Every notebook run from a clean kernel on the emulator into notebooks/rendered/NAME.md (+ NAME_files/ figures), so the
+# repository shows what each notebook shows; tests/test_notebooks.py fails when a page is older than its notebook or
+# the code (a digest in the page's first line). A few minutes: the sessions run in real time.
+pages: $(STAMP)
+	$(BIN)/python notebooks/render.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(PEERS_VENV)

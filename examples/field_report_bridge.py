@@ -1,4 +1,4 @@
-"""A Gemini Live bridge written the way the field report describes it, recorded with ``workbench.io.tap``.
+"""A Gemini Live bridge written the way the field report describes it, recorded with ``workbench.tap``.
 
 Run it against the embedded emulator, then look at what it recorded::
 
@@ -37,7 +37,7 @@ import soundfile as sf
 import soxr
 from google.genai import types
 
-from workbench.io import tap
+from workbench import tap
 from workbench.io.webrtc import FilePlayerTrack, loopback
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"

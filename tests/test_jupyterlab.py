@@ -4,12 +4,13 @@ A real ``jupyter lab`` server (this interpreter's, ``--allow-root`` only when ro
 copy of ``notebooks/`` with short-run parameters injected (as tests/test_notebooks.py does); headless
 Chromium opens each notebook that needs no microphone and is driven over the Chrome DevTools Protocol
 (a plain websocket; nothing is downloaded).  Per notebook: Run All, then no cell holds an error, every
-figure-making notebook shows at least one loaded image on the page, and in 03 dragging the tuning
-panel's ``silence_ms`` slider with the mouse redraws the panel's figure.  Screenshots go to the
-test's tmp dir (the path is printed).
+notebook shows at least the figures it makes as loaded images on the page, and in 03 dragging the tuning
+panel's ``silence_ms`` slider with the mouse redraws the panel's figure.  Screenshots of the first and
+the last figure of each notebook go to the test's tmp dir (the path is printed).
 
-Left out: 05 (needs a browser microphone talking to ``serve``) and 04 (fourteen scenario sessions:
-minutes, well over this test's budget; tests/test_notebooks.py runs it headless).
+04 runs two of its scenarios (``SCENARIOS`` injected: a field-report mistake and strict input; all
+seventeen take minutes, mostly drawing 34 timelines); tests/test_notebooks.py runs six headless.
+Left out: 05 (needs a browser microphone talking to ``serve``).
 Skips when Chromium or JupyterLab is missing.
 """
 
@@ -34,8 +35,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-# notebook: does it make figures?
-CASES = {"01_live_session": True, "02_replay_and_analyse": True, "03_tune_vad": True, "06_your_bridge": True}
+# notebook: the figures it shows at least (04: two timelines per scenario)
+CASES = {"01_live_session": 1, "02_replay_and_analyse": 3, "03_tune_vad": 3, "04_failure_modes": 4,
+         "06_your_bridge": 2}
+SCENARIOS = ["receive-once", "strict-input"]  # 04: 7.5 s of audio each, run at once
 RUN_TIMEOUT_S = 120.0  # per notebook, Run All to idle
 START_TIMEOUT_S = 60.0
 
@@ -48,7 +51,9 @@ def _free_port() -> int:
 
 def _copy_notebooks(dest: Path, recordings: Path) -> None:
     """Copies of the notebooks with an ``injected-parameters`` cell after each ``parameters`` cell."""
-    values: dict[str, Any] = {"SECONDS": 10, "RECORDINGS_DIR": str(recordings), "USE_GEMINI": False, "JOBS": 2}
+    # SECONDS: the first answer (0.5-5.5 s) and its ActivityEnd; 02 zooms in on that turn of 01's recording
+    values: dict[str, Any] = {"SECONDS": 7, "RECORDINGS_DIR": str(recordings), "USE_GEMINI": False, "JOBS": 2,
+                              "SCENARIOS": SCENARIOS}
     for name in CASES:
         nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
         for i, cell in enumerate(nb["cells"]):
@@ -97,7 +102,7 @@ class Cdp:
             v = self.js(expr)
             if v:
                 return v
-            time.sleep(0.5)
+            time.sleep(0.2)
         shot = self.screenshot(self.shots / f"timeout-{Path(self.notebook).stem or 'lab'}.png")
         state = self.js("""(() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;
           return {app: !!a, widget: w ? w.constructor.name + ' ' + w.title.label : null,
@@ -126,10 +131,21 @@ CELLS = """(() => { const w = PANEL;
     count: c.model.executionCount,
     errors: c.model.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue),
     busy: (c.node.querySelector('.jp-InputPrompt') || {}).textContent === '[*]:' })); })()"""
+# The loaded figures; the WHICH one (0: first, -1: last) is scrolled to the top with the text just above it (04's
+# scenario heading and run line).
 IMAGES = """(() => { const w = PANEL;
   const imgs = [...w.content.node.querySelectorAll('.jp-OutputArea-output img')];
   const ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
-  if (ok.length) ok[0].scrollIntoView({block: 'start'});
+  const img = ok.at(WHICH);
+  if (img) {
+    let top = img.closest('.jp-OutputArea-child') || img;
+    for (let k = 0; k < 2; k++) {
+      const prev = top.previousElementSibling;
+      if (!prev || !prev.querySelector('.jp-RenderedMarkdown')) break;
+      top = prev;
+    }
+    top.scrollIntoView({block: 'start'});
+  }
   return ok.length; })()"""
 SLIDER = """(() => { const w = PANEL;
   const label = [...w.content.node.querySelectorAll('.widget-slider .widget-label')]
@@ -188,6 +204,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
     profile = root / "chromium-profile"
     browser = None
     try:
+        # Chromium starts while JupyterLab does (both take seconds on a loaded machine).
+        browser = subprocess.Popen([
+            binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
+            "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -197,11 +219,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"jupyter lab did not start: {(root / 'jupyter.log').read_text()[-2000:]}")
                 time.sleep(0.3)
-        browser = subprocess.Popen([
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-            "--remote-debugging-port=0", "--remote-allow-origins=*", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (active.exists() and active.read_text().strip()):
@@ -228,6 +245,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def _open_and_run_all(lab: dict[str, Any], name: str) -> list[dict[str, Any]]:
     cdp: Cdp = lab["cdp"]
     cdp.notebook = f"{name}.ipynb"
+    t_open = time.monotonic()
     # Opened from the running app, not by loading a new page: after the slider drag (a user gesture) leaving
     # the page would stop on Chrome's "leave site?" prompt.
     cdp.js(f"window.jupyterapp.commands.execute('docmanager:open', "
@@ -235,6 +253,7 @@ def _open_and_run_all(lab: dict[str, Any], name: str) -> list[dict[str, Any]]:
     cdp.wait_for(f"(() => {{ const s = {KERNEL_STATE}; return s === 'idle'; }})()", START_TIMEOUT_S,
                  f"{name}: notebook open with an idle kernel")
     t0 = time.monotonic()
+    print(f"{name}: open {t0 - t_open:.1f} s")
     cdp.js("(() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; })()")
     cells = cdp.wait_for(f"""(() => {{ const cells = {CELLS}; const s = {KERNEL_STATE};
         const done = s === 'idle' && !cells.some(c => c.busy)
@@ -261,14 +280,17 @@ def _check_notebook(lab: dict[str, Any], name: str) -> None:
     shot = lab["root"] / f"{name}.png"
     errors = [(i, c["errors"]) for i, c in enumerate(cells) if c["errors"]]
     not_run = [i for i, c in enumerate(cells) if c["count"] is None]
-    images = cdp.js(IMAGES) if CASES[name] else 0
+    images = cdp.js(IMAGES.replace("WHICH", "0"))
     time.sleep(0.3)  # the scroll to the first figure settles
     cdp.screenshot(shot)
-    print(f"{name}: screenshot {shot}")
+    if images > 1:  # and the last one (03: the trade-off plot, 04: the last scenario's fixed run)
+        cdp.js(IMAGES.replace("WHICH", "-1"))
+        time.sleep(0.3)
+        cdp.screenshot(lab["root"] / f"{name}-last.png")
+    print(f"{name}: {images} figure(s); screenshots {shot}, {name}-last.png")
     assert not errors, f"{name}: cells with errors (code cells counted from 0): {errors}"
     assert not not_run, f"{name}: code cells not run: {not_run}"
-    if CASES[name]:
-        assert images >= 1, f"{name}: no figure on the page"
+    assert images >= CASES[name], f"{name}: {images} figure(s) on the page, {CASES[name]} expected"
     if name == "03_tune_vad":
         _drag_silence_slider(lab)
 

@@ -3,13 +3,15 @@
 Parameters are injected papermill-style: a cell after the ``parameters``-tagged cell overrides the
 names that cell defines (only those, so a new notebook gets what applies to it).  The notebooks run
 in the current interpreter, cwd ``notebooks/`` as in JupyterLab; executed copies go to tmp and the
-committed notebooks are never written.
+committed notebooks are never written.  The pages ``make pages`` renders (notebooks/rendered/) are
+checked against the notebooks and the code they run, by digest, without running anything.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,3 +110,54 @@ def _check_failure_lab(nb: Any, names: list[str]) -> None:
     assert images == 2 * len(names), f"04: {images} figures drawn for {len(names)} scenarios"
     headings = [o["data"]["text/markdown"].partition("\n")[0] for o in outputs if "text/markdown" in o.get("data", {})]
     assert [h for h in headings if h.startswith("### ")] == [f"### {name}" for name in names]
+
+
+def _render_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebooks_render", NOTEBOOKS / "render.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rendered_pages_are_current() -> None:
+    """notebooks/rendered/ has one page per notebook, rendered from the notebook and code as they are now.
+
+    The page's header holds the digest of its inputs (notebooks/render.py); a notebook, workbench/ or
+    examples/ change since ``make pages`` makes it differ.  Its figures are where the page links them.
+    """
+    render = _render_module()
+    pages = {p.stem for p in render.RENDERED.glob("*.md")}
+    assert pages == {p.stem for p in render.notebooks()}, "notebooks/rendered/ out of step: run `make pages`"
+    stale = [p.name for p in render.notebooks() if render.recorded_digest(render.page_of(p)) != render.digest(p)]
+    assert not stale, f"rendered pages older than their notebook or the code: {stale}; run `make pages`"
+    for page in render.RENDERED.glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        missing = [m for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) if not (page.parent / m).is_file()]
+        assert not missing, f"{page.name}: figures linked but not there: {missing}"
+        assert "Traceback" not in text, f"{page.name}: rendered with an error"
+
+
+def test_page_digest_follows_the_notebook_and_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staleness check can fail: an edited cell or an edited module changes the digest, an output does not."""
+    render = _render_module()
+    nb = json.loads((NOTEBOOKS / "03_tune_vad.ipynb").read_text())
+    path = tmp_path / "03_tune_vad.ipynb"
+    path.write_text(json.dumps(nb))
+    d0 = render.digest(path)
+    nb["cells"][-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran once"}]
+    path.write_text(json.dumps(nb))
+    assert render.digest(path) == d0
+    nb["cells"][-1]["source"] = "eot_summary(eot).round(2)"
+    path.write_text(json.dumps(nb))
+    d1 = render.digest(path)
+    assert d1 != d0
+    code = tmp_path / "repo"
+    (code / "workbench").mkdir(parents=True)
+    (code / "examples").mkdir()
+    (code / "workbench" / "x.py").write_text("A = 1\n")
+    monkeypatch.setattr(render, "REPO", code)
+    d2 = render.digest(path)
+    (code / "workbench" / "x.py").write_text("A = 2\n")
+    assert render.digest(path) != d2

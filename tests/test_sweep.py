@@ -139,14 +139,37 @@ def test_summary_best_and_tradeoff_plot() -> None:
     df = sweep(str(CANDIDATE), {"silence_ms": [100, 300, 500, 700, 1000]}, jobs=1, progress=False)
     s = summary(df)
     top = best(df)
-    assert top["errors"] == 0 and top["silence_ms"] in (500.0, 700.0, 1000.0)
+    # No errors from 500 ms up; the shortest wait among those wins, and the wait includes the window.
+    assert top["errors"] == 0 and top["silence_ms"] == 500.0
+    assert top["end_wait_ms"] == pytest.approx(top["lateness_ms"] + 500)
     assert s["pareto"].any() and bool(s.loc[0, "pareto"])
     assert to_params(top).silence_ms == top["silence_ms"]
     fig = tradeoff_plot(df)
     ax = fig.axes[0]
     stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
     assert len(stars) == 1 and stars[0].get_xdata()[0] == top["errors"]
-    assert stars[0].get_ydata()[0] == pytest.approx(top["lateness_ms"])
+    assert stars[0].get_ydata()[0] == pytest.approx(top["end_wait_ms"])
+    assert "the fewest turn errors, then the shortest end wait" in fig.get_supxlabel()
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # error counts: whole-number ticks
+
+
+def test_tradeoff_plot_draws_every_set_and_says_how_a_tie_was_broken() -> None:
+    """start_db -45/-40/-35 give one result: all three drawn side by side, the first in grid order starred."""
+    from workbench.analysis.sweep import best_rule
+
+    df = sweep(str(CANDIDATE), {"silence_ms": [300, 500], "start_db": [-45, -40, -35]}, jobs=1, progress=False)
+    s = summary(df)
+    fig = tradeoff_plot(df)
+    ax = fig.axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())
+                             and c.get_facecolors().size and c.get_facecolors()[0][3] > 0])
+    assert len(points) == len(s) == 6 and len({tuple(p) for p in points.round(3)}) == 6
+    tied = s[(s["errors"] == 0) & (s["silence_ms"] == 500)]
+    assert len(tied) == 3 and tied["end_wait_ms"].round(1).nunique() == 1
+    assert best(df)["start_db"] == -45  # the first in the grid
+    assert best_rule(df).endswith("3 sets tie on both, the first in grid order is taken (start_db=-45, stop_db=-50)")
+    front = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("Pareto front")]
+    assert front and any(ln.get_drawstyle() == "steps-post" for ln in ax.get_lines())
 
 
 def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -159,3 +159,15 @@ def test_saved_message_clears_on_the_next_move(panel: TuningPanel, tmp_path: Pat
     assert panel.message.value.startswith("saved")
     panel.sliders["min_speech_ms"].value = panel.sliders["min_speech_ms"].value + 10
     assert panel.message.value == ""
+
+
+def test_panel_shows_its_figure_where_widgets_do_not_render(panel: TuningPanel) -> None:
+    """The live widget for JupyterLab; a PNG of the current figure for a rendered page (nbconvert, code hosts)."""
+    import base64
+
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    png = base64.b64decode(bundle["image/png"])
+    assert png == panel.image.value and png.startswith(b"\x89PNG")
+    panel.sliders["silence_ms"].value = 300
+    assert base64.b64decode(panel._repr_mimebundle_()["image/png"]) == panel.image.value != png

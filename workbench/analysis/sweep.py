@@ -494,8 +494,12 @@ def _is_samples(x: Any) -> bool:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per parameter set, summed over sources: ``errors`` = split + merged + missed + false turns.
 
-    ``lateness_ms`` is the mean of the per-source medians (sources weigh equally).  Sets are
-    sorted by errors then lateness; ``pareto`` marks the sets no other set beats on both.
+    ``lateness_ms`` is the mean of the per-source medians (sources weigh equally); ``end_wait_ms`` is
+    ``lateness_ms + silence_ms``, the median wait from an answer's true end to ActivityEnd, so the
+    trade-off ``silence_ms`` controls shows (lateness alone is about 0 for every window).  Sets are
+    sorted by errors, then end wait (to 0.1 ms: float noise is no reason to prefer a set), then grid
+    order, which is the tie-break ``best`` states; ``pareto`` marks the sets no other set beats on
+    both errors and end wait.
     """
     varied = [c for c in PARAM_NAMES if df[c].nunique(dropna=False) > 1] or ["silence_ms"]
     g = df.groupby([*PARAM_NAMES, "policy"], sort=False, dropna=False)
@@ -512,17 +516,31 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         out["latency_ms"] = g["latency_median_ms"].mean()
         out["latency_p95_ms"] = g["latency_p95_ms"].max()
     out = out.reset_index()
-    out["pareto"] = _pareto(out["errors"].to_numpy(float), out["lateness_ms"].to_numpy(float))
+    out["end_wait_ms"] = out["lateness_ms"] + out["silence_ms"]
+    out["pareto"] = _pareto(out["errors"].to_numpy(float), _key(out["end_wait_ms"]))
     out.attrs["varied"] = varied
-    return out.sort_values(["errors", "lateness_ms"], na_position="last").reset_index(drop=True)
+    return _ordered(out, "errors", "end_wait_ms")
 
 
-def _pareto(errors: np.ndarray, lateness: np.ndarray) -> np.ndarray:
-    ok = np.isfinite(errors) & np.isfinite(lateness)
+def _key(values: pd.Series) -> np.ndarray:
+    """A metric as a sort/compare key: rounded to 0.1 (ms or %), NaN last."""
+    v = values.to_numpy(float).round(1)
+    return np.where(np.isfinite(v), v, np.inf)
+
+
+def _ordered(s: pd.DataFrame, first: str, then: str) -> pd.DataFrame:
+    """Rows by ``first``, then ``then`` (both as ``_key``), then their order in the grid (a stable sort)."""
+    order = np.lexsort((np.arange(len(s)), _key(s[then]), _key(s[first])))
+    out = s.iloc[order].reset_index(drop=True)
+    out.attrs.update(s.attrs)
+    return out
+
+
+def _pareto(errors: np.ndarray, wait: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(errors) & np.isfinite(wait)
     front = np.zeros(errors.shape[0], bool)
     for i in np.flatnonzero(ok):
-        dominated = ok & (errors <= errors[i]) & (lateness <= lateness[i]) & (
-            (errors < errors[i]) | (lateness < lateness[i]))
+        dominated = ok & (errors <= errors[i]) & (wait <= wait[i]) & ((errors < errors[i]) | (wait < wait[i]))
         front[i] = not dominated.any()
     return front
 
@@ -558,22 +576,61 @@ def eot_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def best(df: pd.DataFrame, budget_ms: float = 1000) -> pd.Series:
-    """The best setting.
+    """The best setting; ``best_rule`` says the rule in words (the trade-off plot writes it on the figure).
 
     With labelled pauses: the fewest false cut-offs among settings whose median end-of-turn latency
     is within ``budget_ms``, then the lowest latency (none within budget: the lowest latency), so a
     window that waits seconds is not "best" for cutting nobody off.  Without: fewest turn errors,
-    then least lateness (a Pareto-front member).
+    then the shortest end wait (a Pareto-front member).  Ties on both (to 0.1 % / 0.1 ms): the first
+    in grid order.
     """
     s = summary(df)
     if s["errors"].isna().all():
         raise ValueError("no labelled source in the sweep: best() needs labels (start<TAB>end lines)")
+    return _best(s, budget_ms)[0]
+
+
+def _best(s: pd.DataFrame, budget_ms: float) -> tuple[pd.Series, pd.DataFrame]:
+    """The best row of a summary and the rows it ties with (itself included), by ``best``'s rule."""
     if has_eot(s):
         ok = s.dropna(subset=["false_cutoff_rate", "latency_ms"])
         within = ok[ok["latency_ms"] <= budget_ms]
-        pick = within.sort_values(["false_cutoff_rate", "latency_ms"]) if len(within) else ok.sort_values("latency_ms")
-        return pick.iloc[0]
-    return s.iloc[0]
+        if len(within):
+            pick = _ordered(within.assign(cutoff_pct=100 * within["false_cutoff_rate"]), "cutoff_pct", "latency_ms")
+            keys = ["cutoff_pct", "latency_ms"]
+        else:
+            pick = _ordered(ok, "latency_ms", "latency_ms")
+            keys = ["latency_ms"]
+    else:
+        pick, keys = s, ["errors", "end_wait_ms"]
+    top = pick.iloc[0]
+    tied = pick[np.all([_key(pick[k]) == _key(pick[k].iloc[:1])[0] for k in keys], axis=0)]
+    return top, tied
+
+
+def best_rule(df: pd.DataFrame, budget_ms: float = 1000) -> str:
+    """``best``'s choice in words: the rule that picked it and how a tie was broken."""
+    return _rule(summary(df), budget_ms)
+
+
+def _rule(s: pd.DataFrame, budget_ms: float) -> str:
+    top, tied = _best(s, budget_ms)
+    if has_eot(s):
+        within = bool(top["latency_ms"] <= budget_ms)
+        rule = (f"best: the fewest false cut-offs among settings with median latency <= {budget_ms:g} ms, then the "
+                "lowest latency" if within else f"best: no setting within {budget_ms:g} ms median latency, so the "
+                "lowest latency")
+    else:
+        rule = "best: the fewest turn errors, then the shortest end wait"
+    if len(tied) > 1:
+        varied = [k for k in s.attrs["varied"] if tied[k].nunique(dropna=False) > 1]
+        rule += (f"; {len(tied)} sets tie on both, the first in grid order is taken ("
+                 + ", ".join(f"{k}={_fmt(top[k])}" for k in varied) + ")")
+    return rule
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float | np.floating) else str(v)
 
 
 def to_params(row: Mapping[str, Any]) -> TurnParams:
@@ -582,75 +639,170 @@ def to_params(row: Mapping[str, Any]) -> TurnParams:
                                  if k in PARAM_NAMES})
 
 
-def tradeoff_plot(df: pd.DataFrame, ax: Any = None) -> Figure:
-    """The trade-off of the sweep.
+MARKERS = "osD^vP*X"  # one shape per value of a second varied parameter / per policy
+
+
+def tradeoff_plot(df: pd.DataFrame, ax: Any = None, budget_ms: float = 1000) -> Figure:
+    """The trade-off of the sweep, every parameter set drawn, the best one starred and why it won written below.
 
     With labelled pauses (eot-bench): false cut-off rate against median end-of-turn latency, one
-    curve per policy (its lower envelope joined, every setting a dot), the 5 % line and the latency
-    budgets marked.  Without: lateness vs turn errors per parameter set, the Pareto front joined.
+    curve per policy (its Pareto front joined, the settings off it hollow), the 5 % line and the
+    latency budgets marked, the pauses cut off counted on the right.  Without: end wait (silence
+    window + lateness) against turn errors, colour by ``silence_ms``, shape by a second varied
+    parameter; sets at the same point are spread sideways (errors are whole numbers, so the
+    spread cannot be misread), and the Pareto front is drawn as a step.  ``budget_ms`` as in ``best``.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     s = summary(df)
     if ax is None:
-        fig = Figure(figsize=(8, 5), layout="constrained")
+        fig = Figure(figsize=(10, 5.4), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
     if has_eot(s):
-        _eot_plot(s, ax)
-        plt.close("all")
-        return fig
-    ok = s.dropna(subset=["errors", "lateness_ms"])
-    if ok.empty:
+        _eot_plot(s, ax, budget_ms)
+    elif s.dropna(subset=["errors", "end_wait_ms"]).empty:
         ax.text(0.5, 0.5, "no labelled results to plot", ha="center", va="center", transform=ax.transAxes)
         return fig
-    varied = s.attrs["varied"]
-    color_by = "silence_ms" if "silence_ms" in varied else varied[0]
-    sc = ax.scatter(ok["errors"], ok["lateness_ms"], c=pd_codes(ok[color_by]), cmap="viridis", s=28,
-                    alpha=0.8, label="parameter set", zorder=2)
-    front = ok[ok["pareto"]].sort_values("errors")
-    ax.plot(front["errors"], front["lateness_ms"], "-o", color="tab:red", mfc="none", ms=10, lw=1.2,
-            label="Pareto front", zorder=3)
-    top = s.iloc[0]
-    ax.plot([top["errors"]], [top["lateness_ms"]], marker="*", color="gold", mec="black", ms=18, ls="none",
-            label="best: " + ", ".join(f"{k}={top[k]:g}" if isinstance(top[k], float) else f"{k}={top[k]}"
-                                        for k in varied), zorder=4)
-    cb = fig.colorbar(sc, ax=ax)
-    uniq = sorted(ok[color_by].unique())
-    if len(uniq) <= 12:
-        cb.set_ticks(range(len(uniq)))
-        cb.set_ticklabels([f"{u:g}" if isinstance(u, float) else str(u) for u in uniq])
-    cb.set_label(color_by)
-    ax.set_xlabel("turn errors (split + merged + missed + false turns, summed over sources)")
-    ax.set_ylabel("ActivityEnd lateness, median (ms above silence window)")
-    ax.set_title(f"Sweep trade-off: {len(s)} parameter sets")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    else:
+        _errors_plot(s, ax)
+    # Below the axes, in the layout: why the starred set won (the rule and its tie-break).
+    rule = textwrap.fill(_rule(s, budget_ms) + ".", width=int(fig.get_figwidth() * 15))
+    fig.supxlabel(rule, x=0.01, ha="left", fontsize="small", style="italic")
     plt.close("all")
     return fig
 
 
-def _eot_plot(s: pd.DataFrame, ax: Any) -> None:
+def _coinciding(x: np.ndarray, y: np.ndarray, y_tol: float) -> list[list[int]]:
+    """Indices of the points that would be drawn on one another (same x, y within ``y_tol``), grid order kept."""
+    groups: list[list[int]] = []
+    for i in np.lexsort((y, x)):
+        g = groups[-1] if groups else None
+        if g is not None and x[g[0]] == x[i] and abs(y[i] - y[g[0]]) <= y_tol:
+            g.append(int(i))
+        else:
+            groups.append([int(i)])
+    return [sorted(g) for g in groups]
+
+
+def _errors_plot(s: pd.DataFrame, ax: Any) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    ok = s.dropna(subset=["errors", "end_wait_ms"])
+    varied = s.attrs["varied"]
+    color_by = "silence_ms" if "silence_ms" in varied else varied[0]
+    others = [k for k in varied if k != color_by and ok[k].nunique() <= len(MARKERS)]
+    shape_by = others[0] if others else None
+    errors, wait = ok["errors"].to_numpy(float), ok["end_wait_ms"].to_numpy(float)
+    groups = _coinciding(errors, wait, 0.015 * max(float(np.ptp(wait)), 1.0))  # closer: markers would overlap
+    group_max = max(len(g) for g in groups)
+    step = min(0.035 * max(float(np.ptp(errors)), 4.0), 0.7 / max(group_max - 1, 1))  # within +-0.35 of the count
+    x = errors.copy()
+    for g in groups:
+        x[g] += (np.arange(len(g)) - (len(g) - 1) / 2) * step
+    codes = pd_codes(ok[color_by])
+    shapes = pd_codes(ok[shape_by]) if shape_by else np.zeros(len(ok), int)
+    sc = None
+    for k in np.unique(shapes):
+        m = shapes == k
+        sc = ax.scatter(x[m], wait[m], c=codes[m], cmap="viridis", vmin=0, vmax=max(codes.max(), 1), s=46,
+                        marker=MARKERS[k], edgecolors="black", linewidths=0.4, zorder=3)
+    front = ok["pareto"].to_numpy(bool)
+    handles: list[Any] = []
+    if front.any():
+        order = np.argsort(errors[front], kind="stable")
+        fx, fy = errors[front][order], wait[front][order]
+        ax.scatter(x[front], wait[front], s=150, facecolors="none", edgecolors="tab:red", linewidths=1.3, zorder=2)
+        if len(fx) > 1:  # the step: fewer errors only by waiting longer
+            ax.plot(fx, fy, color="tab:red", lw=1.2, drawstyle="steps-post", alpha=0.7, zorder=1)
+        handles.append(Line2D([], [], color="tab:red", lw=1.2 if len(fx) > 1 else 0, marker="o", mfc="none",
+                              ms=12, label=f"Pareto front, {int(front.sum())} sets:\nnone has fewer errors "
+                              "and a shorter wait"))
+    top, _ = _best(s, 1000)
+    i = int(np.flatnonzero(ok.index == top.name)[0])
+    star = ax.plot([x[i]], [wait[i]], marker="*", color="gold", mec="black", ms=20, ls="none", zorder=4)[0]
+    star.set_label("best: " + ", ".join(f"{k}={_fmt(top[k])}" for k in varied))
+    handles.append(star)
+    uniq = sorted(ok[color_by].unique())
+    if len(uniq) <= 12:  # a few values: named in the legend, else a colour bar
+        for k, v in enumerate(uniq):
+            handles.append(Line2D([], [], ls="none", marker="s", ms=8, mec="black", mew=0.4, label=f"{color_by} = "
+                                  f"{_fmt(v)}", color=sc.cmap(sc.norm(k))))
+    else:
+        ax.figure.colorbar(sc, ax=ax, pad=0.01, label=color_by)
+    if shape_by:
+        for k, v in enumerate(sorted(ok[shape_by].unique())):
+            handles.append(Line2D([], [], ls="none", marker=MARKERS[k], color="grey", mec="black", ms=7,
+                                  label=f"{shape_by} = {_fmt(v)}"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = float(errors.min()), float(errors.max())
+    ax.set_xlim(lo - 0.6, hi + 0.6)
+    ax.set_xlabel("turn errors (split + merged + missed + false turns, summed over sources)")
+    ax.set_ylabel("end wait, median (ms: true end of answer to ActivityEnd)")
+    ax.set_title(f"Sweep trade-off: all {len(ok)} parameter sets")
+    if group_max > 1:
+        ax.annotate("sets with the same result are spread sideways (up to " f"{group_max} at one point)",
+                    xy=(0, 0), xycoords="axes fraction", xytext=(4, 4), textcoords="offset points",
+                    fontsize="small", color="grey")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", borderaxespad=0)
+
+
+def _eot_plot(s: pd.DataFrame, ax: Any, budget_ms: float) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ok = s.dropna(subset=["false_cutoff_rate", "latency_ms"])
+    stacked = hollow = False
     for i, (policy, g) in enumerate(ok.groupby("policy", sort=False)):
-        color = f"C{i % 10}"
+        color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
         g = g.sort_values(["latency_ms", "false_cutoff_rate"])
-        ax.scatter(g["latency_ms"], 100 * g["false_cutoff_rate"], s=14, alpha=0.45, color=color, zorder=2)
-        env = g[g["false_cutoff_rate"] < g["false_cutoff_rate"].cummin().shift(fill_value=np.inf)]
-        ax.plot(env["latency_ms"], 100 * env["false_cutoff_rate"], "-o", ms=5, lw=1.6, color=color,
-                label=f"{policy} ({len(g)} settings)", zorder=3)
+        front = g[g["false_cutoff_rate"] < g["false_cutoff_rate"].cummin().shift(fill_value=np.inf)]
+        off = g.drop(front.index)
+        ax.plot(front["latency_ms"], 100 * front["false_cutoff_rate"], "-", marker=marker, ms=6, lw=1.6, color=color,
+                label=f"{policy}: front, {len(front)} of {len(g)} settings", zorder=3)
+        if len(off):
+            hollow = True
+            ax.scatter(off["latency_ms"], 100 * off["false_cutoff_rate"], s=36, marker=marker, facecolors="none",
+                       edgecolors=color, linewidths=1.2, zorder=3)
+        same = g.groupby([g["latency_ms"].round(0), (100 * g["false_cutoff_rate"]).round(1)]).size()
+        for (lat, pct), count in same[same > 1].items():  # settings with one result: one marker, counted
+            ax.annotate(f"×{count}", xy=(lat, pct), xytext=(5, 4), textcoords="offset points", fontsize="small",
+                        color=color)
+            stacked = True
+    if hollow:
+        ax.scatter([], [], s=36, marker="o", facecolors="none", edgecolors="grey", label="off the front (hollow)")
     ax.axhline(100 * CUTOFF_TARGET, color="grey", ls=":", lw=1)
+    ax.annotate(f"{100 * CUTOFF_TARGET:g} % target", xy=(1, 100 * CUTOFF_TARGET), xycoords=("axes fraction", "data"),
+                xytext=(-4, 3), textcoords="offset points", ha="right", fontsize="small", color="grey")
+    if stacked:
+        ax.annotate("×n: n settings with the same result", xy=(0, 0), xycoords="axes fraction", xytext=(4, 4),
+                    textcoords="offset points", fontsize="small", color="grey")
     for b in LATENCY_BUDGETS_MS:
         ax.axvline(b, color="grey", ls="--", lw=0.8, alpha=0.6)
+        ax.annotate(f"{b} ms" + (" budget" if b == budget_ms else ""), xy=(b, 1), xycoords=("data", "axes fraction"),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize="small",
+                    color="grey")
+    top, _ = _best(s, budget_ms)
+    ax.plot([top["latency_ms"]], [100 * top["false_cutoff_rate"]], marker="*", color="gold", mec="black", ms=20,
+            ls="none", zorder=4, label="best: " + ", ".join(f"{k}={_fmt(top[k])}" for k in s.attrs["varied"]))
     ax.set_xlabel("end-of-turn latency, median (ms from true end of speech to ActivityEnd, window included)")
     ax.set_ylabel("false cut-off rate (% of thinking pauses)")
-    n = int(ok["pauses"].iloc[0]) if len(ok) else 0
-    ax.set_title(f"False cut-offs vs latency: {len(ok)} settings, {n} pauses per setting")
-    ax.set_ylim(-3, 103)
+    pauses = ok["pauses"].unique()
+    n = int(pauses[0]) if len(pauses) == 1 else 0
+    each = f", {n} pauses per setting" if n else ""
+    ax.set_title(f"False cut-offs vs latency: {len(ok)} settings{each}", pad=14)
+    ax.set_ylim(-4, 104)
+    if n:  # the same scale as counts, whole numbers
+        right = ax.secondary_yaxis("right", functions=(lambda p: p * n / 100, lambda c: c * 100 / n))
+        right.yaxis.set_major_locator(MaxNLocator(integer=True))
+        right.set_ylabel(f"pauses cut off (of {n})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
 
 
 def pd_codes(values: pd.Series) -> np.ndarray:
@@ -708,15 +860,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print()
         print(eot_summary(df).to_string(index=False, float_format=lambda v: f"{v:.2f}" if v < 1 else f"{v:.0f}"))
     else:
-        cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "lateness_ms",
+        cols = [*s.attrs["varied"], "turns", "found", "split", "merged", "missed", "false_turns", "end_wait_ms",
                 "pareto"]
         print(s[cols].head(15).to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     if args.plot:
         tradeoff_plot(df).savefig(args.plot, dpi=110)
     if not s["errors"].isna().all():
         top = best(df)
-        within = " (fewest false cut-offs within 1000 ms median latency)" if has_eot(s) else ""
-        print(f"best{within}: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
+        print("best: " + ", ".join(f"{k}={top[k]}" for k in s.attrs["varied"]))
+        print("  why: " + best_rule(df).removeprefix("best: "))
         if args.best_params:
             Path(args.best_params).write_text(json.dumps(to_params(top).to_dict(), indent=2) + "\n")
     elif args.best_params:

@@ -307,10 +307,14 @@ def summary(pairs: Mapping[str, Pair]) -> pd.DataFrame:
 def show(pair: Pair, *, findings: int = 8) -> None:
     """In a notebook: the scenario's heading, then each run's timeline (displayed where it is made) and diagnosis.
 
-    ``plots.timeline`` builds a Figure outside pyplot, so ``plt.show()`` would display nothing:
-    the figure is handed to IPython's ``display`` and closed.
+    ``plots.timeline`` builds a Figure outside pyplot, so ``plt.show()`` would display nothing: the
+    figure is drawn to a PNG here and displayed, then cleared.  Drawn once: handing the figure to
+    ``display`` would let the inline backend draw it twice (``bbox_inches="tight"`` measures with a
+    full draw first), and the constrained layout leaves no margin to crop.
     """
-    from IPython.display import Markdown, display
+    import io
+
+    from IPython.display import Image, Markdown, display
 
     from workbench.analysis.diagnose import format_findings
     from workbench.ui.plots import timeline
@@ -322,7 +326,8 @@ def show(pair: Pair, *, findings: int = 8) -> None:
         expected = f" (expected: {sc.expect})" if run.fixed else ""
         display(Markdown(f"**{run.label}** ({side.describe()}): {outcome(run)}{expected}"))
         fig = timeline(run.recording, title=f"{pair.scenario} ({run.label})")
-        fig.set_dpi(FIGURE_DPI)
-        display(fig)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=FIGURE_DPI)
         fig.clf()
+        display(Image(data=png.getvalue(), format="png"))
         print(format_findings(run.findings[:findings]))

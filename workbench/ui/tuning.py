@@ -118,10 +118,14 @@ class TuningPanel:
         self.widget = w.VBox([w.HBox([controls, self.audio]), self.image, self.table])
         self.update()
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live panel where widgets render (JupyterLab); elsewhere (a rendered page, nbconvert, GitHub)
+        the panel's figure as it is now, so a reader without a kernel still sees what the panel shows."""
+        import base64
 
-        display(self.widget)
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return bundle
 
     # --- reacting to the controls -----------------------------------------------------------
 
