@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from workbench.analysis.replay import detect_file, to_mono_16k  # noqa: E402
 from workbench.analysis.sweep import read_labels, sweep  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.ui.tuning import TuningPanel  # noqa: E402
 
 CANDIDATE = REPO / "recordings" / "candidate.flac"

@@ -18,7 +18,7 @@ from workbench.analysis.replay import (
     replay_path,
     turns_to_json,
 )
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 RATE = 16000
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout

@@ -27,8 +27,9 @@ from workbench.analysis.sweep import (  # noqa: E402
     to_params,
     tradeoff_plot,
 )
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store.audiofile import load_mono  # noqa: E402
+from workbench.store.paramfile import read_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = REPO / "recordings" / "candidate.flac"
@@ -159,7 +160,7 @@ def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.Cap
     assert "best: silence_ms=700" in capsys.readouterr().out
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
-    assert TurnParams.from_file(tmp_path / "best.json").silence_ms == 700
+    assert read_params(tmp_path / "best.json").silence_ms == 700
     bad = ap.parse_args(["sweep", str(CANDIDATE), "--grid", "silence=1"])
     with pytest.raises(ValueError, match="unknown parameter 'silence'"):
         bad.func(bad)
@@ -266,8 +267,8 @@ def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> 
         pytest.skip("smart-turn-v3.2-cpu.onnx not installed")
     import soundfile as sf
 
-    from workbench.analysis.sweep import Source
     from workbench.analysis import sweep as sw
+    from workbench.analysis.sweep import Source
     from workbench.store.speechset import read_pauses
 
     x, rate = sf.read(THINKING, dtype="float32")

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.core.scorers import silero_model_path
-from workbench.core.turns import Decision, TurnDetector, TurnParams
+from workbench.core.params import TurnParams
+from workbench.core.turns import Decision, TurnDetector
+from workbench.store.models import silero_model_path
+from workbench.store.paramfile import read_params
 
 RATE = 16000
 FRAME = 320  # 20 ms
@@ -312,7 +314,7 @@ def test_params_dict_and_file_round_trip(tmp_path) -> None:
     assert TurnParams.from_dict(p.to_dict()) == p
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"silence_ms": 900, "start_db": -35}))
-    assert TurnParams.from_file(path) == TurnParams(silence_ms=900.0, start_db=-35.0)
+    assert read_params(path) == TurnParams(silence_ms=900.0, start_db=-35.0)
     with pytest.raises(ValueError, match="unknown TurnParams key 'silence'"):
         TurnParams.from_dict({"silence": 1})
     with pytest.raises(ValueError, match=r"TurnParams\.silence_ms = 'x' has the wrong type"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 CONNECT_TIMEOUT_S = 10  # bounded: a wrong address is an error, not a hang
 _CACHES: dict[int, Any] = {}  # per worker process: EnergyReplay caches by source index

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workbench.analysis.replay import Turn
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
     from workbench.store.recording import Recording
 
 FORMATS = ("otlp-json", "audacity")
@@ -201,7 +201,7 @@ def otlp_json(rec: Recording) -> str:
 
 def recorded_params(rec: Recording) -> TurnParams | None:
     """The detector parameters in ``session.json``; None when there are none or they are a tapped bridge's own."""
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
 
     meta = rec.meta.get("params")
     if not isinstance(meta, dict):
@@ -246,7 +246,7 @@ def export(rec: Recording, fmt: str, out: str | Path | None = None, params: Turn
     if fmt == "otlp-json":
         text = otlp_json(rec) + "\n"
     else:
-        from workbench.core.turns import TurnParams
+        from workbench.core.params import TurnParams
 
         if params is None:
             params = recorded_params(rec) or TurnParams()
@@ -273,12 +273,12 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from workbench.core.turns import TurnParams
+    from workbench.store.paramfile import read_params
     from workbench.store.recording import RecordingError, load
 
     if not args.recording.exists():
         raise RecordingError(f"{args.recording}: no such recording directory")
     rec = load(args.recording)
-    params = TurnParams.from_file(args.params) if args.params else None
+    params = read_params(args.params) if args.params else None
     print(f"wrote {export(rec, args.format, args.out, params)}")
     return 0

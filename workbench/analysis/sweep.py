@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.analysis.replay import RATE, Turn, detect_file, evaluate, to_mono_16k
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.store.speechset import Pause, pauses_beside, read_pauses
 
 if TYPE_CHECKING:
@@ -690,10 +690,12 @@ def register(subparsers: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
+    from workbench.store.paramfile import read_params
+
     grid = parse_grid(args.grid)
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    base = TurnParams.from_file(args.params) if args.params else None
+    base = read_params(args.params) if args.params else None
     df = sweep([str(f) for f in args.files], grid, jobs=args.jobs, progress=not args.no_progress, base=base,
                scheduler=args.scheduler)
     if args.out:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.core.events import EndScore, Event, Frame, FrameGap, Vad
+from workbench.core.params import TurnParams
 from workbench.core.pcm import level_dbfs
 from workbench.core.resample import Resampler
 from workbench.core.sender import Outgoing, SendOrder
-from workbench.core.turns import Decision, TurnDetector, TurnParams
+from workbench.core.turns import Decision, TurnDetector
 
 GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopback jitter stays well below)
 # Media time that keeps arriving this late, for this much audio, means the sender's clock stood still
@@ -129,7 +130,7 @@ class MicPipeline:
                                     threshold=self.params.end_threshold, complete=d.reason == "complete",
                                     silence_ms=d.silence_ms, media_t=round(d.speech_t, 6)))
                 continue
-            out.append(Vad(t=round(d.t, 6), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
+            out.append(Vad(t=round(d.t, 6), decision=str(d.kind), reason=d.reason, media_t=round(d.speech_t, 6),
                            level_db=None if d.level_db is None else round(d.level_db, 2)))
             if d.kind == "speech_start":
                 out += self.order.start(d.pre_roll, d.speech_t)

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from google.genai import types
 
+from workbench.core.params import TurnParams
 from workbench.core.pcm import level_dbfs
 from workbench.core.sender import Outgoing
-from workbench.core.turns import Decision, TurnParams
+from workbench.core.turns import Decision
 from workbench.io.live import Writer, WriterItem
 
 MODES = {

@@ -134,9 +134,10 @@ def api_key_from(args: argparse.Namespace) -> str | None:
 
 
 def _params(args: argparse.Namespace):
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
+    from workbench.store.paramfile import read_params
 
-    base = TurnParams.from_file(args.params) if args.params else TurnParams()
+    base = read_params(args.params) if args.params else TurnParams()
     changes: dict[str, object] = {}
     if args.threshold_db is not None:
         changes["start_db"] = args.threshold_db

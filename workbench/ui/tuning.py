@@ -27,7 +27,7 @@ import numpy as np
 
 from workbench.analysis.replay import RATE, Turn
 from workbench.analysis.sweep import EnergyReplay, Source, fast_path, load_source, replay
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 # name: (min, max, step, unit)
 SLIDERS: dict[str, tuple[float, float, float, str]] = {
@@ -252,7 +252,7 @@ class TuningPanel:
             self.message.value = f"<span style='color:#b00'>not saved: {_esc(str(exc))}</span>"
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the current parameters as JSON that ``TurnParams.from_file`` (and ``--params``) reads."""
+        """Write the current parameters as JSON that ``store.paramfile.read_params`` (and ``--params``) reads."""
         p = Path(path or self.save_path.value)
         try:
             text = json.dumps(self.current_params().to_dict(), indent=2) + "\n"
