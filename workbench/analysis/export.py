@@ -220,11 +220,12 @@ def detector_turns(rec: Recording, params: TurnParams) -> list[Turn]:
         return replay_recording(rec, params)
     from dataclasses import replace
 
-    from workbench.analysis.sweep import load_source, replay
+    from workbench.analysis.replay import RATE, detect_file
+    from workbench.analysis.sweep import load_source
 
     return [replace(t, speech_start=t.speech_start + rec.mic_start_t, speech_end=t.speech_end + rec.mic_start_t,
                     activity_start=t.activity_start + rec.mic_start_t, activity_end=t.activity_end + rec.mic_start_t)
-            for t in replay(load_source(rec).samples16k, params)]
+            for t in detect_file(load_source(rec).samples16k, RATE, params)]
 
 
 def audacity_labels(rec: Recording, params: TurnParams) -> str:

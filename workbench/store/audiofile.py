@@ -77,15 +77,22 @@ def mono_blocks(path: str | os.PathLike[str], rate: int, block_s: float = BLOCK_
             raise AudioInputError(f"{p}: contains no audio samples")
         file_rate = int(f.samplerate)
         n = max(1, round(block_s * file_rate))
+        # 16-bit files decode to int16 and scale here: the same float32 libsndfile would make (x / 32768 is
+        # exact), without its slower float path.
+        as_int16 = f.subtype == "PCM_16"
         blocks: queue.Queue[np.ndarray | BaseException | None] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
         def decode() -> None:
             try:
                 while not stop.is_set():
-                    data = f.read(n, dtype="float32", always_2d=True)
+                    data = f.read(n, dtype="int16" if as_int16 else "float32", always_2d=True)
                     if data.shape[0] == 0:
                         break
+                    if as_int16:
+                        scaled = data.astype(np.float32)
+                        scaled *= np.float32(1 / 32768)
+                        data = scaled
                     blocks.put(data)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
                 blocks.put(exc)
