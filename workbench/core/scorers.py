@@ -9,7 +9,7 @@ hysteresis while the turn logic stays the same.  Units of ``score``:
   With ``noise_margin_db`` > 0 the thresholds also rise above an adaptive noise floor (see
   ``NoiseFloor``): start at ``max(start_db, floor + noise_margin_db)``, stay that less
   ``start_db - stop_db``, judged on a 50 ms smoothed level, so a steady background at 15 dB SNR
-  neither holds every turn open nor starts one.
+  neither holds every turn open nor starts one.  The score is then the floor each window was judged against.
 - ``webrtcvad``: 1.0 speech / 0.0 not speech from WebRTC's GMM VAD (``webrtcvad_mode`` 0-3,
   windows of ``webrtcvad_frame_ms``); start = stay = the VAD's answer.
 - ``silero``: speech probability 0..1 from Silero VAD v5/v6 (ONNX, 512-sample windows = 32 ms),
@@ -124,18 +124,20 @@ class EnergyScorer:
             return level_db, level_db >= self.start_db, level_db >= self.stop_db
         starts = np.zeros(level_db.shape[0], bool)
         stays = np.zeros(level_db.shape[0], bool)
+        floors = np.zeros(level_db.shape[0])
         hyst = self.start_db - self.stop_db
         f = self.floor
         for i, v in enumerate(level_db.tolist()):
-            start_at = max(self.start_db, f.floor_db + self.margin_db)  # the floor before this window
+            floors[i] = f.floor_db  # the floor before this window
+            start_at = max(self.start_db, f.floor_db + self.margin_db)
             f.push(v)
             starts[i] = v >= start_at and f.smoothed_db >= start_at
             stays[i] = f.smoothed_db >= max(self.stop_db, start_at - hyst)
-        return level_db, starts, stays
+        return floors, starts, stays  # the score is the noise floor each window was judged against
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
         if self.floor is not None:
-            return (f"level {level_db:.1f} dBFS >= max({self.start_db:g}, noise floor {self.floor.floor_db:.1f} + "
+            return (f"level {level_db:.1f} dBFS >= max({self.start_db:g}, noise floor {score:.1f} + "
                     f"{self.margin_db:g}) for {speech_ms:.0f} ms")
         return f"level {level_db:.1f} dBFS >= {self.start_db:g} for {speech_ms:.0f} ms"
 
