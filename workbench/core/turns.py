@@ -10,6 +10,19 @@ sample, mapped onto the session clock; ``tick(t)`` takes the clock.  Audio is
 scored in fixed windows (10 ms energy, 10/20/30 ms webrtcvad, 32 ms silero)
 whatever the frame sizes; a frame whose ``t`` does not continue the previous
 frame (pts jump) restarts the windowing and drops the sub-window remainder.
+``feed(t, block, FileClock)`` takes a file in long stretches: the clock is the
+file's own (frames of ``frame_n`` samples arriving when complete, ticks every
+``tick_s``), and the decisions are exactly those of ``tick`` and ``frame`` called
+on that schedule, without a call per frame.
+
+One state machine for both: the scorer scores every new window once, in order
+(re-sent audio is not scored again; audio before the last ActivityEnd is scored,
+so a stateful scorer follows the audio, but cannot start or extend a turn); the
+walk over the scored windows judges one window at a time (``_judge``, the rules
+below) only where something can happen, and applies the runs in between in one
+step.  States: ``TurnState`` (idle, candidate onset, open turn, finished), with
+every transition in ``_TRANSITIONS``; a call after ``finish`` raises
+``InvalidState``.
 
 Rules:
 
