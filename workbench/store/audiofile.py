@@ -86,14 +86,16 @@ def mono_blocks(path: str | os.PathLike[str], rate: int, block_s: float = BLOCK_
         def decode() -> None:
             try:
                 while not stop.is_set():
-                    data = f.read(n, dtype="int16" if as_int16 else "float32", always_2d=True)
+                    data = f.read(n, dtype="int16" if as_int16 else "float32", always_2d=False)
                     if data.shape[0] == 0:
                         break
                     if as_int16:
                         scaled = data.astype(np.float32)
                         scaled *= np.float32(1 / 32768)
                         data = scaled
-                    blocks.put(data)
+                    elif not np.all(np.isfinite(data)):  # 16-bit samples are always finite
+                        raise AudioInputError(f"{p}: contains NaN or infinite samples")
+                    blocks.put(data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
                 blocks.put(exc)
             blocks.put(None)
@@ -110,11 +112,7 @@ def mono_blocks(path: str | os.PathLike[str], rate: int, block_s: float = BLOCK_
                     if isinstance(data, sf.LibsndfileError | RuntimeError | TypeError):
                         raise _not_readable(p, data)
                     raise data
-                if not np.all(np.isfinite(data)):
-                    raise AudioInputError(f"{p}: contains NaN or infinite samples")
-                mono = data.mean(axis=1).astype(np.float32)
-                if stream is not None:
-                    mono = stream.resample_chunk(mono)
+                mono = stream.resample_chunk(data) if stream is not None else data
                 if mono.size:
                     yield mono
             if stream is not None:

@@ -28,6 +28,7 @@ import numpy as np
 from workbench.analysis.replay import RATE, Turn, detect_file
 from workbench.analysis.sweep import Source, load_source
 from workbench.core.params import TurnParams
+from workbench.core.turns import DecisionKind
 
 # name: (min, max, step, unit)
 SLIDERS: dict[str, tuple[float, float, float, str]] = {
@@ -191,7 +192,7 @@ class TuningPanel:
                 hit = detect_file(self.source.samples16k, RATE, params, end_model=self._memo_model,
                                   decisions=decisions)
                 self._scores[params] = [(d.t, d.probability, d.reason == "complete") for d in decisions
-                                        if d.kind == "end_score"]
+                                        if d.kind == DecisionKind.END_SCORE]
             else:
                 hit = detect_file(self.source.samples16k, RATE, params)
             self._cache[params] = hit
