@@ -50,6 +50,11 @@ def long_file(minutes: int) -> Path:
     return path
 
 
+def commit(tree: Path) -> str:
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
 def run_once(path: Path, tree: Path) -> dict[str, float]:
     """One ``workbench vad`` process: wall s, CPU s, peak RSS MiB, and a hash of its output."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -91,13 +96,16 @@ def main() -> int:
         best_wall = min(r["wall_s"] for r in rs)
         cpu = statistics.median(r["cpu_s"] for r in rs)
         rss = max(r["rss_mib"] for r in rs)
-        who = "baseline tree" if key == "base10" else "this tree"
+        who = f"baseline {commit(args.baseline)}" if key == "base10" else f"this tree, {commit(ROOT)}"
         rows.append(f"| {minutes} min ({who}) | {wall:.2f} s ({audio_s / wall:.0f}x) | {best_wall:.2f} s "
                     f"({audio_s / best_wall:.0f}x) | {cpu:.2f} s ({audio_s / cpu:.0f}x) | {rss:.0f} MiB |")
     ten = runs["10"]
     x_wall = 600 / statistics.median(r["wall_s"] for r in ten)
     x_cpu = 600 / statistics.median(r["cpu_s"] for r in ten)
     rss60 = max(r["rss_mib"] for r in runs["60"])
+    cpu10 = statistics.median(r["cpu_s"] for r in ten)
+    per_min = (statistics.median(r["cpu_s"] for r in runs["60"]) - cpu10) / 50
+    fixed = cpu10 - 10 * per_min
     body = (f"`workbench vad FILE --format json` as a child process ({args.rounds} interleaved rounds, one run at "
             f"a time), 48 kHz mono FLAC of the bundled candidate track repeated (bench/out/).  Wall and CPU "
             f"(user + sys of the process, all threads) are medians; memory is the peak resident set (max).\n\n"
@@ -108,7 +116,9 @@ def main() -> int:
             f"{'met' if x_wall >= TARGET_X else 'MISSED'} by median wall ({x_wall:.0f}x), "
             f"{'met' if x_cpu >= TARGET_X else 'missed'} by CPU time ({x_cpu:.0f}x: what the wall is on an idle "
             f"machine when the decode thread and the detector do not overlap).  Target < {TARGET_MIB} MiB for 60 "
-            f"minutes: {'met' if rss60 < TARGET_MIB else 'MISSED'} ({rss60:.0f} MiB).\n")
+            f"minutes: {'met' if rss60 < TARGET_MIB else 'MISSED'} ({rss60:.0f} MiB).  From the two lengths: "
+            f"{fixed:.2f} s of CPU are fixed (Python start, imports) and each minute of audio costs {per_min:.3f} s "
+            f"(decode, resample, detection: {60 / per_min:.0f}x real time).\n")
     publish(TITLE, section(TITLE, body), args.write)
     return 0
 
