@@ -20,6 +20,10 @@ from workbench.core import scorers
 SILERO_ENV = "WORKBENCH_SILERO_ONNX"
 
 
+class ModelFileMissing(ValueError):
+    """A model file the chosen settings need is not installed; a ValueError, so the CLI prints it as one line."""
+
+
 def silero_model_path() -> Path | None:
     """Where ``silero_vad.onnx`` is: $WORKBENCH_SILERO_ONNX, else inside the installed silero-vad wheel."""
     env = os.environ.get(SILERO_ENV)
@@ -47,10 +51,10 @@ def _silero_session(path: str):  # noqa: ANN202 - onnxruntime's type is optional
 
 
 def silero_infer() -> scorers.SileroInfer:
-    """The loaded Silero VAD as ``infer(x, state, sr) -> (probability, state)``; RuntimeError naming the fix."""
+    """The loaded Silero VAD as ``infer(x, state, sr) -> (probability, state)``; ``ModelFileMissing`` naming the fix."""
     path = silero_model_path()
     if path is None:
-        raise RuntimeError("scorer 'silero' needs silero_vad.onnx: `pip install --no-deps silero-vad` "
+        raise ModelFileMissing("scorer 'silero' needs silero_vad.onnx: `pip install --no-deps silero-vad` "
                            f"or set {SILERO_ENV} to the file")
     sess = _silero_session(str(path))
 
