@@ -18,7 +18,8 @@ hysteresis while the turn logic stays the same.  Units of ``score``:
   ``infer`` callable, either directly (``make_scorer(..., silero_infer=...)``) or through ``MODEL_LOADERS``.
 
 Contract of ``score``: the whole batch of windows at once (a live frame's 1-3 windows or a file's minutes), in
-media order, each window exactly once; it returns numpy arrays (score, start, stay), one row per window.  Energy
+media order, each window exactly once; it returns (score, start, stay), one row per window, as numpy arrays (or
+lists, for a few windows).  Energy
 scores are plain numpy over the batch; the stateful scorers (the noise floor, webrtcvad, Silero's LSTM) walk the
 rows in order.  Each scorer class validates its own settings (``validate``), called from ``TurnParams.validate``.
 """
@@ -55,8 +56,9 @@ class Scorer(Protocol):
     unit: ClassVar[str]
     window: int  # samples per scored window
 
-    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Score ``windows`` (n, window) float32 with their levels (n,) dBFS; (score, start, stay) per window."""
+    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[Any, Any, Any]:
+        """Score ``windows`` (n, window) float32 with their levels (n,) dBFS; (score, start, stay) per window,
+        each a numpy array or (for a few windows) a list."""
         ...
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
@@ -121,6 +123,9 @@ class EnergyScorer:
 
     def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.floor is None:
+            if level_db.shape[0] <= 8:  # a live frame's 1-3 windows: Python compares them faster than numpy
+                levels = level_db.tolist()
+                return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
             return level_db, level_db >= self.start_db, level_db >= self.stop_db
         starts = np.zeros(level_db.shape[0], bool)
         stays = np.zeros(level_db.shape[0], bool)

@@ -90,6 +90,7 @@ _EPS = 1e-6  # seconds; absorbs float error in window times (a sample is 62.5 us
 _INT16_SCALE = np.float32(1 / 32768)
 _CONTIGUOUS_S = 0.001  # a frame starting within 1 ms of the previous end continues the stream
 POLL_S = 0.005  # how often the clock looks at a model score running on a thread
+_JUDGE_EACH = 8  # batches of up to this many windows are judged one by one (no run-finding overhead)
 
 
 class DecisionKind(StrEnum):
@@ -116,6 +117,10 @@ _TRANSITIONS: dict[TurnState, frozenset[TurnState]] = {
     TurnState.OPEN: frozenset({TurnState.IDLE, TurnState.FINISHED}),
     TurnState.FINISHED: frozenset(),
 }
+
+
+# Plain names for the hot path (a live frame is judged ~50 times a second per session).
+_IDLE, _CANDIDATE, _OPEN, _FINISHED = TurnState.IDLE, TurnState.CANDIDATE, TurnState.OPEN, TurnState.FINISHED
 
 
 class InvalidState(RuntimeError):
@@ -191,7 +196,7 @@ class TurnDetector:
         self._turn_speech_t = 0.0
         self._model_buf: deque[tuple[float, np.ndarray]] = deque()  # (media t, float32) for the model
 
-        self._state = TurnState.IDLE
+        self._state = _IDLE
         self._clock = -math.inf  # latest tick
         self._floor = -math.inf  # media time before which audio is late (last ActivityEnd decision)
         self._turn_t = 0.0  # clock time of the open turn's ActivityStart
@@ -214,7 +219,7 @@ class TurnDetector:
 
     @property
     def turn_open(self) -> bool:
-        return self._state is TurnState.OPEN
+        return self._state is _OPEN
 
     @property
     def last_level_db(self) -> float | None:
@@ -227,7 +232,7 @@ class TurnDetector:
         self._state = new
 
     def _check_live(self, what: str) -> None:
-        if self._state is TurnState.FINISHED:
+        if self._state is _FINISHED:
             raise InvalidState(f"detector is finished: {what} after finish()")
 
     # --- input ------------------------------------------------------------------------------------------------
@@ -251,11 +256,12 @@ class TurnDetector:
 
     def tick(self, t: float) -> list[Decision]:
         """Advance the clock; ends the open turn on silence or max turn even if no frame arrives."""
-        self._check_live("tick")
+        if self._state is _FINISHED:
+            self._check_live("tick")
         if t > self._clock:
             self._clock = t
         out: list[Decision] = []
-        while self._state is TurnState.OPEN:
+        while self._state is _OPEN:
             due, reason = self._end_due()
             if self._clock < due - _EPS:
                 break
@@ -267,20 +273,21 @@ class TurnDetector:
 
         Lets the live loop sleep until then instead of ticking on a grid while frames flow.
         """
-        return self._end_due()[0] if self._state is TurnState.OPEN else None
+        return self._end_due()[0] if self._state is _OPEN else None
 
     def finish(self, t: float) -> list[Decision]:
         """End of audio at clock ``t``: a turn still open ends with reason ``end_of_audio``.  Afterwards ``frame``,
         ``feed`` and ``tick`` raise ``InvalidState``."""
         self._check_live("finish")
         out = self.tick(t)
-        if self._state is TurnState.OPEN:
+        if self._state is _OPEN:
             out.append(self._end(self._clock, "end_of_audio"))
-        self._to(TurnState.FINISHED)
+        self._to(_FINISHED)
         return out
 
     def _ingest(self, t: float, samples: np.ndarray, clock: FileClock | None) -> list[Decision]:
-        self._check_live("frame" if clock is None else "feed")
+        if self._state is _FINISHED:
+            self._check_live("frame" if clock is None else "feed")
         raw = np.asarray(samples)
         if raw.ndim != 1:
             raise ValueError(f"samples must be mono and 1-D, got shape {raw.shape}")
@@ -320,6 +327,12 @@ class TurnDetector:
             np.log10(level_db, out=level_db)
             level_db *= 10.0
             base = self._anchor_n
+            if clock is None and nwin <= _JUDGE_EACH:
+                self._judge_each(base, windows, level_db, frame_end, out)
+                self._anchor_n = base + nwin * self._win
+                self._rem = buf[nwin * self._win :]
+                self._trim_history()
+                return out
             idx = base + np.arange(nwin + 1) * self._win  # sample offsets of the window edges from the anchor
             edges = self._anchor_t + idx / self.rate
             # Re-sent audio (a frame overlapping windows already scored) is cut before scoring, so a stateful
@@ -352,22 +365,47 @@ class TurnDetector:
 
     # --- the walk over scored windows -------------------------------------------------------------------------
 
+    def _judge_each(self, base: int, windows: np.ndarray, level_db: np.ndarray, frame_end: float,
+                    out: list[Decision]) -> None:
+        """A live frame's few windows: scored at once, then judged one by one in plain floats (what ``_walk``
+        does for them too, without the arrays it needs to find runs)."""
+        rate, a, w = self.rate, self._anchor_t, self._win
+        edges = [a + (base + k * w) / rate for k in range(windows.shape[0] + 1)]
+        first = 0
+        while first < windows.shape[0] and edges[first] < self._scored_end - _EPS:
+            first += 1  # re-sent audio: not scored twice
+        if first == windows.shape[0]:
+            return
+        scores, starts, stays = self._scorer.score(windows[first:], level_db[first:])
+        self._scored_end = edges[-1]
+        rows = zip(_floats(scores), _floats(starts), _floats(stays), level_db[first:].tolist(), strict=True)
+        for k, (sc, st, sy, lv) in enumerate(rows, start=first):
+            self._judge(edges[k], edges[k + 1], sc, st, sy, lv, frame_end, out)
+
     def _walk(self, ws: np.ndarray, we: np.ndarray, score: np.ndarray, start: np.ndarray, stay: np.ndarray,
               level: np.ndarray, arrivals: np.ndarray | None, clock: FileClock | None, frame_end: float,
               out: list[Decision]) -> None:
         """Judge windows ``ws..we`` in order; runs where nothing can happen are applied at once (``_skip``)."""
         n = ws.shape[0]
+        if n <= _JUDGE_EACH:  # a live frame's few windows: judging each costs less than finding runs
+            rows = zip(ws.tolist(), we.tolist(), score.tolist(), start.tolist(), stay.tolist(), level.tolist(),
+                       arrivals.tolist() if arrivals is not None else [frame_end] * n, strict=True)
+            for w0, w1, sc, st, sy, lv, hi in rows:
+                if arrivals is not None:
+                    self._catch_up(hi, clock, out)  # type: ignore[arg-type]
+                self._judge(w0, w1, sc, st, sy, lv, hi, out)
+            return
         start_idx = np.flatnonzero(start)
         stay_we = np.where(stay, we, -np.inf)
         k = 0
         while k < n:
             st = self._state
-            if st is TurnState.IDLE:
+            if st is _IDLE:
                 # Nothing happens until a window that may start speech and is not late.
                 lo = int(np.searchsorted(ws, self._floor - _EPS, side="left"))
                 p = int(np.searchsorted(start_idx, max(k, lo), side="left"))
                 j = int(start_idx[p]) if p < start_idx.shape[0] else n
-            elif st is TurnState.CANDIDATE:
+            elif st is _CANDIDATE:
                 j = k
             else:
                 j = self._next_open_event(k, ws, we, stay, stay_we, arrivals)
@@ -420,7 +458,7 @@ class TurnDetector:
             return  # all late: ignored
         self._level_db = float(level[j - 1])
         self._prev_win_end = float(we[j - 1])
-        if self._state is TurnState.OPEN:
+        if self._state is _OPEN:
             last = float(stay_we[lo:j].max())
             if last > -math.inf:
                 self._last_speech_end = last
@@ -435,7 +473,7 @@ class TurnDetector:
         if arrival <= self._clock:
             return
         fn, rate = clock.frame_n, self.rate
-        while self._state is TurnState.OPEN:
+        while self._state is _OPEN:
             due = self._end_due()[0]
             x = max(due - _EPS, self._clock)
             m = max(0, math.ceil(x / clock.tick_s) - 1)
@@ -521,37 +559,37 @@ class TurnDetector:
         self._level_db = level
         gap = ws > self._prev_win_end + _EPS
         self._prev_win_end = we
-        if self._state is TurnState.OPEN:
+        if self._state is _OPEN:
             due, reason = self._end_due()
-            while self._state is TurnState.OPEN and ws >= due - _EPS and reason != "poll":
+            while self._state is _OPEN and ws >= due - _EPS and reason != "poll":
                 # The silence ran out before this window (in a pts gap): decide there, then judge the window afresh.
                 self._reach(max(due, self._clock), reason, ws, out)
                 due, reason = self._end_due()
-            if self._state is TurnState.OPEN:
+            if self._state is _OPEN:
                 if stay:
                     if self._dyn is not None and ws - self._last_speech_end >= MIN_PAUSE_S - _EPS:
                         self._dyn.observe(ws - self._last_speech_end)
                     self._last_speech_end = we
                     self._pending = None  # speech resumed: a score still running is about a silence that ended
                 due, reason = self._end_due()
-                while self._state is TurnState.OPEN and we >= due - _EPS and reason != "poll":
+                while self._state is _OPEN and we >= due - _EPS and reason != "poll":
                     self._reach(max(due, self._clock), reason, we, out)
                     due, reason = self._end_due()
                 return
             if ws < self._floor - _EPS:
                 return
-        if self._state is TurnState.CANDIDATE and (gap or not stay):
-            self._to(TurnState.IDLE)
-        if self._state is TurnState.IDLE:
+        if self._state is _CANDIDATE and (gap or not stay):
+            self._to(_IDLE)
+        if self._state is _IDLE:
             if not start:
                 return
-            self._to(TurnState.CANDIDATE)
+            self._to(_CANDIDATE)
             self._cand_start = ws
         speech_s = we - self._cand_start
         if speech_s >= self._min_speech_s - _EPS:
             speech_t = self._cand_start
             t = max(we, self._clock)
-            self._to(TurnState.OPEN)
+            self._to(_OPEN)
             self._turn_t = t
             self._turn_speech_t = speech_t
             if self._dyn is not None and speech_t - self._prev_end_lse <= self._max_silence_s:
@@ -567,7 +605,7 @@ class TurnDetector:
             ))
 
     def _end(self, t: float, reason: str) -> Decision:
-        self._to(TurnState.IDLE)
+        self._to(_IDLE)
         self._pending = None
         self._floor = max(self._floor, t)
         self._prev_end_lse = self._last_speech_end
@@ -597,9 +635,14 @@ class TurnDetector:
                                for p in parts])
 
     def _trim_history(self) -> None:
-        cand = self._state is TurnState.CANDIDATE
+        cand = self._state is _CANDIDATE
         newest = min(self._stream_end, self._cand_start) if cand else self._stream_end
         keep_from = newest - self._pre_roll_s - self._min_speech_s - 0.05
         h = self._history
         while h and h[0][0] + h[0][1].shape[0] / self.rate < keep_from:
             h.popleft()
+
+
+def _floats(x: Any) -> list[Any]:
+    """A scorer's column as a plain list (scorers may return numpy arrays or lists)."""
+    return x.tolist() if isinstance(x, np.ndarray) else list(x)
