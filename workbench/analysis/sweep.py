@@ -244,8 +244,8 @@ def _init_worker(sources: list[Source]) -> None:
     """Each worker sees the audio once (and one memoised end model, built on first use).
 
     With the ``fork`` start method (Linux's default up to Python 3.13) the sources are inherited, not pickled:
-    the workers share the parent's pages copy-on-write (measured: 4-5 MiB private per worker on 10 minutes of
-    audio, 38 MB of samples).  Under ``spawn``/``forkserver`` each worker unpickles its own copy."""
+    the workers share the parent's pages copy-on-write instead of each holding a copy.  Under ``spawn`` or
+    ``forkserver`` each worker unpickles its own copy."""
     _WORKER["sources"] = sources
     _WORKER["caches"] = {}
 
