@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import pct, publish, section  # noqa: E402
 
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.core.pipeline import MicPipeline  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
 
 TITLE = "End-of-turn model and the event loop"
 AUDIO = Path(__file__).resolve().parents[1] / "recordings" / "thinking.flac"

@@ -30,9 +30,9 @@ from benchlib import publish, section  # noqa: E402
 from workbench.analysis.replay import RATE, detect_file  # noqa: E402
 from workbench.analysis.sweep import evaluate_eot  # noqa: E402
 from workbench.core.endturn import MemoEndModel, ReadyAfter, SmartTurn, smart_turn_path  # noqa: E402
-from workbench.core.scorers import silero_model_path  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store import speechset  # noqa: E402
+from workbench.store.models import silero_model_path  # noqa: E402
 
 TITLE = "End of turn: false cut-offs vs latency"
 SILENCE_MS = list(range(300, 3001, 100))

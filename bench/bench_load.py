@@ -65,8 +65,8 @@ from benchlib import (  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench.analysis.tables import turn_table  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.core.pcm import to_int16  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
 from workbench.io import (
     bridge,  # noqa: E402
     eventloop,

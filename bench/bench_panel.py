@@ -5,8 +5,8 @@ Run:  .venv/bin/python bench/bench_panel.py [--write]
 - Tuning panel: one slider change (offline replay + blitted redraw + turn table) on 5 minutes of
   audio (the bundled candidate track repeated), median and p95 over 20 changes; target median < 300 ms.
 - Sweep: 100 parameter sets over 10 minutes of labelled audio on all cores (process start, audio
-  load and evaluation included); target < 10 s on 2 cores.  For scale, the same sweep through
-  ``detect_file`` (no level cache) is estimated from one timed replay.
+  load and evaluation included); target < 10 s on 2 cores.  For scale, the sweep's cost per set is
+  estimated from one timed ``detect_file``.
 
 ``--write`` replaces the "## Tuning panel" and "## Sweep" sections of bench/BENCHMARKS.md.
 """
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from workbench.analysis.replay import detect_file, to_mono_16k  # noqa: E402
 from workbench.analysis.sweep import read_labels, sweep  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.ui.tuning import TuningPanel  # noqa: E402
 
 CANDIDATE = REPO / "recordings" / "candidate.flac"
@@ -121,7 +121,7 @@ def sections(panel: dict[str, float], sw: dict[str, float], sw1: dict[str, float
          f"| update median | {panel['median_ms']:.0f} ms (target < 300 ms: {ok}) |\n"
          f"| update p95 | {panel['p95_ms']:.0f} ms |\n"
          f"| update max | {panel['max_ms']:.0f} ms |\n"
-         f"| of which replay (EnergyReplay, levels cached) | {panel['replay_ms']:.1f} ms |\n"
+         f"| of which replay (detect_file: the one detector, whole buffer) | {panel['replay_ms']:.1f} ms |\n"
          f"| panel build (load, levels, first full draw) | {panel['build_s']:.2f} s |\n"
          f"| switch scorer to webrtcvad (full detect_file, not cached) | {panel['webrtcvad_ms']:.0f} ms |\n")
     ok = "met" if sw["wall_s"] < 10 else "MISSED"

@@ -172,7 +172,7 @@ def emulator_child(log_path: str) -> int:
 
 def workbench_child(args: argparse.Namespace) -> int:
     """N workbench sessions on uvloop, microphones handed to the bridge directly; the same JSON as peers_pipecat."""
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
     from workbench.emulator.certs import client_context
     from workbench.io import bridge, eventloop, live
     from workbench.io.webrtc import FilePlayerTrack

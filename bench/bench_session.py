@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import CANDIDATE, OUT, ExternalEmulator, pct, publish, section  # noqa: E402
 
 import workbench  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.core.pcm import to_int16  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
 from workbench.io import (
     bridge,  # noqa: E402
     eventloop,

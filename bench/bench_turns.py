@@ -27,8 +27,8 @@ from benchlib import publish, section  # noqa: E402
 from synth import Interview, add_noise, interview  # noqa: E402
 
 from workbench.analysis.replay import detect_file, evaluate  # noqa: E402
-from workbench.core.scorers import silero_model_path  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
+from workbench.store.models import silero_model_path  # noqa: E402
 
 TITLE = "Turn detection"
 ENERGY_TARGET_X = 500

@@ -10,7 +10,7 @@ import soundfile as sf
 import workbench
 from workbench.analysis.replay import replay_recording
 from workbench.analysis.tables import turn_table
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import bridge, live
 from workbench.ui.cli import BUNDLED, main

@@ -17,7 +17,7 @@ from conftest import SHORT_S, bundled_audio
 
 import workbench
 from workbench.analysis.diagnose import Finding, diagnose, format_findings
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.io import bridge, live
 from workbench.store.recording import Recording

@@ -11,7 +11,8 @@ import soundfile as sf
 
 from workbench.core import endturn
 from workbench.core.endpointing import DynamicWindow
-from workbench.core.turns import TurnDetector, TurnParams
+from workbench.core.params import TurnParams
+from workbench.core.turns import TurnDetector
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000

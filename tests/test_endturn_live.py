@@ -13,7 +13,7 @@ import soxr
 
 import workbench
 from workbench.core.endturn import smart_turn_path
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import bridge, live
 from workbench.ui.cli import BUNDLED

@@ -17,7 +17,7 @@ from conftest import SHORT_S, EmulatedRun, bundled_audio
 
 import workbench
 from workbench.analysis.diagnose import Finding, diagnose
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.io import bridge, live
 from workbench.io.naive import FrameCountDetector, check_mode

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from workbench.core.params import TurnParams
 from workbench.core.pipeline import MicPipeline
 from workbench.core.sender import Outgoing
-from workbench.core.turns import TurnParams
 from workbench.io.ingest import Received, ingest
 from workbench.io.webrtc import mono_frame
 

@@ -3,9 +3,9 @@
 import numpy as np
 
 from workbench.core.events import FrameGap, Vad
+from workbench.core.params import TurnParams
 from workbench.core.pipeline import MicPipeline
 from workbench.core.sender import Outgoing
-from workbench.core.turns import TurnParams
 
 RATE = 48_000
 

@@ -27,7 +27,7 @@ from workbench.core.events import (  # noqa: E402
     Watchdog,
     Ws,
 )
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store.recording import Recorder, Recording, RecordingError, load  # noqa: E402
 from workbench.ui.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
 

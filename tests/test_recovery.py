@@ -20,7 +20,7 @@ from conftest import EmulatedRun, bundled_audio
 
 import workbench
 from workbench.analysis.tables import format_turn_table, turn_table
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.io import bridge, live
 

@@ -18,7 +18,7 @@ from workbench.analysis.replay import (
     replay_path,
     turns_to_json,
 )
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 RATE = 16000
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
@@ -197,3 +197,42 @@ def test_replay_path_on_the_bundled_candidate_recording() -> None:
     r = evaluate(report.turns, truth, 700)
     assert (r["found"], r["split"], r["merged"], r["false_turns"]) == (len(truth), 0, 0, 0)
     assert report.to_json()["turns"] and "file replay" in report.table()
+
+
+def test_a_file_is_streamed_block_by_block_with_the_same_samples_and_turns(tmp_path: Path) -> None:
+    """44.1 kHz stereo on disk: the streamed blocks are ``load_mono``'s samples, so the turns are the same."""
+    from workbench.analysis.replay import detect_path
+    from workbench.store.audiofile import load_mono, mono_blocks
+
+    x, _ = three_answers()
+    x44 = soxr_resample(x, RATE, 44100)
+    path = tmp_path / "answers.flac"
+    sf.write(path, np.stack([x44, 0.5 * x44], axis=1), 44100, subtype="PCM_24")
+    whole = load_mono(path, RATE)
+    blocks = list(mono_blocks(path, RATE, block_s=0.37))
+    assert len(blocks) > 10
+    assert np.array_equal(np.concatenate(blocks), whole)
+    assert detect_path(path, TurnParams()) == detect_file(whole, RATE, TurnParams())
+    sf.write(tmp_path / "a16.wav", x44, 44100, subtype="PCM_16")  # the int16 decoding path
+    assert np.array_equal(np.concatenate(list(mono_blocks(tmp_path / "a16.wav", RATE, block_s=0.5))),
+                          load_mono(tmp_path / "a16.wav", RATE))
+
+
+def test_streamed_file_errors_are_the_same_one_liners(tmp_path: Path) -> None:
+    from workbench.store.audiofile import AudioInputError, mono_blocks
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
+    nan = np.zeros(16000, np.float32)
+    nan[9000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    for name, match in (("missing.wav", "no such file"), ("empty.wav", "empty file"),
+                        ("junk.wav", "not readable as audio"), ("nan.wav", "NaN or infinite")):
+        with pytest.raises(AudioInputError, match=match):
+            list(mono_blocks(tmp_path / name, RATE, block_s=0.25))
+
+
+def soxr_resample(x: np.ndarray, a: int, b: int) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(x, a, b, quality="HQ").astype(np.float32)

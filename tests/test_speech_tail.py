@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
+from workbench.core.params import TurnParams
 from workbench.core.pipeline import MicPipeline
 from workbench.core.sender import Outgoing
-from workbench.core.turns import TurnParams
 from workbench.io.ingest import Received, ingest
 from workbench.io.webrtc import FilePlayerTrack, loopback
 

@@ -1,4 +1,4 @@
-"""Sweep: the exact energy fast path, the tidy table, grid parsing, Pareto/best, the CLI."""
+"""Sweep: its replay is the live detector's decisions, the tidy table, grid parsing, Pareto/best, the CLI."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from workbench.analysis.replay import detect_file  # noqa: E402
+from workbench.analysis.replay import RATE, detect_file, detect_frames  # noqa: E402
 from workbench.analysis.sweep import (  # noqa: E402
     METRICS,
     PARAM_NAMES,
-    EnergyReplay,
     best,
     expand_grid,
     parse_grid,
@@ -27,8 +26,9 @@ from workbench.analysis.sweep import (  # noqa: E402
     to_params,
     tradeoff_plot,
 )
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store.audiofile import load_mono  # noqa: E402
+from workbench.store.paramfile import read_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = REPO / "recordings" / "candidate.flac"
@@ -55,30 +55,42 @@ def _same(a, b) -> bool:
     return True
 
 
-def test_fast_path_equals_turn_detector_on_candidate_and_noise() -> None:
+def _live(x: np.ndarray, p: TurnParams) -> list:
+    """The live detector with a call per 20 ms frame and 10 ms ticks: what ``detect_file`` must reproduce."""
+    n = 320
+    frames = [((i + x[i : i + n].shape[0]) / RATE, i / RATE, x[i : i + n]) for i in range(0, x.shape[0], n)]
+    return detect_frames(frames, p, tick_ms=10, end_t=x.shape[0] / RATE)
+
+
+STATEFUL_PARAMS = [TurnParams(noise_margin_db=10), TurnParams(endpointing="dynamic", silence_ms=300),
+                   TurnParams(scorer="webrtcvad", silence_ms=300)]
+
+
+def test_file_replay_equals_the_live_detector_frame_by_frame_on_candidate_and_noise() -> None:
     rng = np.random.default_rng(7)
     noise = rng.standard_normal(16000 * 12).astype(np.float32)
     noise *= np.repeat(rng.uniform(0, 0.05, 120), 1600).astype(np.float32)
     for x in (load_mono(CANDIDATE, 16000), noise[:-77]):  # odd length: a partial last frame
-        fast = EnergyReplay(x)
-        for p in EDGE_PARAMS:
-            assert _same(fast.turns(p), detect_file(x, 16000, p)), p
+        for p in EDGE_PARAMS + STATEFUL_PARAMS:
+            assert _same(detect_file(x, 16000, p), _live(x, p)), p
 
 
 @pytest.mark.skipif(not (SPEECH / "aepyx_8k.wav").exists(), reason="real speech not available")
-def test_fast_path_equals_turn_detector_on_real_speech() -> None:
+def test_file_replay_equals_the_live_detector_on_real_speech() -> None:
     for name in ("aepyx_8k.wav", "silero_test_16k.wav"):
         x = load_mono(SPEECH / name, 16000)
-        fast = EnergyReplay(x)
         for p in EDGE_PARAMS[:3]:
-            ref = detect_file(x, 16000, p)
+            ref = _live(x, p)
             assert len(ref) >= 2
-            assert _same(fast.turns(p), ref), (name, p)
+            assert _same(detect_file(x, 16000, p), ref), (name, p)
 
 
-def test_fast_path_refuses_other_scorers() -> None:
-    with pytest.raises(ValueError, match="energy"):
-        EnergyReplay(np.zeros(1600, np.float32)).turns(TurnParams(scorer="webrtcvad"))
+def test_sweep_rows_are_the_live_detectors_turns() -> None:
+    x = load_mono(CANDIDATE, 16000)
+    df = sweep((x, 16000), {"silence_ms": [200, 700], "scorer": ["energy", "webrtcvad"]}, jobs=1, progress=False)
+    for row in df.itertuples():
+        p = TurnParams(silence_ms=row.silence_ms, scorer=row.scorer)
+        assert row.turns == len(_live(x, p)), p
 
 
 def test_sweep_table_rows_and_splits_drop_as_silence_grows() -> None:
@@ -182,7 +194,7 @@ def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.Cap
     assert "best: silence_ms=700" in capsys.readouterr().out
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
-    assert TurnParams.from_file(tmp_path / "best.json").silence_ms == 700
+    assert read_params(tmp_path / "best.json").silence_ms == 700
     bad = ap.parse_args(["sweep", str(CANDIDATE), "--grid", "silence=1"])
     with pytest.raises(ValueError, match="unknown parameter 'silence'"):
         bad.func(bad)
@@ -302,7 +314,7 @@ def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> 
     s = summary(df).set_index("end_threshold")
     assert list(s["policy"]) == ["energy+smart-turn"] * 2 and list(s["pauses"]) == [3, 3]
     assert s.loc[0.99, "cutoffs"] <= s.loc[0.5, "cutoffs"]
-    memo = sw._WORKER["energy"][("end_model", "smart-turn")]
+    memo = sw._WORKER["caches"][("end_model", "smart-turn")]
     scorings = 0
     for thr in (0.5, 0.99):
         decisions: list = []

@@ -29,7 +29,7 @@ from google.genai import types
 
 import workbench
 from workbench.analysis.replay import replay_recording
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import tap
 from workbench.store.recording import RecordingError

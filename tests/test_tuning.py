@@ -14,7 +14,8 @@ import soundfile as sf  # noqa: E402
 
 from workbench.analysis.replay import detect_file  # noqa: E402
 from workbench.core.events import SessionMark  # noqa: E402
-from workbench.core.turns import TurnParams  # noqa: E402
+from workbench.core.params import TurnParams  # noqa: E402
+from workbench.store.paramfile import read_params  # noqa: E402
 from workbench.store.recording import Recorder, load  # noqa: E402
 from workbench.ui.tuning import TuningPanel  # noqa: E402
 
@@ -68,8 +69,8 @@ def test_save_button_writes_params_file(panel: TuningPanel, tmp_path: Path) -> N
     panel.sliders["min_speech_ms"].value = 120
     panel.save_path.value = str(tmp_path / "p.json")
     panel.save_button.click()
-    assert TurnParams.from_file(tmp_path / "p.json") == panel.params
-    assert TurnParams.from_file(tmp_path / "p.json").min_speech_ms == 120
+    assert read_params(tmp_path / "p.json") == panel.params
+    assert read_params(tmp_path / "p.json").min_speech_ms == 120
     panel.save_path.value = str(tmp_path / "missing" / "p.json")
     panel.save_button.click()  # never raises into the kernel
     assert "not saved" in panel.message.value

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.core.scorers import silero_model_path
-from workbench.core.turns import Decision, TurnDetector, TurnParams
+from workbench.core.params import TurnParams
+from workbench.core.turns import Decision, DecisionKind, FileClock, InvalidState, TurnDetector, TurnState
+from workbench.store.models import silero_model_path
+from workbench.store.paramfile import read_params
 
 RATE = 16000
 FRAME = 320  # 20 ms
@@ -312,7 +314,7 @@ def test_params_dict_and_file_round_trip(tmp_path) -> None:
     assert TurnParams.from_dict(p.to_dict()) == p
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"silence_ms": 900, "start_db": -35}))
-    assert TurnParams.from_file(path) == TurnParams(silence_ms=900.0, start_db=-35.0)
+    assert read_params(path) == TurnParams(silence_ms=900.0, start_db=-35.0)
     with pytest.raises(ValueError, match="unknown TurnParams key 'silence'"):
         TurnParams.from_dict({"silence": 1})
     with pytest.raises(ValueError, match=r"TurnParams\.silence_ms = 'x' has the wrong type"):
@@ -392,3 +394,60 @@ def test_noise_floor_follows_a_louder_background_within_its_span() -> None:
     for _ in range(400):  # the room got louder: after the span the floor is the new background
         f.push(-40.0)
     assert f.floor_db == pytest.approx(-40.0, abs=0.5)
+
+
+def test_states_and_decision_kinds_are_enums_with_the_recorded_values() -> None:
+    det = TurnDetector(TurnParams(min_speech_ms=30))
+    assert det.state is TurnState.IDLE
+    x = np.concatenate([tone(0.02, -20), tone(0.3, -20), np.zeros(16000, np.float32)])
+    seen = []
+    for i in range(0, x.shape[0], 160):
+        det.tick((i + 160) / RATE)
+        ds = det.frame(i / RATE, x[i : i + 160])
+        seen.append(det.state)
+        for d in ds:
+            assert isinstance(d.kind, DecisionKind)
+    assert seen[0] is TurnState.CANDIDATE and TurnState.OPEN in seen and seen[-1] is TurnState.IDLE
+    assert [k.value for k in DecisionKind] == ["speech_start", "speech_end", "end_score"]
+    assert DecisionKind.SPEECH_END == "speech_end" and json.dumps(DecisionKind.SPEECH_END) == '"speech_end"'
+
+
+def test_misuse_after_finish_raises() -> None:
+    det = TurnDetector(TurnParams())
+    det.finish(1.0)
+    assert det.state is TurnState.FINISHED
+    for call in (lambda: det.frame(1.0, np.zeros(320, np.float32)), lambda: det.tick(2.0), lambda: det.finish(2.0),
+                 lambda: det.feed(0.0, np.zeros(320, np.float32), FileClock())):
+        with pytest.raises(InvalidState, match="finished"):
+            call()
+
+
+def test_feed_refuses_a_stretch_off_the_frame_grid_or_not_continuing() -> None:
+    det = TurnDetector(TurnParams())
+    with pytest.raises(ValueError, match="frame boundary"):
+        det.feed(0.001, np.zeros(320, np.float32), FileClock())
+    det.feed(0.0, np.zeros(640, np.float32), FileClock())
+    with pytest.raises(ValueError, match="does not continue"):
+        det.feed(0.08, np.zeros(320, np.float32), FileClock())
+
+
+def test_feed_decides_what_a_call_per_frame_decides_whatever_the_stretches() -> None:
+    rng = np.random.default_rng(3)
+    parts = []
+    for _ in range(12):  # bursts, short pauses and long silences, at random lengths and levels
+        parts += [tone(rng.uniform(0.05, 1.5), rng.uniform(-50, -15)), np.zeros(int(rng.uniform(0.05, 1.2) * RATE),
+                                                                                np.float32)]
+    x = np.concatenate(parts)[:-33]
+    for p in (TurnParams(), TurnParams(silence_ms=10, min_speech_ms=0), TurnParams(max_turn_ms=700),
+              TurnParams(endpointing="dynamic", silence_ms=250), TurnParams(noise_margin_db=6)):
+        ref_det = TurnDetector(p)
+        ref = feed(ref_det, x, frame=320) + ref_det.finish(x.shape[0] / RATE)
+        for stretch in (320, 960, 16000 * 3, 10**7):
+            det = TurnDetector(p)
+            out = []
+            for i in range(0, x.shape[0], stretch):
+                out += det.feed(i / RATE, x[i : i + stretch], FileClock())
+            out += det.finish(x.shape[0] / RATE)
+            assert kinds(out) == kinds(ref), (p, stretch)
+            assert [d.pre_roll.shape for d in out if d.pre_roll is not None] == \
+                [d.pre_roll.shape for d in ref if d.pre_roll is not None]

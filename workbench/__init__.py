@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench.store import models as _models  # noqa: F401 - registers the model loaders the core's scorers ask for
+
 __version__ = "0.1.0"
 __all__ = ["Recording", "RecordingError", "load", "__version__"]
 

@@ -1,7 +1,7 @@
 """``workbench sweep --scheduler ADDRESS``: the grid on a dask.distributed cluster.
 
-Why: a grid over hours of audio with the stateful scorers or the end-of-turn model (which cannot use
-the energy fast path) outgrows one machine.  The audio is scattered to every worker once; each
+Why: a grid over hours of audio with the stateful scorers (webrtcvad and Silero score window by window) or the
+end-of-turn model outgrows one machine.  The audio is scattered to every worker once; each
 parameter set is one task running the same ``sweep._rows`` the local pool runs, so the rows are the
 same and come back in the grid's order.  Workers need this package importable (``pip install -e .``
 on each, or the same image).  A failing set is the one-line ``SweepError`` naming it, as locally.
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 CONNECT_TIMEOUT_S = 10  # bounded: a wrong address is an error, not a hang
-_CACHES: dict[int, Any] = {}  # per worker process: EnergyReplay caches by source index
+_CACHES: dict[Any, Any] = {}  # per worker process: the memoised end model
 
 
 def _task(params: TurnParams, sources: list[Any]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workbench.analysis.replay import Turn
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
     from workbench.store.recording import Recording
 
 FORMATS = ("otlp-json", "audacity")
@@ -201,7 +201,7 @@ def otlp_json(rec: Recording) -> str:
 
 def recorded_params(rec: Recording) -> TurnParams | None:
     """The detector parameters in ``session.json``; None when there are none or they are a tapped bridge's own."""
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
 
     meta = rec.meta.get("params")
     if not isinstance(meta, dict):
@@ -220,11 +220,12 @@ def detector_turns(rec: Recording, params: TurnParams) -> list[Turn]:
         return replay_recording(rec, params)
     from dataclasses import replace
 
-    from workbench.analysis.sweep import load_source, replay
+    from workbench.analysis.replay import RATE, detect_file
+    from workbench.analysis.sweep import load_source
 
     return [replace(t, speech_start=t.speech_start + rec.mic_start_t, speech_end=t.speech_end + rec.mic_start_t,
                     activity_start=t.activity_start + rec.mic_start_t, activity_end=t.activity_end + rec.mic_start_t)
-            for t in replay(load_source(rec).samples16k, params)]
+            for t in detect_file(load_source(rec).samples16k, RATE, params)]
 
 
 def audacity_labels(rec: Recording, params: TurnParams) -> str:
@@ -246,7 +247,7 @@ def export(rec: Recording, fmt: str, out: str | Path | None = None, params: Turn
     if fmt == "otlp-json":
         text = otlp_json(rec) + "\n"
     else:
-        from workbench.core.turns import TurnParams
+        from workbench.core.params import TurnParams
 
         if params is None:
             params = recorded_params(rec) or TurnParams()
@@ -273,12 +274,12 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from workbench.core.turns import TurnParams
+    from workbench.store.paramfile import read_params
     from workbench.store.recording import RecordingError, load
 
     if not args.recording.exists():
         raise RecordingError(f"{args.recording}: no such recording directory")
     rec = load(args.recording)
-    params = TurnParams.from_file(args.params) if args.params else None
+    params = read_params(args.params) if args.params else None
     print(f"wrote {export(rec, args.format, args.out, params)}")
     return 0

@@ -1,22 +1,27 @@
 """Offline replay through the same TurnDetector the live bridge runs, plus labelled evaluation.
 
-A file replay feeds frames at their media times and ticks the clock between
-them, so what it decides is what the bridge would have decided on a clean link.
-A frame replay uses recorded arrival times, so a gap in a recording is silence
-on the clock exactly as it was live.
+A file replay is the detector on a ``FileClock``: 20 ms frames arriving at their media times, the clock ticking
+every 10 ms between them, so what it decides is what the bridge would have decided on a clean link; the detector
+takes the file in long stretches (``TurnDetector.feed``) and decides exactly what a call per frame would.  A file
+on disk is streamed (decoded in blocks, resampled by streaming soxr, fed block by block), so memory stays flat in
+the audio's length.  A frame replay uses recorded arrival times, so a gap in a recording is silence on the clock
+exactly as it was live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workbench.core.turns import Decision, TurnDetector, TurnParams
+from workbench.core.params import TurnParams
+from workbench.core.turns import Decision, DecisionKind, FileClock, TurnDetector
 
 RATE = 16000
+FEED_S = 30.0  # a file is fed to the detector in stretches of this length (bounded scratch memory)
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,9 @@ def _turns(decisions: Iterable[Decision]) -> list[Turn]:
     turns: list[Turn] = []
     start: Decision | None = None
     for d in decisions:
-        if d.kind == "speech_start":
+        if d.kind == DecisionKind.SPEECH_START:
             start = d
-        elif d.kind == "speech_end" and start is not None:
+        elif d.kind == DecisionKind.SPEECH_END and start is not None:
             turns.append(Turn(speech_start=start.speech_t, activity_start=start.t, activity_end=d.t,
                               end_reason=d.reason, speech_end=d.speech_t))
             start = None
@@ -90,18 +95,56 @@ def detect_file(samples: np.ndarray, rate: int, params: TurnParams, frame_ms: fl
     receives every decision, ``end_score`` ones included.
     """
     x = to_mono_16k(samples, rate)
+    return detect_blocks([x], params, frame_ms, tick_ms, end_model=end_model, decisions=decisions)
+
+
+def detect_blocks(blocks: Iterable[np.ndarray], params: TurnParams, frame_ms: float = 20, tick_ms: float = 10, *,
+                  end_model: Any = None, decisions: list[Decision] | None = None) -> list[Turn]:
+    """``detect_file`` over 16 kHz mono float32 audio given in consecutive blocks of any length (a stream).
+
+    The blocks are re-cut into stretches of whole frames, so the decisions do not depend on how the audio was
+    blocked; only a stretch of audio and the detector's own state are held at a time.
+    """
     n = max(1, round(RATE * frame_ms / 1000))
-    dur = x.shape[0] / RATE
+    stretch = max(1, round(FEED_S * RATE / n)) * n
+    det = TurnDetector(params, RATE, end_model=end_model)
+    clock = FileClock(frame_n=n, tick_s=tick_ms / 1000)
+    out: list[Decision] = []
+    pending: list[np.ndarray] = []
+    held = 0
+    done = 0  # samples fed so far
 
-    def frames() -> Iterator[tuple[float, float, np.ndarray]]:
-        for i in range(0, x.shape[0], n):
-            chunk = x[i : i + n]
-            yield (i + chunk.shape[0]) / RATE, i / RATE, chunk
+    def feed(x: np.ndarray) -> None:
+        nonlocal done
+        for i in range(0, x.shape[0], stretch):
+            part = x[i : i + stretch]
+            out.extend(det.feed(done / RATE, part, clock))
+            done += part.shape[0]
 
-    out = _run(TurnDetector(params, RATE, end_model=end_model), frames(), tick_ms / 1000, dur)
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float32).reshape(-1)
+        if not b.size:
+            continue
+        pending.append(b)
+        held += b.shape[0]
+        if held >= stretch:
+            x = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            whole = (x.shape[0] // n) * n
+            feed(x[:whole])
+            pending, held = ([x[whole:]], x.shape[0] - whole) if whole < x.shape[0] else ([], 0)
+    if held:
+        feed(np.concatenate(pending) if len(pending) > 1 else pending[0])
+    out += det.finish(done / RATE)
     if decisions is not None:
         decisions.extend(out)
     return _turns(out)
+
+
+def detect_path(path: str | Path, params: TurnParams) -> list[Turn]:
+    """``detect_file`` on an audio file (any rate, channels), streamed: decoded and resampled block by block."""
+    from workbench.store.audiofile import mono_blocks
+
+    return detect_blocks(mono_blocks(path, RATE), params)
 
 
 def detect_frames(frames: Iterable[tuple[Any, ...]], params: TurnParams, tick_ms: float = 10,
@@ -288,14 +331,9 @@ def vad_events_to_turns(events: Iterable[Any]) -> list[Turn]:
 
 def replay_path(source: str | Any, params: TurnParams) -> ReplayReport:
     """Replay an audio file (any rate, channels) or a recording directory through the detector."""
-    from pathlib import Path
-
     p = Path(source)
     if p.is_dir():
         from workbench.store.recording import load
 
         return ReplayReport(str(p), "recording", params, replay_recording(load(p), params))
-    from workbench.store.audiofile import load_mono
-
-    x = load_mono(p, RATE)
-    return ReplayReport(str(p), "file", params, detect_file(x, RATE, params))
+    return ReplayReport(str(p), "file", params, detect_path(p, params))

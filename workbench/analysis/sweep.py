@@ -1,14 +1,9 @@
 """Grid search of turn-detector settings over labelled audio, in parallel, into a tidy table.
 
-Why a fast path: a full ``detect_file`` costs ~0.35 s per 10 minutes of audio and parameter
-set, so 100 sets over 10 minutes would take ~35 CPU seconds.  For the ``energy`` scorer the
-window levels do not depend on any parameter, so ``EnergyReplay`` computes them once per
-audio and then replays only the state machine, jumping from onset to onset with numpy.  It
-reproduces ``detect_file``'s frame/tick schedule (20 ms frames, 10 ms ticks) and
-``TurnDetector``'s rules exactly (tests compare them on real speech); other scorers are
-stateful (webrtcvad's noise model, Silero's LSTM see a different window sequence when late
-windows are dropped), so they go through ``detect_file`` itself, as do the dynamic window and the
-end-of-turn model.
+Every parameter set runs the one ``TurnDetector`` through ``detect_file`` (the live rules on a file's clock,
+``TurnDetector.feed``): it scores the whole buffer at once and judges window by window only where something can
+happen, so a set costs tens of milliseconds per 10 minutes with the energy scorer and the results are the live
+detector's decisions by construction (tests compare them with a call per frame).
 
 The eot-bench convention (LiveKit's end-of-turn benchmark), for audio with labelled thinking pauses
 (``<stem>.pauses.txt`` beside the file, see ``workbench.store.speechset``): per setting, the *false cut-off
@@ -35,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.analysis.replay import RATE, Turn, detect_file, evaluate, to_mono_16k
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.store.speechset import Pause, pauses_beside, read_pauses
 
 if TYPE_CHECKING:
@@ -43,9 +38,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _EPS = 1e-6  # the detector's tolerance on window and tick times, seconds
-_WIN = RATE // 100  # the energy scorer's 10 ms window
-_FRAME_MS = 20.0  # detect_file's defaults, which the fast path reproduces
-_TICK_MS = 10.0
 METRICS = ["turns", "found", "split", "merged", "missed", "false_turns", "lateness_median_ms", "lateness_p95_ms",
            "pauses", "cutoffs", "hesitations", "cutoffs_hesitation", "boundaries", "cutoffs_boundary",
            "cutoffs_other", "ends", "latency_median_ms", "latency_p95_ms"]
@@ -54,115 +46,6 @@ LATENCY_BUDGETS_MS = (300, 500, 1000)
 CUTOFF_TARGET = 0.05  # eot-bench's operating point: latency at 5 % false cut-offs
 PARAM_NAMES = [f.name for f in dataclasses.fields(TurnParams)]
 _TEXT_PARAMS = {f.name for f in dataclasses.fields(TurnParams) if f.type == "str"}  # scorer, endpointing, end_model
-
-
-class EnergyReplay:
-    """``detect_file(x, 16000, params)`` for the energy scorer, with window levels computed once."""
-
-    def __init__(self, samples16k: np.ndarray) -> None:
-        x = np.asarray(samples16k, dtype=np.float32).reshape(-1)
-        n = x.shape[0]
-        self.n_samples = n
-        self.duration_s = n / RATE
-        n_win = n // _WIN
-        win = x[: n_win * _WIN].reshape(n_win, _WIN)
-        ms = np.einsum("ij,ij->i", win, win) / _WIN  # same float32 arithmetic as TurnDetector.frame
-        self.level_db = 10.0 * np.log10(np.maximum(ms, 1e-12))
-        frame = round(RATE * _FRAME_MS / 1000)
-        n_frames = max(1, -(-n // frame))
-        # Frame f arrives (and the clock ticks to it) when its last sample is in: (i + len) / RATE.
-        self._arrival = np.minimum((np.arange(n_frames) + 1) * frame, n) / RATE
-        k = np.arange(n_win)
-        per = frame // _WIN
-        f0 = (k // per) * frame / RATE
-        self._ws = f0 + ((k % per) * _WIN) / RATE
-        self._we = f0 + ((k % per + 1) * _WIN) / RATE
-        self._per = per
-        # The grid ticks k * tick_s that _run emits before each frame: indices [kstart[f-1], kstart[f]).
-        tick_s = _TICK_MS / 1000
-        self._grid = np.arange(int(self.duration_s / tick_s) + 3) * tick_s
-        self._kstart = np.searchsorted(self._grid, self._arrival, side="left")
-        # Last window index of frames 0..f (-1 when a frame holds no whole window).
-        self._last_win = np.minimum((np.arange(n_frames) + 1) * per, n_win) - 1
-
-    def turns(self, params: TurnParams) -> list[Turn]:
-        """The turns ``detect_file`` finds with ``params`` (scorer must be ``energy``)."""
-        if params.scorer != "energy":
-            raise ValueError(f"EnergyReplay replays the energy scorer only, not {params.scorer!r}")
-        params.validate()
-        lev = self.level_db
-        n_win = lev.shape[0]
-        start = lev >= float(params.start_db)
-        stay = lev >= float(params.stop_db)
-        start_idx = np.flatnonzero(start)
-        nonstay = np.where(stay, n_win, np.arange(n_win))
-        next_nonstay = np.minimum.accumulate(nonstay[::-1])[::-1] if n_win else nonstay
-        ms_s, sil_s, max_s = params.min_speech_ms / 1000, params.silence_ms / 1000, params.max_turn_ms / 1000
-        m = 1  # windows a candidate needs: we - ws >= min_speech - eps
-        while m * _WIN / RATE < ms_s - _EPS:
-            m += 1
-        stay_we = np.where(stay, self._we, -np.inf)
-        cm = np.maximum.accumulate(stay_we) if n_win else stay_we
-        arr = self._arrival
-        lw = self._last_win
-        cm_after = np.where(lw >= 0, cm[np.maximum(lw, 0)] if n_win else -np.inf, -np.inf)
-        # Before frame f is handled, the tick at its arrival ends a turn whose silence ran out.
-        sil_ok = np.zeros(arr.shape[0], bool)
-        sil_ok[1:] = arr[1:] >= cm_after[:-1] + sil_s - _EPS
-        sil_frames = np.flatnonzero(sil_ok)
-        n_frames = arr.shape[0]
-
-        out: list[Turn] = []
-        j = 0  # first window not yet judged
-        while True:
-            p = int(np.searchsorted(start_idx, j))
-            k = -1
-            while p < start_idx.shape[0]:
-                c = int(start_idx[p])
-                run_end = int(next_nonstay[c])
-                if run_end - c >= m:
-                    k = c + m - 1
-                    break
-                p = int(np.searchsorted(start_idx, run_end))
-            if k < 0:
-                return out
-            fo = k // self._per
-            turn_t = float(arr[fo])
-            speech_t = float(self._ws[c])
-            max_due = turn_t + max_s
-            q = int(np.searchsorted(sil_frames, fo + 1))
-            f_sil = int(sil_frames[q]) if q < sil_frames.shape[0] else n_frames
-            f_max = max(int(np.searchsorted(arr, max_due - _EPS, side="left")), fo + 1)
-            f_end = min(f_sil, f_max)
-            if f_end >= n_frames:
-                lse = float(cm_after[-1])
-                sil_due = lse + sil_s
-                due, reason = (sil_due, "silence") if sil_due <= max_due else (max_due, "max_turn")
-                if not self.duration_s >= due - _EPS:
-                    reason = "end_of_audio"
-                out.append(Turn(speech_t, turn_t, self.duration_s, reason, lse))
-                return out
-            lse = float(cm_after[f_end - 1])
-            sil_due = lse + sil_s
-            due, reason = (sil_due, "silence") if sil_due <= max_due else (max_due, "max_turn")
-            g0, g1 = int(self._kstart[f_end - 1]), int(self._kstart[f_end])
-            kk = max(int(np.searchsorted(self._grid, due - _EPS, side="left")), g0)
-            t_end = max(float(self._grid[kk]), float(arr[f_end - 1])) if kk < g1 else float(arr[f_end])
-            out.append(Turn(speech_t, turn_t, t_end, reason, lse))
-            j = int(np.searchsorted(self._ws, t_end - _EPS, side="left"))
-
-
-def fast_path(params: TurnParams) -> bool:
-    """True when ``EnergyReplay`` reproduces ``params`` exactly: energy scorer, fixed window, no end model."""
-    return (params.scorer == "energy" and params.noise_margin_db == 0 and params.endpointing == "fixed"
-            and params.end_model == "none")
-
-
-def replay(x16k: np.ndarray, params: TurnParams, cache: EnergyReplay | None = None) -> list[Turn]:
-    """Turns in 16 kHz audio: the exact fast path for ``energy``, ``detect_file`` otherwise."""
-    if fast_path(params):
-        return (cache or EnergyReplay(x16k)).turns(params)
-    return detect_file(x16k, RATE, params)
 
 
 # --- sources and labels -----------------------------------------------------------------------
@@ -358,9 +241,13 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(sources: list[Source]) -> None:
-    """Each worker holds the audio once and builds level caches on first use."""
+    """Each worker sees the audio once (and one memoised end model, built on first use).
+
+    With the ``fork`` start method (Linux's default up to Python 3.13) the sources are inherited, not pickled:
+    the workers share the parent's pages copy-on-write instead of each holding a copy.  Under ``spawn`` or
+    ``forkserver`` each worker unpickles its own copy."""
     _WORKER["sources"] = sources
-    _WORKER["energy"] = {}
+    _WORKER["caches"] = {}
 
 
 class SweepError(ValueError):
@@ -369,7 +256,7 @@ class SweepError(ValueError):
 
 def _run_params(params: TurnParams) -> list[dict[str, Any]]:
     try:
-        return _rows(params, _WORKER["sources"], _WORKER["energy"])
+        return _rows(params, _WORKER["sources"], _WORKER["caches"])
     except Exception as exc:  # noqa: BLE001 - any worker failure becomes one line naming the set
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SweepError(f"sweep worker failed on {describe(params)}: {msg}") from None
@@ -383,8 +270,8 @@ def describe(params: TurnParams) -> str:
 
 
 def _rows(params: TurnParams, sources: list[Source], caches: dict[Any, Any]) -> list[dict[str, Any]]:
-    """The rows of one set.  ``caches`` (per worker): energy levels per source, and one memoised end model,
-    so settings that differ only after the model's scoring (threshold, wait) do not score the same audio twice."""
+    """The rows of one set.  ``caches`` (per worker): one memoised end model, so settings that differ only after
+    the model's scoring (threshold, wait) do not score the same audio twice."""
     rows = []
     model = None
     if params.end_model != "none":
@@ -394,13 +281,8 @@ def _rows(params: TurnParams, sources: list[Source], caches: dict[Any, Any]) -> 
         if key not in caches:
             caches[key] = MemoEndModel(make_end_model(params.end_model))
         model = caches[key]
-    for i, src in enumerate(sources):
-        if fast_path(params) and i not in caches:
-            caches[i] = EnergyReplay(src.samples16k)
-        if model is not None:
-            turns = detect_file(src.samples16k, RATE, params, end_model=model)
-        else:
-            turns = replay(src.samples16k, params, caches.get(i))
+    for src in sources:
+        turns = detect_file(src.samples16k, RATE, params, end_model=model)
         row: dict[str, Any] = {**params.to_dict(), "policy": params.policy, "source": src.name, "turns": len(turns)}
         if src.truth is not None:
             ev = evaluate(turns, src.truth, params.silence_ms)
@@ -842,10 +724,12 @@ def register(subparsers: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
+    from workbench.store.paramfile import read_params
+
     grid = parse_grid(args.grid)
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    base = TurnParams.from_file(args.params) if args.params else None
+    base = read_params(args.params) if args.params else None
     df = sweep([str(f) for f in args.files], grid, jobs=args.jobs, progress=not args.no_progress, base=base,
                scheduler=args.scheduler)
     if args.out:

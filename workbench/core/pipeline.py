@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.core.events import EndScore, Event, Frame, FrameGap, Vad
+from workbench.core.params import TurnParams
 from workbench.core.pcm import level_dbfs
 from workbench.core.resample import Resampler
 from workbench.core.sender import Outgoing, SendOrder
-from workbench.core.turns import Decision, TurnDetector, TurnParams
+from workbench.core.turns import Decision, DecisionKind, TurnDetector
 
 GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopback jitter stays well below)
 # Media time that keeps arriving this late, for this much audio, means the sender's clock stood still
@@ -124,16 +125,16 @@ class MicPipeline:
         out: list[Output] = []
         started = False
         for d in decisions:
-            if d.kind == "end_score":
+            if d.kind == DecisionKind.END_SCORE:
                 out.append(EndScore(t=round(d.t, 6), model=self.params.end_model, probability=d.probability,
                                     threshold=self.params.end_threshold, complete=d.reason == "complete",
                                     silence_ms=d.silence_ms, media_t=round(d.speech_t, 6)))
                 continue
-            out.append(Vad(t=round(d.t, 6), decision=d.kind, reason=d.reason, media_t=round(d.speech_t, 6),
+            out.append(Vad(t=round(d.t, 6), decision=str(d.kind), reason=d.reason, media_t=round(d.speech_t, 6),
                            level_db=None if d.level_db is None else round(d.level_db, 2)))
-            if d.kind == "speech_start":
+            if d.kind == DecisionKind.SPEECH_START:
                 out += self.order.start(d.pre_roll, d.speech_t)
                 started = True
-            elif d.kind == "speech_end":
+            elif d.kind == DecisionKind.SPEECH_END:
                 out += self.order.end(d.speech_t)
         return out, started

@@ -9,30 +9,46 @@ hysteresis while the turn logic stays the same.  Units of ``score``:
   With ``noise_margin_db`` > 0 the thresholds also rise above an adaptive noise floor (see
   ``NoiseFloor``): start at ``max(start_db, floor + noise_margin_db)``, stay that less
   ``start_db - stop_db``, judged on a 50 ms smoothed level, so a steady background at 15 dB SNR
-  neither holds every turn open nor starts one.
+  neither holds every turn open nor starts one.  The score is then the floor each window was judged against.
 - ``webrtcvad``: 1.0 speech / 0.0 not speech from WebRTC's GMM VAD (``webrtcvad_mode`` 0-3,
   windows of ``webrtcvad_frame_ms``); start = stay = the VAD's answer.
 - ``silero``: speech probability 0..1 from Silero VAD v5/v6 (ONNX, 512-sample windows = 32 ms),
-  start at ``silero_threshold``, stay at ``silero_neg_threshold``.  Runs on onnxruntime alone:
-  the model file comes from the ``silero-vad`` wheel installed with ``--no-deps`` (no PyTorch).
+  start at ``silero_threshold``, stay at ``silero_neg_threshold``.  The core never opens the model file: a shell
+  (``workbench.store.models``) finds ``silero_vad.onnx``, loads the onnxruntime session and hands the scorer an
+  ``infer`` callable, either directly (``make_scorer(..., silero_infer=...)``) or through ``MODEL_LOADERS``.
+
+Contract of ``score``: the whole batch of windows at once (a live frame's 1-3 windows or a file's minutes), in
+media order, each window exactly once; it returns (score, start, stay), one row per window, as numpy arrays (or
+lists, for a few windows).  Energy
+scores are plain numpy over the batch; the stateful scorers (the noise floor, webrtcvad, Silero's LSTM) walk the
+rows in order.  Each scorer class validates its own settings (``validate``), called from ``TurnParams.validate``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import math
 from collections import deque
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
 
 SCORER_NAMES = ("energy", "webrtcvad", "silero")
-SILERO_ENV = "WORKBENCH_SILERO_ONNX"
+# (x (1, 64 + 512) float32, state (2, 1, 128) float32, sr int64) -> (probability (1, 1), new state)
+SileroInfer = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# Shells register how to load a model a scorer needs (name -> loader returning the callable); see workbench.store.
+MODEL_LOADERS: dict[str, Callable[[], Any]] = {}
+
+
+def check_range(params: Any, name: str, lo: float, hi: float, what: str) -> None:
+    """Raise ValueError unless ``params.<name>`` is a finite number in ``[lo, hi]``."""
+    v = getattr(params, name)
+    bad_type = isinstance(v, bool) or not isinstance(v, int | float)
+    if bad_type or not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"TurnParams.{name} = {v!r} is out of range: {what}")
 
 
 class Scorer(Protocol):
@@ -40,8 +56,9 @@ class Scorer(Protocol):
     unit: ClassVar[str]
     window: int  # samples per scored window
 
-    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
-        """Score ``windows`` (n, window) float32; returns (score, start, stay) per window."""
+    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[Any, Any, Any]:
+        """Score ``windows`` (n, window) float32 with their levels (n,) dBFS; (score, start, stay) per window,
+        each a numpy array or (for a few windows) a list."""
         ...
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
@@ -84,11 +101,18 @@ class EnergyScorer:
     """Window RMS in dBFS against two thresholds: cheap, deterministic, gain-dependent.
 
     ``noise_margin_db`` > 0 adds the adaptive noise floor (module docstring); 0 keeps the fixed
-    thresholds alone (and the sweep's exact fast path).
+    thresholds alone, stateless, so a whole file's windows are two numpy comparisons.
     """
 
     name: ClassVar[str] = "energy"
     unit: ClassVar[str] = "dBFS"
+
+    @staticmethod
+    def validate(params: TurnParams) -> None:
+        check_range(params, "start_db", -120, 0, "must be between -120 and 0 dBFS")
+        check_range(params, "stop_db", -120, params.start_db,
+                    f"must be between -120 dBFS and start_db ({params.start_db:g})")
+        check_range(params, "noise_margin_db", 0, 60, "must be between 0 (off) and 60 dB")
 
     def __init__(self, params: TurnParams, rate: int) -> None:
         self.window = rate // 100  # 10 ms: fine enough for onsets, coarse enough to be cheap
@@ -97,24 +121,28 @@ class EnergyScorer:
         self.margin_db = params.noise_margin_db
         self.floor = NoiseFloor(self.window / rate) if self.margin_db > 0 else None
 
-    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
-        levels = level_db.tolist()  # a frame holds 1-3 windows: Python compares them faster than numpy
+    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.floor is None:
-            return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
-        starts: list[bool] = []
-        stays: list[bool] = []
+            if level_db.shape[0] <= 8:  # a live frame's 1-3 windows: Python compares them faster than numpy
+                levels = level_db.tolist()
+                return levels, [v >= self.start_db for v in levels], [v >= self.stop_db for v in levels]
+            return level_db, level_db >= self.start_db, level_db >= self.stop_db
+        starts = np.zeros(level_db.shape[0], bool)
+        stays = np.zeros(level_db.shape[0], bool)
+        floors = np.zeros(level_db.shape[0])
         hyst = self.start_db - self.stop_db
-        for v in levels:
-            f = self.floor
-            start_at = max(self.start_db, f.floor_db + self.margin_db)  # the floor before this window
+        f = self.floor
+        for i, v in enumerate(level_db.tolist()):
+            floors[i] = f.floor_db  # the floor before this window
+            start_at = max(self.start_db, f.floor_db + self.margin_db)
             f.push(v)
-            starts.append(v >= start_at and f.smoothed_db >= start_at)
-            stays.append(f.smoothed_db >= max(self.stop_db, start_at - hyst))
-        return levels, starts, stays
+            starts[i] = v >= start_at and f.smoothed_db >= start_at
+            stays[i] = f.smoothed_db >= max(self.stop_db, start_at - hyst)
+        return floors, starts, stays  # the score is the noise floor each window was judged against
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
         if self.floor is not None:
-            return (f"level {level_db:.1f} dBFS >= max({self.start_db:g}, noise floor {self.floor.floor_db:.1f} + "
+            return (f"level {level_db:.1f} dBFS >= max({self.start_db:g}, noise floor {score:.1f} + "
                     f"{self.margin_db:g}) for {speech_ms:.0f} ms")
         return f"level {level_db:.1f} dBFS >= {self.start_db:g} for {speech_ms:.0f} ms"
 
@@ -124,6 +152,15 @@ class WebrtcvadScorer:
 
     name: ClassVar[str] = "webrtcvad"
     unit: ClassVar[str] = "speech flag (0/1)"
+
+    @staticmethod
+    def validate(params: TurnParams) -> None:
+        if params.webrtcvad_mode not in (0, 1, 2, 3) or isinstance(params.webrtcvad_mode, bool):
+            raise ValueError(f"TurnParams.webrtcvad_mode = {params.webrtcvad_mode!r} must be 0, 1, 2 or 3")
+        if params.webrtcvad_frame_ms not in (10, 20, 30) or isinstance(params.webrtcvad_frame_ms, bool):
+            raise ValueError(
+                f"TurnParams.webrtcvad_frame_ms = {params.webrtcvad_frame_ms!r} must be 10, 20 or 30"
+            )
 
     def __init__(self, params: TurnParams, rate: int) -> None:
         import webrtcvad
@@ -135,59 +172,37 @@ class WebrtcvadScorer:
         self.mode = params.webrtcvad_mode
         self._vad = webrtcvad.Vad(params.webrtcvad_mode)
 
-    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
+    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pcm = np.clip(windows * 32768.0, -32768, 32767).astype("<i2")
-        flags = [self._vad.is_speech(row.tobytes(), self.rate) for row in pcm]
-        return [1.0 if f else 0.0 for f in flags], flags, flags
+        flags = np.fromiter((self._vad.is_speech(row.tobytes(), self.rate) for row in pcm), bool, pcm.shape[0])
+        return flags.astype(np.float64), flags, flags
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
         return f"webrtcvad (mode {self.mode}) speech for {speech_ms:.0f} ms, level {level_db:.1f} dBFS"
 
 
-def silero_model_path() -> Path | None:
-    """Where ``silero_vad.onnx`` is: $WORKBENCH_SILERO_ONNX, else inside the installed silero-vad wheel."""
-    env = os.environ.get(SILERO_ENV)
-    if env:
-        return Path(env) if Path(env).is_file() else None
-    # find_spec does not import the package, whose __init__ imports torch.
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / "data" / "silero_vad.onnx"
-        if p.is_file():
-            return p
-    return None
-
-
-@lru_cache(maxsize=2)
-def _silero_session(path: str):  # noqa: ANN202 - onnxruntime type is optional at import time
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # One thread: the model is tiny and the bridge shares its core with the event loop.
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
 class SileroScorer:
-    """Silero VAD through onnxruntime; stateful (LSTM state + 64-sample context) per detector."""
+    """Silero VAD through an ``infer`` callable a shell loaded; stateful (LSTM state + 64-sample context)."""
 
     name: ClassVar[str] = "silero"
     unit: ClassVar[str] = "speech probability (0..1)"
     _CONTEXT = 64
 
-    def __init__(self, params: TurnParams, rate: int) -> None:
+    @staticmethod
+    def validate(params: TurnParams) -> None:
+        check_range(params, "silero_threshold", 0.01, 0.99, "must be between 0.01 and 0.99")
+        check_range(params, "silero_neg_threshold", 0.01, params.silero_threshold,
+                    f"must be between 0.01 and silero_threshold ({params.silero_threshold:g})")
+
+    def __init__(self, params: TurnParams, rate: int, infer: SileroInfer | None = None) -> None:
         if rate != 16000:
             raise ValueError(f"the silero scorer runs at 16000 Hz, got {rate}")
-        path = silero_model_path()
-        if path is None:
-            raise RuntimeError(
-                "scorer 'silero' needs silero_vad.onnx: `pip install --no-deps silero-vad` "
-                f"or set {SILERO_ENV} to the file"
-            )
-        self._sess = _silero_session(str(path))
+        if infer is None:
+            loader = MODEL_LOADERS.get("silero")
+            if loader is None:
+                raise RuntimeError("scorer 'silero' needs its model: pass silero_infer (workbench.store.models)")
+            infer = loader()
+        self._infer = infer
         self.window = 512
         self.threshold = params.silero_threshold
         self.neg_threshold = params.silero_neg_threshold
@@ -195,14 +210,14 @@ class SileroScorer:
         self._context = np.zeros((1, self._CONTEXT), np.float32)
         self._sr = np.array(rate, dtype=np.int64)
 
-    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[list[float], list[bool], list[bool]]:
-        probs: list[float] = []
-        for row in windows:
+    def score(self, windows: np.ndarray, level_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        probs = np.zeros(windows.shape[0])
+        for i, row in enumerate(windows):
             x = np.concatenate([self._context, row[None, :]], axis=1)
-            out, self._state = self._sess.run(None, {"input": x, "state": self._state, "sr": self._sr})
+            out, self._state = self._infer(x, self._state, self._sr)
             self._context = x[:, -self._CONTEXT :]
-            probs.append(float(out[0, 0]))
-        return probs, [p >= self.threshold for p in probs], [p >= self.neg_threshold for p in probs]
+            probs[i] = float(out[0, 0])
+        return probs, probs >= self.threshold, probs >= self.neg_threshold
 
     def start_reason(self, score: float, level_db: float, speech_ms: float) -> str:
         return f"silero p={score:.2f} >= {self.threshold:g} for {speech_ms:.0f} ms, level {level_db:.1f} dBFS"
@@ -211,11 +226,22 @@ class SileroScorer:
 _SCORERS: dict[str, type] = {"energy": EnergyScorer, "webrtcvad": WebrtcvadScorer, "silero": SileroScorer}
 
 
-def make_scorer(params: TurnParams, rate: int = 16000) -> Scorer:
-    """Build the scorer ``params.scorer`` names, configured from ``params``."""
+def validate_settings(params: TurnParams, name: str) -> None:
+    """The settings of scorer ``name`` in ``params`` (ValueError naming the first bad one)."""
+    _SCORERS[name].validate(params)
+
+
+def make_scorer(params: TurnParams, rate: int = 16000, *, silero_infer: SileroInfer | None = None) -> Scorer:
+    """Build the scorer ``params.scorer`` names, configured from ``params``.
+
+    ``silero_infer``: the loaded Silero model as a callable (default: the loader a shell registered in
+    ``MODEL_LOADERS``; importing ``workbench`` registers ``workbench.store.models``'s).
+    """
     try:
         cls = _SCORERS[params.scorer]
     except KeyError:
         names = ", ".join(SCORER_NAMES)
         raise ValueError(f"unknown scorer {params.scorer!r}; choose one of {names}") from None
+    if cls is SileroScorer:
+        return SileroScorer(params, rate, silero_infer)
     return cls(params, rate)

@@ -10,6 +10,19 @@ sample, mapped onto the session clock; ``tick(t)`` takes the clock.  Audio is
 scored in fixed windows (10 ms energy, 10/20/30 ms webrtcvad, 32 ms silero)
 whatever the frame sizes; a frame whose ``t`` does not continue the previous
 frame (pts jump) restarts the windowing and drops the sub-window remainder.
+``feed(t, block, FileClock)`` takes a file in long stretches: the clock is the
+file's own (frames of ``frame_n`` samples arriving when complete, ticks every
+``tick_s``), and the decisions are exactly those of ``tick`` and ``frame`` called
+on that schedule, without a call per frame.
+
+One state machine for both: the scorer scores every new window once, in order
+(re-sent audio is not scored again; audio before the last ActivityEnd is scored,
+so a stateful scorer follows the audio, but cannot start or extend a turn); the
+walk over the scored windows judges one window at a time (``_judge``, the rules
+below) only where something can happen, and applies the runs in between in one
+step.  States: ``TurnState`` (idle, candidate onset, open turn, finished), with
+every transition in ``_TRANSITIONS``; a call after ``finish`` raises
+``InvalidState``.
 
 Rules:
 
@@ -54,147 +67,85 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from enum import Enum, StrEnum
 from typing import Any
 
 import numpy as np
 
 from workbench.core.endpointing import MIN_PAUSE_S, DynamicWindow
-from workbench.core.endturn import END_MODEL_NAMES, make_end_model
 from workbench.core.endturn import RATE as MODEL_RATE
 from workbench.core.endturn import WINDOW_S as MODEL_WINDOW_S
-from workbench.core.scorers import SCORER_NAMES, make_scorer
+from workbench.core.endturn import make_end_model
+from workbench.core.params import ENDPOINTING_NAMES, TurnParams
+from workbench.core.scorers import SileroInfer, make_scorer
+
+__all__ = ["ENDPOINTING_NAMES", "POLL_S", "Decision", "DecisionKind", "FileClock", "InvalidState", "TurnDetector",
+           "TurnParams", "TurnState"]
 
 _EPS = 1e-6  # seconds; absorbs float error in window times (a sample is 62.5 us)
 _INT16_SCALE = np.float32(1 / 32768)
 _CONTIGUOUS_S = 0.001  # a frame starting within 1 ms of the previous end continues the stream
-ENDPOINTING_NAMES = ("fixed", "dynamic")
 POLL_S = 0.005  # how often the clock looks at a model score running on a thread
+_JUDGE_EACH = 8  # batches of up to this many windows are judged one by one (no run-finding overhead)
+
+
+class DecisionKind(StrEnum):
+    """What a decision is; the values are what ``events.jsonl`` records in ``vad.decision``."""
+
+    SPEECH_START = "speech_start"
+    SPEECH_END = "speech_end"
+    END_SCORE = "end_score"
+
+
+class TurnState(Enum):
+    """Where the detector is: no speech, an onset being measured against ``min_speech_ms``, a turn, or done."""
+
+    IDLE = "idle"
+    CANDIDATE = "candidate"
+    OPEN = "open"
+    FINISHED = "finished"
+
+
+# Every transition the detector makes, in one place (``TurnDetector._to``); anything else is a bug and raises.
+_TRANSITIONS: dict[TurnState, frozenset[TurnState]] = {
+    TurnState.IDLE: frozenset({TurnState.CANDIDATE, TurnState.FINISHED}),
+    TurnState.CANDIDATE: frozenset({TurnState.IDLE, TurnState.OPEN, TurnState.FINISHED}),
+    TurnState.OPEN: frozenset({TurnState.IDLE, TurnState.FINISHED}),
+    TurnState.FINISHED: frozenset(),
+}
+
+
+# Plain names for the hot path (a live frame is judged ~50 times a second per session).
+_IDLE, _CANDIDATE, _OPEN, _FINISHED = TurnState.IDLE, TurnState.CANDIDATE, TurnState.OPEN, TurnState.FINISHED
+
+
+class InvalidState(RuntimeError):
+    """A caller used the detector in a state that does not allow it (e.g. a frame after ``finish``)."""
 
 
 @dataclass(frozen=True)
-class TurnParams:
-    """Turn-detection settings; every knob is recorded with a session and replayable offline."""
+class FileClock:
+    """The clock of a file replayed as if live, for ``TurnDetector.feed``.
 
-    start_db: float = -40.0
-    stop_db: float = -45.0
-    min_speech_ms: float = 100
-    silence_ms: float = 700
-    pre_roll_ms: float = 300
-    max_turn_ms: float = 60000
-    scorer: str = "energy"
-    webrtcvad_mode: int = 3
-    webrtcvad_frame_ms: int = 20
-    silero_threshold: float = 0.5
-    silero_neg_threshold: float = 0.35
-    noise_margin_db: float = 0.0
-    endpointing: str = "fixed"
-    max_silence_ms: float = 3000
-    dynamic_alpha: float = 0.3
-    dynamic_margin: float = 1.0
-    end_model: str = "none"
-    end_threshold: float = 0.5
+    Frames of ``frame_n`` samples, counted from media time 0, arrive when their last sample is in (the clock is the
+    media time then), and the clock ticks every ``tick_s`` (at ``k * tick_s``) between arrivals: what
+    ``analysis.replay`` does with 20 ms frames and 10 ms ticks.  ``feed`` decides exactly what calling ``tick``
+    and ``frame`` on that schedule would, without a call per frame.
+    """
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad parameter and its allowed range."""
-
-        def check(name: str, lo: float, hi: float, what: str) -> None:
-            v = getattr(self, name)
-            bad_type = isinstance(v, bool) or not isinstance(v, int | float)
-            if bad_type or not math.isfinite(v) or not lo <= v <= hi:
-                raise ValueError(f"TurnParams.{name} = {v!r} is out of range: {what}")
-
-        check("start_db", -120, 0, "must be between -120 and 0 dBFS")
-        check("stop_db", -120, self.start_db, f"must be between -120 dBFS and start_db ({self.start_db:g})")
-        check("min_speech_ms", 0, 5000, "must be between 0 and 5000 ms")
-        check("silence_ms", 10, 60000, "must be between 10 and 60000 ms")
-        check("pre_roll_ms", 0, 5000, "must be between 0 and 5000 ms")
-        check("max_turn_ms", self.min_speech_ms + 1, 3_600_000,
-              f"must be between min_speech_ms + 1 ({self.min_speech_ms + 1:g}) and 3600000 ms")
-        if self.scorer not in SCORER_NAMES:
-            raise ValueError(f"TurnParams.scorer = {self.scorer!r} is not one of: {', '.join(SCORER_NAMES)}")
-        if self.webrtcvad_mode not in (0, 1, 2, 3) or isinstance(self.webrtcvad_mode, bool):
-            raise ValueError(f"TurnParams.webrtcvad_mode = {self.webrtcvad_mode!r} must be 0, 1, 2 or 3")
-        if self.webrtcvad_frame_ms not in (10, 20, 30) or isinstance(self.webrtcvad_frame_ms, bool):
-            raise ValueError(
-                f"TurnParams.webrtcvad_frame_ms = {self.webrtcvad_frame_ms!r} must be 10, 20 or 30"
-            )
-        check("silero_threshold", 0.01, 0.99, "must be between 0.01 and 0.99")
-        check("silero_neg_threshold", 0.01, self.silero_threshold,
-              f"must be between 0.01 and silero_threshold ({self.silero_threshold:g})")
-        check("noise_margin_db", 0, 60, "must be between 0 (off) and 60 dB")
-        if self.endpointing not in ENDPOINTING_NAMES:
-            raise ValueError(f"TurnParams.endpointing = {self.endpointing!r} is not one of: "
-                             f"{', '.join(ENDPOINTING_NAMES)}")
-        check("max_silence_ms", 10, 60000, "must be between 10 and 60000 ms (below silence_ms it is silence_ms)")
-        check("dynamic_alpha", 0.01, 1, "must be between 0.01 and 1")
-        check("dynamic_margin", 0.1, 10, "must be between 0.1 and 10")
-        if self.end_model not in END_MODEL_NAMES:
-            raise ValueError(f"TurnParams.end_model = {self.end_model!r} is not one of: {', '.join(END_MODEL_NAMES)}")
-        check("end_threshold", 0.01, 0.99, "must be between 0.01 and 0.99")
-
-    @property
-    def policy(self) -> str:
-        """A short name of the end-of-turn policy: scorer, then dynamic and/or model when used."""
-        parts = [self.scorer]
-        if self.endpointing == "dynamic":
-            parts.append("dynamic")
-        if self.end_model != "none":
-            parts.append(self.end_model)
-        return "+".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TurnParams:
-        """Build and validate; unknown keys and wrong types are errors, not silently dropped."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key not in fields:
-                raise ValueError(f"unknown TurnParams key {key!r}; known: {', '.join(fields)}")
-            kind = fields[key].type  # a string: annotations are postponed
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                if kind == "str":
-                    if not isinstance(value, str):
-                        raise TypeError
-                    kwargs[key] = value
-                elif kind == "int":
-                    if float(value) != int(value):
-                        raise TypeError
-                    kwargs[key] = int(value)
-                else:
-                    kwargs[key] = float(value)
-            except (TypeError, ValueError):
-                msg = f"TurnParams.{key} = {value!r} has the wrong type; expected {kind}"
-                raise ValueError(msg) from None
-        params = cls(**kwargs)
-        params.validate()
-        return params
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TurnParams:
-        """Read a JSON object of parameters (missing keys keep their defaults)."""
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object of TurnParams")
-        return cls.from_dict(d)
+    frame_n: int = 320
+    tick_s: float = 0.01
 
 
 @dataclass(frozen=True)
 class Decision:
     """A turn boundary: ``t`` is the clock time it was taken, ``speech_t`` the media time it refers to."""
 
-    kind: str  # "speech_start" | "speech_end" | "end_score"
+    kind: DecisionKind
     t: float
     speech_t: float
     # start: why; end: "silence" | "end_model" | "max_silence" | "max_turn" | "end_of_audio";
@@ -207,15 +158,24 @@ class Decision:
 
 
 class TurnDetector:
-    """Hysteresis + minimum speech + clock-measured silence + pre-roll + maximum turn length."""
+    """Hysteresis + minimum speech + clock-measured silence + pre-roll + maximum turn length.
 
-    def __init__(self, params: TurnParams, rate: int = 16000, end_model: Any = None) -> None:
+    One state machine for live frames (``frame``/``tick``) and whole files (``feed`` with a ``FileClock``): the
+    scorer scores a batch of windows at once, and the walk over them judges one window at a time only where
+    something can happen (an onset, a deadline, a pause the dynamic window learns from); runs in between (silence
+    while idle, speech or silence while a turn is open and no deadline is near) are applied in one step, with the
+    same effect the window-by-window rules would have (``_judge`` holds those rules).
+    """
+
+    def __init__(self, params: TurnParams, rate: int = 16000, end_model: Any = None, *,
+                 silero_infer: SileroInfer | None = None) -> None:
         """``end_model``: an object with ``probability(audio16k) -> float`` to use instead of the one
-        ``params.end_model`` names (built here when None)."""
+        ``params.end_model`` names (built here when None).  ``silero_infer``: the loaded Silero model
+        (``workbench.store.models.silero_infer()``; default: the registered loader)."""
         params.validate()
         self.params = params
         self.rate = rate
-        self._scorer = make_scorer(params, rate)
+        self._scorer = make_scorer(params, rate, silero_infer=silero_infer)
         self._win = self._scorer.window
         self._win_s = self._win / rate
         self._min_speech_s = params.min_speech_ms / 1000
@@ -236,33 +196,98 @@ class TurnDetector:
         self._turn_speech_t = 0.0
         self._model_buf: deque[tuple[float, np.ndarray]] = deque()  # (media t, float32) for the model
 
+        self._state = _IDLE
         self._clock = -math.inf  # latest tick
         self._floor = -math.inf  # media time before which audio is late (last ActivityEnd decision)
-        self._open = False
         self._turn_t = 0.0  # clock time of the open turn's ActivityStart
         self._last_speech_end = -math.inf
-        self._cand_start: float | None = None  # media time the onset candidate began
-        self._prev_win_end = -math.inf
+        self._cand_start = 0.0  # media time the onset candidate began (state CANDIDATE)
+        self._prev_win_end = -math.inf  # end of the last window judged (a gap before the next resets an onset)
+        self._scored_end = -math.inf  # end of the last window scored (re-sent audio is not scored twice)
         self._level_db: float | None = None
         # Windowing: window k of a contiguous run starts at anchor_t + (anchor_n + k*win)/rate,
         # counted in samples so long sessions do not drift.
         self._anchor_t = 0.0
         self._anchor_n = 0
         self._rem = np.zeros(0, np.float32)
-        self._stream_end = -math.inf  # media time just after the last frame's last sample
+        self._stream_end = -math.inf  # media time just after the last sample that has arrived
         self._history: deque[tuple[float, np.ndarray]] = deque()  # (media t, samples) for pre-roll
 
     @property
+    def state(self) -> TurnState:
+        return self._state
+
+    @property
     def turn_open(self) -> bool:
-        return self._open
+        return self._state is _OPEN
 
     @property
     def last_level_db(self) -> float | None:
         """Level of the newest scored window, dBFS (None before the first window)."""
         return self._level_db
 
+    def _to(self, new: TurnState) -> None:
+        if new not in _TRANSITIONS[self._state]:
+            raise InvalidState(f"detector cannot go from {self._state.value} to {new.value}")
+        self._state = new
+
+    def _check_live(self, what: str) -> None:
+        if self._state is _FINISHED:
+            raise InvalidState(f"detector is finished: {what} after finish()")
+
+    # --- input ------------------------------------------------------------------------------------------------
+
     def frame(self, t: float, samples: np.ndarray) -> list[Decision]:
-        """Feed one mono frame whose first sample has media time ``t``; any length, int16 or float."""
+        """Feed one mono frame whose first sample has media time ``t``; any length, int16 or float.
+
+        Decided at the clock of the latest ``tick`` (a decision's ``t`` is never before it)."""
+        return self._ingest(t, samples, None)
+
+    def feed(self, t: float, samples: np.ndarray, clock: FileClock) -> list[Decision]:
+        """Feed a stretch of a file replayed on ``clock`` (``t``: media time of its first sample, on a frame
+        boundary; every stretch but the last a whole number of frames).  The decisions are those ``tick`` and
+        ``frame`` would make on that schedule; ``finish(duration)`` ends the file."""
+        i0 = round(t * self.rate)
+        if i0 % clock.frame_n or abs(i0 / self.rate - t) > 1 / self.rate / 4:
+            raise ValueError(f"feed: t = {t!r} is not on a {clock.frame_n}-sample frame boundary")
+        if self._stream_end != -math.inf and abs(t - self._stream_end) > _EPS:
+            raise ValueError(f"feed: t = {t!r} does not continue the stretch that ended at {self._stream_end!r}")
+        return self._ingest(t, samples, clock)
+
+    def tick(self, t: float) -> list[Decision]:
+        """Advance the clock; ends the open turn on silence or max turn even if no frame arrives."""
+        if self._state is _FINISHED:
+            self._check_live("tick")
+        if t > self._clock:
+            self._clock = t
+        out: list[Decision] = []
+        while self._state is _OPEN:
+            due, reason = self._end_due()
+            if self._clock < due - _EPS:
+                break
+            self._reach(self._clock, reason, self._clock, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which ``tick`` would end the open turn (silence or max turn); None when none is open.
+
+        Lets the live loop sleep until then instead of ticking on a grid while frames flow.
+        """
+        return self._end_due()[0] if self._state is _OPEN else None
+
+    def finish(self, t: float) -> list[Decision]:
+        """End of audio at clock ``t``: a turn still open ends with reason ``end_of_audio``.  Afterwards ``frame``,
+        ``feed`` and ``tick`` raise ``InvalidState``."""
+        self._check_live("finish")
+        out = self.tick(t)
+        if self._state is _OPEN:
+            out.append(self._end(self._clock, "end_of_audio"))
+        self._to(_FINISHED)
+        return out
+
+    def _ingest(self, t: float, samples: np.ndarray, clock: FileClock | None) -> list[Decision]:
+        if self._state is _FINISHED:
+            self._check_live("frame" if clock is None else "feed")
         raw = np.asarray(samples)
         if raw.ndim != 1:
             raise ValueError(f"samples must be mono and 1-D, got shape {raw.shape}")
@@ -278,71 +303,196 @@ class TurnDetector:
 
         if self._rem.size and abs(t - self._stream_end) <= _CONTIGUOUS_S:
             buf = np.concatenate([self._rem, x])
+        elif clock is not None and self._stream_end != -math.inf:
+            buf = x  # a file's stretches continue one another: keep counting samples from the file's start
         else:
             buf = x
             self._anchor_t, self._anchor_n = t, 0
+        prev_end = self._stream_end
         self._stream_end = frame_end
         self._history.append((t, raw))
         if self._model is not None:
             self._model_buf.append((t, x))
             while self._model_buf and self._model_buf[0][0] + self._model_buf[0][1].shape[0] / self.rate < \
-                    frame_end - MODEL_WINDOW_S - 0.5:
+                    frame_end - MODEL_WINDOW_S - 0.5 - (n / self.rate if clock is not None else 0.0):
                 self._model_buf.popleft()
 
         nwin = buf.shape[0] // self._win
         out: list[Decision] = []
         if nwin:
             windows = buf[: nwin * self._win].reshape(nwin, self._win)
-            level_db = np.vecdot(windows, windows)  # mean square, then dBFS, in place: this runs ~50 times a second
+            level_db = np.vecdot(windows, windows)  # mean square, then dBFS, in place
             level_db *= 1 / self._win
             np.maximum(level_db, 1e-12, out=level_db)
             np.log10(level_db, out=level_db)
             level_db *= 10.0
             base = self._anchor_n
-            w0 = self._anchor_t + base / self.rate
-            # Late windows are cut before scoring so a stateful scorer never sees them.
-            first = 0
-            while first < nwin and w0 + first * self._win_s < max(self._floor, self._prev_win_end) - _EPS:
-                first += 1
+            if clock is None and nwin <= _JUDGE_EACH:
+                self._judge_each(base, windows, level_db, frame_end, out)
+                self._anchor_n = base + nwin * self._win
+                self._rem = buf[nwin * self._win :]
+                self._trim_history()
+                return out
+            idx = base + np.arange(nwin + 1) * self._win  # sample offsets of the window edges from the anchor
+            edges = self._anchor_t + idx / self.rate
+            # Re-sent audio (a frame overlapping windows already scored) is cut before scoring, so a stateful
+            # scorer sees each stretch of audio once, in order.
+            first = int(np.searchsorted(edges[:-1], self._scored_end - _EPS, side="left"))
             if first < nwin:
                 scores, starts, stays = self._scorer.score(windows[first:], level_db[first:])
-                levels = level_db[first:].tolist()
-                rows = zip(scores, starts, stays, levels, strict=True)
-                for k, (score, start, stay, lev) in enumerate(rows, start=first):
-                    ws = self._anchor_t + (base + k * self._win) / self.rate
-                    we = self._anchor_t + (base + (k + 1) * self._win) / self.rate
-                    self._window(ws, we, score, start, stay, lev, frame_end, out)
+                self._scored_end = float(edges[-1])
+                arrivals = None
+                if clock is not None:
+                    # A window is judged when the frame holding its last sample arrives.
+                    a0 = round(self._anchor_t * self.rate)
+                    end_n = a0 + idx[first + 1 :]
+                    stop_n = round(frame_end * self.rate)
+                    arrivals = np.minimum(-(-end_n // clock.frame_n) * clock.frame_n, stop_n) / self.rate
+                    self._stream_end = prev_end
+                self._walk(edges[first:-1], edges[first + 1 :], np.asarray(scores, np.float64),
+                           np.asarray(starts, bool), np.asarray(stays, bool), level_db[first:], arrivals,
+                           clock, frame_end, out)
+                if clock is not None:
+                    self._catch_up(frame_end, clock, out)  # the last frame's arrival, even when it holds no window
             self._anchor_n = base + nwin * self._win
+        elif clock is not None:
+            self._stream_end = prev_end
+            self._catch_up(frame_end, clock, out)
+        self._stream_end = frame_end
         self._rem = buf[nwin * self._win :]
         self._trim_history()
         return out
 
-    def tick(self, t: float) -> list[Decision]:
-        """Advance the clock; ends the open turn on silence or max turn even if no frame arrives."""
-        if t > self._clock:
-            self._clock = t
-        out: list[Decision] = []
-        while self._open:
-            due, reason = self._end_due()
-            if self._clock < due - _EPS:
+    # --- the walk over scored windows -------------------------------------------------------------------------
+
+    def _judge_each(self, base: int, windows: np.ndarray, level_db: np.ndarray, frame_end: float,
+                    out: list[Decision]) -> None:
+        """A live frame's few windows: scored at once, then judged one by one in plain floats (what ``_walk``
+        does for them too, without the arrays it needs to find runs)."""
+        rate, a, w = self.rate, self._anchor_t, self._win
+        edges = [a + (base + k * w) / rate for k in range(windows.shape[0] + 1)]
+        first = 0
+        while first < windows.shape[0] and edges[first] < self._scored_end - _EPS:
+            first += 1  # re-sent audio: not scored twice
+        if first == windows.shape[0]:
+            return
+        scores, starts, stays = self._scorer.score(windows[first:], level_db[first:])
+        self._scored_end = edges[-1]
+        rows = zip(_floats(scores), _floats(starts), _floats(stays), level_db[first:].tolist(), strict=True)
+        for k, (sc, st, sy, lv) in enumerate(rows, start=first):
+            self._judge(edges[k], edges[k + 1], sc, st, sy, lv, frame_end, out)
+
+    def _walk(self, ws: np.ndarray, we: np.ndarray, score: np.ndarray, start: np.ndarray, stay: np.ndarray,
+              level: np.ndarray, arrivals: np.ndarray | None, clock: FileClock | None, frame_end: float,
+              out: list[Decision]) -> None:
+        """Judge windows ``ws..we`` in order; runs where nothing can happen are applied at once (``_skip``)."""
+        n = ws.shape[0]
+        if n <= _JUDGE_EACH:  # a live frame's few windows: judging each costs less than finding runs
+            rows = zip(ws.tolist(), we.tolist(), score.tolist(), start.tolist(), stay.tolist(), level.tolist(),
+                       arrivals.tolist() if arrivals is not None else [frame_end] * n, strict=True)
+            for w0, w1, sc, st, sy, lv, hi in rows:
+                if arrivals is not None:
+                    self._catch_up(hi, clock, out)  # type: ignore[arg-type]
+                self._judge(w0, w1, sc, st, sy, lv, hi, out)
+            return
+        start_idx = np.flatnonzero(start)
+        stay_we = np.where(stay, we, -np.inf)
+        k = 0
+        while k < n:
+            st = self._state
+            if st is _IDLE:
+                # Nothing happens until a window that may start speech and is not late.
+                lo = int(np.searchsorted(ws, self._floor - _EPS, side="left"))
+                p = int(np.searchsorted(start_idx, max(k, lo), side="left"))
+                j = int(start_idx[p]) if p < start_idx.shape[0] else n
+            elif st is _CANDIDATE:
+                j = k
+            else:
+                j = self._next_open_event(k, ws, we, stay, stay_we, arrivals)
+            if j > k:
+                self._skip(k, j, ws, we, stay, stay_we, level)
+            if j >= n:
+                return
+            if arrivals is not None:
+                self._catch_up(float(arrivals[j]), clock, out)  # type: ignore[arg-type]
+                hi = float(arrivals[j])
+            else:
+                hi = frame_end
+            self._judge(float(ws[j]), float(we[j]), float(score[j]), bool(start[j]), bool(stay[j]),
+                        float(level[j]), hi, out)
+            k = j + 1
+
+    def _next_open_event(self, k: int, ws: np.ndarray, we: np.ndarray, stay: np.ndarray, stay_we: np.ndarray,
+                         arrivals: np.ndarray | None) -> int:
+        """The first window from ``k`` on at which an open turn may change other than by extending its speech:
+        a deadline reached (by the window or the clock of its frame), or a pause the dynamic window observes.
+        Conservative: judging a window one by one is always right, skipping it must change nothing else."""
+        n = ws.shape[0]
+        lse0 = self._last_speech_end
+        due0 = self._end_due()[0]
+        max_due = self._turn_t + self._max_turn_s
+        grow = self._silence_s if (self._model is not None or self._dyn is None) else self._dyn.window_s
+        # Speech end before each window: the running maximum of the stay windows' ends, from the current one.
+        cm = np.maximum.accumulate(stay_we[k:])
+        before = np.empty(n - k)
+        before[0] = lse0
+        np.maximum(cm[:-1], lse0, out=before[1:])
+        due = np.where(before > lse0, np.minimum(before + grow, max_due), due0)
+        seen = we[k:] if arrivals is None else np.maximum(we[k:], arrivals[k:])
+        if arrivals is None:
+            seen = np.maximum(seen, self._clock)
+        hit = seen >= due - _EPS
+        if self._dyn is not None:
+            hit |= stay[k:] & (ws[k:] - before >= MIN_PAUSE_S - _EPS)
+        if self._pending is not None:
+            hit |= stay[k:]  # speech resuming drops the pending score: judge it one by one
+        i = int(np.argmax(hit)) if hit.any() else n - k
+        return k + i
+
+    def _skip(self, k: int, j: int, ws: np.ndarray, we: np.ndarray, stay: np.ndarray, stay_we: np.ndarray,
+              level: np.ndarray) -> None:
+        """Apply windows ``k..j-1`` in one step: the walk found nothing in them but levels and, in a turn, speech."""
+        lo = int(np.searchsorted(ws, self._floor - _EPS, side="left"))
+        lo = max(lo, k)
+        if lo >= j:
+            return  # all late: ignored
+        self._level_db = float(level[j - 1])
+        self._prev_win_end = float(we[j - 1])
+        if self._state is _OPEN:
+            last = float(stay_we[lo:j].max())
+            if last > -math.inf:
+                self._last_speech_end = last
+                self._pending = None
+
+    def _catch_up(self, arrival: float, clock: FileClock, out: list[Decision]) -> None:
+        """On a ``FileClock``: the ticks before the frame arriving at ``arrival``, then its arrival tick.
+
+        A tick that reaches no deadline changes nothing but the clock, so only the first schedule time (a grid
+        tick or a frame's arrival) at or after the open turn's deadline is ticked, then the next while the turn
+        stays open.  At a tick the audio known is that of the frames arrived strictly before it."""
+        if arrival <= self._clock:
+            return
+        fn, rate = clock.frame_n, self.rate
+        while self._state is _OPEN:
+            due = self._end_due()[0]
+            x = max(due - _EPS, self._clock)
+            m = max(0, math.ceil(x / clock.tick_s) - 1)
+            while m * clock.tick_s < x:
+                m += 1
+            a_n = -(-math.ceil(x * rate - 1e-6) // fn) * fn
+            tick_t = min(m * clock.tick_s, a_n / rate)
+            if tick_t >= arrival:
                 break
-            self._reach(self._clock, reason, self._clock, out)
-        return out
+            self._stream_end = max(0, (math.ceil(tick_t * rate - 1e-6) - 1) // fn * fn) / rate
+            before = (self._state, self._last_speech_end, self._scored_lse, self._pending, self._poll_t)
+            out += self.tick(tick_t)
+            if before == (self._state, self._last_speech_end, self._scored_lse, self._pending, self._poll_t):
+                break  # nothing was due after all: the arrival tick comes next
+        self._stream_end = max(0, (round(arrival * rate) - 1) // fn * fn) / rate
+        out += self.tick(arrival)
+        self._stream_end = arrival
 
-    def next_deadline(self) -> float | None:
-        """Clock time at which ``tick`` would end the open turn (silence or max turn); None when none is open.
-
-        Lets the live loop sleep until then instead of ticking on a grid while frames flow.
-        """
-        return self._end_due()[0] if self._open else None
-
-    def finish(self, t: float) -> list[Decision]:
-        """End of audio at clock ``t``: a turn still open ends with reason ``end_of_audio``."""
-        out = self.tick(t)
-        if self._open:
-            out.append(self._end(self._clock, "end_of_audio"))
-        self._cand_start = None
-        return out
+    # --- deadlines and the rules per window -------------------------------------------------------------------
 
     def _end_due(self) -> tuple[float, str]:
         """The next deadline of the open turn and what happens then: silence, score, max_silence, max_turn."""
@@ -382,7 +532,8 @@ class TurnDetector:
             p = float(self._pending.result())
             self._pending = None
         complete = p >= self.params.end_threshold
-        out.append(Decision(kind="end_score", t=t, speech_t=lse, reason="complete" if complete else "incomplete",
+        out.append(Decision(kind=DecisionKind.END_SCORE, t=t, speech_t=lse,
+                            reason="complete" if complete else "incomplete",
                             level_db=self._level_db, probability=round(p, 4),
                             silence_ms=round((t - lse) * 1000, 1)))
         self._scored_complete = complete
@@ -390,52 +541,55 @@ class TurnDetector:
             out.append(self._end(t, "end_model"))
 
     def _model_audio(self, upto: float) -> np.ndarray:
-        """The turn's audio up to media time ``upto`` (its last 8 s); frames that never came are zeros."""
+        """The turn's audio up to media time ``upto`` (its last 8 s); audio not yet arrived is zeros."""
         lo = max(self._turn_speech_t - self._pre_roll_s, upto - MODEL_WINDOW_S)
-        parts = self._slices(self._model_buf, lo, upto)
+        known = max(lo, min(upto, self._stream_end))
+        parts = self._slices(self._model_buf, lo, known)
         x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        missing = round((upto - max(lo, min(upto, self._stream_end))) * self.rate)
+        missing = round((upto - known) * self.rate)
         if missing > 0:  # DTX / stopped frames: the silence the clock measured
             x = np.concatenate([x, np.zeros(missing, np.float32)])
         return x
 
-    def _window(self, ws: float, we: float, score: float, start: bool, stay: bool, level: float,
-                frame_end: float, out: list[Decision]) -> None:
+    def _judge(self, ws: float, we: float, score: float, start: bool, stay: bool, level: float,
+               frame_end: float, out: list[Decision]) -> None:
+        """The rules for one window (module docstring), in the state the detector is in."""
         if ws < self._floor - _EPS:
             return  # late: an ActivityEnd at or after this audio was already decided
         self._level_db = level
         gap = ws > self._prev_win_end + _EPS
         self._prev_win_end = we
-        if self._open:
+        if self._state is _OPEN:
             due, reason = self._end_due()
-            while self._open and ws >= due - _EPS and reason != "poll":
+            while self._state is _OPEN and ws >= due - _EPS and reason != "poll":
                 # The silence ran out before this window (in a pts gap): decide there, then judge the window afresh.
                 self._reach(max(due, self._clock), reason, ws, out)
                 due, reason = self._end_due()
-            if self._open:
+            if self._state is _OPEN:
                 if stay:
                     if self._dyn is not None and ws - self._last_speech_end >= MIN_PAUSE_S - _EPS:
                         self._dyn.observe(ws - self._last_speech_end)
                     self._last_speech_end = we
                     self._pending = None  # speech resumed: a score still running is about a silence that ended
                 due, reason = self._end_due()
-                while self._open and we >= due - _EPS and reason != "poll":
+                while self._state is _OPEN and we >= due - _EPS and reason != "poll":
                     self._reach(max(due, self._clock), reason, we, out)
                     due, reason = self._end_due()
                 return
             if ws < self._floor - _EPS:
                 return
-        if gap or not stay:
-            self._cand_start = None
-        if self._cand_start is None and start:
+        if self._state is _CANDIDATE and (gap or not stay):
+            self._to(_IDLE)
+        if self._state is _IDLE:
+            if not start:
+                return
+            self._to(_CANDIDATE)
             self._cand_start = ws
-        if self._cand_start is None:
-            return
         speech_s = we - self._cand_start
         if speech_s >= self._min_speech_s - _EPS:
             speech_t = self._cand_start
             t = max(we, self._clock)
-            self._open = True
+            self._to(_OPEN)
             self._turn_t = t
             self._turn_speech_t = speech_t
             if self._dyn is not None and speech_t - self._prev_end_lse <= self._max_silence_s:
@@ -443,21 +597,19 @@ class TurnDetector:
             self._last_speech_end = we
             self._scored_lse = None
             self._pending = None
-            self._cand_start = None
             lo = max(speech_t - self._pre_roll_s, self._floor)
             out.append(Decision(
-                kind="speech_start", t=t, speech_t=speech_t,
+                kind=DecisionKind.SPEECH_START, t=t, speech_t=speech_t,
                 reason=self._scorer.start_reason(score, level, speech_s * 1000),
                 level_db=level, pre_roll=self._audio_between(lo, frame_end),
             ))
 
     def _end(self, t: float, reason: str) -> Decision:
-        self._open = False
+        self._to(_IDLE)
         self._pending = None
         self._floor = max(self._floor, t)
-        self._cand_start = None
         self._prev_end_lse = self._last_speech_end
-        return Decision(kind="speech_end", t=t, speech_t=self._last_speech_end, reason=reason,
+        return Decision(kind=DecisionKind.SPEECH_END, t=t, speech_t=self._last_speech_end, reason=reason,
                         level_db=self._level_db)
 
     def _slices(self, chunks: Iterable[tuple[float, np.ndarray]], lo: float, hi: float) -> list[np.ndarray]:
@@ -483,8 +635,14 @@ class TurnDetector:
                                for p in parts])
 
     def _trim_history(self) -> None:
-        newest = self._stream_end if self._cand_start is None else min(self._stream_end, self._cand_start)
+        cand = self._state is _CANDIDATE
+        newest = min(self._stream_end, self._cand_start) if cand else self._stream_end
         keep_from = newest - self._pre_roll_s - self._min_speech_s - 0.05
         h = self._history
         while h and h[0][0] + h[0][1].shape[0] / self.rate < keep_from:
             h.popleft()
+
+
+def _floats(x: Any) -> list[Any]:
+    """A scorer's column as a plain list (scorers may return numpy arrays or lists)."""
+    return x.tolist() if isinstance(x, np.ndarray) else list(x)

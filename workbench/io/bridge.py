@@ -35,9 +35,9 @@ from workbench.core.connection import (
     Send,
 )
 from workbench.core.events import Client, Error, Event, LoopLag, SessionMark, Ws
+from workbench.core.params import TurnParams
 from workbench.core.pipeline import SEND_CHUNK_MS, MicPipeline
 from workbench.core.sender import Outgoing
-from workbench.core.turns import TurnParams
 from workbench.io import live, naive
 from workbench.io.eventloop import running_loop_name
 from workbench.io.ingest import Received, ingest

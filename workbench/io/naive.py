@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from google.genai import types
 
+from workbench.core.params import TurnParams
 from workbench.core.pcm import level_dbfs
 from workbench.core.sender import Outgoing
-from workbench.core.turns import Decision, TurnParams
+from workbench.core.turns import Decision, DecisionKind
 from workbench.io.live import Writer, WriterItem
 
 MODES = {
@@ -87,7 +88,7 @@ class FrameCountDetector:
                     self._silent_s = 0.0
                     self._last_speech_end = t + n_s
                     pre_roll = np.concatenate([s for _, s in self._history])
-                    return [Decision("speech_start", t + n_s, self._speech_t, "frames above threshold",
+                    return [Decision(DecisionKind.SPEECH_START, t + n_s, self._speech_t, "frames above threshold",
                                      level, pre_roll)]
             else:
                 self._speech_t, self._speech_s = None, 0.0
@@ -101,7 +102,7 @@ class FrameCountDetector:
             return []
         self.turn_open = False
         self._speech_t, self._speech_s = None, 0.0
-        return [Decision("speech_end", t + n_s, self._last_speech_end, "silent frames counted", level)]
+        return [Decision(DecisionKind.SPEECH_END, t + n_s, self._last_speech_end, "silent frames counted", level)]
 
     def tick(self, t: float) -> list[Decision]:
         return []

@@ -134,9 +134,10 @@ def api_key_from(args: argparse.Namespace) -> str | None:
 
 
 def _params(args: argparse.Namespace):
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
+    from workbench.store.paramfile import read_params
 
-    base = TurnParams.from_file(args.params) if args.params else TurnParams()
+    base = read_params(args.params) if args.params else TurnParams()
     changes: dict[str, object] = {}
     if args.threshold_db is not None:
         changes["start_db"] = args.threshold_db
@@ -262,7 +263,9 @@ def cmd_vad(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``workbench`` parser.  ``command``: the subcommand about to run; when it is a built-in one the plugged
+    modules are not imported (``workbench vad FILE`` then pays for no pandas, asyncio or process pools)."""
     ap = argparse.ArgumentParser(
         prog="workbench",
         description="Gemini Live turn-taking workbench: run, record, replay and diagnose bridge sessions.",
@@ -296,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
     _add_end_args(p)
     p.set_defaults(func=cmd_vad)
-    for name in PLUGGED:
-        importlib.import_module(name).register(sub)
+    if command not in ("demo", "run", "vad"):
+        for name in PLUGGED:
+            importlib.import_module(name).register(sub)
     return ap
 
 
@@ -307,16 +311,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workbench.emulator.__main__ import main as emulator_main
 
         return emulator_main(argv[1:])
-    ap = build_parser()
+    ap = build_parser(argv[0] if argv else None)
     args = ap.parse_args(argv)
-    from workbench.store.audiofile import AudioInputError
-    from workbench.store.recording import RecordingError
-
     try:
         return int(args.func(args) or 0)
-    except (UsageError, AudioInputError, RecordingError, ValueError) as exc:
-        print(f"workbench: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        # AudioInputError is a ValueError; RecordingError is looked up only if its module was loaded (importing
+        # it here would import pandas for every command, a plain file's replay included).
+        rec = sys.modules.get("workbench.store.recording")
+        if isinstance(exc, UsageError | ValueError) or (rec is not None and isinstance(exc, rec.RecordingError)):
+            print(f"workbench: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.io import bridge, live
 from workbench.store.recording import MIC_RATE, Recording, load

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.analysis.replay import Turn, vad_events_to_turns
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.store.recording import Recording, load
 from workbench.ui.cli import BUNDLED
 

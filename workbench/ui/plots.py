@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.analysis.export import detector_turns, recorded_params
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 
 if TYPE_CHECKING:
     import pandas as pd

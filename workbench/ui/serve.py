@@ -42,14 +42,15 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
+    from workbench.store.paramfile import read_params
     from workbench.ui.cli import UsageError, api_key_from
     from workbench.ui.web.server import ServeConfig, Server
 
     api_key = api_key_from(args)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
-    params = TurnParams.from_file(args.params) if args.params else TurnParams()
+    params = read_params(args.params) if args.params else TurnParams()
     config = ServeConfig(out_dir=args.out_dir, base_url=args.base_url, live=args.live, params=params,
                          reply_s=args.reply_s, host=args.host, port=args.port, api_key=api_key)
 
@@ -131,7 +132,7 @@ class ServerHandle:
 def start_in_background(port: int = 0, *, out_dir: str | Path = "recordings", base_url: str | None = None,
                         use_gemini: bool = False, params: Any = None) -> ServerHandle:
     """Start ``workbench serve`` in a background thread and return at once with a handle (``.url``, ``.stop()``)."""
-    from workbench.core.turns import TurnParams
+    from workbench.core.params import TurnParams
     from workbench.ui.web.server import ServeConfig
 
     return ServerHandle(ServeConfig(out_dir=Path(out_dir), base_url=base_url, live=use_gemini,

@@ -1,11 +1,11 @@
 """The tuning panel: move a slider, see the turns the detector would take on this audio.
 
-Why it is fast enough to drag: for the ``energy`` scorer the window levels are computed once
-(``workbench.analysis.sweep.EnergyReplay``, exact against ``TurnDetector``), so a change replays only the
-state machine (about a millisecond for 5 minutes); the figure's static part (waveform, level) is
-rendered once and kept as a bitmap, and each change draws only the turn bars and thresholds on
-top (blitting).  webrtcvad and Silero are stateful, so they rerun ``detect_file`` (slower; results
-are cached per parameter set).  With the Smart Turn end model (``end_model`` dropdown) the model's
+Why it is fast enough to drag: each change replays the audio through the one ``TurnDetector`` on a file's
+clock (``detect_file``), which scores the whole buffer at once and judges window by window only where
+something can happen (tens of milliseconds for 5 minutes with the energy scorer); the figure's static part
+(waveform, level) is rendered once and kept as a bitmap, and each change draws only the turn bars and
+thresholds on top (blitting).  webrtcvad and Silero score window by window (slower); results are cached per
+parameter set.  With the Smart Turn end model (``end_model`` dropdown) the model's
 scores are memoised on their exact audio (``endturn.MemoEndModel``), so moving its threshold or the
 wait replays without rescoring most windows; each score is drawn above the turn bars with its
 probability (filled diamond: it ended the turn).
@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.analysis.replay import RATE, Turn
-from workbench.analysis.sweep import EnergyReplay, Source, fast_path, load_source, replay
-from workbench.core.turns import TurnParams
+from workbench.analysis.replay import RATE, Turn, detect_file
+from workbench.analysis.sweep import Source, load_source
+from workbench.core.params import TurnParams
+from workbench.core.turns import DecisionKind
 
 # name: (min, max, step, unit)
 SLIDERS: dict[str, tuple[float, float, float, str]] = {
@@ -42,7 +43,7 @@ SLIDERS: dict[str, tuple[float, float, float, str]] = {
 }
 CHOICES: dict[str, list[str]] = {"scorer": ["energy", "webrtcvad", "silero"], "endpointing": ["fixed", "dynamic"],
                                  "end_model": ["none", "smart-turn"]}
-_CACHE_SIZE = 64  # parameter sets whose turns are kept (slow scorers)
+_CACHE_SIZE = 64  # parameter sets whose turns are kept
 # Sliders that only the energy scorer reads: webrtcvad and Silero judge speech with their own model and threshold.
 ENERGY_ONLY = ("start_db", "stop_db")
 
@@ -67,7 +68,6 @@ class TuningPanel:
         self.params = params
         self.turns: list[Turn] = []
         self.last_update_ms: dict[str, float] = {}
-        self._energy = EnergyReplay(self.source.samples16k)
         self._cache: OrderedDict[TurnParams, list[Turn]] = OrderedDict()
         self._busy = False
 
@@ -185,12 +185,9 @@ class TuningPanel:
                             f"{self.last_update_ms['replay']:.0f} ms, draw {self.last_update_ms['draw']:.0f} ms")
 
     def _replay(self, params: TurnParams) -> list[Turn]:
-        if fast_path(params):
-            return self._energy.turns(params)
         hit = self._cache.get(params)
         if hit is None:
             if params.end_model != "none":
-                from workbench.analysis.replay import detect_file
                 from workbench.core.endturn import MemoEndModel, make_end_model
 
                 if self._memo_model is None:
@@ -199,9 +196,9 @@ class TuningPanel:
                 hit = detect_file(self.source.samples16k, RATE, params, end_model=self._memo_model,
                                   decisions=decisions)
                 self._scores[params] = [(d.t, d.probability, d.reason == "complete") for d in decisions
-                                        if d.kind == "end_score"]
+                                        if d.kind == DecisionKind.END_SCORE]
             else:
-                hit = replay(self.source.samples16k, params)
+                hit = detect_file(self.source.samples16k, RATE, params)
             self._cache[params] = hit
             while len(self._cache) > _CACHE_SIZE:
                 old, _ = self._cache.popitem(last=False)
@@ -256,7 +253,7 @@ class TuningPanel:
             self.message.value = f"<span style='color:#b00'>not saved: {_esc(str(exc))}</span>"
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the current parameters as JSON that ``TurnParams.from_file`` (and ``--params``) reads."""
+        """Write the current parameters as JSON that ``store.paramfile.read_params`` (and ``--params``) reads."""
         p = Path(path or self.save_path.value)
         try:
             text = json.dumps(self.current_params().to_dict(), indent=2) + "\n"

@@ -31,7 +31,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from workbench.core.events import Event
-from workbench.core.turns import TurnParams
+from workbench.core.params import TurnParams
 from workbench.io import bridge, live
 from workbench.io.loopdecode import decode_audio_on_loop, relay
 from workbench.io.webrtc import FRAME_S, FRAME_SAMPLES, RATE, _config, mono_frame, patch_aioice_loopback
