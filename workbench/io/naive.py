@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from google.genai import types
 
-from workbench.core.pcm import level_dbfs
+from workbench.core.pcm import SENT_RATE, level_dbfs
 from workbench.core.sender import Outgoing
 from workbench.core.turns import Decision, TurnParams
 from workbench.io.live import Writer, WriterItem
@@ -59,7 +59,7 @@ class FrameCountDetector:
     report's VAD has no notion of the track ending.
     """
 
-    def __init__(self, params: TurnParams, rate: int = 16_000) -> None:
+    def __init__(self, params: TurnParams, rate: int = SENT_RATE) -> None:
         self.params = params
         self.rate = rate
         self.turn_open = False
@@ -138,4 +138,4 @@ class TwoTaskWriter(Writer):
             gen, item = entry
             await self._write(gen, item)
             assert isinstance(item, Outgoing) and item.audio is not None
-            await asyncio.sleep(item.audio.size / 16_000)  # "stream at real time", as audio loops often do
+            await asyncio.sleep(item.audio.size / SENT_RATE)  # "stream at real time", as audio loops often do

@@ -8,7 +8,7 @@ Layout of a recording directory:
 - ``events.jsonl``: one event per line (``workbench.core.events``), appended as it happens and handed to
   the OS every ``EVENT_FLUSH_S`` (a failure's events at once).
 - ``mic.flac``: the microphone as received (48 kHz mono), placed by media time, so that
-  sample ``i`` is at session time ``mic_start_t + i / 48000``; frame gaps are zero-filled.
+  sample ``i`` is at session time ``mic_start_t + i / MIC_RATE``; frame gaps are zero-filled.
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
@@ -35,10 +35,8 @@ import pandas as pd
 import soundfile as sf
 
 from workbench.core.events import Event, from_dict
+from workbench.core.pcm import MIC_RATE, MODEL_RATE, SENT_RATE
 
-MIC_RATE = 48_000
-SENT_RATE = 16_000
-MODEL_RATE = 24_000
 AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), "model": ("model.flac", MODEL_RATE)}
 # A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
 # could otherwise make the file grow without bound); the frame events still show the real gap.
