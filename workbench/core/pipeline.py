@@ -29,7 +29,8 @@ REANCHOR_AFTER_S = 0.2
 # A tick this long after the gap is due: the gap test is strict (> gap_s), so a tick exactly on time would not see it.
 GAP_MARGIN_S = 0.001
 # Audio goes out in messages of at least this much (ActivityEnd sends what is pending first): each SDK message
-# costs ~0.2 ms of CPU, and with manual activity detection the answer waits for ActivityEnd anyway.
+# costs CPU (a pydantic model, base64, JSON, a websocket frame) whatever its length, and with manual activity
+# detection the answer waits for ActivityEnd anyway, so gathering delays nothing the user hears.
 SEND_CHUNK_MS = 100.0
 
 Output = Event | Outgoing

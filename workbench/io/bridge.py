@@ -328,8 +328,9 @@ async def run_session(
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(s.sample_loop_lag())]
     link = None
     try:
-        # On a thread: building the SDK client loads the CA bundle into ~3 SSL contexts, ~60 ms that would
-        # stall every other session on this loop (OpenSSL releases the GIL meanwhile).
+        # On a thread: building the SDK client loads the CA bundle into several SSL contexts, tens of ms each
+        # (bench/BENCHMARKS.md, "Costs behind the code's choices") that would stall every other session on this
+        # loop (OpenSSL releases the GIL meanwhile).
         s.client = await asyncio.to_thread(
             live.make_client, cfg.live, create_connection=tapped_connection(rec.emit, s.clock))
         s.progress("connecting")
