@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from google.genai import types
 
+from workbench.core.events import ClientMsg
 from workbench.core.pcm import SENT_RATE, level_dbfs
 from workbench.core.sender import Outgoing
 from workbench.core.turns import Decision, TurnParams
@@ -121,7 +122,7 @@ class TwoTaskWriter(Writer):
         self.audio_queue: asyncio.Queue[tuple[int, WriterItem] | None] = asyncio.Queue()
 
     def put(self, item: WriterItem) -> None:
-        if isinstance(item, Outgoing) and item.msg == "audio":
+        if isinstance(item, Outgoing) and item.msg == ClientMsg.AUDIO:
             self.audio_queue.put_nowait((self.gen, item))
         else:
             super().put(item)
