@@ -98,7 +98,7 @@ def test_the_naive_frame_count_detector_keeps_the_send_order_in_step():
     p.detector = FrameCountDetector(p.params)
     out = []
     i = 0
-    for burst in range(3):  # speech, then silent frames (counted: the turn ends), then speech again
+    for _turn in range(3):  # speech, then silent frames (counted: the turn ends), then speech again
         for _ in range(30):
             out += p.frame(0.02 * (i + 1), 0.02 * i, speech_frame(i))
             i += 1
