@@ -227,6 +227,10 @@ class Writer:
             self.queue.put_nowait(None)
 
     def put(self, item: WriterItem) -> None:
+        """Queue ``item`` for the current connection; anything but a ``WriterItem`` raises TypeError here, at the
+        caller, not later in the writer task (where a failed send means a lost connection)."""
+        if not isinstance(item, Outgoing | ToolReply | TextTurn):
+            raise TypeError(f"the writer sends Outgoing, ToolReply and TextTurn, not {type(item).__name__}")
         self.queue.put_nowait((self.gen, item))
 
     def stop(self) -> None:
@@ -277,8 +281,6 @@ class Writer:
                 await session.send_client_content(
                     turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
                 )
-            case _:
-                raise TypeError(f"the writer cannot send {item!r}")
 
 
 def describe_server_message(msg: types.LiveServerMessage) -> list[tuple[ServerMsg, dict[str, Any]]]:
