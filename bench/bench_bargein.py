@@ -28,13 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import arg_parser, pct, publish, section  # noqa: E402
 from google.genai import types  # noqa: E402
 
+from workbench.core.pcm import MODEL_RATE  # noqa: E402
 from workbench.io import (
     eventloop,  # noqa: E402
     live,
 )
 from workbench.io.ingest import ingest  # noqa: E402
+from workbench.io.media import ModelAudioTrack  # noqa: E402
 from workbench.io.webrtc import loopback  # noqa: E402
-from workbench.ui.web.server import MODEL_RATE, BrowserSession, ModelAudioTrack  # noqa: E402
+from workbench.ui.web.server import BrowserSession  # noqa: E402
 
 TITLE = "Barge-in"
 TARGET_MS = 100.0

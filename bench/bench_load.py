@@ -73,7 +73,8 @@ from workbench.io import (
     live,
 )
 from workbench.io.loopdecode import decode_audio_on_loop  # noqa: E402
-from workbench.io.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
+from workbench.io.media import FilePlayerTrack  # noqa: E402
+from workbench.io.webrtc import FRAME_S, patch_aioice_loopback  # noqa: E402
 from workbench.store.audiofile import load_mono
 
 TITLE = "Concurrent sessions"
@@ -261,7 +262,8 @@ async def run_n(n: int, audio: np.ndarray, emu: ExternalEmulator, loop_decode: b
     pcs = []
 
     async def one() -> bridge.SessionResult:
-        from workbench.ui.web.server import BrowserSession, HangupTrack, ModelAudioTrack
+        from workbench.io.media import HangupTrack, ModelAudioTrack
+        from workbench.ui.web.server import BrowserSession
 
         voice = ModelAudioTrack() if serve else None
         i, pc, track = await answer(players, loop_decode, voice)

@@ -175,7 +175,7 @@ def workbench_child(args: argparse.Namespace) -> int:
     from workbench.core.params import TurnParams
     from workbench.emulator.certs import client_context
     from workbench.io import bridge, eventloop, live
-    from workbench.io.webrtc import FilePlayerTrack
+    from workbench.io.media import FilePlayerTrack
 
     audio = np.fromfile(args.audio, dtype=np.int16)
 

@@ -38,7 +38,8 @@ import soxr
 from google.genai import types
 
 from workbench import tap
-from workbench.io.webrtc import FilePlayerTrack, loopback
+from workbench.io.media import FilePlayerTrack
+from workbench.io.webrtc import loopback
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 CANDIDATE = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"

@@ -477,3 +477,11 @@ def test_the_core_imports_no_io():
             "print(sorted(m for m in ('asyncio', 'google.genai', 'websockets', 'aiortc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_writer_refuses_what_it_cannot_send_at_the_caller():
+    w = live.Writer(None, lambda _e: None, lambda: 0.0)
+    with pytest.raises(TypeError, match="not str"):
+        w.put("activity_end")  # a kind's name is not a message
+    w.put(live.TextTurn("hi"))
+    assert w.queue.qsize() == 1

@@ -21,7 +21,7 @@ from google import genai
 from google.genai import errors, types
 
 from workbench.emulator import Close, Emulator, EmulatorConfig, PauseReading, SendJson, SessionCore, parse_fault
-from workbench.emulator.core import MODEL_RATE, Conversation, speech_like
+from workbench.emulator.core import MODEL_RATE, Activity, Conversation, Phase, speech_like
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 PCM_100MS = np.zeros(1600, np.int16).tobytes()  # 100 ms at 16 kHz
@@ -103,6 +103,29 @@ def test_answer_timing_is_exact_latency_then_paced_chunks():
                     if "outputTranscription" in p.get("serverContent", {}))
     assert len(words.split()) >= 3
     assert core.violations == []
+
+
+def test_connection_phase_and_activity_window_are_one_state_each():
+    ids = iter(range(1, 9))
+    core = SessionCore(ideal(setup_s=0.1), 0, {}, lambda: Conversation(next(ids)))
+    assert core.phase is Phase.AWAITING_SETUP and core.activity is Activity.NONE
+    assert core.receive(0.0, setup_msg()) == []
+    assert core.phase is Phase.SETTING_UP  # setupComplete is due at 0.1
+    assert core.tick(0.1) == [SendJson({"setupComplete": {}})] and core.phase is Phase.READY
+    core.receive(0.2, START)
+    assert core.activity is Activity.OPEN
+    core.receive(0.3, START)  # a client's bad signal is a violation, and the window stays open
+    assert core.activity is Activity.OPEN and rules(core) == ["activity_start_while_open"]
+    core.receive(0.4, AUDIO)
+    core.receive(0.5, END)
+    assert core.activity is Activity.ENDED
+    core.receive(0.6, AUDIO)
+    assert rules(core)[-1] == "audio_after_activity_end"
+    core.connection_lost(0.7, "1000")
+    core.connection_lost(0.8, "1000")  # the socket's end reported twice is still one close
+    assert core.phase is Phase.CLOSED and core.closed
+    assert core.receive(0.9, START) == [] and core.activity is Activity.ENDED  # nothing counts after the close
+    assert [e.kind for e in core.log].count("client_closed") == 1
 
 
 def test_snake_case_and_standard_base64_are_accepted_too():

@@ -204,7 +204,8 @@ def test_the_pipeline_ends_a_turn_on_the_clock_when_frames_stop() -> None:
 def _link_frames(direct: bool, fail_at: int | None = None) -> tuple[list[Received], BaseException | None, int]:
     """Play 1 s of tone over a real loopback link (Opus decoded on the loop) and ingest it."""
     from workbench.io.loopdecode import decoder_of
-    from workbench.io.webrtc import FilePlayerTrack, loopback
+    from workbench.io.media import FilePlayerTrack
+    from workbench.io.webrtc import loopback
 
     tone = (np.sin(np.arange(48_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
 
@@ -248,8 +249,8 @@ def test_the_browser_servers_hangup_track_takes_frames_straight_from_the_decoder
     """``serve`` wraps the browser's track in a HangupTrack; the frames must still bypass recv() (no tasks per
     frame), and a hang-up must end ingest at once with nothing delivered after it."""
     from workbench.io.loopdecode import decoder_of
-    from workbench.io.webrtc import FilePlayerTrack, loopback
-    from workbench.ui.web.server import HangupTrack
+    from workbench.io.media import FilePlayerTrack, HangupTrack
+    from workbench.io.webrtc import loopback
 
     tone = (np.sin(np.arange(96_000) / 48_000 * 2 * np.pi * 440) * 8000).astype(np.int16)
 

@@ -1,6 +1,7 @@
 """The turn book with exact times: which turn a server message is about, what a barge-in ends."""
 
 import numpy as np
+import pytest
 
 from workbench.core.ledger import TurnLedger
 from workbench.core.sender import Outgoing
@@ -60,6 +61,13 @@ def test_text_turn_is_turn_zero_and_tool_replies_belong_to_no_turn():
     assert led.add(Outgoing("audio", np.zeros(3, np.int16)), 0.2) is None  # audio outside any activity
     led.forget([greet])
     assert greet.items == []
+
+
+def test_an_item_of_another_type_is_refused():
+    led = TurnLedger()
+    with pytest.raises(TypeError, match="not str"):
+        led.add("activity_start", 0.0)  # a kind's name is not a message: matched on type, not on attributes
+    assert led.turns == [] and led.activities == 0
 
 
 def test_a_dropped_greeting_takes_a_late_answer_only_until_a_user_turn_closes():

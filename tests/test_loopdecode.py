@@ -15,7 +15,8 @@ from aiortc.jitterbuffer import JitterFrame
 
 from workbench.io.ingest import Received, ingest
 from workbench.io.loopdecode import LoopDecoder, decode_on_loop
-from workbench.io.webrtc import FilePlayerTrack, loopback, mono_frame
+from workbench.io.media import FilePlayerTrack
+from workbench.io.webrtc import loopback, mono_frame
 
 RATE = 48_000
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, channels=2, payloadType=111)

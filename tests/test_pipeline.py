@@ -87,3 +87,26 @@ def test_a_short_stale_tail_does_not_re_anchor():
     frames += [(1.42 + 0.02 * j, 1.40 + 0.02 * j, speech_frame(j)) for j in range(30)]
     p, _ = run(frames, ticks_to=3.0)
     assert p.reanchors == 0
+
+
+def test_the_naive_frame_count_detector_keeps_the_send_order_in_step():
+    """``--naive frame-count`` swaps the detector, not the send order: its mistake (no end while frames stop) must
+    come through its own decisions, never through a start while open or an end with none (those raise now)."""
+    from workbench.io.naive import FrameCountDetector
+
+    p = MicPipeline(TurnParams(silence_ms=300))
+    p.detector = FrameCountDetector(p.params)
+    out = []
+    i = 0
+    for _turn in range(3):  # speech, then silent frames (counted: the turn ends), then speech again
+        for _ in range(30):
+            out += p.frame(0.02 * (i + 1), 0.02 * i, speech_frame(i))
+            i += 1
+        for _ in range(25):
+            out += p.frame(0.02 * (i + 1), 0.02 * i, np.zeros(960, np.int16))
+            i += 1
+    for _ in range(30):  # the last turn's frames stop: only the clock moves, and the naive detector ignores it
+        out += p.frame(0.02 * (i + 1), 0.02 * i, speech_frame(i))
+        i += 1
+    out += p.tick(60.0) + p.finish(61.0)
+    assert msgs(out) == ["activity_start", "activity_end"] * 3 + ["activity_start"]  # Failure B: no last end

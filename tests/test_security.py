@@ -37,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from workbench.emulator.certs import make_cert, server_context
 from workbench.io import live
-from workbench.io.webrtc import FilePlayerTrack, patch_aioice_loopback
+from workbench.io.media import FilePlayerTrack
+from workbench.io.webrtc import patch_aioice_loopback
 from workbench.ui import cli
 from workbench.ui.web.server import ServeConfig, Server
 

@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
-from workbench.core.sender import SendOrder
+from workbench.core.errors import InvalidState
+from workbench.core.events import ClientMsg
+from workbench.core.sender import OrderState, Outgoing, SendOrder
 
 
 def kinds(out):
@@ -43,12 +46,30 @@ def test_no_empty_activity_ever():
     assert kinds(out) == ["activity_start", "audio", "activity_end"]
 
 
-def test_double_start_and_double_end_are_ignored():
+def test_start_while_open_and_end_while_idle_raise():
     s = SendOrder()
+    with pytest.raises(InvalidState, match="end with no activity open"):
+        s.end(0.0)
     s.start(chunk(), 0.0)
-    assert s.start(chunk(), 0.1) == []
-    assert kinds(s.end(0.5)) == ["activity_end"]
-    assert s.end(0.6) == []
+    assert s.state is OrderState.OPEN
+    with pytest.raises(InvalidState, match="start while an activity is open"):
+        s.start(chunk(), 0.1)
+    assert kinds(s.end(0.5)) == ["activity_end"] and s.state is OrderState.IDLE
+    with pytest.raises(InvalidState):
+        s.end(0.6)
+    s.start(None, 1.0)  # held: its ActivityStart waits for audio, and a second start is still misuse
+    assert s.state is OrderState.HELD
+    with pytest.raises(InvalidState, match="start while an activity is held"):
+        s.start(chunk(), 1.1)
+    assert s.end(1.5) == [] and s.activities == 1  # the refused calls changed nothing
+
+
+def test_outgoing_kinds_are_the_enum_and_others_are_refused():
+    assert Outgoing("audio", np.zeros(1, np.int16)).msg is ClientMsg.AUDIO
+    with pytest.raises(ValueError, match="not 'tool_response'"):
+        Outgoing("tool_response")
+    with pytest.raises(ValueError):
+        Outgoing("audio_end")
 
 
 def test_chunking_gathers_audio_and_end_flushes_it_first():
@@ -78,7 +99,5 @@ def test_chunking_keeps_every_sample_in_order():
 
 
 def test_bad_chunk_is_refused():
-    import pytest
-
     with pytest.raises(ValueError, match="send chunk"):
         SendOrder(chunk_ms=-1)

@@ -21,10 +21,12 @@ from aiortc import RTCPeerConnection
 from google.genai import types
 
 from workbench.core.events import Client
+from workbench.core.pcm import MIC_RATE, MODEL_RATE
 from workbench.io import live
 from workbench.io.ingest import Received, ingest
-from workbench.io.webrtc import RATE, loopback
-from workbench.ui.web.server import MODEL_RATE, BrowserSession, ModelAudioTrack
+from workbench.io.media import ModelAudioTrack
+from workbench.io.webrtc import loopback
+from workbench.ui.web.server import BrowserSession
 
 N_FRAMES = 10  # 200 ms of frames: the in-flight frame, the receiver's 4-frame prefetch, and margin
 ANSWERS_HZ = (600.0, 900.0, 1300.0)
@@ -38,7 +40,7 @@ def answer(hz: float, seconds: float = 3.0) -> np.ndarray:
 
 def pitch(x: np.ndarray) -> float:
     spec = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(x.size)))
-    return float(np.fft.rfftfreq(x.size, 1 / RATE)[np.argmax(spec)])
+    return float(np.fft.rfftfreq(x.size, 1 / MIC_RATE)[np.argmax(spec)])
 
 
 def rms(x: np.ndarray) -> float:

@@ -19,7 +19,8 @@ from workbench.core.params import TurnParams
 from workbench.core.pipeline import MicPipeline
 from workbench.core.sender import Outgoing
 from workbench.io.ingest import Received, ingest
-from workbench.io.webrtc import FilePlayerTrack, loopback
+from workbench.io.media import FilePlayerTrack
+from workbench.io.webrtc import loopback
 
 RATE = 48_000
 OUT_RATE = 16_000

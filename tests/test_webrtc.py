@@ -16,11 +16,10 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from workbench.io.ingest import RELEASE_S, Received, ingest
+from workbench.io.media import FilePlayerTrack
 from workbench.io.webrtc import (
     FRAME_S,
     FRAME_SAMPLES,
-    FilePlayerTrack,
-    MediaClock,
     loopback,
     mono_frame,
     patch_aioice_loopback,
@@ -30,6 +29,27 @@ from workbench.io.webrtc import (
 RATE = 48_000
 BURST_S = 0.3
 GAP_S = 0.6
+
+
+class MediaClock:
+    """How late each frame is against the least-late frame seen so far (the measure these tests read).
+
+    ``late_s`` is ~0 on a steady link whatever its fixed delay; a tail the jitter buffer released after a
+    sender gap shows about the gap's length.  Sender/receiver clock drift (tens of ppm) biases it by ms.
+    """
+
+    def __init__(self, stale_after_s: float = 0.1) -> None:
+        self.stale_after_s = stale_after_s
+        self.offset: float | None = None  # session time of media time 0 on the fastest path seen
+
+    def late_s(self, t: float, pts_s: float) -> float:
+        d = t - pts_s
+        if self.offset is None or d < self.offset:
+            self.offset = d
+        return d - self.offset
+
+    def stale(self, t: float, pts_s: float) -> bool:
+        return self.late_s(t, pts_s) > self.stale_after_s
 
 
 def bursts(freq: float = 440.0, n: int = 3) -> np.ndarray:

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from workbench.core.params import TurnParams
+from workbench.core.pcm import MIC_RATE, SENT_RATE
 from workbench.core.turns import Decision, DecisionKind, FileClock, TurnDetector
 
-RATE = 16000
+RATE = SENT_RATE  # the detector runs on what the bridge sends
 FEED_S = 30.0  # a file is fed to the detector in stretches of this length (bounded scratch memory)
 
 
@@ -304,10 +305,10 @@ def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
 
     if not frames_df.empty and rec.mic.size:
         mic = np.clip(np.round(rec.mic * 32768.0), -32768, 32767).astype(np.int16)
-        origin = round(float(frames_df["pts_s"].iloc[0]) * 48_000)
+        origin = round(float(frames_df["pts_s"].iloc[0]) * MIC_RATE)
         for t, pts, n in frames_df[["t", "pts_s", "n_samples"]].itertuples(index=False):
             run_clock_to(float(t))
-            i0 = round(float(pts) * 48_000) - origin
+            i0 = round(float(pts) * MIC_RATE) - origin
             x = mic[max(0, i0) : max(0, i0 + int(n))]
             decisions += [o for o in pipe.frame(float(t), float(pts), x) if isinstance(o, Vad)]
     run_clock_to(end_t)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from workbench.core.pcm import SENT_RATE
 from workbench.store.recording import Recording
 
 
@@ -153,7 +154,7 @@ def turn_table(rec: Recording) -> pd.DataFrame:
             "activity_end": a_end,
             "first_audio": first_audio,
             "turn_complete": complete,
-            "audio_s": n_samples / 16_000,
+            "audio_s": n_samples / SENT_RATE,
         })
     df = pd.DataFrame(rows, columns=["turn", "attempt", "conn", "speech_start", "activity_start", "speech_end",
                                      "activity_end", "first_audio", "turn_complete", "audio_s"])

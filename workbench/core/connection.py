@@ -56,6 +56,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.core.errors import InvalidState
 from workbench.core.events import Client, Event, Watchdog
 from workbench.core.ledger import LedgerTurn, TurnLedger
 
@@ -123,10 +124,6 @@ class Reason(enum.StrEnum):
     ANSWER_COMPLETE = "answer_complete"
     RECONNECT_OFF = "reconnect_off"
     INPUT_DONE = "input_done"
-
-
-class InvalidState(Exception):
-    """The core was called in a state that does not allow the call (a bug in the shell)."""
 
 
 # -- what the shell feeds in ----------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """End-of-turn model: Smart Turn v3.2 on onnxruntime, with Whisper-style log-mel features in numpy.
 
 Why a model: silence alone cannot tell a candidate thinking from a candidate done; Smart Turn reads
-the prosody of the turn's last 8 s and says "complete" or "incomplete".  What is known about it
-(issue 15, measured on real speech with mid-clause hesitations): scored after 0.2 s of silence it
-calls 40-50 % of hesitations complete and 15-20 % of true ends incomplete, ~80 ms a call on a 2-core
-CPU; so the turn detector uses it only as one voice beside the clock (see ``turns.py``).
+the prosody of the turn's last 8 s and says "complete" or "incomplete".  It is wrong often enough
+both ways (it calls many mid-clause hesitations complete, and some true ends incomplete; the
+figures: ``bench/BENCHMARKS.md``, "End of turn: reading the figures") that the turn detector uses it
+only as one voice beside the clock (see ``turns.py``), and a call costs enough CPU that live it runs
+off the event loop (``ThreadedEndModel``).
 
 The model file ``smart-turn-v3.2-cpu.onnx`` (BSD-2-Clause, Daily) ships inside pipecat-ai's wheel,
 installed with ``pip install --no-deps pipecat-ai`` (none of pipecat's dependencies); it is found
@@ -163,9 +164,10 @@ class MemoEndModel:
 class ThreadedEndModel:
     """Runs a model's ``probability`` on one worker thread: ``submit(audio)`` returns a Future.
 
-    Why: one Smart Turn call is ~80-300 ms of CPU; on the event loop it would stall every session's
-    frames and pings for that long.  onnxruntime and numpy's FFT release the GIL, so the loop keeps
-    running while the thread scores.  The turn detector polls the Future on its clock (``turns.py``).
+    Why: one Smart Turn call takes tens to hundreds of ms of CPU ("End-of-turn model and the event
+    loop" in ``bench/BENCHMARKS.md``); on the event loop it would stall every session's frames and
+    pings for that long.  onnxruntime and numpy's FFT release the GIL, so the loop keeps running
+    while the thread scores.  The turn detector polls the Future on its clock (``turns.py``).
     """
 
     def __init__(self, model: SmartTurn) -> None:

@@ -10,8 +10,50 @@ reads it back.  Unknown kinds and unknown fields survive a round trip in
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+
+class Stage(enum.StrEnum):
+    """Where a ``send`` or ``server`` event was seen: handed to / by the SDK, or on the socket."""
+
+    APP = "app"
+    WIRE = "wire"
+
+
+class ClientMsg(enum.StrEnum):
+    """``Sent.msg`` values: the kinds of client message (the wire tap also names ``setup`` and ``unknown``)."""
+
+    SETUP = "setup"
+    ACTIVITY_START = "activity_start"
+    AUDIO = "audio"
+    ACTIVITY_END = "activity_end"
+    AUDIO_STREAM_END = "audio_stream_end"
+    CLIENT_CONTENT = "client_content"
+    TOOL_RESPONSE = "tool_response"
+    UNKNOWN = "unknown"
+
+
+class ServerMsg(enum.StrEnum):
+    """``Server.msg`` values: one per fact of a server message (one message can carry several)."""
+
+    SETUP_COMPLETE = "setup_complete"
+    MODEL_AUDIO = "model_audio"
+    MODEL_TEXT = "model_text"
+    INPUT_TRANSCRIPTION = "input_transcription"
+    OUTPUT_TRANSCRIPTION = "output_transcription"
+    INTERRUPTED = "interrupted"
+    GENERATION_COMPLETE = "generation_complete"
+    TURN_COMPLETE = "turn_complete"
+    TOOL_CALL = "tool_call"
+    TOOL_CALL_CANCELLATION = "tool_call_cancellation"
+    GO_AWAY = "go_away"
+    SESSION_RESUMPTION_UPDATE = "session_resumption_update"
+    USAGE_METADATA = "usage_metadata"
+    SERVER_CONTENT = "server_content"  # the wire tap's name for serverContent with none of the above
+    UNKNOWN = "unknown"
+
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # per event class, its fields but ``t``: to_dict runs ~100×/s a session
 
@@ -94,23 +136,26 @@ class EndScore(Event):
 
 @dataclass(frozen=True)
 class Sent(Event):
-    """A client message. ``stage`` is ``app`` (handed to the SDK) or ``wire`` (left the socket)."""
+    """A client message: ``msg`` a ``ClientMsg``; ``stage`` ``app`` (handed to the SDK) or ``wire`` (left the socket).
+
+    Both are plain strings in a loaded recording: the enums are ``str``, so comparisons hold either way.
+    """
 
     msg: str
     n_bytes: int
     seq: int
-    stage: str = "app"
+    stage: str = Stage.APP
     n_samples: int | None = None
     kind: ClassVar[str] = "send"
 
 
 @dataclass(frozen=True)
 class Server(Event):
-    """A server message by kind; ``stage`` is ``wire`` (frame read off the socket) or ``app``."""
+    """A server message by kind (``msg``: a ``ServerMsg``); ``stage``: ``wire`` (read off the socket) or ``app``."""
 
     msg: str
     n_bytes: int = 0
-    stage: str = "app"
+    stage: str = Stage.APP
     n_samples: int | None = None
     text: str | None = None
     detail: str | None = None

@@ -18,8 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.core.events import ClientMsg, ServerMsg
+from workbench.core.sender import Outgoing, TextTurn, ToolReply
+
 # Server message kinds that show the model is generating the head turn's answer.
-PROGRESS_KINDS = frozenset({"model_audio", "model_text", "output_transcription", "tool_call", "generation_complete"})
+PROGRESS_KINDS = frozenset({ServerMsg.MODEL_AUDIO, ServerMsg.MODEL_TEXT, ServerMsg.OUTPUT_TRANSCRIPTION,
+                            ServerMsg.TOOL_CALL, ServerMsg.GENERATION_COMPLETE})
 
 
 @dataclass
@@ -75,32 +79,35 @@ class TurnLedger:
         self.activities = 0
         self._swallow_turn_complete = False  # an interrupted answer's turn_complete is still to come
 
-    def add(self, item: Any, t: float) -> LedgerTurn | None:
-        """``item`` is handed out at ``t``; returns its turn (None: not part of a turn, e.g. a tool reply)."""
-        msg = getattr(item, "msg", None)
-        if msg == "activity_start":
-            self.activities += 1
-            self.open = LedgerTurn(n=self.activities, items=[item])
-            self.turns.append(self.open)
-            return self.open
-        if msg in ("audio", "activity_end"):
-            turn = self.open
-            if turn is None:
+    def add(self, item: Outgoing | TextTurn | ToolReply, t: float) -> LedgerTurn | None:
+        """``item`` is handed out at ``t``; returns its turn (None: not part of a turn: a tool reply, or audio
+        outside any activity).  Anything but the three message types raises TypeError."""
+        match item:
+            case Outgoing(msg=ClientMsg.ACTIVITY_START):
+                self.activities += 1
+                self.open = LedgerTurn(n=self.activities, items=[item])
+                self.turns.append(self.open)
+                return self.open
+            case Outgoing(msg=ClientMsg.AUDIO | ClientMsg.ACTIVITY_END as msg):
+                turn = self.open
+                if turn is None:
+                    return None
+                turn.items.append(item)
+                if msg == ClientMsg.ACTIVITY_END:
+                    turn.closed_t = t
+                    self.open = None
+                    self._swallow_turn_complete = False
+                    for old in self.turns:  # a user turn closed: a late answer now belongs to it, not to these
+                        if old.dropped and not old.answered:
+                            old.answered_t = t
+                return turn
+            case TextTurn():
+                turn = LedgerTurn(n=0, items=[item], closed_t=t)
+                self.turns.append(turn)
+                return turn
+            case ToolReply():
                 return None
-            turn.items.append(item)
-            if msg == "activity_end":
-                turn.closed_t = t
-                self.open = None
-                self._swallow_turn_complete = False
-                for old in self.turns:  # a user turn closed: a late answer now belongs to it, not to these
-                    if old.dropped and not old.answered:
-                        old.answered_t = t
-            return turn
-        if hasattr(item, "text"):
-            turn = LedgerTurn(n=0, items=[item], closed_t=t)
-            self.turns.append(turn)
-            return turn
-        return None
+        raise TypeError(f"the ledger files Outgoing, TextTurn and ToolReply, not {type(item).__name__}")
 
     def head(self) -> LedgerTurn | None:
         """The oldest closed turn without its answer: the one server messages are about."""
@@ -109,25 +116,25 @@ class TurnLedger:
     def server(self, kind: str, t: float, audio_s: float = 0.0) -> tuple[LedgerTurn | None, str | None]:
         """A server message of ``kind`` at ``t`` (``audio_s`` of model audio): (the turn it concerns, what it
         did: answered|interrupted|None)."""
-        if kind == "turn_complete" and self._swallow_turn_complete:
+        if kind == ServerMsg.TURN_COMPLETE and self._swallow_turn_complete:
             self._swallow_turn_complete = False
             return None, None
         turn = self.head()
         if turn is None:
             return None, None
-        if kind == "input_transcription":
+        if kind == ServerMsg.INPUT_TRANSCRIPTION:
             turn.heard_t = turn.heard_t or t
         elif kind in PROGRESS_KINDS:
             turn.progress_t = t
             turn.audio_s += audio_s
-            if kind == "generation_complete":
+            if kind == ServerMsg.GENERATION_COMPLETE:
                 turn.generated_t = t
-        elif kind == "interrupted":
+        elif kind == ServerMsg.INTERRUPTED:
             turn.answered_t = t
             turn.interrupted = True
             self._swallow_turn_complete = True
             return turn, "interrupted"
-        elif kind == "turn_complete":
+        elif kind == ServerMsg.TURN_COMPLETE:
             turn.answered_t = t
             return turn, "answered"
         return turn, None

@@ -1,10 +1,15 @@
-"""PCM helpers shared by the live path and the replay: float/int16 conversion and level in dBFS."""
+"""PCM helpers shared by the live path and the replay: the sample rates, float/int16 conversion, level in dBFS."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+# The three sample rates of a session, defined here only (every other module imports them).
+MIC_RATE = 48_000  # what WebRTC delivers (Opus decodes to 48 kHz): mic.flac, frames, the bundled tracks
+SENT_RATE = 16_000  # what the bridge sends the Live API (audio/pcm;rate=16000): sent.flac, the turn detector
+MODEL_RATE = 24_000  # what the Live API answers with: model.flac
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

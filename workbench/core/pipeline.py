@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.core.events import EndScore, Event, Frame, FrameGap, Vad
 from workbench.core.params import TurnParams
-from workbench.core.pcm import level_dbfs
+from workbench.core.pcm import MIC_RATE, SENT_RATE, level_dbfs
 from workbench.core.resample import Resampler
 from workbench.core.sender import Outgoing, SendOrder
 from workbench.core.turns import Decision, DecisionKind, TurnDetector
@@ -27,11 +27,11 @@ GAP_S = 0.06  # no frame for this long is a gap (frames are 20 ms apart; loopbac
 # aiortc's jitter buffer releases at most ~100 ms of stale audio after a gap, so that alone never re-anchors.
 REANCHOR_LATE_S = 0.3
 REANCHOR_AFTER_S = 0.2
-MIC_RATE = 48_000
 # A tick this long after the gap is due: the gap test is strict (> gap_s), so a tick exactly on time would not see it.
 GAP_MARGIN_S = 0.001
 # Audio goes out in messages of at least this much (ActivityEnd sends what is pending first): each SDK message
-# costs ~0.2 ms of CPU, and with manual activity detection the answer waits for ActivityEnd anyway.
+# costs CPU (a pydantic model, base64, JSON, a websocket frame) whatever its length, and with manual activity
+# detection the answer waits for ActivityEnd anyway, so gathering delays nothing the user hears.
 SEND_CHUNK_MS = 100.0
 
 Output = Event | Outgoing
@@ -51,8 +51,8 @@ class MicPipeline:
             from workbench.core.endturn import ThreadedEndModel, make_end_model
 
             model = ThreadedEndModel(make_end_model(params.end_model))
-        self.detector = TurnDetector(params, rate=16_000, end_model=model)
-        self.order = SendOrder(rate=16_000, chunk_ms=send_chunk_ms)
+        self.detector = TurnDetector(params, rate=SENT_RATE, end_model=model)
+        self.order = SendOrder(rate=SENT_RATE, chunk_ms=send_chunk_ms)
         self.resampler = Resampler()
         self.media_offset: float | None = None  # session time of media time 0
         self.last_arrival: float | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-IN_RATE = 48_000
-OUT_RATE = 16_000
+from workbench.core.pcm import MIC_RATE, SENT_RATE
 
 
 class Resampler:
@@ -18,7 +17,7 @@ class Resampler:
     count at the new time, so no silence is invented and no time is lost.
     """
 
-    def __init__(self, in_rate: int = IN_RATE, out_rate: int = OUT_RATE, quality: str = "HQ") -> None:
+    def __init__(self, in_rate: int = MIC_RATE, out_rate: int = SENT_RATE, quality: str = "HQ") -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.quality = quality

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 from workbench.emulator.core import (
     FROM_PROFILE,
     PROFILES,
+    Activity,
     Close,
     EmulatorConfig,
     LogEntry,
     PauseReading,
+    Phase,
     SendJson,
     SendPong,
     SessionCore,
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
     from workbench.emulator.server import Emulator
 
 __all__ = [
-    "FAULTS", "FROM_PROFILE", "PROFILES", "Close", "Emulator", "EmulatorConfig", "Fault", "LogEntry", "PauseReading",
-    "SendJson", "SendPong", "SessionCore", "Violation", "parse_fault",
+    "FAULTS", "FROM_PROFILE", "PROFILES", "Activity", "Close", "Emulator", "EmulatorConfig", "Fault", "LogEntry",
+    "PauseReading", "Phase", "SendJson", "SendPong", "SessionCore", "Violation", "parse_fault",
 ]
 
 

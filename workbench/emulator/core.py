@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import fnmatch
 import hashlib
 import heapq
@@ -50,10 +51,11 @@ from typing import Any
 
 import numpy as np
 
+from workbench.core.errors import InvalidState
+from workbench.core.pcm import MODEL_RATE, SENT_RATE
 from workbench.emulator.faults import Fault
 
-MODEL_RATE = 24_000
-USER_BYTES_PER_S = 16_000 * 2  # 16 kHz 16-bit mono, what the Live API expects from the client
+USER_BYTES_PER_S = SENT_RATE * 2  # 16 kHz 16-bit mono, what the Live API expects from the client
 INVALID = "Request contains an invalid argument."
 INTERNAL = "Internal error encountered."
 # kizuna-ai-lab/sokuji #179: goAway {timeLeft: "50s"}, then close 1011 with this reason
@@ -67,6 +69,39 @@ AUDIO_TOKENS_PER_S = 32  # Gemini counts audio at 32 tokens per second
 BURST_GAP_S = 0.005  # between chunks of one burst
 INTERRUPTS = "START_OF_ACTIVITY_INTERRUPTS"
 RNG_PURPOSES = ("pong", "latency", "chunks", "handles", "session")
+
+
+class Phase(enum.Enum):
+    """A connection's life on the server's side."""
+
+    AWAITING_SETUP = "awaiting_setup"  # only ``setup`` may come: anything else closes 1007
+    SETTING_UP = "setting_up"  # setup accepted, setupComplete not sent yet (``setup_s``): a message closes 1007
+    READY = "ready"  # setupComplete sent
+    CLOSED = "closed"  # we closed, or the socket went away: input is ignored, nothing goes out
+
+
+class Activity(enum.Enum):
+    """The manual activity window as the client's signals drew it (automatic detection: stays NONE)."""
+
+    NONE = "none"  # no activityStart yet on this connection
+    OPEN = "open"  # activityStart seen, no activityEnd since
+    ENDED = "ended"  # activityEnd seen, no activityStart since: audio now is ``audio_after_activity_end``
+
+
+# Every change of a connection's state goes through ``SessionCore._to_phase`` / ``_to_activity`` and these tables.
+# A client's bad signal is a ``Violation``, never a raise, so the tables allow what a misbehaving client can cause
+# (activityStart while open re-opens the window); what they forbid would be a bug in this core: InvalidState.
+PHASES: dict[Phase, frozenset[Phase]] = {
+    Phase.AWAITING_SETUP: frozenset({Phase.SETTING_UP, Phase.CLOSED}),
+    Phase.SETTING_UP: frozenset({Phase.READY, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+ACTIVITIES: dict[Activity, frozenset[Activity]] = {
+    Activity.NONE: frozenset({Activity.OPEN}),
+    Activity.OPEN: frozenset({Activity.OPEN, Activity.ENDED}),
+    Activity.ENDED: frozenset({Activity.OPEN}),
+}
 
 
 @dataclass(frozen=True)
@@ -404,7 +439,12 @@ def _level_dbfs(pcm: bytes) -> float:
 
 
 class SessionCore:
-    """State of one connection: setup, activity windows, scripted answers, faults, violations."""
+    """State of one connection: setup, activity windows, scripted answers, faults, violations.
+
+    ``phase`` (``Phase``) and ``activity`` (``Activity``) are the connection's state, changed only through the
+    ``PHASES`` and ``ACTIVITIES`` tables.  Once ``CLOSED`` every input returns no actions: the shell may still
+    hand in a frame that raced the close, which is not the shell's fault.
+    """
 
     def __init__(
         self,
@@ -424,8 +464,7 @@ class SessionCore:
         self.rng = {purpose: random.Random(f"{config.seed}:{conn}:{purpose}") for purpose in RNG_PURPOSES}
         self.log: list[LogEntry] = []
         self.violations: list[Violation] = []
-        self.setup_received = False
-        self.setup_done = False  # setupComplete sent
+        self.phase = Phase.AWAITING_SETUP
         self.manual_activity = False
         self.resumption = False
         self.transparent = False
@@ -435,14 +474,12 @@ class SessionCore:
         self.conversation: Conversation | None = None
         self.context: list[str] = []  # this connection's branch of the conversation's context
         self.tools: list[dict[str, Any]] = []
-        self.activity_open = False
-        self.activity_ended = False  # activityEnd seen, no activityStart since
+        self.activity = Activity.NONE
         self.audio_in_activity = 0  # bytes since activityStart
         self.audio_since_answer = 0  # bytes, automatic detection only
         self.pending_tool: tuple[str, int] | None = None  # (call id, user turn it answers)
         self.tool_sent = False  # the pending toolCall has gone out
         self.stalled_until: float | None = None
-        self.closed = False
         self.msg_index = -1  # index of the last client message after setup
         self._turn_from: int | None = None  # index of the first message of the user turn being received
         self._turn_hash = hashlib.blake2b(digest_size=8)
@@ -455,6 +492,23 @@ class SessionCore:
         self._seq = itertools.count()
         self._flood_next: float | None = None
         self._session_end_t: float | None = None
+
+    # -- state ---------------------------------------------------------------
+    def _to_phase(self, new: Phase) -> None:
+        if new not in PHASES[self.phase]:
+            raise InvalidState(f"emulator connection {self.conn}: {self.phase.value} -> {new.value} "
+                               "is not a transition")
+        self.phase = new
+
+    def _to_activity(self, new: Activity) -> None:
+        if new not in ACTIVITIES[self.activity]:
+            raise InvalidState(f"emulator connection {self.conn}: activity {self.activity.value} -> {new.value} "
+                               "is not a transition")
+        self.activity = new
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
 
     # -- helpers -------------------------------------------------------------
     def _log(self, t: float, direction: str, kind: str, n_bytes: int = 0, detail: str | None = None) -> None:
@@ -490,7 +544,8 @@ class SessionCore:
         self._mark_closed(t)
 
     def _mark_closed(self, t: float) -> None:
-        self.closed = True
+        if self.phase is not Phase.CLOSED:  # the socket may go after our own close: that is no new state
+            self._to_phase(Phase.CLOSED)
         conv = self.conversation
         if conv is not None and self.conn in conv.open_conns:
             conv.open_conns.discard(self.conn)
@@ -543,14 +598,14 @@ class SessionCore:
         setup = field_of(msg, "setup")
         if setup is not None:
             return self._setup(t, setup)
-        if not self.setup_received:
+        if self.phase is Phase.AWAITING_SETUP:
             self._log(t, "in", "unknown", 0, ",".join(sorted(msg)))
             self._violate(t, "message_before_setup", f"first message had keys {sorted(msg)}")
             return self._close(t, 1007, INVALID)
         out: list[Action] = []
-        if not self.setup_done:
+        if self.phase is not Phase.READY:
             out = self.tick(t)  # setupComplete may be due
-            if not self.setup_done:
+            if self.phase is not Phase.READY:
                 self._log(t, "in", "unknown", 0, ",".join(sorted(msg)))
                 self._violate(t, "message_before_setup_complete", f"keys {sorted(msg)} before setupComplete")
                 return out + self._close(t, 1007, INVALID)
@@ -571,7 +626,7 @@ class SessionCore:
         cfg = self.config
         model = str(field_of(setup, "model") or "")
         self._log(t, "in", "setup", 0, model or None)
-        if self.setup_received:
+        if self.phase is not Phase.AWAITING_SETUP:
             self._violate(t, "setup_repeated", "a second setup message on the same connection")
             return []
         if cfg.check_model and not model_known(model):
@@ -608,7 +663,7 @@ class SessionCore:
         conv.compressed = conv.compressed or field_of(setup, "context_window_compression") is not None
         conv.open_conns.add(self.conn)
         conv.closed_t = None
-        self.setup_received = True
+        self._to_phase(Phase.SETTING_UP)
         f = self.faults.get("close-1011")
         if f is not None and f.arg != "mid-turn":
             self._at(t + f.seconds, Close(1011, INTERNAL))
@@ -623,7 +678,7 @@ class SessionCore:
         if cfg.setup_s > 0:
             self._at(done_t, _Out(payload, "setup_complete"))
             return []
-        self.setup_done = True
+        self._to_phase(Phase.READY)
         self._log(t, "out", "setup_complete")
         return [SendJson(payload)]
 
@@ -724,8 +779,8 @@ class SessionCore:
             self._log(t, "in", "audio", 0, "bad base64")
             return self._close(t, 1007, INVALID)
         self._log(t, "in", "audio", len(pcm), mime)
-        if self.manual_activity and not self.activity_open:
-            rule = "audio_after_activity_end" if self.activity_ended else "audio_outside_activity"
+        if self.manual_activity and self.activity is not Activity.OPEN:
+            rule = "audio_after_activity_end" if self.activity is Activity.ENDED else "audio_outside_activity"
             strict = self.config.outside_audio == "strict"
             # BasedHardware/omi #7611: audio before activityStart in manual mode closed 1007
             self._violate(t, rule, f"{len(pcm)} bytes of audio outside an activity window, "
@@ -750,12 +805,11 @@ class SessionCore:
         out: list[Action] = []
         if not self.manual_activity:
             self._violate(t, "activity_signal_with_automatic_vad", "activityStart while automatic detection is on")
-        if self.activity_open:
+        if self.activity is Activity.OPEN:
             self._violate(t, "activity_start_while_open", "activityStart before the previous activityEnd")
         elif self.config.barge_in and self.activity_handling != "NO_INTERRUPTION" and self.busy:
             out += self._interrupt(t)
-        self.activity_open = True
-        self.activity_ended = False
+        self._to_activity(Activity.OPEN)
         self.audio_in_activity = 0
         self._new_turn_audio()
         if "flood" in self.faults:
@@ -799,11 +853,10 @@ class SessionCore:
         out = self._maybe_stall(t, "end")
         if not self.manual_activity:
             self._violate(t, "activity_signal_with_automatic_vad", "activityEnd while automatic detection is on")
-        if not self.activity_open:
+        if self.activity is not Activity.OPEN:
             self._violate(t, "activity_end_without_start", "activityEnd with no open activity")
             return out
-        self.activity_open = False
-        self.activity_ended = True
+        self._to_activity(Activity.ENDED)
         self._flood_next = None
         if self.audio_in_activity == 0:
             self._violate(t, "empty_activity", "activityEnd with no audio since activityStart")
@@ -1080,7 +1133,7 @@ class SessionCore:
             self._log(t, "out", item.kind, item.n_bytes, item.detail)
             out.append(SendJson(item.payload))
             if item.kind == "setup_complete":
-                self.setup_done = True
+                self._to_phase(Phase.READY)
             answer = self._answers.get(aid)
             if answer is not None and item.kind == "tool_call":
                 self.tool_sent = True

@@ -36,12 +36,14 @@ from workbench.core.connection import (
 )
 from workbench.core.events import Client, Error, Event, LoopLag, SessionMark, Ws
 from workbench.core.params import TurnParams
+from workbench.core.pcm import MIC_RATE
 from workbench.core.pipeline import SEND_CHUNK_MS, MicPipeline
 from workbench.core.sender import Outgoing
 from workbench.io import live, naive
 from workbench.io.eventloop import running_loop_name
 from workbench.io.ingest import Received, ingest
-from workbench.io.webrtc import FilePlayerTrack, loopback
+from workbench.io.media import FilePlayerTrack
+from workbench.io.webrtc import loopback
 from workbench.io.wiretap import tapped_connection
 from workbench.store.recording import Observer, Recorder
 
@@ -267,7 +269,7 @@ class _Session:
                 self.rec.emit(o)
 
     def on_frame(self, item: Received) -> None:
-        self.rec.mic(item.t, int(round(item.pts_s * 48_000)), item.samples)
+        self.rec.mic(item.t, int(round(item.pts_s * MIC_RATE)), item.samples)
         self.handle_outputs(self.mic.frame(item.t, item.pts_s, item.samples))
 
     def on_tick(self, t: float) -> None:
@@ -315,7 +317,7 @@ async def run_session(
         "bridge": cfg.describe(),
         "dtx": cfg.dtx,
         "tail_s": cfg.tail_s,
-        "audio_s": None if audio_48k is None else round(audio_48k.size / 48_000, 3),
+        "audio_s": None if audio_48k is None else round(audio_48k.size / MIC_RATE, 3),
         "event_loop": running_loop_name(),
     }
     rec = Recorder(out_dir, meta, observer=observer)
@@ -326,8 +328,9 @@ async def run_session(
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(s.sample_loop_lag())]
     link = None
     try:
-        # On a thread: building the SDK client loads the CA bundle into ~3 SSL contexts, ~60 ms that would
-        # stall every other session on this loop (OpenSSL releases the GIL meanwhile).
+        # On a thread: building the SDK client loads the CA bundle into several SSL contexts, tens of ms each
+        # (bench/BENCHMARKS.md, "Costs behind the code's choices") that would stall every other session on this
+        # loop (OpenSSL releases the GIL meanwhile).
         s.client = await asyncio.to_thread(
             live.make_client, cfg.live, create_connection=tapped_connection(rec.emit, s.clock))
         s.progress("connecting")

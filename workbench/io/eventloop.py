@@ -1,13 +1,14 @@
 """The event loop the workbench's commands run on: uvloop where it is installed, else asyncio's own.
 
-A bridged session wakes the loop ~150 times a second (RTP packets, decoded frames, sends, server
-messages, timers).  Measured side by side (``bench/BENCHMARKS.md``, "Per-session CPU of the whole
-live path"), uvloop (libuv) took 2.80 % of a core per session at N = 10 where asyncio's loop took
-3.20 %, and at N = 20 kept loop lag p99 at 39 ms against 61 ms; an earlier run the same day, on a
-slower hour of the machine, showed no CPU difference (3.30 % against 3.33 %).
-Everything the bridge uses runs on both (aiortc, aioice, websockets
-with TLS, aiohttp); tests run sessions on both.  ``WORKBENCH_LOOP=asyncio`` picks asyncio's loop
-(to compare, or if uvloop misbehaves); a recording's ``session.json`` says which loop ran it.
+Why uvloop: a bridged session wakes the loop ~150 times a second (RTP packets, decoded frames, sends,
+server messages, timers), and libuv's loop does that wake-up for less CPU, with less loop lag when many
+sessions share a process.  The figures, side by side with asyncio's loop, are in ``bench/BENCHMARKS.md``
+("Concurrent sessions", "Per-session CPU, the earlier run"); that is the place to re-measure them.
+
+Contract: everything the bridge uses runs on both loops (aiortc, aioice, websockets with TLS, aiohttp);
+tests run sessions on both.  ``WORKBENCH_LOOP=asyncio`` picks asyncio's loop (to compare, or if uvloop
+misbehaves), ``WORKBENCH_LOOP=uvloop`` insists on uvloop (an error if it is not installed); a recording's
+``session.json`` says which loop ran it.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from google import genai
 from google.genai import types
 
 from workbench.core.connection import Incoming
-from workbench.core.events import Error, Event, Sent, Server
-from workbench.core.sender import Outgoing
-from workbench.store.recording import MODEL_RATE
+from workbench.core.events import ClientMsg, Error, Event, Sent, Server, ServerMsg, Stage
+from workbench.core.pcm import MODEL_RATE, SENT_RATE
+from workbench.core.sender import Outgoing, TextTurn, ToolReply
 
 DEFAULT_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 SYSTEM_INSTRUCTION = (
@@ -171,20 +171,6 @@ def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> 
     )
 
 
-@dataclass(frozen=True)
-class ToolReply:
-    """A tool response for the writer; it queues behind audio like everything else."""
-
-    responses: list[types.FunctionResponse]
-
-
-@dataclass(frozen=True)
-class TextTurn:
-    """A text turn (the greeting prompt) for the writer."""
-
-    text: str
-
-
 WriterItem = Outgoing | ToolReply | TextTurn
 
 
@@ -241,6 +227,10 @@ class Writer:
             self.queue.put_nowait(None)
 
     def put(self, item: WriterItem) -> None:
+        """Queue ``item`` for the current connection; anything but a ``WriterItem`` raises TypeError here, at the
+        caller, not later in the writer task (where a failed send means a lost connection)."""
+        if not isinstance(item, Outgoing | ToolReply | TextTurn):
+            raise TypeError(f"the writer sends Outgoing, ToolReply and TextTurn, not {type(item).__name__}")
         self.queue.put_nowait((self.gen, item))
 
     def stop(self) -> None:
@@ -268,72 +258,70 @@ class Writer:
     async def _send(self, item: WriterItem) -> None:
         self.seq += 1
         session = self.session
-        if isinstance(item, Outgoing):
-            if item.msg == "audio":
-                assert item.audio is not None
-                data = item.audio.astype("<i2").tobytes()
-                self.emit(Sent(t=self.clock(), msg="audio", n_bytes=len(data), seq=self.seq,
-                               n_samples=item.audio.size))
-                await session.send_realtime_input(audio=types.Blob(data=data, mime_type="audio/pcm;rate=16000"))
+        match item:
+            case Outgoing(msg=ClientMsg.AUDIO, audio=audio):
+                assert audio is not None
+                data = audio.astype("<i2").tobytes()
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.AUDIO, n_bytes=len(data), seq=self.seq,
+                               n_samples=audio.size))
+                await session.send_realtime_input(audio=types.Blob(data=data, mime_type=f"audio/pcm;rate={SENT_RATE}"))
                 if self.on_audio is not None:
-                    self.on_audio(item.audio)
-            elif item.msg == "activity_start":
-                self.emit(Sent(t=self.clock(), msg="activity_start", n_bytes=0, seq=self.seq))
+                    self.on_audio(audio)
+            case Outgoing(msg=ClientMsg.ACTIVITY_START):
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_START, n_bytes=0, seq=self.seq))
                 await session.send_realtime_input(activity_start=types.ActivityStart())
-            elif item.msg == "activity_end":
-                self.emit(Sent(t=self.clock(), msg="activity_end", n_bytes=0, seq=self.seq))
+            case Outgoing(msg=ClientMsg.ACTIVITY_END):
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_END, n_bytes=0, seq=self.seq))
                 await session.send_realtime_input(activity_end=types.ActivityEnd())
-            else:
-                raise ValueError(f"unknown outgoing message {item.msg!r}")
-        elif isinstance(item, ToolReply):
-            self.emit(Sent(t=self.clock(), msg="tool_response", n_bytes=0, seq=self.seq))
-            await session.send_tool_response(function_responses=item.responses)
-        elif isinstance(item, TextTurn):
-            self.emit(Sent(t=self.clock(), msg="client_content", n_bytes=len(item.text), seq=self.seq))
-            await session.send_client_content(
-                turns=types.Content(role="user", parts=[types.Part(text=item.text)]), turn_complete=True
-            )
+            case ToolReply(responses=responses):
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.TOOL_RESPONSE, n_bytes=0, seq=self.seq))
+                await session.send_tool_response(function_responses=responses)
+            case TextTurn(text=text):
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.CLIENT_CONTENT, n_bytes=len(text), seq=self.seq))
+                await session.send_client_content(
+                    turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
+                )
 
 
-def describe_server_message(msg: types.LiveServerMessage) -> list[tuple[str, dict[str, Any]]]:
+def describe_server_message(msg: types.LiveServerMessage) -> list[tuple[ServerMsg, dict[str, Any]]]:
     """Split one server message into (kind, fields) pairs for events; unknown content is kept by name."""
-    out: list[tuple[str, dict[str, Any]]] = []
+    out: list[tuple[ServerMsg, dict[str, Any]]] = []
     if msg.setup_complete is not None:
-        out.append(("setup_complete", {}))
+        out.append((ServerMsg.SETUP_COMPLETE, {}))
     sc = msg.server_content
     if sc is not None:
         if sc.model_turn and sc.model_turn.parts:
             for part in sc.model_turn.parts:
                 if part.inline_data and part.inline_data.data:
-                    out.append(("model_audio", {"n_bytes": len(part.inline_data.data),
+                    out.append((ServerMsg.MODEL_AUDIO, {"n_bytes": len(part.inline_data.data),
                                                 "n_samples": len(part.inline_data.data) // 2}))
                 elif part.text:
-                    out.append(("model_text", {"text": part.text}))
+                    out.append((ServerMsg.MODEL_TEXT, {"text": part.text}))
         if sc.input_transcription and sc.input_transcription.text:
-            out.append(("input_transcription", {"text": sc.input_transcription.text}))
+            out.append((ServerMsg.INPUT_TRANSCRIPTION, {"text": sc.input_transcription.text}))
         if sc.output_transcription and sc.output_transcription.text:
-            out.append(("output_transcription", {"text": sc.output_transcription.text}))
+            out.append((ServerMsg.OUTPUT_TRANSCRIPTION, {"text": sc.output_transcription.text}))
         if sc.interrupted:
-            out.append(("interrupted", {}))
+            out.append((ServerMsg.INTERRUPTED, {}))
         if sc.generation_complete:
-            out.append(("generation_complete", {}))
+            out.append((ServerMsg.GENERATION_COMPLETE, {}))
         if sc.turn_complete:
-            out.append(("turn_complete", {}))
+            out.append((ServerMsg.TURN_COMPLETE, {}))
     if msg.tool_call is not None:
         names = ",".join(fc.name or "?" for fc in msg.tool_call.function_calls or [])
-        out.append(("tool_call", {"detail": names}))
+        out.append((ServerMsg.TOOL_CALL, {"detail": names}))
     if msg.tool_call_cancellation is not None:
-        out.append(("tool_call_cancellation", {}))
+        out.append((ServerMsg.TOOL_CALL_CANCELLATION, {}))
     if msg.go_away is not None:
-        out.append(("go_away", {"detail": str(msg.go_away.time_left)}))
+        out.append((ServerMsg.GO_AWAY, {"detail": str(msg.go_away.time_left)}))
     if msg.session_resumption_update is not None:
         u = msg.session_resumption_update
-        out.append(("session_resumption_update", {"detail": f"resumable={u.resumable} handle={u.new_handle}"}))
+        out.append((ServerMsg.SESSION_RESUMPTION_UPDATE, {"detail": f"resumable={u.resumable} handle={u.new_handle}"}))
     if msg.usage_metadata is not None:
-        out.append(("usage_metadata", {}))
+        out.append((ServerMsg.USAGE_METADATA, {}))
     if not out:
         fields = sorted(k for k, v in msg.model_dump(exclude_none=True).items() if v not in ({}, []))
-        out.append(("unknown", {"detail": ",".join(fields) or "empty"}))
+        out.append((ServerMsg.UNKNOWN, {"detail": ",".join(fields) or "empty"}))
     return out
 
 
@@ -384,7 +372,7 @@ def incoming(msg: types.LiveServerMessage) -> list[Incoming]:
 
 
 def server_events(msg: types.LiveServerMessage, t: float) -> list[Server]:
-    return [Server(t=t, msg=kind, stage="app", **fields) for kind, fields in describe_server_message(msg)]
+    return [Server(t=t, msg=kind, stage=Stage.APP, **fields) for kind, fields in describe_server_message(msg)]
 
 
 async def receive_forever(session: Any, on_message: Callable[[types.LiveServerMessage], None]) -> None:

@@ -3,13 +3,13 @@
 aiortc gives every ``RTCRtpReceiver`` a thread that decodes complete encoded frames (built for
 video, where a decode takes milliseconds) and hands each decoded frame back to the loop with
 ``run_coroutine_threadsafe``: per 20 ms audio frame a thread wake-up, a GIL hand-over, a wake-up
-of the loop and a task.  An Opus frame decodes in ~50 µs, less than that round trip costs: with
-ten sessions in one process, decoding on the loop takes aiortc's receive path from ~2.3 % to
-~1.5 % of a core per session, and the loop no longer waits on ten threads for the GIL
-(``bench/BENCHMARKS.md``, "Per-session CPU of the whole live path").
+of the loop and a task.  An Opus frame decodes in less time than that round trip costs, so decoding
+on the loop makes aiortc's receive path cheaper per session, and the loop no longer waits on one
+thread per receiver for the GIL (the figures: ``bench/BENCHMARKS.md``, "Per-session CPU, the earlier
+run", the two "receive only" rows).
 
 Opus is decoded straight to mono (libopus downmixes a stereo stream in C; aiortc asks it for stereo,
-which the bridge then averaged back in numpy): ~40 µs a frame instead of ~60 µs + ~12 µs.
+which the bridge then averaged back in numpy): one decode, no numpy pass per frame.
 
 A consumer on the same loop can take the frames straight from the decoder (``LoopDecoder.sink``,
 what ``workbench.io.ingest`` does): no hop through the track's queue and no task wake-up per frame.

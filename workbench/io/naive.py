@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from google.genai import types
 
+from workbench.core.events import ClientMsg
 from workbench.core.params import TurnParams
-from workbench.core.pcm import level_dbfs
+from workbench.core.pcm import SENT_RATE, level_dbfs
 from workbench.core.sender import Outgoing
 from workbench.core.turns import Decision, DecisionKind
 from workbench.io.live import Writer, WriterItem
@@ -60,7 +61,7 @@ class FrameCountDetector:
     report's VAD has no notion of the track ending.
     """
 
-    def __init__(self, params: TurnParams, rate: int = 16_000) -> None:
+    def __init__(self, params: TurnParams, rate: int = SENT_RATE) -> None:
         self.params = params
         self.rate = rate
         self.turn_open = False
@@ -122,7 +123,7 @@ class TwoTaskWriter(Writer):
         self.audio_queue: asyncio.Queue[tuple[int, WriterItem] | None] = asyncio.Queue()
 
     def put(self, item: WriterItem) -> None:
-        if isinstance(item, Outgoing) and item.msg == "audio":
+        if isinstance(item, Outgoing) and item.msg == ClientMsg.AUDIO:
             self.audio_queue.put_nowait((self.gen, item))
         else:
             super().put(item)
@@ -139,4 +140,4 @@ class TwoTaskWriter(Writer):
             gen, item = entry
             await self._write(gen, item)
             assert isinstance(item, Outgoing) and item.audio is not None
-            await asyncio.sleep(item.audio.size / 16_000)  # "stream at real time", as audio loops often do
+            await asyncio.sleep(item.audio.size / SENT_RATE)  # "stream at real time", as audio loops often do

@@ -56,14 +56,14 @@ import soxr
 from aiortc.mediastreams import MediaStreamTrack
 
 from workbench.core.events import Error, Event, Frame, FrameGap, LoopLag, Sent, SessionMark, Vad, Ws
-from workbench.core.pcm import level_dbfs
+from workbench.core.pcm import MIC_RATE, SENT_RATE, level_dbfs
 from workbench.core.pipeline import GAP_S
 from workbench.core.resample import Resampler
 from workbench.io.eventloop import running_loop_name
 from workbench.io.live import server_events
 from workbench.io.webrtc import mono_int16
 from workbench.io.wiretap import tapped_connection
-from workbench.store.recording import MIC_RATE, SENT_RATE, Recorder
+from workbench.store.recording import Recorder
 
 __all__ = ["Tap", "TapError", "TappedSession", "TappedTrack"]
 

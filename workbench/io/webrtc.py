@@ -1,4 +1,4 @@
-"""The WebRTC I/O shell: frame helpers, a file-playing microphone track, a loopback link, media time.
+"""The WebRTC I/O shell: frame helpers and a loopback link (the tracks themselves are in ``media.py``).
 
 Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes it through
 ``workbench.io.ingest``.  Facts this module is built on (aiortc 1.16, measured on loopback):
@@ -8,7 +8,7 @@ Every microphone source is an aiortc ``MediaStreamTrack``; the bridge consumes i
 - The receiver's jitter buffer (prefetch 4) holds the newest ~80 ms until 4 later packets arrive.
   When a sender stops in silence (Opus DTX, ``replaceTrack(null)``) that speech tail arrives only
   when the next burst starts, with its old pts.  The browser cannot be changed, so the bridge must
-  judge a frame by ``pts_s`` (media time), not by arrival time (``MediaClock``); the receiver can
+  judge a frame by ``pts_s`` (media time), not by arrival time (``pipeline.MicPipeline``); the receiver can
   be changed: ``set_jitter_prefetch(receiver, 1)`` shrinks the held tail to one frame, and
   ``workbench.io.ingest`` releases it when packets stop (``LoopDecoder.release``).
 - aiortc's Opus encoder (libopus via FFmpeg) labels the first packet after a sender gap with the
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fractions
-import time
 from dataclasses import dataclass, field
 
 import aioice.ice
@@ -31,20 +30,19 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
+from workbench.core.pcm import MIC_RATE
 from workbench.io.loopdecode import HoldingJitterBuffer, decode_audio_on_loop
 
-RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what browsers and aiortc packetise
-FRAME_S = FRAME_SAMPLES / RATE
-TIME_BASE = fractions.Fraction(1, RATE)
+FRAME_S = FRAME_SAMPLES / MIC_RATE
 CONNECT_TIMEOUT_S = 10.0
 
 # -- frames ------------------------------------------------------------------
 
 
-def mono_frame(samples: np.ndarray, pts: int, rate: int = RATE) -> av.AudioFrame:
+def mono_frame(samples: np.ndarray, pts: int, rate: int = MIC_RATE) -> av.AudioFrame:
     """An s16 mono ``AudioFrame`` of int16 ``samples`` with ``pts`` in 1/``rate`` units."""
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.int16).reshape(1, -1),
                                        format="s16", layout="mono")
@@ -56,8 +54,8 @@ def mono_frame(samples: np.ndarray, pts: int, rate: int = RATE) -> av.AudioFrame
 
 def to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Mono int16 samples of a 48 kHz frame: channels averaged (aiortc decodes Opus as packed stereo)."""
-    if frame.sample_rate != RATE:
-        raise ValueError(f"expected a {RATE} Hz frame, got {frame.sample_rate} Hz")
+    if frame.sample_rate != MIC_RATE:
+        raise ValueError(f"expected a {MIC_RATE} Hz frame, got {frame.sample_rate} Hz")
     return mono_int16(frame)
 
 
@@ -80,94 +78,6 @@ def mono_int16(frame: av.AudioFrame) -> np.ndarray:
     if channels == 1:
         return x[:, 0].astype(np.int16, copy=True)
     return (x.astype(np.int32).sum(axis=1) // channels).astype(np.int16)
-
-
-# -- the file-playing microphone ----------------------------------------------
-
-
-class FilePlayerTrack(MediaStreamTrack):
-    """Plays mono int16 48 kHz audio as 20 ms frames at real-time pace, like a microphone.
-
-    Frame ``i`` is due ``i * 20 ms`` after the first ``recv()`` (scheduled against that start, so
-    the pace never drifts).  With ``dtx`` an all-zero frame is not returned at all: ``recv()``
-    sleeps to the next non-silent frame's due time, so the RTP sender goes quiet exactly like Opus
-    DTX or a muted browser track.  ``tail_s`` of digital silence is played after the audio (and
-    skipped, but waited for, under ``dtx``) before the track ends with ``MediaStreamError``.
-    """
-
-    kind = "audio"
-
-    def __init__(self, samples: np.ndarray, *, dtx: bool = False, tail_s: float = 0.0) -> None:
-        super().__init__()
-        audio = np.asarray(samples)
-        if audio.ndim != 1 or audio.dtype != np.int16:
-            raise ValueError(f"FilePlayerTrack wants mono int16 samples, got {audio.dtype} shape {audio.shape}")
-        if tail_s < 0:
-            raise ValueError(f"tail_s must be >= 0, got {tail_s}")
-        self.dtx = dtx
-        self.tail_s = tail_s
-        self._audio = audio
-        self._audio_frames = -(-audio.size // FRAME_SAMPLES)
-        self.n_frames = self._audio_frames + int(round(tail_s / FRAME_S))
-        whole = audio.size // FRAME_SAMPLES
-        silent = ~audio[: whole * FRAME_SAMPLES].reshape(whole, FRAME_SAMPLES).any(axis=1)
-        if whole < self._audio_frames:
-            silent = np.append(silent, not audio[whole * FRAME_SAMPLES :].any())
-        self._sounding = np.flatnonzero(~silent)  # frame indices that carry a non-zero sample
-        self._next = 0  # index of the next frame to hand out (or skip)
-        self.t_start: float | None = None  # time.monotonic() at which frame 0 was due
-        self.frames_sent = 0
-        self.done = asyncio.Event()
-
-    @property
-    def position_s(self) -> float:
-        """Media time handed out (or skipped in silence) so far."""
-        return min(self._next, self.n_frames) * FRAME_S
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_frames * FRAME_S
-
-    def due(self, pts_s: float) -> float:
-        """``time.monotonic()`` at which the frame at media time ``pts_s`` was (or will be) handed out."""
-        if self.t_start is None:
-            raise RuntimeError("the track has not started playing")
-        return self.t_start + pts_s
-
-    def stop(self) -> None:
-        super().stop()
-        self.done.set()
-
-    def _frame_samples(self, i: int) -> np.ndarray:
-        if i >= self._audio_frames:
-            return np.zeros(FRAME_SAMPLES, np.int16)
-        chunk = self._audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-        return chunk if chunk.size == FRAME_SAMPLES else np.pad(chunk, (0, FRAME_SAMPLES - chunk.size))
-
-    def _next_index(self) -> int:
-        """The next frame to hand out; under DTX the next sounding one (``n_frames`` if none is left)."""
-        if not self.dtx:
-            return self._next
-        k = int(np.searchsorted(self._sounding, self._next))
-        return int(self._sounding[k]) if k < self._sounding.size else self.n_frames
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.t_start is None:
-            self.t_start = time.monotonic()
-        i = self._next_index()
-        # Sleep to the frame's due time; at the end, to the end of the tail, so a DTX session runs on.
-        wait = self.t_start + min(i, self.n_frames) * FRAME_S - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if i >= self.n_frames:
-            self._next = self.n_frames
-            self.stop()
-            raise MediaStreamError
-        self._next = i + 1
-        self.frames_sent += 1
-        return mono_frame(self._frame_samples(i), i * FRAME_SAMPLES)
 
 
 # -- loopback link --------------------------------------------------------------
@@ -232,8 +142,8 @@ async def _connected(pc: RTCPeerConnection) -> None:
 def set_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
     """Replace an audio receiver's jitter buffer by one that holds ``prefetch`` frames (aiortc: 4).
 
-    The receive-side fix for stale speech tails: with 1 the steady delay drops from ~82 to ~22 ms
-    and only the last 20 ms of a burst wait for the next one; the price is no reordering
+    The receive-side fix for stale speech tails: with 1 the steady delay drops from four frames
+    (~80 ms) to one (~20 ms) and only the last 20 ms of a burst wait for the next one; the price is no reordering
     tolerance, which loopback and most audio paths do not need.  Call it before packets arrive.
     Uses aiortc's private attribute (checked, so an aiortc upgrade fails loudly, not silently).
     """
@@ -314,29 +224,3 @@ async def loopback(
     else:
         track.on("ended", _ended)
     return link
-
-
-# -- media time --------------------------------------------------------------
-
-
-class MediaClock:
-    """Judges frames by media time: how late each one is against the least-late frame seen so far.
-
-    Sans-I/O.  ``late_s`` is ~0 on a steady link whatever its fixed delay; a tail the jitter buffer
-    released after a sender gap shows about the gap's length, a stall after a lost packet its
-    duration.  The bridge can drop, or place by ``pts_s``, frames later than ``stale_after_s``.
-    Sender/receiver clock drift (tens of ppm) slowly biases it; that is ms over a session.
-    """
-
-    def __init__(self, stale_after_s: float = 0.1) -> None:
-        self.stale_after_s = stale_after_s
-        self.offset: float | None = None  # session time of media time 0 on the fastest path seen
-
-    def late_s(self, t: float, pts_s: float) -> float:
-        d = t - pts_s
-        if self.offset is None or d < self.offset:
-            self.offset = d
-        return d - self.offset
-
-    def stale(self, t: float, pts_s: float) -> bool:
-        return self.late_s(t, pts_s) > self.stale_after_s

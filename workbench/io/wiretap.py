@@ -16,56 +16,56 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 
-from workbench.core.events import Event, Sent, Server, Ws
+from workbench.core.events import ClientMsg, Event, Sent, Server, ServerMsg, Stage, Ws
 
 # Client message kinds, recognised by the first keys of the SDK's JSON (it writes them in this order).
 _CLIENT_KINDS = (
-    ('"activity_start"', "activity_start"),
-    ('"activityStart"', "activity_start"),
-    ('"activity_end"', "activity_end"),
-    ('"activityEnd"', "activity_end"),
-    ('"audio_stream_end"', "audio_stream_end"),
-    ('"audioStreamEnd"', "audio_stream_end"),
-    ('"audio"', "audio"),
-    ('"media_chunks"', "audio"),
-    ('"client_content"', "client_content"),
-    ('"clientContent"', "client_content"),
-    ('"tool_response"', "tool_response"),
-    ('"toolResponse"', "tool_response"),
-    ('"setup"', "setup"),
+    ('"activity_start"', ClientMsg.ACTIVITY_START),
+    ('"activityStart"', ClientMsg.ACTIVITY_START),
+    ('"activity_end"', ClientMsg.ACTIVITY_END),
+    ('"activityEnd"', ClientMsg.ACTIVITY_END),
+    ('"audio_stream_end"', ClientMsg.AUDIO_STREAM_END),
+    ('"audioStreamEnd"', ClientMsg.AUDIO_STREAM_END),
+    ('"audio"', ClientMsg.AUDIO),
+    ('"media_chunks"', ClientMsg.AUDIO),
+    ('"client_content"', ClientMsg.CLIENT_CONTENT),
+    ('"clientContent"', ClientMsg.CLIENT_CONTENT),
+    ('"tool_response"', ClientMsg.TOOL_RESPONSE),
+    ('"toolResponse"', ClientMsg.TOOL_RESPONSE),
+    ('"setup"', ClientMsg.SETUP),
 )
 _SERVER_KINDS = (
-    ("toolCallCancellation", "tool_call_cancellation"),
-    ("toolCall", "tool_call"),
-    ("goAway", "go_away"),
-    ("sessionResumptionUpdate", "session_resumption_update"),
-    ("setupComplete", "setup_complete"),
-    ("turnComplete", "turn_complete"),
-    ("generationComplete", "generation_complete"),
-    ("interrupted", "interrupted"),
-    ("inlineData", "model_audio"),
-    ("outputTranscription", "output_transcription"),
-    ("inputTranscription", "input_transcription"),
-    ("usageMetadata", "usage_metadata"),
-    ("serverContent", "server_content"),
+    ("toolCallCancellation", ServerMsg.TOOL_CALL_CANCELLATION),
+    ("toolCall", ServerMsg.TOOL_CALL),
+    ("goAway", ServerMsg.GO_AWAY),
+    ("sessionResumptionUpdate", ServerMsg.SESSION_RESUMPTION_UPDATE),
+    ("setupComplete", ServerMsg.SETUP_COMPLETE),
+    ("turnComplete", ServerMsg.TURN_COMPLETE),
+    ("generationComplete", ServerMsg.GENERATION_COMPLETE),
+    ("interrupted", ServerMsg.INTERRUPTED),
+    ("inlineData", ServerMsg.MODEL_AUDIO),
+    ("outputTranscription", ServerMsg.OUTPUT_TRANSCRIPTION),
+    ("inputTranscription", ServerMsg.INPUT_TRANSCRIPTION),
+    ("usageMetadata", ServerMsg.USAGE_METADATA),
+    ("serverContent", ServerMsg.SERVER_CONTENT),
 )
 
 
-def classify_client(text: str) -> str:
+def classify_client(text: str) -> ClientMsg:
     head = text[:80]
     for needle, kind in _CLIENT_KINDS:
         if needle in head:
             return kind
-    return "unknown"
+    return ClientMsg.UNKNOWN
 
 
-def classify_server(data: bytes) -> str:
+def classify_server(data: bytes) -> ServerMsg:
     """Name a server frame by the most specific key it carries (a cheap scan, no JSON parse)."""
     head = data[:400].decode("utf-8", "replace")
     for needle, kind in _SERVER_KINDS:
         if needle in head:
             return kind
-    return "unknown"
+    return ServerMsg.UNKNOWN
 
 
 def close_side(protocol: Any) -> str:
@@ -108,7 +108,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float],
             # so by now the frame is in the kernel's hands, in call order.
             TappedConnection._seq += 1
             s = message if isinstance(message, str) else bytes(message).decode("utf-8", "replace")
-            emit(Sent(t=clock(), msg=classify_client(s), n_bytes=len(message), seq=self._seq, stage="wire"))
+            emit(Sent(t=clock(), msg=classify_client(s), n_bytes=len(message), seq=self._seq, stage=Stage.WIRE))
 
         def process_event(self, event: Any) -> None:
             if not isinstance(event, Frame):
@@ -117,7 +117,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float],
             now = clock()
             if event.opcode in (Opcode.TEXT, Opcode.BINARY):
                 data = bytes(event.data)
-                emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage="wire"))
+                emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage=Stage.WIRE))
             elif event.opcode is Opcode.PING:
                 emit(Ws(t=now, what="server_ping", conn=self.conn))
             elif event.opcode is Opcode.CLOSE:

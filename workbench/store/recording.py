@@ -8,7 +8,7 @@ Layout of a recording directory:
 - ``events.jsonl``: one event per line (``workbench.core.events``), appended as it happens and handed to
   the OS every ``EVENT_FLUSH_S`` (a failure's events at once).
 - ``mic.flac``: the microphone as received (48 kHz mono), placed by media time, so that
-  sample ``i`` is at session time ``mic_start_t + i / 48000``; frame gaps are zero-filled.
+  sample ``i`` is at session time ``mic_start_t + i / MIC_RATE``; frame gaps are zero-filled.
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
@@ -35,15 +35,15 @@ import pandas as pd
 import soundfile as sf
 
 from workbench.core.events import Event, from_dict
+from workbench.core.pcm import MIC_RATE, MODEL_RATE, SENT_RATE
 
-MIC_RATE = 48_000
-SENT_RATE = 16_000
-MODEL_RATE = 24_000
 AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), "model": ("model.flac", MODEL_RATE)}
 # A gap longer than this in the mic's media time is not zero-filled in full (a stalled sender
 # could otherwise make the file grow without bound); the frame events still show the real gap.
 MAX_FILL_S = 120.0
-AUDIO_BLOCK = 8192  # samples gathered per FLAC write (a write per 20 ms frame costs libsndfile ~3x the CPU)
+# Samples gathered per FLAC write: libsndfile encodes a 20 ms frame per write for about twice the CPU
+# (bench/BENCHMARKS.md, "Costs behind the code's choices").
+AUDIO_BLOCK = 8192
 # Events reach the OS at least this often (a write per event costs a system call, ~100 a second a session);
 # these kinds at once, so the evidence of a failure is on disk even if the process dies right after it.
 EVENT_FLUSH_S = 0.1
@@ -58,7 +58,8 @@ def _plain(value: Any) -> Any:
 
 
 def _event_line(event: Event) -> bytes:
-    # orjson: ~0.3 µs an event where json's encoder takes ~3.5; ~100 events a second a session
+    # orjson: an order of magnitude cheaper an event than json's encoder, at ~100 events a second a session
+    # (bench/BENCHMARKS.md, "Costs behind the code's choices")
     return orjson.dumps(event.to_dict(), default=_plain) + b"\n"
 
 
@@ -68,7 +69,8 @@ class RecordingError(Exception):
 
 @functools.cache
 def _versions() -> tuple[tuple[str, str], ...]:
-    # importlib.metadata parses each package's METADATA: ~45 ms, which would stall the loop at every session start
+    # importlib.metadata parses each package's METADATA (milliseconds a package, bench/BENCHMARKS.md, "Costs behind
+    # the code's choices"): once per process, so the loop does not stall at every session start
     out = {}
     for name in ("workbench", "google-genai", "websockets", "aiortc", "av", "soxr", "numpy", "webrtcvad-wheels"):
         try:
@@ -86,13 +88,13 @@ def package_versions() -> dict[str, str]:
 class _FlacStream:
     """An append-only FLAC file that a killed process leaves readable up to its last whole block.
 
-    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole:
-    its FLAC encoder costs ~37 µs per 20 ms frame written one at a time and ~13 µs written 8192
-    samples at a time.  The encode runs on the caller's thread (the event loop): ~0.1-0.3 ms per
-    block, a few times a second; a thread of its own cost more CPU in hand-overs than it saved
-    the loop (``bench/BENCHMARKS.md``).  libsndfile hands each encoded FLAC block to the OS at
-    once, so after a SIGKILL the file holds everything but the block being gathered and the one
-    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
+    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole: its
+    FLAC encoder costs about half as much per frame fed that way as one 20 ms frame at a time
+    (``bench/BENCHMARKS.md``, "Costs behind the code's choices").  The encode runs on the caller's
+    thread (the event loop), a block a few times a second; a thread of its own cost more CPU in
+    hand-overs than it saved the loop.  libsndfile hands each encoded FLAC block to the OS at once,
+    so after a SIGKILL the file holds everything but the block being gathered and the one being
+    encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
     loader does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event
     loop and guards against power loss, not a crash.
     """

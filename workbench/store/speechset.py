@@ -40,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-RATE = 16000
+from workbench.core.pcm import SENT_RATE
+
+RATE = SENT_RATE  # the set is kept at the rate the detector runs at
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 PAUSE_KINDS = ("hesitation", "boundary")

@@ -17,7 +17,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-RATE = 48_000
+from workbench.core.pcm import MIC_RATE
+
+RATE = MIC_RATE  # the bundled track plays as a microphone
 ANSWERS = [
     ["Thanks, happy to be here.", "I have five years of experience with real time audio."],
     ["At my last job I built a streaming pipeline.", "It carried voice calls from the browser to our servers."],

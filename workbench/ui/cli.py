@@ -160,11 +160,11 @@ def _params(args: argparse.Namespace):
 
 
 def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default: bool) -> int:
-    from workbench.core.pcm import to_int16
+    from workbench.core.pcm import MIC_RATE, to_int16
     from workbench.store.audiofile import load_mono
 
     params = _params(args)
-    audio = to_int16(load_mono(audio_path, 48_000))
+    audio = to_int16(load_mono(audio_path, MIC_RATE))
 
     from workbench.analysis.tables import format_turn_table, turn_table
     from workbench.io import bridge, live
@@ -218,7 +218,7 @@ def _session(args: argparse.Namespace, audio_path: Path, name: str, dtx_default:
             say("emulator saw no protocol violation")
         return result
 
-    say(f"{audio_path}: {audio.size / 48_000:.1f} s of audio; params {params.to_dict()}")
+    say(f"{audio_path}: {audio.size / MIC_RATE:.1f} s of audio; params {params.to_dict()}")
     from workbench.io import eventloop
 
     result = eventloop.run(go())

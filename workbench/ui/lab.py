@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from workbench.core.params import TurnParams
+from workbench.core.pcm import MIC_RATE
 from workbench.emulator import Emulator, EmulatorConfig, parse_fault
 from workbench.io import bridge, live
-from workbench.store.recording import MIC_RATE, Recording, load
+from workbench.store.recording import Recording, load
 
 # The real bridge's recovery bounds in the lab (tests/test_recovery.py's): shorter than the defaults (watchdog 5 s,
 # heard 20 s, dead connection 8 s) so that a server that never answers is given up on within ~15 s.

@@ -16,6 +16,7 @@ import pandas as pd
 
 from workbench.analysis.replay import Turn, vad_events_to_turns
 from workbench.core.params import TurnParams
+from workbench.core.pcm import MIC_RATE
 from workbench.store.recording import Recording, load
 from workbench.ui.cli import BUNDLED
 
@@ -51,9 +52,9 @@ async def session(audio: str | Path = BUNDLED, *, seconds: float | None = None, 
     if seconds is not None and seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds:g}")
     gemini = bool(os.environ.get("GEMINI_API_KEY")) if use_gemini is None else use_gemini
-    samples = to_int16(load_mono(Path(audio), 48_000))
+    samples = to_int16(load_mono(Path(audio), MIC_RATE))
     if seconds is not None:
-        samples = samples[: int(round(seconds * 48_000))]
+        samples = samples[: int(round(seconds * MIC_RATE))]
     if out_dir is None:
         out_dir = Path(recordings_dir or RECORDINGS_DIR) / f"{PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
     settings = live.LiveSettings(base_url=None)

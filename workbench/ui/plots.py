@@ -23,6 +23,7 @@ import numpy as np
 
 from workbench.analysis.export import detector_turns, recorded_params
 from workbench.core.params import TurnParams
+from workbench.core.pcm import MIC_RATE, MODEL_RATE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,7 +112,7 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 class TimelinePlot:
     """A persistent timeline: the tuning panel keeps the waveform and redraws only turns and thresholds."""
 
-    def __init__(self, rec: Recording | None = None, *, mic: np.ndarray | None = None, mic_rate: int = 48_000,
+    def __init__(self, rec: Recording | None = None, *, mic: np.ndarray | None = None, mic_rate: int = MIC_RATE,
                  mic_start_t: float = 0.0, t_range: tuple[float, float] | None = None,
                  replay_turns: Sequence[Turn] | None = None, replay_offset_s: float | None = None,
                  params: TurnParams | None = None, fig: Figure | None = None, width_in: float = 14.0,
@@ -685,7 +686,7 @@ class TimelinePlot:
         return "stall" if media < 0.5 * (g1 - g0) else "dtx"
 
     @staticmethod
-    def _audio_spans(audio: pd.DataFrame, rate: int = 24_000, join_s: float = 0.3) -> list[tuple[float, float]]:
+    def _audio_spans(audio: pd.DataFrame, rate: int = MODEL_RATE, join_s: float = 0.3) -> list[tuple[float, float]]:
         """Model audio chunks merged into spans: a chunk plays for n_samples / 24 kHz after it arrives."""
         n = _col(audio, "n_samples").fillna(0).to_numpy(float)
         nb = _col(audio, "n_bytes").fillna(0).to_numpy(float)
@@ -779,7 +780,7 @@ def _close_labels(ws: pd.DataFrame) -> tuple[list[float], list[str]]:
 
 def timeline(rec: Recording | None = None, *, t_range: tuple[float, float] | None = None,
              replay_turns: Sequence[Turn] | None = None, params: TurnParams | None = None, ax: Any = None,
-             mic: np.ndarray | None = None, mic_rate: int = 48_000, mic_start_t: float = 0.0,
+             mic: np.ndarray | None = None, mic_rate: int = MIC_RATE, mic_start_t: float = 0.0,
              replay_offset_s: float | None = None, title: str | None = None) -> Figure:
     """The session timeline as one matplotlib Figure (panels share the x axis, seconds).
 

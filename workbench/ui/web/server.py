@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import html
 import ipaddress
 import json
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,134 +26,19 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from workbench.core.events import Event
 from workbench.core.params import TurnParams
 from workbench.io import bridge, live
-from workbench.io.loopdecode import decode_audio_on_loop, relay
-from workbench.io.webrtc import FRAME_S, FRAME_SAMPLES, RATE, _config, mono_frame, patch_aioice_loopback
+from workbench.io.loopdecode import decode_audio_on_loop
+from workbench.io.media import HangupTrack, ModelAudioTrack
+from workbench.io.webrtc import _config, patch_aioice_loopback
 
 WEB = Path(__file__).resolve().parent
-MODEL_RATE = 24_000
 # Events the page does not need (one per 20 ms frame, or per 100 ms sample).
 QUIET_KINDS = ("frame", "loop_lag")
 OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
-
-
-# -- the model's voice, back to the browser --------------------------------------------------------
-
-
-class ModelAudioTrack(MediaStreamTrack):
-    """Plays the model's 24 kHz audio as 48 kHz 20 ms frames at real-time pace; silence when idle.
-
-    The emulator (and Gemini) send audio faster than real time, so chunks queue here.  ``clear``
-    drops what is queued and what the resampler holds (the answer was interrupted): the next frame
-    aiortc's sender takes is silence, so the browser stops hearing the old answer one frame (20 ms)
-    after the message, plus the network and its jitter buffer (``bench/BENCHMARKS.md``, "Barge-in").
-    The sender keeps no queue of its own: it asks for a frame, encodes and sends it.
-    """
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        import soxr
-
-        self._soxr = soxr
-        self._resampler = soxr.ResampleStream(MODEL_RATE, RATE, 1, dtype="int16")
-        self._queued: deque[np.ndarray] = deque()
-        self._n_queued = 0
-        self._t_start: float | None = None
-        self._index = 0
-
-    def push(self, samples24k: np.ndarray) -> None:
-        out = self._resampler.resample_chunk(np.asarray(samples24k, dtype=np.int16))
-        if out.size:
-            self._queued.append(out)
-            self._n_queued += out.size
-
-    def clear(self) -> None:
-        self._queued.clear()
-        self._n_queued = 0
-        self._resampler = self._soxr.ResampleStream(MODEL_RATE, RATE, 1, dtype="int16")
-
-    def _take(self, n: int) -> np.ndarray:
-        out = np.zeros(n, np.int16)
-        filled = 0
-        while filled < n and self._queued:
-            head = self._queued[0]
-            k = min(n - filled, head.size)
-            out[filled : filled + k] = head[:k]
-            filled += k
-            if k == head.size:
-                self._queued.popleft()
-            else:
-                self._queued[0] = head[k:]
-        self._n_queued -= filled
-        return out
-
-    async def recv(self):  # noqa: ANN201 (av.AudioFrame)
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._t_start is None:
-            self._t_start = time.monotonic()
-        wait = self._t_start + self._index * FRAME_S - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        frame = mono_frame(self._take(FRAME_SAMPLES), self._index * FRAME_SAMPLES)
-        frame.time_base = fractions.Fraction(1, RATE)
-        self._index += 1
-        return frame
-
-
-# -- the browser's microphone, ended by a hang-up ---------------------------------------------------
-
-
-class HangupTrack(MediaStreamTrack):
-    """The browser's track until ``hangup()``: then it ends, so the bridge finishes the session
-    (and waits for the last answer) while the peer connection, and the agent's voice, stay up."""
-
-    kind = "audio"
-
-    def __init__(self, remote: MediaStreamTrack) -> None:
-        super().__init__()
-        self.remote = remote
-        self._hung_up = asyncio.Event()
-        self._pending: asyncio.Task[Any] | None = None
-        # ingest takes the frames straight from the remote's loop decoder and awaits recv() here only for the
-        # end (hang-up or the browser gone): no tasks and asyncio.wait per frame, as bench_load measures the path.
-        relay(self, remote)
-
-    def hangup(self) -> None:
-        self._hung_up.set()
-
-    async def recv(self):  # noqa: ANN201
-        if self._hung_up.is_set():
-            raise MediaStreamError
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self.remote.recv())
-            self._pending.add_done_callback(_retrieve)
-        stop = asyncio.ensure_future(self._hung_up.wait())
-        try:
-            await asyncio.wait({self._pending, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not self._pending.done():
-            raise MediaStreamError
-        pending, self._pending = self._pending, None
-        return pending.result()  # MediaStreamError when the browser went away
-
-    def stop(self) -> None:
-        super().stop()
-        if self._pending is not None:
-            self._pending.cancel()
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # A recv() left pending at hang-up must not log "exception never retrieved".
-    if not task.cancelled():
-        task.exception()
 
 
 # -- observing a session --------------------------------------------------------------------------
