@@ -47,7 +47,7 @@ class CachedModel(MemoEndModel):
         # detect_file ticks every 10 ms and each tick looks at a pending score once: ready after infer_ms.
         self.polls = max(0, int(np.ceil(infer_ms / TICK_MS)) - 1)
 
-    def submit(self, audio: np.ndarray) -> ReadyAfter:
+    def submit(self, audio: np.ndarray, turn: int = 0) -> ReadyAfter:
         return ReadyAfter(self.probability(audio), self.polls)
 
 

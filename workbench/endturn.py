@@ -18,11 +18,17 @@ reflect padding), power spectrum, 80 Slaney-normalised mel filters on the Slaney
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import importlib.util
+import math
 import os
+import threading
 import time
+from collections import Counter, deque
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +37,7 @@ WINDOW_S = 8.0  # the model reads the turn's last 8 s, zero-padded at the front 
 N_FFT = 400
 HOP = 160
 N_MELS = 80
+_WINDOW_N = int(WINDOW_S * RATE)
 SMART_TURN_ENV = "WORKBENCH_SMART_TURN_ONNX"
 SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"
 END_MODEL_NAMES = ("none", "smart-turn")
@@ -139,6 +146,14 @@ class SmartTurn:
         self.last_ms = (time.perf_counter() - t0) * 1000
         return float(np.asarray(out[0]).reshape(-1)[0])
 
+    def probabilities(self, audios: list[np.ndarray]) -> list[float]:
+        """Several turns at once: one onnxruntime run over a batch along axis 0 (every input is 8 s).
+
+        Measured on this 2-core CPU, one thread: ~20 % less CPU per score in a batch of 2-4 than one by one."""
+        feats = np.stack([log_mel(last_window(a)) for a in audios])
+        out = self._sess.run(None, {"input_features": feats})
+        return [float(v) for v in np.asarray(out[0]).reshape(len(audios), -1)[:, 0]]
+
 
 class MemoEndModel:
     """A model that scores identical audio once (offline replays of many settings share most windows)."""
@@ -160,27 +175,331 @@ class MemoEndModel:
         return p
 
 
-class ThreadedEndModel:
-    """Runs a model's ``probability`` on one worker thread: ``submit(audio)`` returns a Future.
+class ScoreState(enum.Enum):
+    """Where one score request is: queued -> running -> done, or dropped / ignored once stale."""
 
-    Why: one Smart Turn call is ~80-300 ms of CPU; on the event loop it would stall every session's
-    frames and pings for that long.  onnxruntime and numpy's FFT release the GIL, so the loop keeps
-    running while the thread scores.  The turn detector polls the Future on its clock (``turns.py``).
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # answered: ``result()`` holds the score
+    DROPPED = "dropped"  # went stale while queued: never scored
+    IGNORED = "ignored"  # went stale while the model ran: scored, the answer thrown away
+
+
+STALE_REASONS = ("speech", "ended", "superseded", "closed")  # speech resumed / turn ended / newer request / closed
+
+
+class PendingScore:
+    """One request to score a turn: which session and turn it is about, its audio, and its answer.
+
+    The turn detector holds it while the silence grows and looks at ``done()`` on its clock
+    (``turns.POLL_S``); ``cancel(reason)`` says it went stale (speech resumed, the turn ended).
+    ``wait`` is for callers off the event loop (tests, shutdown), never for the detector.
     """
 
-    def __init__(self, model: SmartTurn) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, owner: Any, session: str, turn: int, seq: int, audio: np.ndarray | None) -> None:
+        self.session, self.turn, self.seq = session, turn, seq
+        self.audio = audio
+        self.state = ScoreState.QUEUED
+        self.stale: str | None = None  # one of STALE_REASONS once stale
+        self._owner = owner
+        self._p = math.nan
+        self._error: str | None = None
+        self._settled = threading.Event()
 
-        self.model = model
-        self.name = model.name
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="end-model")
+    def __repr__(self) -> str:
+        return f"PendingScore({self.session!r}, turn={self.turn}, seq={self.seq}, {self.state.value})"
 
-    def submit(self, audio: np.ndarray):  # noqa: ANN201 - concurrent.futures.Future[float]
-        return self._pool.submit(self.model.probability, audio)
+    def done(self) -> bool:
+        return self.state is ScoreState.DONE
+
+    def result(self) -> float:
+        """The score (P(turn complete)); raises if not answered, or the model's one-line error."""
+        if self.state is not ScoreState.DONE:
+            raise RuntimeError(f"score {self.seq} of {self.session} is {self.state.value}, not done")
+        if self._error is not None:
+            raise RuntimeError(self._error)
+        return self._p
+
+    def cancel(self, reason: str = "ended") -> None:
+        self._owner.cancel(self, reason)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until answered, dropped or ignored; False on timeout."""
+        return self._settled.wait(timeout)
+
+
+class ScoreQueue:
+    """Sans-I/O core of the shared worker: many sessions' requests in, one at a time out to the model.
+
+    Rules: first come first served across sessions; at most one live request per session (a newer
+    one makes the older stale, ``superseded``: a detector holds one score at a time, so an older one
+    is about a silence that is over); a request cancelled while queued is dropped, never scored;
+    one cancelled while the model runs it is scored but its answer ignored (``IGNORED``, never
+    ``DONE``); every other request is answered exactly once.  Misuse (answering a request that is
+    not running) raises.  ``counts`` tallies submitted / answered / dropped / ignored and
+    ``stale_<reason>``.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[PendingScore] = deque()
+        self._live: dict[str, PendingScore] = {}
+        self._seq = 0
+        self.counts: Counter[str] = Counter()
+
+    def submit(self, session: str, turn: int, audio: np.ndarray, owner: Any = None) -> PendingScore:
+        old = self._live.get(session)
+        if old is not None:
+            self.cancel(old, "superseded")
+        self._seq += 1
+        req = PendingScore(self if owner is None else owner, session, turn, self._seq, audio)
+        self._queue.append(req)
+        self._live[session] = req
+        self.counts["submitted"] += 1
+        return req
+
+    def cancel(self, req: PendingScore, reason: str) -> None:
+        if reason not in STALE_REASONS:
+            raise ValueError(f"stale reason {reason!r} is not one of: {', '.join(STALE_REASONS)}")
+        if req.stale is not None or req.state not in (ScoreState.QUEUED, ScoreState.RUNNING):
+            return  # already stale, or already answered (the detector read it or will drop it itself)
+        req.stale = reason
+        self.counts[f"stale_{reason}"] += 1
+        if self._live.get(req.session) is req:
+            del self._live[req.session]
+        if req.state is ScoreState.QUEUED:
+            req.state, req.audio = ScoreState.DROPPED, None
+            self.counts["dropped"] += 1
+            req._settled.set()
+
+    def take(self, max_n: int = 1) -> list[PendingScore]:
+        """Up to ``max_n`` of the oldest live requests, now running (their audio is the model's input)."""
+        batch: list[PendingScore] = []
+        while self._queue and len(batch) < max_n:
+            req = self._queue.popleft()
+            if req.state is ScoreState.QUEUED:
+                req.state = ScoreState.RUNNING
+                batch.append(req)
+        return batch
+
+    def answer(self, req: PendingScore, p: float = math.nan, error: str | None = None) -> None:
+        """The model's answer (or one-line error) to a running request."""
+        if req.state is not ScoreState.RUNNING:
+            raise RuntimeError(f"{req!r} is not running; only a running request can be answered")
+        if self._live.get(req.session) is req:
+            del self._live[req.session]
+        req.audio = None
+        if req.stale is not None:
+            req.state = ScoreState.IGNORED
+            self.counts["ignored"] += 1
+        else:
+            req._p, req._error, req.state = float(p), error, ScoreState.DONE
+            self.counts["answered"] += 1
+        req._settled.set()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop every queued request (``closed``); a running one is ignored when it comes back."""
+        for req in list(self._queue):
+            self.cancel(req, "closed")
+        for req in list(self._live.values()):
+            self.cancel(req, "closed")
+        self._queue.clear()
 
+    @property
+    def waiting(self) -> int:
+        return sum(r.state is ScoreState.QUEUED for r in self._queue)
+
+
+class SessionEndModel:
+    """What one session's ``TurnDetector`` holds: ``submit(audio, turn)`` tags the request with the session."""
+
+    def __init__(self, worker: EndModelWorker, session: str) -> None:
+        self.worker, self.session, self.name = worker, session, worker.name
+
+    def submit(self, audio: np.ndarray, turn: int = 0) -> PendingScore:
+        return self.worker.submit(self.session, turn, audio)
+
+
+def _serve(conn: Any, name: str) -> None:
+    """The worker process: load the model, then score batches of 8 s windows (float32 bytes, one after another)
+    until EOF or an empty message; answers ``("ok", [p, ...])`` or ``("error", one line)``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    try:
+        model = make_end_model(name)
+        model.probability(np.zeros(RATE, np.float32))  # load and warm before the first real request
+    except Exception as exc:  # noqa: BLE001 - reported to the parent in one line
+        conn.send(("error", f"end model {name!r} failed to load: {exc}"))
+        return
+    conn.send(("ready", ""))
+    while True:
+        try:
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not msg:
+            return
+        try:
+            conn.send(("ok", model.probabilities(list(np.frombuffer(msg, np.float32).reshape(-1, _WINDOW_N)))))
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("error", f"end model {name!r} failed: {type(exc).__name__}: {exc}"))
+
+
+class EndModelWorker:
+    """One end-of-turn model for every session of a process, scored off the event loop, one request at a time.
+
+    Owned by whoever runs sessions (``bridge.run_session`` for a lone session, ``serve``, the bench),
+    handed to each session as ``session(name)``, closed when the runner ends (``close`` joins the
+    thread and the process: nothing is left behind).  Requests are queued by ``ScoreQueue`` (its
+    rules say what is stale); answers are applied by the turn detector on its clock, as before.
+
+    Why one shared worker in a separate process, by measurement (bench/BENCHMARKS.md, "End-of-turn
+    model and the event loop", 2 cores shared with other jobs): one Smart Turn call is ~24 ms of numpy
+    features and ~280 ms of onnxruntime on one thread.  A thread per session (the old
+    ``ThreadedEndModel``) ran up to 10 calls at once on 2 cores, each then took ~2 s, longer than the
+    1.7 s left before the cap, so nine in ten answers came too late and were thrown away while their CPU
+    was still spent; and the features hold the GIL in pieces of up to ~15 ms (loop lag p99 6-8 ms with
+    one thread doing nothing else, 18 ms with two).  onnxruntime itself releases the GIL, and a batch
+    along axis 0 costs as much as its calls one by one on this CPU (batch 2: 860 ms), so batching buys
+    nothing.  Hence one request at a time (the queue drops stale ones before they cost CPU), in a
+    child process (``process=True``, the default for a named model): the loop's process only slices
+    the audio and writes 512 KB to a pipe; the GIL is never shared.  ``process=False`` runs the same
+    queue on a thread (a model object that cannot be sent to a process: tests, stubs).
+    """
+
+    def __init__(self, model: str | Any = "smart-turn", *, process: bool | None = None, max_batch: int = 4,
+                 start_timeout_s: float = 60.0) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self._proc: Any = None
+        self._conn: Any = None
+        self._model: Any = None
+        if isinstance(model, str):
+            if model not in END_MODEL_NAMES or model == "none":
+                raise ValueError(f"unknown end model {model!r}; choose one of {', '.join(END_MODEL_NAMES[1:])}")
+            if model == "smart-turn" and smart_turn_path() is None:
+                SmartTurn()  # raises the one-line "needs the file" error here, not in the child
+            self.name = model
+            if process is False:
+                self._model = make_end_model(model)
+            else:
+                import multiprocessing
+
+                ctx = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+                self._conn, child = ctx.Pipe()
+                self._proc = ctx.Process(target=_serve, args=(child, model), name="end-model", daemon=True)
+                self._proc.start()
+                child.close()
+        else:
+            if process:
+                raise ValueError("a model object runs on a thread (process=False); name the model to run a process")
+            self._model = model
+            self.name = getattr(model, "name", type(model).__name__)
+        self._start_timeout_s = start_timeout_s
+        self._queue = ScoreQueue()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._sessions = 0
+        self._thread = threading.Thread(target=self._run, name="end-model", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> EndModelWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._queue.counts)
+
+    def session(self, name: str) -> SessionEndModel:
+        """A handle for one session's detector (names are made unique: two sessions may share one)."""
+        with self._cond:
+            self._sessions += 1
+            return SessionEndModel(self, f"{name}#{self._sessions}")
+
+    def submit(self, session: str, turn: int, audio: np.ndarray) -> PendingScore:
+        x = last_window(audio)  # what the model reads: a fixed 8 s, so requests batch along axis 0
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the end model worker is closed")
+            req = self._queue.submit(session, turn, x, owner=self)
+            self._cond.notify()
+        return req
+
+    def cancel(self, req: PendingScore, reason: str) -> None:
+        with self._cond:
+            self._queue.cancel(req, reason)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Drop what is queued, let the running call finish, stop the thread and the process (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._queue.close()
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._proc is not None:
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout_s)
+            self._conn.close()
+            self._proc = None
+
+    def _run(self) -> None:
+        broken = self._start() if self._proc is not None else None
+        while True:
+            with self._cond:
+                while not (batch := self._queue.take(self.max_batch)) and not self._closed:
+                    self._cond.wait()
+                if not batch:
+                    break
+                audios = [req.audio for req in batch]
+            if broken is not None:
+                ps, err = [math.nan] * len(batch), broken
+            else:
+                ps, err = self._score(audios)
+                if err is not None and self._proc is not None and not self._proc.is_alive():
+                    broken = err
+            with self._cond:
+                for req, p in zip(batch, ps, strict=True):
+                    self._queue.answer(req, p, err)
+        if self._proc is not None and broken is None:
+            with contextlib.suppress(OSError):
+                self._conn.send_bytes(b"")  # the child's signal to exit
+
+    def _start(self) -> str | None:
+        """Wait for the child to load the model; its one-line error, if any, answers every request."""
+        deadline = time.monotonic() + self._start_timeout_s
+        while not self._conn.poll(0.1):
+            if self._closed:
+                return "closed"
+            if time.monotonic() > deadline:
+                return f"end model {self.name!r} did not load within {self._start_timeout_s:g} s"
+        try:
+            kind, detail = self._conn.recv()
+        except (EOFError, OSError):
+            return f"end model {self.name!r} worker process exited while loading"
+        return detail if kind == "error" else None
+
+    def _score(self, audios: list[np.ndarray]) -> tuple[list[float], str | None]:
+        nan = [math.nan] * len(audios)
+        if self._proc is None:
+            try:
+                many = getattr(self._model, "probabilities", None)
+                ps = many(audios) if many is not None else [self._model.probability(a) for a in audios]
+                return [float(p) for p in ps], None
+            except Exception as exc:  # noqa: BLE001 - the detector raises it where it reads the score
+                return nan, f"end model {self.name!r} failed: {type(exc).__name__}: {exc}"
+        try:
+            self._conn.send_bytes(np.concatenate(audios).tobytes())
+            kind, v = self._conn.recv()
+        except (EOFError, OSError):
+            return nan, f"end model {self.name!r} worker process exited"
+        return ([float(p) for p in v], None) if kind == "ok" else (nan, str(v))
 
 class ReadyAfter:
     """A score that is ready at the ``polls + 1``-th ``done()``: a worker thread's latency, without its timing.

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench.endturn import make_end_model
 from workbench.turns import Decision, TurnDetector, TurnParams
 
 RATE = 16000
@@ -98,6 +99,8 @@ def detect_file(samples: np.ndarray, rate: int, params: TurnParams, frame_ms: fl
             chunk = x[i : i + n]
             yield (i + chunk.shape[0]) / RATE, i / RATE, chunk
 
+    if end_model is None:
+        end_model = make_end_model(params.end_model)
     out = _run(TurnDetector(params, RATE, end_model=end_model), frames(), tick_ms / 1000, dur)
     if decisions is not None:
         decisions.extend(out)
@@ -126,7 +129,8 @@ def detect_frames(frames: Iterable[tuple[Any, ...]], params: TurnParams, tick_ms
             else:
                 raise ValueError("frames must be (t_arrival, samples) or (t_arrival, t_media, samples)")
 
-    return _turns(_run(TurnDetector(params, RATE), norm(), tick_ms / 1000, end_t))
+    return _turns(_run(TurnDetector(params, RATE, end_model=make_end_model(params.end_model)), norm(), tick_ms / 1000,
+                       end_t))
 
 
 def turns_to_json(params: TurnParams, turns: list[Turn]) -> dict[str, Any]:
@@ -252,7 +256,7 @@ def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
 
     frames_df = rec.of_kind("frame")
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
-    pipe = MicPipeline(params, threaded_end_model=False)  # replay decides the same way every time
+    pipe = MicPipeline(params, end_model=make_end_model(params.end_model))  # inline: the same decisions every time
     decisions: list[Vad] = []
 
     def run_clock_to(t: float) -> None:
