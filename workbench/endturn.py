@@ -467,9 +467,9 @@ class EndModelWorker:
             with self._cond:
                 for req, p in zip(batch, ps, strict=True):
                     self._queue.answer(req, p, err)
-        if self._proc is not None and broken is None:
-            with contextlib.suppress(OSError):
-                self._conn.send_bytes(b"")  # the child's signal to exit
+        if self._proc is not None:
+            with contextlib.suppress(OSError):  # the child's signal to exit (read after loading, if still loading)
+                self._conn.send_bytes(b"")
 
     def _start(self) -> str | None:
         """Wait for the child to load the model; its one-line error, if any, answers every request."""
