@@ -10,6 +10,7 @@ session starting 0.7 s after the previous one.  No WebRTC, no SDK: this isolates
 adds (``bench_load.py`` measures the whole path).  Loop lag: a task sleeping 10 ms records how late
 it wakes (p50/p99/max over the run).  Variants, interleaved in rounds in one run:
 
+- ``no model``: silence alone, the baseline: what the loop's lag is on this machine at this moment;
 - ``inline``: ``make_end_model`` in each detector, scored on the loop;
 - ``per-session threads``: what the bridge did before, one ``ThreadPoolExecutor(1)`` per session
   (the old ``endturn.ThreadedEndModel``, kept here as the baseline: a score that went stale kept running);
@@ -47,8 +48,9 @@ TITLE = "End-of-turn model and the event loop"
 AUDIO = Path(__file__).resolve().parents[1] / "recordings" / "thinking.flac"
 FRAME = 960  # 20 ms at 48 kHz
 PARAMS = TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2000)
-VARIANTS = ("inline", "per-session threads", "shared thread", "shared process")
-LABELS = {"inline": "inline on the loop", "per-session threads": "a thread per session (before: ThreadedEndModel)",
+VARIANTS = ("no model", "inline", "per-session threads", "shared thread", "shared process")
+LABELS = {"no model": "no model (silence 300 ms alone: the loop's own lag on this machine now)",
+          "inline": "inline on the loop", "per-session threads": "a thread per session (before: ThreadedEndModel)",
           "shared thread": "one shared worker thread (EndModelWorker, process=False)",
           "shared process": "one shared worker process (EndModelWorker, the bridge's)"}
 
@@ -138,7 +140,11 @@ def child_cpu_s(pid: int | None) -> float:
 async def run_once(audio: np.ndarray, n: int, variant: str) -> dict[str, float]:
     worker = None
     olds: list[PerSessionThread] = []
-    if variant == "inline":
+    params = PARAMS
+    if variant == "no model":
+        params = TurnParams(silence_ms=300, max_silence_ms=2000)
+        handles = [None] * n
+    elif variant == "inline":
         model = make_end_model("smart-turn")
         handles = [model] * n
     elif variant == "per-session threads":
@@ -150,7 +156,7 @@ async def run_once(audio: np.ndarray, n: int, variant: str) -> dict[str, float]:
         handles = [worker.session(f"s{i}") for i in range(n)]
         worker.submit("warm-up", 0, np.zeros(16000, np.float32)).wait(120)  # loaded and warm before the clock
     SmartTurn().probability(np.zeros(16000, np.float32))
-    pipes = [MicPipeline(PARAMS, end_model=h) for h in handles]
+    pipes = [MicPipeline(params, end_model=h) for h in handles]
     pid = worker._proc.pid if worker is not None and worker._proc is not None else None
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -178,7 +184,7 @@ async def run_once(audio: np.ndarray, n: int, variant: str) -> dict[str, float]:
             counts[f"stale_{k}"] = counts.get(f"stale_{k}", 0) + c
     probs = [v for v in seen if isinstance(v, float)]
     reasons = [v for v in seen if isinstance(v, str)]
-    requests = len(probs) if variant == "inline" else counts["submitted"]
+    requests = len(probs) if variant == "inline" else counts.get("submitted", 0)
     return {"p50": pct(lags, 50), "p99": pct(lags, 99), "max": max(lags), "scores": len(probs),
             "requests": requests, "late": counts.get("stale_ended", 0),
             "stale_speech": counts.get("stale_speech", 0),
@@ -209,7 +215,7 @@ def probe(reps: int = 4) -> dict[str, float]:
 def main() -> int:
     ap = arg_parser(__doc__)
     ap.add_argument("--n", type=int, default=10, help="sessions on the loop")
-    ap.add_argument("--seconds", type=float, default=30.0, help="audio per session, s")
+    ap.add_argument("--seconds", type=float, default=25.0, help="audio per session, s")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of all variants, interleaved")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     args = ap.parse_args()
@@ -250,7 +256,9 @@ def main() -> int:
     for rnd, v, r in rows:
         ok = "met" if r["p99"] < 20 and r["late"] == 0 else (
             f"MISSED by {r['p99'] - 20:.0f} ms" if r["p99"] >= 20 else f"p99 met, {r['late']} late")
-        child = f"{r['child_pct']:.0f}" if v == "shared process" else "–"
+        child = f"{r['child_pct']:.0f}" if v.startswith("shared process") else "–"
+        if v == "no model":
+            ok = "baseline"
         lines.append(f"| {rnd} | {LABELS[v]} | {r['requests']} | {r['scores']} | {r['late']} | {r['stale_speech']} "
                      f"| {r['by_model']} / {r['by_cap']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
                      f"| {r['cpu_pct']:.0f} | {child} | {r['load']:.2f} | {ok} |")

@@ -255,7 +255,7 @@ def test_the_queue_answers_every_live_request_once_and_drops_stale_ones() -> Non
     b.cancel("speech")  # speech resumed while it waited: never scored
     assert b.state is endturn.ScoreState.DROPPED and b.audio is None
     batch = q.take(4)
-    assert batch == [a, c] and [r.audio[0] for r in batch] == [1, 3]
+    assert batch == [c, a] and [r.audio[0] for r in batch] == [3, 1]  # newest first: it has the most time left
     c.cancel("ended")  # the cap came while the model ran it: scored, the answer ignored
     d = q.submit("s1", 2, np.full(4, 4, np.float32))  # s1's next turn: a is about a silence that is over
     assert a.stale == "superseded"

@@ -229,15 +229,21 @@ class PendingScore:
 
 
 class ScoreQueue:
-    """Sans-I/O core of the shared worker: many sessions' requests in, one at a time out to the model.
+    """Sans-I/O core of the shared worker: many sessions' score requests in, batches of them out to the model.
 
-    Rules: first come first served across sessions; at most one live request per session (a newer
-    one makes the older stale, ``superseded``: a detector holds one score at a time, so an older one
-    is about a silence that is over); a request cancelled while queued is dropped, never scored;
-    one cancelled while the model runs it is scored but its answer ignored (``IGNORED``, never
-    ``DONE``); every other request is answered exactly once.  Misuse (answering a request that is
-    not running) raises.  ``counts`` tallies submitted / answered / dropped / ignored and
-    ``stale_<reason>``.
+    Rules, in one place:
+
+    - newest first across sessions: every request has the same time to its turn's cap once it is
+      asked (``max_silence_ms - silence_ms``), so the newest has the most time left; when the model
+      falls behind, the oldest are the ones that would come back too late anyway, and the detector
+      drops them at their cap before they cost a call.  With no backlog the order does not matter;
+    - at most one live request per session: a newer one makes the older stale (``superseded``; a
+      detector holds one score at a time, so an older one is about a silence that is over);
+    - a request cancelled while queued is dropped, never scored; one cancelled while the model runs
+      it is scored but its answer ignored (``IGNORED``, never ``DONE``);
+    - every other request is answered exactly once.  Misuse (answering one that is not running) raises.
+
+    ``counts`` tallies submitted / answered / dropped / ignored and ``stale_<reason>``.
     """
 
     def __init__(self) -> None:
@@ -272,10 +278,10 @@ class ScoreQueue:
             req._settled.set()
 
     def take(self, max_n: int = 1) -> list[PendingScore]:
-        """Up to ``max_n`` of the oldest live requests, now running (their audio is the model's input)."""
+        """Up to ``max_n`` of the newest live requests, newest first, now running (their audio is the model's input)."""
         batch: list[PendingScore] = []
         while self._queue and len(batch) < max_n:
-            req = self._queue.popleft()
+            req = self._queue.pop()
             if req.state is ScoreState.QUEUED:
                 req.state = ScoreState.RUNNING
                 batch.append(req)
