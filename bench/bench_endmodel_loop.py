@@ -15,7 +15,8 @@ it wakes (p50/p99/max over the run).  Variants, interleaved in rounds in one run
 - ``per-session threads``: what the bridge did before, one ``ThreadPoolExecutor(1)`` per session
   (the old ``endturn.ThreadedEndModel``, kept here as the baseline: a score that went stale kept running);
 - ``shared thread``: one ``endturn.EndModelWorker(process=False)`` for all sessions;
-- ``shared process``: one ``endturn.EndModelWorker()`` (its default: a child process), what the bridge uses.
+- ``shared process``: one ``endturn.EndModelWorker()`` (its default: a child process), what the bridge uses;
+- ``shared process, 2 threads``: the same with 2 onnxruntime intra-op threads in the child.
 
 Before the rounds, one Smart Turn score's CPU is measured (features; onnxruntime alone and in batches).
 Run it without ``nice``: the machine is shared, and a niced run gets a tenth of the share of a normal job,
@@ -48,11 +49,13 @@ TITLE = "End-of-turn model and the event loop"
 AUDIO = Path(__file__).resolve().parents[1] / "recordings" / "thinking.flac"
 FRAME = 960  # 20 ms at 48 kHz
 PARAMS = TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2000)
-VARIANTS = ("no model", "inline", "per-session threads", "shared thread", "shared process")
+VARIANTS = ("no model", "inline", "per-session threads", "shared thread", "shared process",
+            "shared process, 2 threads")
 LABELS = {"no model": "no model (silence 300 ms alone: the loop's own lag on this machine now)",
           "inline": "inline on the loop", "per-session threads": "a thread per session (before: ThreadedEndModel)",
           "shared thread": "one shared worker thread (EndModelWorker, process=False)",
-          "shared process": "one shared worker process (EndModelWorker, the bridge's)"}
+          "shared process": "one shared worker process (EndModelWorker, the bridge's)",
+          "shared process, 2 threads": "one shared worker process, 2 onnxruntime threads"}
 
 
 class _Forgotten:
@@ -151,8 +154,11 @@ async def run_once(audio: np.ndarray, n: int, variant: str) -> dict[str, float]:
         olds = [PerSessionThread(make_end_model("smart-turn")) for _ in range(n)]
         handles = olds
     else:
-        batch = int(variant.split(" b")[1]) if " b" in variant else 4
-        worker = EndModelWorker("smart-turn", process=variant.startswith("shared process"), max_batch=batch)
+        opts = variant.split(", ")[1:]  # e.g. "shared process, 2 threads" / "shared process, batch 4"
+        batch = next((int(o.split()[1]) for o in opts if o.startswith("batch")), 1)
+        threads = next((int(o.split()[0]) for o in opts if o.endswith("threads")), 1)
+        worker = EndModelWorker("smart-turn", process=variant.startswith("shared process"), max_batch=batch,
+                                threads=threads)
         handles = [worker.session(f"s{i}") for i in range(n)]
         worker.submit("warm-up", 0, np.zeros(16000, np.float32)).wait(120)  # loaded and warm before the clock
     SmartTurn().probability(np.zeros(16000, np.float32))
@@ -215,7 +221,7 @@ def probe(reps: int = 4) -> dict[str, float]:
 def main() -> int:
     ap = arg_parser(__doc__)
     ap.add_argument("--n", type=int, default=10, help="sessions on the loop")
-    ap.add_argument("--seconds", type=float, default=25.0, help="audio per session, s")
+    ap.add_argument("--seconds", type=float, default=20.0, help="audio per session, s")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of all variants, interleaved")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     args = ap.parse_args()

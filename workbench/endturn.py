@@ -113,12 +113,12 @@ def smart_turn_path() -> Path | None:
     return None
 
 
-@lru_cache(maxsize=2)
-def _session(path: str):  # noqa: ANN202 - onnxruntime is imported lazily
+@lru_cache(maxsize=4)
+def _session(path: str, threads: int = 1):  # noqa: ANN202 - onnxruntime is imported lazily
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # the bridge shares its cores with the event loop and other sessions
+    opts.intra_op_num_threads = threads  # default 1: the bridge shares its cores with the event loop
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -129,14 +129,15 @@ class SmartTurn:
 
     name = "smart-turn"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
+        """``threads``: onnxruntime's intra-op threads (1 unless the model has a process to itself)."""
         path = smart_turn_path()
         if path is None:
             raise RuntimeError(
                 f"end model 'smart-turn' needs {SMART_TURN_FILE}: `pip install --no-deps pipecat-ai` "
                 f"or set {SMART_TURN_ENV} to the file"
             )
-        self._sess = _session(str(path))
+        self._sess = _session(str(path), threads)
         self.last_ms = 0.0  # wall time of the last call (features + inference), for the event log
 
     def probability(self, audio: np.ndarray) -> float:
@@ -325,14 +326,14 @@ class SessionEndModel:
         return self.worker.submit(self.session, turn, audio)
 
 
-def _serve(conn: Any, name: str) -> None:
+def _serve(conn: Any, name: str, threads: int) -> None:
     """The worker process: load the model, then score batches of 8 s windows (float32 bytes, one after another)
     until EOF or an empty message; answers ``("ok", [p, ...])`` or ``("error", one line)``."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
     try:
-        model = make_end_model(name)
+        model = make_end_model(name, threads)
         model.probability(np.zeros(RATE, np.float32))  # load and warm before the first real request
     except Exception as exc:  # noqa: BLE001 - reported to the parent in one line
         conn.send(("error", f"end model {name!r} failed to load: {exc}"))
@@ -352,29 +353,36 @@ def _serve(conn: Any, name: str) -> None:
 
 
 class EndModelWorker:
-    """One end-of-turn model for every session of a process, scored off the event loop, one request at a time.
+    """One end-of-turn model for every session of a process, scored off the event loop.
 
-    Owned by whoever runs sessions (``bridge.run_session`` for a lone session, ``serve``, the bench),
-    handed to each session as ``session(name)``, closed when the runner ends (``close`` joins the
-    thread and the process: nothing is left behind).  Requests are queued by ``ScoreQueue`` (its
-    rules say what is stale); answers are applied by the turn detector on its clock, as before.
+    Owned by whoever runs sessions (``bridge.run_session`` for a lone session, ``serve``'s server,
+    the bench), handed to each session's detector as ``session(name)``, closed when the runner ends
+    (``close`` joins the thread and the process: nothing is left behind).  Requests carry their session
+    and turn; ``ScoreQueue`` says which are stale (dropped before they cost a call, or their answer
+    ignored); the turn detector applies answers on its clock, as it always did.
 
-    Why one shared worker in a separate process, by measurement (bench/BENCHMARKS.md, "End-of-turn
-    model and the event loop", 2 cores shared with other jobs): one Smart Turn call is ~24 ms of numpy
-    features and ~280 ms of onnxruntime on one thread.  A thread per session (the old
-    ``ThreadedEndModel``) ran up to 10 calls at once on 2 cores, each then took ~2 s, longer than the
-    1.7 s left before the cap, so nine in ten answers came too late and were thrown away while their CPU
-    was still spent; and the features hold the GIL in pieces of up to ~15 ms (loop lag p99 6-8 ms with
-    one thread doing nothing else, 18 ms with two).  onnxruntime itself releases the GIL, and a batch
-    along axis 0 costs as much as its calls one by one on this CPU (batch 2: 860 ms), so batching buys
-    nothing.  Hence one request at a time (the queue drops stale ones before they cost CPU), in a
-    child process (``process=True``, the default for a named model): the loop's process only slices
-    the audio and writes 512 KB to a pipe; the GIL is never shared.  ``process=False`` runs the same
-    queue on a thread (a model object that cannot be sent to a process: tests, stubs).
+    Why this shape, by measurement (bench/BENCHMARKS.md, "End-of-turn model and the event loop";
+    2-core EPYC shared with other jobs):
+
+    - one score is ~20-35 ms of numpy features and ~290 ms of onnxruntime CPU on one thread;
+    - onnxruntime releases the GIL (a 1 ms sleeper beside it: p99 lateness 3.0 ms, idle 2.3 ms), the
+      features do not, in pieces of up to ~15 ms (p99 8.2 ms, max 15 ms): on a thread they stall the loop;
+    - the old thread per session ran up to 10 calls at once on 2 cores: each then took ~2 s (305 ms
+      alone), longer than the 1.7 s the policy waits for it (``max_silence_ms - silence_ms`` in the
+      bench), and a stale call kept running (nothing cancelled it): the CPU went to answers nobody read,
+      which is why that run made 10 scores where inline made 104;
+    - a batch along axis 0 costs the same CPU per score (293 / 287 / 297 ms alone / in 2 / in 4), and
+      its first answer waits for the whole batch: ``max_batch`` defaults to 1.
+
+    Hence one request at a time, newest first, in one child process (``process=True``, the default for
+    a named model): the loop's process only slices the audio and writes 512 KB to a pipe, and never
+    shares its GIL with the features.  ``process=False`` runs the same queue on a thread (a model object
+    that cannot be sent to a process: tests, stubs).  ``threads``: onnxruntime's intra-op threads in
+    the worker (1: the other core is the loop's).
     """
 
-    def __init__(self, model: str | Any = "smart-turn", *, process: bool | None = None, max_batch: int = 4,
-                 start_timeout_s: float = 60.0) -> None:
+    def __init__(self, model: str | Any = "smart-turn", *, process: bool | None = None, max_batch: int = 1,
+                 threads: int = 1, start_timeout_s: float = 60.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
@@ -388,13 +396,13 @@ class EndModelWorker:
                 SmartTurn()  # raises the one-line "needs the file" error here, not in the child
             self.name = model
             if process is False:
-                self._model = make_end_model(model)
+                self._model = make_end_model(model, threads)
             else:
                 import multiprocessing
 
                 ctx = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
                 self._conn, child = ctx.Pipe()
-                self._proc = ctx.Process(target=_serve, args=(child, model), name="end-model", daemon=True)
+                self._proc = ctx.Process(target=_serve, args=(child, model, threads), name="end-model", daemon=True)
                 self._proc.start()
                 child.close()
         else:
@@ -525,10 +533,10 @@ class ReadyAfter:
         return self.p
 
 
-def make_end_model(name: str) -> SmartTurn | None:
+def make_end_model(name: str, threads: int = 1) -> SmartTurn | None:
     """The end-of-turn model ``name`` names (``none`` -> None)."""
     if name == "none":
         return None
     if name == "smart-turn":
-        return SmartTurn()
+        return SmartTurn(threads)
     raise ValueError(f"unknown end model {name!r}; choose one of {', '.join(END_MODEL_NAMES)}")
