@@ -132,6 +132,15 @@ async def lag_sampler(stop: asyncio.Event, lags: list[float], period_s: float = 
         lags.append(max(0.0, (loop.time() - t - period_s) * 1000))
 
 
+def stall_corrected(lags: list[float], period_ms: float = 10.0) -> list[float]:
+    """The samples a stall hid (coordinated omission): a sleeper L ms late would have woken every ``period_ms``
+    meanwhile, late by L - period, L - 2 period, ...; without them a 40 s stall is one sample in a p99."""
+    out = list(lags)
+    for lag in lags:
+        out += list(np.arange(lag - period_ms, 0.0, -period_ms))
+    return out
+
+
 def child_cpu_s(pid: int | None) -> float:
     """utime + stime of a live child process, s (RUSAGE_CHILDREN counts only children already reaped)."""
     if pid is None:
@@ -191,7 +200,8 @@ async def run_once(audio: np.ndarray, n: int, variant: str) -> dict[str, float]:
     probs = [v for v in seen if isinstance(v, float)]
     reasons = [v for v in seen if isinstance(v, str)]
     requests = len(probs) if variant == "inline" else counts.get("submitted", 0)
-    return {"p50": pct(lags, 50), "p99": pct(lags, 99), "max": max(lags), "scores": len(probs),
+    return {"p50": pct(lags, 50), "p99": pct(lags, 99), "p99c": pct(stall_corrected(lags), 99),
+            "max": max(lags), "scores": len(probs),
             "requests": requests, "late": counts.get("stale_ended", 0),
             "stale_speech": counts.get("stale_speech", 0),
             "by_model": reasons.count("end_model"), "by_cap": reasons.count("max_silence"),
@@ -223,9 +233,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10, help="sessions on the loop")
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per session, s")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of all variants, interleaved")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated subset of: " + "; ".join(VARIANTS))
     args = ap.parse_args()
-    variants = args.variants.split(",")
+    variants = args.variants.split(";")
     for v in variants:
         LABELS.setdefault(v, v)
     x, rate = sf.read(AUDIO, dtype="float32")
@@ -254,19 +264,26 @@ def main() -> int:
              "Requests: scores the detectors asked for; scores: `end_score` decisions (answers applied on the "
              "clock); late: requests still unanswered when their turn's cap (or the audio's end) came; "
              "stale: the speaker resumed before the answer (dropped, as the policy says). CPU: process CPU time "
-             "(loop process; worker process apart) over wall time, % of one core.", "",
+             "(loop process; worker process apart) over wall time, % of one core. p99 with stalls counted: each "
+             "sample L ms late also stands for the samples the stall hid (L − 10, L − 20, … ms: coordinated "
+             "omission), so a 40 s stall is not one sample among thousands; the target is judged on the worse "
+             "of the two p99s.", "",
              "| round | model runs | requests | scores | late | stale (speech resumed) "
-             "| turns ended by the model / by the cap | loop lag p50 ms | p99 ms | max ms "
+             "| turns ended by the model / by the cap | loop lag p50 ms | p99 ms | p99 with stalls counted, ms "
+             "| max ms "
              "| CPU % loop process | CPU % worker process | load | p99 target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rnd, v, r in rows:
-        ok = "met" if r["p99"] < 20 and r["late"] == 0 else (
-            f"MISSED by {r['p99'] - 20:.0f} ms" if r["p99"] >= 20 else f"p99 met, {r['late']} late")
+        worst = max(r["p99"], r["p99c"])
+        ok = "met" if worst < 20 and r["late"] == 0 else (
+            f"MISSED by {worst - 20:.0f} ms" + (f", {r['late']} late" if r["late"] else "") if worst >= 20
+            else f"p99 met, {r['late']} late")
         child = f"{r['child_pct']:.0f}" if v.startswith("shared process") else "–"
         if v == "no model":
             ok = "baseline"
         lines.append(f"| {rnd} | {LABELS[v]} | {r['requests']} | {r['scores']} | {r['late']} | {r['stale_speech']} "
-                     f"| {r['by_model']} / {r['by_cap']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
+                     f"| {r['by_model']} / {r['by_cap']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p99c']:.1f} "
+                     f"| {r['max']:.0f} "
                      f"| {r['cpu_pct']:.0f} | {child} | {r['load']:.2f} | {ok} |")
     publish(TITLE, section(TITLE, "\n".join(lines)), args.write)
     return 0
