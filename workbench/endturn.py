@@ -371,8 +371,12 @@ class EndModelWorker:
       alone), longer than the 1.7 s the policy waits for it (``max_silence_ms - silence_ms`` in the
       bench), and a stale call kept running (nothing cancelled it): the CPU went to answers nobody read,
       which is why that run made 10 scores where inline made 104;
-    - a batch along axis 0 costs the same CPU per score (293 / 287 / 297 ms alone / in 2 / in 4), and
-      its first answer waits for the whole batch: ``max_batch`` defaults to 1.
+    - a batch along axis 0 costs about the same CPU per score (288 / 262 / 267 ms alone / in 2 / in 4;
+      293 / 287 / 297 in another run), and its first answer waits for the whole batch: ``max_batch``
+      defaults to 1;
+    - with it, loop lag p99 (stalls counted) was 22.5 ms at 10 sessions where the same loop with no model
+      measured 19.7 ms a minute earlier, against 56 ms for the same queue on a thread and seconds for
+      the thread per session or inline (machine at load 8-10; every figure there moves with it).
 
     Hence one request at a time, newest first, in one child process (``process=True``, the default for
     a named model): the loop's process only slices the audio and writes 512 KB to a pipe, and never
