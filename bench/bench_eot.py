@@ -29,10 +29,14 @@ from benchlib import publish, section  # noqa: E402
 
 from workbench.analysis.replay import RATE, detect_file  # noqa: E402
 from workbench.analysis.sweep import evaluate_eot  # noqa: E402
-from workbench.core.endturn import MemoEndModel, ReadyAfter, SmartTurn, smart_turn_path  # noqa: E402
+from workbench.core.endturn import MemoEndModel, ReadyAfter  # noqa: E402
 from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store import speechset  # noqa: E402
-from workbench.store.models import silero_model_path  # noqa: E402
+from workbench.store.models import (  # noqa: E402
+    SmartTurn,
+    silero_model_path,  # noqa: E402
+    smart_turn_path,
+)
 
 TITLE = "End of turn: false cut-offs vs latency"
 SILENCE_MS = list(range(300, 3001, 100))
@@ -47,7 +51,7 @@ class CachedModel(MemoEndModel):
         # detect_file ticks every 10 ms and each tick looks at a pending score once: ready after infer_ms.
         self.polls = max(0, int(np.ceil(infer_ms / TICK_MS)) - 1)
 
-    def submit(self, audio: np.ndarray) -> ReadyAfter:
+    def submit(self, audio: np.ndarray, turn: int = 0) -> ReadyAfter:
         return ReadyAfter(self.probability(audio), self.polls)
 
 

@@ -10,9 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,28 @@ def sigkill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL ``proc`` as a crash would, and reap it."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
+
+
+def child_pids() -> set[int]:
+    """Live child processes of this process (from /proc, as another process would see them), without
+    multiprocessing's resource tracker: one per interpreter, started by the first spawn and reused."""
+    me, kids = os.getpid(), set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] != "Z" and b"resource_tracker" not in cmd:
+                kids.add(int(d.name))
+    return kids
+
+
+def end_model_threads() -> list[str]:
+    """Names of the end-of-turn worker's threads still alive in this process."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("end-model")]
 
 
 def run_until(core: SessionCore, t_end: float) -> list[tuple[float, Any]]:

@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import child_pids, end_model_threads
 
 from workbench.core import endturn
 from workbench.core.endpointing import DynamicWindow
 from workbench.core.params import TurnParams
 from workbench.core.turns import TurnDetector
+from workbench.io import endmodel
+from workbench.store import models
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -140,7 +143,7 @@ def test_bad_policy_params_are_one_line_errors() -> None:
         TurnParams(end_threshold=1.5).validate()
 
 
-_REF = Path(endturn.smart_turn_path() or "/nonexistent").parents[1] / "_whisper_features.py"
+_REF = Path(models.smart_turn_path() or "/nonexistent").parents[1] / "_whisper_features.py"
 
 
 @pytest.mark.skipif(not _REF.is_file(), reason="pipecat-ai's wheel (reference features) not installed")
@@ -165,10 +168,10 @@ def test_log_mel_puts_a_tone_in_the_right_band() -> None:
     assert lo < 1000 < hi
 
 
-@pytest.mark.skipif(endturn.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
+@pytest.mark.skipif(models.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
 def test_smart_turn_scores_real_speech() -> None:
     x, _ = sf.read(REPO / "recordings" / "thinking.flac", dtype="float32")
-    p = endturn.SmartTurn().probability(x[RATE : int(6.2 * RATE)])
+    p = models.SmartTurn().probability(x[RATE : int(6.2 * RATE)])
     assert 0.0 <= p <= 1.0
 
 
@@ -176,7 +179,7 @@ class SubmitModel:
     def __init__(self, p: float, polls: int) -> None:
         self.p, self.polls, self.submitted = p, polls, 0
 
-    def submit(self, audio: np.ndarray) -> endturn.ReadyAfter:
+    def submit(self, audio: np.ndarray, turn: int = 0) -> endturn.ReadyAfter:
         self.submitted += 1
         return endturn.ReadyAfter(self.p, self.polls)
 
@@ -205,7 +208,7 @@ def test_speech_resuming_while_a_threaded_score_runs_makes_it_stale() -> None:
     assert kinds(out)[1:] == [("speech_end", 3.0, "max_silence")]
 
 
-@pytest.mark.skipif(endturn.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
+@pytest.mark.skipif(models.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
 def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
     import json
 
@@ -223,7 +226,7 @@ def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
 def test_cli_end_model_without_the_file_is_one_line(capsys, monkeypatch) -> None:
     from workbench.ui.cli import main
 
-    monkeypatch.setenv(endturn.SMART_TURN_ENV, "/nonexistent.onnx")
+    monkeypatch.setenv(models.SMART_TURN_ENV, "/nonexistent.onnx")
     assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--end-model", "smart-turn"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("workbench: error: --end-model smart-turn needs") and err.count("\n") == 1
@@ -238,7 +241,150 @@ def test_run_and_demo_take_the_end_of_turn_flags() -> None:
         p = _params(args)
         assert (p.endpointing, p.max_silence_ms, p.noise_margin_db, p.silence_ms) == ("dynamic", 2500, 13, 400)
         assert p.end_model == "none"
-    if endturn.smart_turn_path() is not None:
+    if models.smart_turn_path() is not None:
         args = build_parser().parse_args(["run", "--audio", "x.wav", "--end-model", "smart-turn",
                                           "--end-threshold", "0.7"])
         assert (_params(args).end_model, _params(args).end_threshold) == ("smart-turn", 0.7)
+
+
+# -- the shared end-of-turn worker --------------------------------------------------------------------
+
+
+def test_the_queue_answers_every_live_request_once_and_drops_stale_ones() -> None:
+    q = endturn.ScoreQueue()
+    a = q.submit("s1", 1, np.full(4, 1, np.float32))
+    b = q.submit("s2", 1, np.full(4, 2, np.float32))
+    c = q.submit("s3", 1, np.full(4, 3, np.float32))
+    b.cancel("speech")  # speech resumed while it waited: never scored
+    assert b.state is endturn.ScoreState.DROPPED and b.audio is None
+    batch = q.take(4)
+    assert batch == [c, a] and [r.audio[0] for r in batch] == [3, 1]  # newest first: it has the most time left
+    c.cancel("ended")  # the cap came while the model ran it: scored, the answer ignored
+    d = q.submit("s1", 2, np.full(4, 4, np.float32))  # s1's next turn: a is about a silence that is over
+    assert a.stale == "superseded"
+    q.answer(a, 0.9)
+    q.answer(c, 0.8)
+    assert a.state is c.state is endturn.ScoreState.IGNORED and not a.done()
+    with pytest.raises(RuntimeError, match="not done"):
+        a.result()
+    assert q.take(4) == [d]
+    with pytest.raises(RuntimeError, match="not running"):
+        q.answer(b, 0.5)
+    q.answer(d, 0.7)
+    assert d.done() and d.result() == pytest.approx(0.7) and (d.session, d.turn) == ("s1", 2)
+    d.cancel("speech")  # already answered: nothing changes
+    assert d.state is endturn.ScoreState.DONE and d.stale is None
+    assert q.take(4) == [] and q.waiting == 0
+    assert q.counts == {"submitted": 4, "answered": 1, "dropped": 1, "ignored": 2, "stale_speech": 1,
+                        "stale_ended": 1, "stale_superseded": 1}
+    with pytest.raises(ValueError, match="stale reason"):
+        q.cancel(d, "bored")
+
+
+def test_the_queue_settles_every_request_in_a_random_run() -> None:
+    rng = np.random.default_rng(7)
+    q = endturn.ScoreQueue()
+    reqs: list[endturn.PendingScore] = []
+    running: list[endturn.PendingScore] = []
+    for _ in range(400):
+        op = rng.integers(4)
+        if op == 0:
+            reqs.append(q.submit(f"s{rng.integers(5)}", int(rng.integers(3)), np.zeros(1, np.float32)))
+        elif op == 1 and reqs:
+            reqs[rng.integers(len(reqs))].cancel(str(rng.choice(["speech", "ended"])))
+        elif op == 2:
+            running += q.take(int(rng.integers(1, 4)))
+        elif running:
+            q.answer(running.pop(0), 0.5)
+    while running or q.waiting:
+        running += q.take(4)
+        q.answer(running.pop(0), 0.5)
+    states = [r.state for r in reqs]
+    assert all(s in (endturn.ScoreState.DONE, endturn.ScoreState.DROPPED, endturn.ScoreState.IGNORED) for s in states)
+    assert all((r.state is endturn.ScoreState.DONE) == (r.stale is None) for r in reqs)  # answered iff never stale
+    assert all(r._settled.is_set() for r in reqs)
+    assert q.counts["answered"] == states.count(endturn.ScoreState.DONE) > 0
+    assert q.counts["dropped"] + q.counts["ignored"] == len(reqs) - q.counts["answered"] > 0
+
+
+class _Gate:
+    """A model that blocks inside its first call until released: the worker is driven without timing."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.started, self.release = threading.Event(), threading.Event()
+        self.seen: list[float] = []
+
+    def probability(self, audio: np.ndarray) -> float:
+        self.started.set()
+        assert self.release.wait(30)
+        self.seen.append(float(audio[-1]))
+        return float(audio[-1]) / 10
+
+
+def test_the_worker_scores_what_is_live_drops_what_went_stale_and_closes() -> None:
+    gate = _Gate()
+    before = end_model_threads()
+    with endmodel.EndModelWorker(gate, process=False) as worker:
+        s1, s2, s3 = worker.session("a"), worker.session("a"), worker.session("b")
+        assert len({s1.session, s2.session, s3.session}) == 3  # two sessions may share a name
+        one = s1.submit(np.full(10, 1, np.float32), turn=1)
+        assert gate.started.wait(30)  # the worker runs it now; the next two wait in the queue
+        two = s2.submit(np.full(10, 2, np.float32), turn=1)
+        three = s3.submit(np.full(10, 3, np.float32), turn=4)
+        two.cancel("speech")
+        gate.release.set()
+        assert one.wait(30) and three.wait(30) and two.wait(0)
+        assert one.result() == pytest.approx(0.1) and three.result() == pytest.approx(0.3)
+        assert two.state is endturn.ScoreState.DROPPED
+        assert gate.seen == [1, 3]  # the stale request never reached the model
+        assert worker.counts["answered"] == 2 and worker.counts["dropped"] == 1
+        assert "end-model" in end_model_threads()
+    assert end_model_threads() == before
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.submit("a", 1, np.zeros(10, np.float32))
+
+
+def test_the_detector_tells_the_worker_which_scores_went_stale() -> None:
+    q = endturn.ScoreQueue()
+
+    class Handle:  # a session's handle onto a queue nobody serves: every score stays pending
+        def submit(self, audio: np.ndarray, turn: int = 0) -> endturn.PendingScore:
+            return q.submit("s", turn, audio)
+
+    det = TurnDetector(TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=1000), end_model=Handle())
+    out = drive(det, [(0, 1.0, True), (1.0, 1.4, False), (1.4, 2.0, True), (2.0, 4.0, None)], 4.0)
+    assert kinds(out)[1:] == [("speech_end", 3.0, "max_silence")]  # the same decisions as with any pending score
+    assert q.counts == {"submitted": 2, "dropped": 2, "stale_speech": 1, "stale_ended": 1}
+    assert q.take(4) == []  # neither ever costs the model a call
+
+
+def test_a_detector_needs_the_model_its_params_name() -> None:
+    with pytest.raises(ValueError, match="needs a model object"):
+        TurnDetector(TurnParams(end_model="smart-turn"))
+
+
+@pytest.mark.skipif(models.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
+def test_serve_owns_one_worker_process_and_stop_closes_it(tmp_path) -> None:
+    import asyncio
+
+    from workbench.ui.web.server import ServeConfig, Server
+
+    async def go() -> tuple[float, set[int]]:
+        server = Server(ServeConfig(out_dir=tmp_path, params=TurnParams(end_model="smart-turn"), port=0))
+        await server.start()
+        assert server.end_model is not None
+        h = server.end_model.session("browser")
+        p = await asyncio.to_thread(lambda: (r := h.submit(np.zeros(RATE, np.float32))).wait(60) and r.result())
+        running = child_pids()
+        await server.stop()
+        return p, running
+
+    before = child_pids()
+    p, running = asyncio.run(go())
+    assert 0.0 <= p <= 1.0
+    assert len(running - before) == 1  # the worker's process, while the server ran
+    assert child_pids() == before and end_model_threads() == []

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from conftest import child_pids, end_model_threads
 
 import workbench
-from workbench.core.endturn import smart_turn_path
 from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import bridge, live
+from workbench.store.models import smart_turn_path
 from workbench.ui.cli import BUNDLED
 
 pytestmark = [pytest.mark.slow,
@@ -43,8 +44,11 @@ async def session(out):
 
 
 def test_the_clock_scores_and_ends_the_turn_while_dtx_sends_no_frames(tmp_path):
+    children = child_pids()
     result, log = asyncio.run(session(tmp_path / "rec"))
     assert result.error is None
+    # The session ran its own end-model worker (a child process and a thread) and closed it: nothing left.
+    assert child_pids() == children and end_model_threads() == []
     rec = workbench.load(tmp_path / "rec")
     scores = rec.of_kind("end_score")
     ends = rec.of_kind("vad").query("decision == 'speech_end'")

@@ -24,10 +24,7 @@ ALLOWED["store"] = {"core", "store"}
 NOT_IN_CORE = ("asyncio", "aiortc", "aioice", "av", "google", "websockets", "aiohttp", "ssl", "socket", "soundfile",
                "threading", "concurrent", "subprocess", "matplotlib", "pandas", "IPython", "ipywidgets")
 CORES = sorted((PKG / "core").glob("*.py")) + [PKG / "emulator" / "core.py", PKG / "emulator" / "faults.py"]
-# Cores that still load model files or run threads themselves (issue 16, items 4 and 5: the shells are to hand them
-# in). Strict: once a core is clean its entry must go, so this list can only shrink.
-STILL_OPENING = {"endturn.py"}
-STILL_THREADING = {"endturn.py"}
+
 # Calls that open files. A core gets bytes, arrays and paths' contents handed in by a shell.
 FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "InferenceSession", "load", "loadtxt",
               "fromfile", "savez", "save"}
@@ -76,20 +73,13 @@ def test_layer_imports_only_itself_and_below(path: Path) -> None:
     assert not bad, f"{path.relative_to(PKG)} ({own}) imports {bad}"
 
 
-def _known(names: set[str]) -> list:
-    return [pytest.param(p, id=str(p.relative_to(PKG)),
-                         marks=[pytest.mark.xfail(strict=True, reason="to be handed in by a shell")]
-                         if p.parent.name == "core" and p.name in names else [])
-            for p in CORES]
-
-
-@pytest.mark.parametrize("path", _known(STILL_THREADING))
+@pytest.mark.parametrize("path", CORES, ids=lambda p: str(p.relative_to(PKG)))
 def test_cores_import_no_io(path: Path) -> None:
     bad = [(m, line) for m, line in imports(path) if m.split(".")[0] in NOT_IN_CORE]
     assert not bad, f"{path.relative_to(PKG)} is a core and imports {bad}"
 
 
-@pytest.mark.parametrize("path", _known(STILL_OPENING))
+@pytest.mark.parametrize("path", CORES, ids=lambda p: str(p.relative_to(PKG)))
 def test_cores_open_no_files(path: Path) -> None:
     tree = ast.parse(path.read_text())
     calls = []

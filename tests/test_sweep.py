@@ -295,7 +295,7 @@ def test_grid_takes_the_policy_names_as_text() -> None:
 
 
 def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> None:
-    from workbench.core.endturn import smart_turn_path
+    from workbench.store.models import smart_turn_path
 
     if smart_turn_path() is None:
         pytest.skip("smart-turn-v3.2-cpu.onnx not installed")

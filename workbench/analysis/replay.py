@@ -20,6 +20,7 @@ import numpy as np
 from workbench.core.params import TurnParams
 from workbench.core.pcm import MIC_RATE, SENT_RATE
 from workbench.core.turns import Decision, DecisionKind, FileClock, TurnDetector
+from workbench.store.models import make_end_model
 
 RATE = SENT_RATE  # the detector runs on what the bridge sends
 FEED_S = 30.0  # a file is fed to the detector in stretches of this length (bounded scratch memory)
@@ -108,6 +109,8 @@ def detect_blocks(blocks: Iterable[np.ndarray], params: TurnParams, frame_ms: fl
     """
     n = max(1, round(RATE * frame_ms / 1000))
     stretch = max(1, round(FEED_S * RATE / n)) * n
+    if end_model is None:
+        end_model = make_end_model(params.end_model)
     det = TurnDetector(params, RATE, end_model=end_model)
     clock = FileClock(frame_n=n, tick_s=tick_ms / 1000)
     out: list[Decision] = []
@@ -170,7 +173,8 @@ def detect_frames(frames: Iterable[tuple[Any, ...]], params: TurnParams, tick_ms
             else:
                 raise ValueError("frames must be (t_arrival, samples) or (t_arrival, t_media, samples)")
 
-    return _turns(_run(TurnDetector(params, RATE), norm(), tick_ms / 1000, end_t))
+    return _turns(_run(TurnDetector(params, RATE, end_model=make_end_model(params.end_model)), norm(), tick_ms / 1000,
+                       end_t))
 
 
 def turns_to_json(params: TurnParams, turns: list[Turn]) -> dict[str, Any]:
@@ -296,7 +300,7 @@ def replay_recording(rec: Any, params: TurnParams) -> list[Turn]:
 
     frames_df = rec.of_kind("frame")
     end_t = float(rec.events["t"].max()) if len(rec.events) else 0.0
-    pipe = MicPipeline(params, threaded_end_model=False)  # replay decides the same way every time
+    pipe = MicPipeline(params, end_model=make_end_model(params.end_model))  # inline: the same decisions every time
     decisions: list[Vad] = []
 
     def run_clock_to(t: float) -> None:

@@ -275,7 +275,8 @@ def _rows(params: TurnParams, sources: list[Source], caches: dict[Any, Any]) -> 
     rows = []
     model = None
     if params.end_model != "none":
-        from workbench.core.endturn import MemoEndModel, make_end_model
+        from workbench.core.endturn import MemoEndModel
+        from workbench.store.models import make_end_model
 
         key = ("end_model", params.end_model)
         if key not in caches:

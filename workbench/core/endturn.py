@@ -1,15 +1,14 @@
-"""End-of-turn model: Smart Turn v3.2 on onnxruntime, with Whisper-style log-mel features in numpy.
+"""End-of-turn model, the sans-I/O part: Whisper-style log-mel features in numpy, and the score queue.
 
 Why a model: silence alone cannot tell a candidate thinking from a candidate done; Smart Turn reads
-the prosody of the turn's last 8 s and says "complete" or "incomplete".  It is wrong often enough
-both ways (it calls many mid-clause hesitations complete, and some true ends incomplete; the
-figures: ``bench/BENCHMARKS.md``, "End of turn: reading the figures") that the turn detector uses it
-only as one voice beside the clock (see ``turns.py``), and a call costs enough CPU that live it runs
-off the event loop (``ThreadedEndModel``).
+the prosody of the turn's last 8 s and says "complete" or "incomplete".  What is known about it
+(issue 15, measured on real speech with mid-clause hesitations): scored after 0.2 s of silence it
+calls 40-50 % of hesitations complete and 15-20 % of true ends incomplete, ~80 ms a call on a 2-core
+CPU; so the turn detector uses it only as one voice beside the clock (see ``turns.py``).
 
-The model file ``smart-turn-v3.2-cpu.onnx`` (BSD-2-Clause, Daily) ships inside pipecat-ai's wheel,
-installed with ``pip install --no-deps pipecat-ai`` (none of pipecat's dependencies); it is found
-without importing pipecat, or from ``$WORKBENCH_SMART_TURN_ONNX``.
+The model itself (``SmartTurn``: the ONNX file ``smart-turn-v3.2-cpu.onnx`` on onnxruntime) is loaded by
+``workbench.store.models``; the worker that scores many sessions off the event loop
+(``EndModelWorker``) is ``workbench.io.endmodel``.  What stays here runs the same live, in replay and in tests.
 
 Features, as the model was trained on (Whisper's feature extractor with an 8 s window): the waveform
 normalised to zero mean and unit variance, a centred STFT (400-point periodic Hann window, hop 160,
@@ -19,11 +18,12 @@ reflect padding), power spectrum, 80 Slaney-normalised mel filters on the Slaney
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import time
+import enum
+import math
+from collections import Counter, deque
+from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +32,7 @@ WINDOW_S = 8.0  # the model reads the turn's last 8 s, zero-padded at the front 
 N_FFT = 400
 HOP = 160
 N_MELS = 80
-SMART_TURN_ENV = "WORKBENCH_SMART_TURN_ONNX"
-SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"
+_WINDOW_N = int(WINDOW_S * RATE)
 END_MODEL_NAMES = ("none", "smart-turn")
 
 
@@ -92,59 +91,11 @@ def last_window(audio: np.ndarray, window_s: float = WINDOW_S) -> np.ndarray:
     return np.concatenate([np.zeros(n - x.shape[0], np.float32), x])
 
 
-def smart_turn_path() -> Path | None:
-    """Where ``smart-turn-v3.2-cpu.onnx`` is: $WORKBENCH_SMART_TURN_ONNX, else inside pipecat-ai's wheel."""
-    env = os.environ.get(SMART_TURN_ENV)
-    if env:
-        return Path(env) if Path(env).is_file() else None
-    spec = importlib.util.find_spec("pipecat")  # does not import pipecat (its __init__ needs loguru)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / "audio" / "turn" / "smart_turn" / "data" / SMART_TURN_FILE
-        if p.is_file():
-            return p
-    return None
-
-
-@lru_cache(maxsize=2)
-def _session(path: str):  # noqa: ANN202 - onnxruntime is imported lazily
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # the bridge shares its cores with the event loop and other sessions
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-class SmartTurn:
-    """``probability(audio)``: P(turn complete) for the turn's audio up to now (16 kHz float32)."""
-
-    name = "smart-turn"
-
-    def __init__(self) -> None:
-        path = smart_turn_path()
-        if path is None:
-            raise RuntimeError(
-                f"end model 'smart-turn' needs {SMART_TURN_FILE}: `pip install --no-deps pipecat-ai` "
-                f"or set {SMART_TURN_ENV} to the file"
-            )
-        self._sess = _session(str(path))
-        self.last_ms = 0.0  # wall time of the last call (features + inference), for the event log
-
-    def probability(self, audio: np.ndarray) -> float:
-        t0 = time.perf_counter()
-        feats = log_mel(last_window(audio))[None, :, :]
-        out = self._sess.run(None, {"input_features": feats})
-        self.last_ms = (time.perf_counter() - t0) * 1000
-        return float(np.asarray(out[0]).reshape(-1)[0])
-
-
 class MemoEndModel:
     """A model that scores identical audio once (offline replays of many settings share most windows)."""
 
-    def __init__(self, model: SmartTurn) -> None:
+    def __init__(self, model: Any) -> None:
+        """``model``: anything with ``probability(audio)`` and ``name`` (``store.models.SmartTurn``)."""
         self.model = model
         self.name = model.name
         self._memo: dict[bytes, float] = {}
@@ -161,27 +112,162 @@ class MemoEndModel:
         return p
 
 
-class ThreadedEndModel:
-    """Runs a model's ``probability`` on one worker thread: ``submit(audio)`` returns a Future.
+class ScoreState(enum.Enum):
+    """Where one score request is: queued -> running -> done, or dropped / ignored once stale."""
 
-    Why: one Smart Turn call takes tens to hundreds of ms of CPU ("End-of-turn model and the event
-    loop" in ``bench/BENCHMARKS.md``); on the event loop it would stall every session's frames and
-    pings for that long.  onnxruntime and numpy's FFT release the GIL, so the loop keeps running
-    while the thread scores.  The turn detector polls the Future on its clock (``turns.py``).
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # answered: ``result()`` holds the score
+    DROPPED = "dropped"  # went stale while queued: never scored
+    IGNORED = "ignored"  # went stale while the model ran: scored, the answer thrown away
+
+
+STALE_REASONS = ("speech", "ended", "superseded", "closed")  # speech resumed / turn ended / newer request / closed
+
+
+class _Flag:
+    """``threading.Event``'s ``set``/``wait`` for one thread: ``wait`` cannot block, it says whether it is set."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._set
+
+
+class PendingScore:
+    """One request to score a turn: which session and turn it is about, its audio, and its answer.
+
+    The turn detector holds it while the silence grows and looks at ``done()`` on its clock
+    (``turns.POLL_S``); ``cancel(reason)`` says it went stale (speech resumed, the turn ended).
+    ``wait`` is for callers off the event loop (tests, shutdown), never for the detector.
     """
 
-    def __init__(self, model: SmartTurn) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, owner: Any, session: str, turn: int, seq: int, audio: np.ndarray | None,
+                 settled: Any = None) -> None:
+        """``settled``: an object with ``set()`` and ``wait(timeout)`` (a ``threading.Event`` when a worker thread
+        answers; by default a flag, enough when one thread does everything)."""
+        self.session, self.turn, self.seq = session, turn, seq
+        self.audio = audio
+        self.state = ScoreState.QUEUED
+        self.stale: str | None = None  # one of STALE_REASONS once stale
+        self._owner = owner
+        self._p = math.nan
+        self._error: str | None = None
+        self._settled = settled if settled is not None else _Flag()
 
-        self.model = model
-        self.name = model.name
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="end-model")
+    def __repr__(self) -> str:
+        return f"PendingScore({self.session!r}, turn={self.turn}, seq={self.seq}, {self.state.value})"
 
-    def submit(self, audio: np.ndarray):  # noqa: ANN201 - concurrent.futures.Future[float]
-        return self._pool.submit(self.model.probability, audio)
+    def done(self) -> bool:
+        return self.state is ScoreState.DONE
+
+    def result(self) -> float:
+        """The score (P(turn complete)); raises if not answered, or the model's one-line error."""
+        if self.state is not ScoreState.DONE:
+            raise RuntimeError(f"score {self.seq} of {self.session} is {self.state.value}, not done")
+        if self._error is not None:
+            raise RuntimeError(self._error)
+        return self._p
+
+    def cancel(self, reason: str = "ended") -> None:
+        self._owner.cancel(self, reason)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until answered, dropped or ignored; False on timeout."""
+        return self._settled.wait(timeout)
+
+
+class ScoreQueue:
+    """Sans-I/O core of the shared worker: many sessions' score requests in, batches of them out to the model.
+
+    Rules, in one place:
+
+    - newest first across sessions: every request has the same time to its turn's cap once it is
+      asked (``max_silence_ms - silence_ms``), so the newest has the most time left; when the model
+      falls behind, the oldest are the ones that would come back too late anyway, and the detector
+      drops them at their cap before they cost a call.  With no backlog the order does not matter;
+    - at most one live request per session: a newer one makes the older stale (``superseded``; a
+      detector holds one score at a time, so an older one is about a silence that is over);
+    - a request cancelled while queued is dropped, never scored; one cancelled while the model runs
+      it is scored but its answer ignored (``IGNORED``, never ``DONE``);
+    - every other request is answered exactly once.  Misuse (answering one that is not running) raises.
+
+    ``counts`` tallies submitted / answered / dropped / ignored and ``stale_<reason>``.
+    """
+
+    def __init__(self, event: Callable[[], Any] = _Flag) -> None:
+        """``event``: makes each request's settled flag (``threading.Event`` when another thread waits on it)."""
+        self._event = event
+        self._queue: deque[PendingScore] = deque()
+        self._live: dict[str, PendingScore] = {}
+        self._seq = 0
+        self.counts: Counter[str] = Counter()
+
+    def submit(self, session: str, turn: int, audio: np.ndarray, owner: Any = None) -> PendingScore:
+        old = self._live.get(session)
+        if old is not None:
+            self.cancel(old, "superseded")
+        self._seq += 1
+        req = PendingScore(self if owner is None else owner, session, turn, self._seq, audio, self._event())
+        self._queue.append(req)
+        self._live[session] = req
+        self.counts["submitted"] += 1
+        return req
+
+    def cancel(self, req: PendingScore, reason: str) -> None:
+        if reason not in STALE_REASONS:
+            raise ValueError(f"stale reason {reason!r} is not one of: {', '.join(STALE_REASONS)}")
+        if req.stale is not None or req.state not in (ScoreState.QUEUED, ScoreState.RUNNING):
+            return  # already stale, or already answered (the detector read it or will drop it itself)
+        req.stale = reason
+        self.counts[f"stale_{reason}"] += 1
+        if self._live.get(req.session) is req:
+            del self._live[req.session]
+        if req.state is ScoreState.QUEUED:
+            req.state, req.audio = ScoreState.DROPPED, None
+            self.counts["dropped"] += 1
+            req._settled.set()
+
+    def take(self, max_n: int = 1) -> list[PendingScore]:
+        """Up to ``max_n`` of the newest live requests, newest first, now running (their audio is the model's input)."""
+        batch: list[PendingScore] = []
+        while self._queue and len(batch) < max_n:
+            req = self._queue.pop()
+            if req.state is ScoreState.QUEUED:
+                req.state = ScoreState.RUNNING
+                batch.append(req)
+        return batch
+
+    def answer(self, req: PendingScore, p: float = math.nan, error: str | None = None) -> None:
+        """The model's answer (or one-line error) to a running request."""
+        if req.state is not ScoreState.RUNNING:
+            raise RuntimeError(f"{req!r} is not running; only a running request can be answered")
+        if self._live.get(req.session) is req:
+            del self._live[req.session]
+        req.audio = None
+        if req.stale is not None:
+            req.state = ScoreState.IGNORED
+            self.counts["ignored"] += 1
+        else:
+            req._p, req._error, req.state = float(p), error, ScoreState.DONE
+            self.counts["answered"] += 1
+        req._settled.set()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop every queued request (``closed``); a running one is ignored when it comes back."""
+        for req in list(self._queue):
+            self.cancel(req, "closed")
+        for req in list(self._live.values()):
+            self.cancel(req, "closed")
+        self._queue.clear()
+
+    @property
+    def waiting(self) -> int:
+        return sum(r.state is ScoreState.QUEUED for r in self._queue)
 
 
 class ReadyAfter:
@@ -202,10 +288,3 @@ class ReadyAfter:
         return self.p
 
 
-def make_end_model(name: str) -> SmartTurn | None:
-    """The end-of-turn model ``name`` names (``none`` -> None)."""
-    if name == "none":
-        return None
-    if name == "smart-turn":
-        return SmartTurn()
-    raise ValueError(f"unknown end model {name!r}; choose one of {', '.join(END_MODEL_NAMES)}")

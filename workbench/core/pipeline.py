@@ -12,6 +12,8 @@ detector end the turn on the clock.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from workbench.core.events import EndScore, Event, Frame, FrameGap, Vad
@@ -41,17 +43,13 @@ class MicPipeline:
     """Ingest -> resample -> turn detector -> send order, for one microphone."""
 
     def __init__(self, params: TurnParams, gap_s: float = GAP_S, send_chunk_ms: float = SEND_CHUNK_MS,
-                 threaded_end_model: bool = True) -> None:
-        """``threaded_end_model``: score an end-of-turn model (``params.end_model``) on a worker thread so
-        the event loop never waits for it (live); False scores it inline, deterministic (offline replay)."""
+                 end_model: Any = None) -> None:
+        """``end_model``: the end-of-turn model ``params.end_model`` names, owned by the caller (``TurnDetector``):
+        live, a shared ``io.endmodel.EndModelWorker``'s ``session(name)`` (scored off the loop); offline replay,
+        ``store.models.make_end_model(name)`` (scored inline, the same decisions every time)."""
         self.params = params
         self.gap_s = gap_s
-        model = None
-        if threaded_end_model and params.end_model != "none":
-            from workbench.core.endturn import ThreadedEndModel, make_end_model
-
-            model = ThreadedEndModel(make_end_model(params.end_model))
-        self.detector = TurnDetector(params, rate=SENT_RATE, end_model=model)
+        self.detector = TurnDetector(params, rate=SENT_RATE, end_model=end_model)
         self.order = SendOrder(rate=SENT_RATE, chunk_ms=send_chunk_ms)
         self.resampler = Resampler()
         self.media_offset: float | None = None  # session time of media time 0

@@ -50,10 +50,12 @@ Rules:
   re-scoring as the silence grows: measured on real speech, the model's score
   rises at hesitations too (issue 15), so it does not separate them.
   The clock, not frames, reaches these deadlines: ``tick`` alone scores and ends.
-  A model with ``submit(audio) -> Future`` (``endturn.ThreadedEndModel``, what the
-  live pipeline uses) is scored off the loop: the detector polls the Future every
-  ``POLL_S`` on its clock and decides at the first tick that finds it done; speech
-  that resumes meanwhile makes that score stale (dropped).
+  A model with ``submit(audio, turn) -> pending`` (``io.endmodel.EndModelWorker``'s
+  session handle, what the live pipeline uses) is scored off the loop: the detector
+  polls ``pending.done()`` every ``POLL_S`` on its clock and decides at the first
+  tick that finds it done; speech that resumes meanwhile, or the turn ending (the
+  cap), makes that score stale: dropped, and ``pending.cancel(reason)`` tells the
+  worker (when it has ``cancel``) so a queued request never costs CPU.
 - Decision times never go back: a decision's ``t`` is at least the latest tick.
 - Late frames: audio whose media time is before the last ActivityEnd decision
   (a re-sent/overlapping frame, or the ~80 ms aiortc's jitter buffer holds until
@@ -79,7 +81,6 @@ import numpy as np
 from workbench.core.endpointing import MIN_PAUSE_S, DynamicWindow
 from workbench.core.endturn import RATE as MODEL_RATE
 from workbench.core.endturn import WINDOW_S as MODEL_WINDOW_S
-from workbench.core.endturn import make_end_model
 from workbench.core.params import ENDPOINTING_NAMES, TurnParams
 from workbench.core.scorers import SileroInfer, make_scorer
 
@@ -169,8 +170,11 @@ class TurnDetector:
 
     def __init__(self, params: TurnParams, rate: int = 16000, end_model: Any = None, *,
                  silero_infer: SileroInfer | None = None) -> None:
-        """``end_model``: an object with ``probability(audio16k) -> float`` to use instead of the one
-        ``params.end_model`` names (built here when None).  ``silero_infer``: the loaded Silero model
+        """``end_model``: the model ``params.end_model`` names, an object with ``probability(audio16k) -> float``
+        (scored inline) or ``submit(audio16k, turn) -> pending`` (scored off the loop).  The detector never
+        builds it: whoever runs the detector owns the model's life (``store.models.make_end_model``,
+        ``io.endmodel.EndModelWorker``), so one model serves many sessions.  Required when
+        ``params.end_model`` is not ``none``.  ``silero_infer``: the loaded Silero model
         (``workbench.store.models.silero_infer()``; default: the registered loader)."""
         params.validate()
         self.params = params
@@ -185,13 +189,17 @@ class TurnDetector:
         self._max_silence_s = max(params.max_silence_ms, params.silence_ms) / 1000
         self._dyn = (DynamicWindow(self._silence_s, self._max_silence_s, params.dynamic_alpha, params.dynamic_margin)
                      if params.endpointing == "dynamic" else None)
-        self._model = end_model if end_model is not None else make_end_model(params.end_model)
+        if end_model is None and params.end_model != "none":
+            raise ValueError(f"end_model={params.end_model!r} needs a model object (store.models.make_end_model or "
+                             "io.endmodel.EndModelWorker().session(name))")
+        self._model = end_model
         if self._model is not None and rate != MODEL_RATE:
             raise ValueError(f"the end model runs at {MODEL_RATE} Hz, got {rate}")
         self._scored_lse: float | None = None  # the speech end the model last scored the silence after
         self._scored_complete = False  # that score said complete (with dynamic: waiting for the speaker's window)
         self._pending: Any = None  # a Future of a threaded model's score, for the silence after _scored_lse
         self._poll_t = 0.0
+        self._turn_no = 0  # turns started so far: a score request says which turn it is about
         self._prev_end_lse = -math.inf  # speech end of the last turn we ended (for false cut-off learning)
         self._turn_speech_t = 0.0
         self._model_buf: deque[tuple[float, np.ndarray]] = deque()  # (media t, float32) for the model
@@ -462,7 +470,7 @@ class TurnDetector:
             last = float(stay_we[lo:j].max())
             if last > -math.inf:
                 self._last_speech_end = last
-                self._pending = None
+                self._drop_pending("speech")
 
     def _catch_up(self, arrival: float, clock: FileClock, out: list[Decision]) -> None:
         """On a ``FileClock``: the ticks before the frame arriving at ``arrival``, then its arrival tick.
@@ -521,7 +529,7 @@ class TurnDetector:
         if reason == "score":
             self._scored_lse = lse
             if hasattr(self._model, "submit"):
-                self._pending = self._model.submit(self._model_audio(upto))
+                self._pending = self._model.submit(self._model_audio(upto), turn=self._turn_no)
                 self._poll_t = t + POLL_S
                 return
             p = float(self._model.probability(self._model_audio(upto)))
@@ -570,7 +578,7 @@ class TurnDetector:
                     if self._dyn is not None and ws - self._last_speech_end >= MIN_PAUSE_S - _EPS:
                         self._dyn.observe(ws - self._last_speech_end)
                     self._last_speech_end = we
-                    self._pending = None  # speech resumed: a score still running is about a silence that ended
+                    self._drop_pending("speech")  # speech resumed: a score still running is about a silence that ended
                 due, reason = self._end_due()
                 while self._state is _OPEN and we >= due - _EPS and reason != "poll":
                     self._reach(max(due, self._clock), reason, we, out)
@@ -596,7 +604,8 @@ class TurnDetector:
                 self._dyn.observe(speech_t - self._prev_end_lse)  # we cut them off: the window should cover this
             self._last_speech_end = we
             self._scored_lse = None
-            self._pending = None
+            self._drop_pending("ended")
+            self._turn_no += 1
             lo = max(speech_t - self._pre_roll_s, self._floor)
             out.append(Decision(
                 kind=DecisionKind.SPEECH_START, t=t, speech_t=speech_t,
@@ -604,9 +613,17 @@ class TurnDetector:
                 level_db=level, pre_roll=self._audio_between(lo, frame_end),
             ))
 
+    def _drop_pending(self, reason: str) -> None:
+        """A score still running went stale (``reason``: "speech" or "ended"): forget it, tell the worker."""
+        if self._pending is not None:
+            cancel = getattr(self._pending, "cancel", None)
+            if cancel is not None:
+                cancel(reason)
+            self._pending = None
+
     def _end(self, t: float, reason: str) -> Decision:
         self._to(_IDLE)
-        self._pending = None
+        self._drop_pending("ended")  # the cap or max turn came first: a score still running is late
         self._floor = max(self._floor, t)
         self._prev_end_lse = self._last_speech_end
         return Decision(kind=DecisionKind.SPEECH_END, t=t, speech_t=self._last_speech_end, reason=reason,

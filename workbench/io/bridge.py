@@ -40,6 +40,7 @@ from workbench.core.pcm import MIC_RATE
 from workbench.core.pipeline import SEND_CHUNK_MS, MicPipeline
 from workbench.core.sender import Outgoing
 from workbench.io import live, naive
+from workbench.io.endmodel import EndModelWorker
 from workbench.io.eventloop import running_loop_name
 from workbench.io.ingest import Received, ingest
 from workbench.io.media import FilePlayerTrack
@@ -120,12 +121,14 @@ class _Session:
     The mic side never waits for a reconnect: the core holds its messages meanwhile.
     """
 
-    def __init__(self, cfg: SessionConfig, recorder: Recorder, progress: Callable[[str], None] | None) -> None:
+    def __init__(self, cfg: SessionConfig, recorder: Recorder, progress: Callable[[str], None] | None,
+                 end_model: EndModelWorker | None = None) -> None:
         self.cfg = cfg
         self.rec = recorder
         self.progress = progress or (lambda _msg: None)
         self.t0 = time.monotonic()
-        self.mic = MicPipeline(cfg.params, send_chunk_ms=cfg.send_chunk_ms)
+        handle = None if end_model is None or cfg.params.end_model == "none" else end_model.session(cfg.name)
+        self.mic = MicPipeline(cfg.params, send_chunk_ms=cfg.send_chunk_ms, end_model=handle)
         if cfg.naive == "frame-count":
             self.mic.detector = naive.FrameCountDetector(cfg.params)  # type: ignore[assignment]
         self.core = ClientCore(cfg.recovery())
@@ -302,11 +305,15 @@ async def run_session(
     out_dir: str | Path,
     progress: Callable[[str], None] | None = None,
     observer: Observer | None = None,
+    end_model: EndModelWorker | None = None,
 ) -> SessionResult:
     """Bridge one microphone into a Live session, recording everything (``observer`` sees it too).
 
     ``source`` is either int16 mono 48 kHz audio, played through a loopback WebRTC link by a
     ``FilePlayerTrack``, or a received WebRTC audio track (a browser's), consumed until it ends.
+    ``end_model``: the runner's shared end-of-turn worker (``io.endmodel.EndModelWorker``), used when
+    ``cfg.params.end_model`` names a model; without one, this session starts its own and closes it
+    before returning (no thread or process outlives the call).
     """
     audio_48k = source if isinstance(source, np.ndarray) else None
     meta: dict[str, Any] = {
@@ -320,8 +327,23 @@ async def run_session(
         "audio_s": None if audio_48k is None else round(audio_48k.size / MIC_RATE, 3),
         "event_loop": running_loop_name(),
     }
+    own_model = None
+    if end_model is None and cfg.params.end_model != "none":
+        # Off the loop: starting the worker's process takes a few ms; raises the one-line "needs the file".
+        own_model = end_model = await asyncio.to_thread(EndModelWorker, cfg.params.end_model)
+    try:
+        return await _run_session(source, cfg, out_dir, progress, observer, end_model, audio_48k, meta)
+    finally:
+        if own_model is not None:
+            await asyncio.to_thread(own_model.close)  # joins the worker thread and process off the loop
+
+
+async def _run_session(source: np.ndarray | MediaStreamTrack, cfg: SessionConfig, out_dir: str | Path,
+                       progress: Callable[[str], None] | None, observer: Observer | None,
+                       end_model: EndModelWorker | None, audio_48k: np.ndarray | None,
+                       meta: dict[str, Any]) -> SessionResult:
     rec = Recorder(out_dir, meta, observer=observer)
-    s = _Session(cfg, rec, progress)
+    s = _Session(cfg, rec, progress, end_model)
     rec.meta["t0_monotonic"] = s.t0
     rec.emit(SessionMark(t=0.0, what="start", detail=cfg.name + (f" (naive: {cfg.naive})" if cfg.naive else "")))
     error: str | None = None

@@ -151,7 +151,7 @@ def _params(args: argparse.Namespace):
     params = base.replace(**changes) if hasattr(base, "replace") else type(base)(**{**base.to_dict(), **changes})
     params.validate()
     if params.end_model == "smart-turn":
-        from workbench.core.endturn import SMART_TURN_ENV, SMART_TURN_FILE, smart_turn_path
+        from workbench.store.models import SMART_TURN_ENV, SMART_TURN_FILE, smart_turn_path
 
         if smart_turn_path() is None:
             raise UsageError(f"--end-model smart-turn needs {SMART_TURN_FILE}: `pip install --no-deps pipecat-ai` "

@@ -188,7 +188,8 @@ class TuningPanel:
         hit = self._cache.get(params)
         if hit is None:
             if params.end_model != "none":
-                from workbench.core.endturn import MemoEndModel, make_end_model
+                from workbench.core.endturn import MemoEndModel
+                from workbench.store.models import make_end_model
 
                 if self._memo_model is None:
                     self._memo_model = MemoEndModel(make_end_model(params.end_model))

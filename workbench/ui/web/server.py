@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from workbench.core.events import Event
 from workbench.core.params import TurnParams
 from workbench.io import bridge, live
+from workbench.io.endmodel import EndModelWorker
 from workbench.io.loopdecode import decode_audio_on_loop
 from workbench.io.media import HangupTrack, ModelAudioTrack
 from workbench.io.webrtc import _config, patch_aioice_loopback
@@ -111,9 +112,9 @@ def _interrupts(e: Event) -> bool:
         e.kind == "client" and getattr(e, "action", "") == "interrupted")
 
 
-async def _run_observed(session: BrowserSession, source: MediaStreamTrack, cfg: bridge.SessionConfig
-                        ) -> bridge.SessionResult:
-    return await bridge.run_session(source, cfg, session.dir, observer=session)
+async def _run_observed(session: BrowserSession, source: MediaStreamTrack, cfg: bridge.SessionConfig,
+                        end_model: EndModelWorker | None) -> bridge.SessionResult:
+    return await bridge.run_session(source, cfg, session.dir, observer=session, end_model=end_model)
 
 
 # -- the server -------------------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Server:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._count = 0
+        self.end_model: EndModelWorker | None = None  # one for every browser session, closed by stop()
         app = web.Application()
         app.add_routes([
             web.get("/", self.index),
@@ -159,6 +161,8 @@ class Server:
     async def start(self) -> None:
         patch_aioice_loopback()
         self.config.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.params.end_model != "none":
+            self.end_model = await asyncio.to_thread(EndModelWorker, self.config.params.end_model)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, self.config.port)
@@ -176,6 +180,9 @@ class Server:
             await s.pc.close()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.end_model is not None:
+            await asyncio.to_thread(self.end_model.close)
+            self.end_model = None
 
     @property
     def endpoint(self) -> str:
@@ -336,14 +343,14 @@ class Server:
         assert s.mic is not None
         try:
             if self.endpoint != "emulator":
-                s.result = await _run_observed(s, s.mic, cfg)
+                s.result = await _run_observed(s, s.mic, cfg, self.end_model)
             else:  # its own emulator, so emulator.jsonl holds this session only
                 from workbench.emulator import Emulator, EmulatorConfig
 
                 async with Emulator(EmulatorConfig(reply_s=self.config.reply_s)) as emu:  # the real profile
                     settings.base_url = emu.base_url
                     settings.ssl_context = emu.client_ssl_context()
-                    s.result = await _run_observed(s, s.mic, cfg)
+                    s.result = await _run_observed(s, s.mic, cfg, self.end_model)
                 emu.write_log(s.dir)
             s.error = s.result.error
         except Exception as exc:  # reported to the page and in /status
