@@ -99,7 +99,7 @@ def test_samples_source_and_bad_values_do_not_crash() -> None:
     assert p.params.silence_ms >= 10
 
 
-@pytest.mark.skipif(__import__("workbench.core.endturn", fromlist=["x"]).smart_turn_path() is None,
+@pytest.mark.skipif(__import__("workbench.store.models", fromlist=["x"]).smart_turn_path() is None,
                     reason="smart-turn-v3.2-cpu.onnx not installed")
 def test_end_model_scores_show_and_its_threshold_slider_replays_without_rescoring(tmp_path: Path) -> None:
     x, rate = sf.read(Path(__file__).resolve().parent.parent / "recordings" / "thinking.flac", dtype="float32")

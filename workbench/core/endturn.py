@@ -126,13 +126,16 @@ STALE_REASONS = ("speech", "ended", "superseded", "closed")  # speech resumed / 
 
 
 class _Flag:
-    """``threading.Event``'s ``set``/``wait`` for one thread: ``wait`` cannot block, it says whether it is set."""
+    """``threading.Event``'s ``set``/``is_set``/``wait`` for one thread: ``wait`` cannot block, it says whether it is set."""
 
     def __init__(self) -> None:
         self._set = False
 
     def set(self) -> None:
         self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._set
