@@ -266,8 +266,8 @@ def test_sweep_of_the_end_model_scores_each_silence_once_across_thresholds() -> 
         pytest.skip("smart-turn-v3.2-cpu.onnx not installed")
     import soundfile as sf
 
-    from workbench.analysis.sweep import Source
     from workbench.analysis import sweep as sw
+    from workbench.analysis.sweep import Source
     from workbench.store.speechset import read_pauses
 
     x, rate = sf.read(THINKING, dtype="float32")
