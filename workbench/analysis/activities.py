@@ -19,13 +19,15 @@ Rules:
   next).  Fallback, for recordings made before those fields or by ``workbench.tap``: the client
   core's ``resend`` events (``Client`` with ``turn``) name the turns re-sent at a reconnect, in
   order, and go to the next activities; any other activity is the next new turn; ``conn`` counts
-  the connections begun so far.  (This is how the turn table was computed before the fields; it
-  gives the same numbers unless a connect attempt failed, which the bridge's numbers count.)
+  the connections begun so far (first rule); ``audio_s`` sums the app-stage audio from 50 ms before
+  the ActivityStart to its ActivityEnd.  This is how the turn table was computed before the fields;
+  the bridge's own numbers differ only where a connect attempt failed (the bridge counts every
+  attempt) and where a re-send follows another back to back (the window takes the other's last chunk).
 - An answer belongs to an activity when it came (as read by the application) on the same
   connection after its ActivityEnd and before the connection's next ActivityEnd: its first
-  ``model_audio`` and its ``turn_complete``.  ``interrupted``: the client core counted the
+  ``model_audio`` and its ``turn_complete``.  ``interrupted_t``: the client core counted the
   answer as stopped by barge-in (``Client`` action ``interrupted`` for this turn, the latest
-  attempt on the wire then).
+  attempt on the wire then); such an answer counts as answered then, as the client core counts it.
 """
 
 from __future__ import annotations
