@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import pytest
 
 from workbench.analysis import diagnose
 from workbench.analysis.diagnose import Finding, context, format_findings
+from workbench.analysis.diagnose.context import _pings
+from workbench.analysis.diagnose.responses import _why_unanswered
 from workbench.core.events import (
     Client,
     Error,
@@ -383,6 +384,16 @@ def test_watchdog(tmp_path):
     assert "a response followed at 11.50 s" in f.evidence
 
 
+def test_watchdog_on_a_later_turn_looks_for_the_response_after_that_turn(tmp_path):
+    """The window runs from the firing to the next ActivityStart after the turn on the wire then; it was bounded by
+    the first activity's next start (9.01 s here), which hid the response at 21.5 s."""
+    s = Session(tmp_path).greeting().turn(4.0, 6.0, audio_until=5.5).answer(6.5)
+    s.turn(9.0, 11.0, audio_until=10.5).answer(11.5).turn(14.0, 16.0, audio_until=15.5)
+    s.emit(Watchdog(t=21.0, after_s=5.0, action="reconnect and re-send turn 3")).answer(21.5)
+    f = one(diagnose.diagnose(s.done()), "watchdog")
+    assert "a response followed at 21.50 s" in f.evidence and f.cause is None
+
+
 def test_pending_ping_at_session_end_is_not_unanswered(tmp_path):
     s = Session(tmp_path).greeting().emit(Ws(t=9.0, what="ping"), SessionMark(t=10.0, what="end"))
     assert diagnose.diagnose(s.done())[0].code == "healthy"
@@ -403,15 +414,14 @@ def test_format_findings(tmp_path):
 def test_registered_subcommand(tmp_path, monkeypatch, capsys):
     healthy_session(tmp_path, "ok")
     failure_a(tmp_path / "x")
-    monkeypatch.setattr(cli, "PLUGGED", ("workbench.analysis.diagnose",))
+    monkeypatch.setattr(cli, "PLUGGED", ())  # diagnose is the CLI's own; no plugged module is needed
     assert cli.main(["diagnose", str(tmp_path / "ok")]) == 0
     assert "healthy" in capsys.readouterr().out
     assert cli.main(["diagnose", str(tmp_path / "x" / "r"), "--format", "json", "--response-timeout", "3"]) == 1
     assert "no_response_after_activity_end" in {d["code"] for d in json.loads(capsys.readouterr().out)}
     assert cli.main(["diagnose", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("workbench: error: ")
-    ap = argparse.ArgumentParser()
-    diagnose.register(ap.add_subparsers())
+    ap = cli.build_parser()
     assert ap.parse_args(["diagnose", "R", "--format", "json"]).format == "json"
 
 
@@ -420,7 +430,7 @@ def test_module_entry_point(tmp_path):
     failure_b(tmp_path / "b")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "workbench.analysis.diagnose", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "workbench", "diagnose", *args], capture_output=True,
                               text=True, timeout=60)
 
     ok = run(str(tmp_path / "ok"))
@@ -524,8 +534,8 @@ def test_keepalive_causes_are_told_apart(tmp_path):
     for name, rec in [("a", failure_b(tmp_path / "a")), ("b", receive_stopped(tmp_path / "b")),
                       ("d", failure_a(tmp_path / "d"))]:
         c = context(rec)
-        (p,) = [p for p in diagnose._pings(c) if p.outcome is diagnose.PingOutcome.UNANSWERED]
-        got[name] = diagnose._why_unanswered(c, p)[0]
+        (p,) = [p for p in _pings(c) if p.outcome is diagnose.PingOutcome.UNANSWERED]
+        got[name] = _why_unanswered(c, p)[0]
     assert got == {"a": K.LATE_PONG, "b": K.RECEIVE_STOPPED, "d": K.STALL}
 
 

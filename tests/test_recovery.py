@@ -177,6 +177,15 @@ def test_lost_connection_resumes_and_re_sends_the_turn_once(runs, name):
     assert not rejected if name != "stall" else (run.client("reconnect")["reason"] == "resume_rejected").any()
     resent = run.client("resend")
     assert len(resent) >= 1 and (resent["attempt"] == 2).all()
+    # The bridge records which turn, attempt and connection each send carried (the stall's rejected resume makes
+    # the carrying connection conn 3, not the second one opened): each re-send the client core decided is a row
+    # of the turn table on the connection it named.
+    app = run.rec.of_kind("send")
+    app = app[(app["stage"] == "app") & app["msg"].isin(["activity_start", "audio", "activity_end"])]
+    assert app[["conn", "turn", "attempt"]].notna().all().all()
+    tt = turn_table(run.rec)
+    rows = set(zip(tt["turn"], tt["attempt"], tt["conn"], strict=True))
+    assert {(r.turn, r.attempt, r.conn) for r in resent[resent["turn"] >= 1].itertuples()} <= rows
 
 
 def test_tool_call_cancellation_cancels_the_running_call(runs):

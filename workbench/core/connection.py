@@ -146,10 +146,16 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Send:
-    """Write ``item`` on connection ``conn`` (skip it if that connection is gone)."""
+    """Write ``item`` on connection ``conn`` (skip it if that connection is gone).
+
+    ``turn`` and ``attempt`` (1 + re-sends) say which turn the item belongs to, None for a tool
+    reply; the shell records them on the ``Sent`` event so no reader has to infer them.
+    """
 
     item: Any
     conn: int
+    turn: int | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,7 @@ class ClientCore:
                                         detail=note))
             turn.on_connection(conn, self.next_index, t)
             self.next_index += len(turn.items)
-            out += [Send(item, conn) for item in turn.items]
+            out += [Send(item, conn, turn.n, turn.sends) for item in turn.items]
         for turn in covers or []:
             if turn.closed and not turn.answered and not turn.dropped:
                 out.append(self._client(t, Act.SKIP_RESEND, Reason.CONSUMED_BY_SERVER, turn=turn.n,
@@ -366,7 +372,7 @@ class ClientCore:
         self.next_index += 1
         if turn.closed and turn.due_t is None:
             turn.due_t = t
-        return [Send(item, self.conn)]
+        return [Send(item, self.conn, turn.n, turn.sends)]
 
     def tool_done(self, t: float, call_id: str, reply: Any) -> list[Action]:
         """A tool call finished: its reply goes out if the call is still live on the current connection."""

@@ -126,7 +126,7 @@ STALE_REASONS = ("speech", "ended", "superseded", "closed")  # speech resumed / 
 
 
 class _Flag:
-    """``threading.Event``'s ``set``/``is_set``/``wait`` for one thread: ``wait`` cannot block, it says whether it is set."""
+    """``threading.Event``'s ``set``/``is_set``/``wait`` for one thread: ``wait`` cannot block, it says if it is set."""
 
     def __init__(self) -> None:
         self._set = False

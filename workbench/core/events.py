@@ -139,6 +139,12 @@ class Sent(Event):
     """A client message: ``msg`` a ``ClientMsg``; ``stage`` ``app`` (handed to the SDK) or ``wire`` (left the socket).
 
     Both are plain strings in a loaded recording: the enums are ``str``, so comparisons hold either way.
+
+    The bridge's app-stage sends say what they carry: ``conn``, the client core's connection number
+    (as in ``Client.conn``); ``turn``, the user turn (0: the greeting's text turn) and ``attempt``, 1 +
+    its re-sends, for a turn's messages (not for a tool response).  The wire tap cannot know them, and
+    recordings made before these fields (or by ``workbench.tap``) lack them: ``analysis.activities``
+    then infers them (its docstring says how).
     """
 
     msg: str
@@ -146,6 +152,9 @@ class Sent(Event):
     seq: int
     stage: str = Stage.APP
     n_samples: int | None = None
+    conn: int | None = None
+    turn: int | None = None
+    attempt: int | None = None
     kind: ClassVar[str] = "send"
 
 

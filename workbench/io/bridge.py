@@ -156,7 +156,7 @@ class _Session:
         for a in actions:
             if isinstance(a, Send):
                 if a.conn == self.attached:
-                    self.writer.put(a.item)
+                    self.writer.put(a.item, a.turn, a.attempt)
             elif isinstance(a, Record):
                 self.emit(a.event)
             elif isinstance(a, Connect):

@@ -13,7 +13,7 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google import genai
@@ -174,13 +174,23 @@ def connect_config(settings: LiveSettings, resume_handle: str | None = None) -> 
 WriterItem = Outgoing | ToolReply | TextTurn
 
 
+class Queued(NamedTuple):
+    """One item in the writer's queue: the connection it is for and the turn it belongs to (None: no turn)."""
+
+    gen: int
+    item: WriterItem
+    turn: int | None = None
+    attempt: int | None = None
+
+
 class Writer:
     """The only task that writes to the session: everything goes through one FIFO queue.
 
     It outlives connections: ``attach`` hands it a new session (and what to re-send first) and
     drops what was queued for the old one; while detached it waits.  Stopping is by queue (a
     ``None`` sentinel), never by cancelling a task inside ``ws.send``.  ``on_lost(conn, exc)``
-    reports a send that failed on connection ``conn`` (the ``gen`` it was queued for).
+    reports a send that failed on connection ``conn`` (the ``gen`` it was queued for).  Each
+    ``Sent`` it records carries that connection and the ``turn`` / ``attempt`` it was ``put`` with.
     """
 
     def __init__(
@@ -195,7 +205,7 @@ class Writer:
         self.clock = clock
         self.on_audio = on_audio
         self.on_lost = on_lost
-        self.queue: asyncio.Queue[tuple[int, WriterItem] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[Queued | None] = asyncio.Queue()
         self.seq = 0
         self.failed: BaseException | None = None
         self.session: Any = None
@@ -226,27 +236,29 @@ class Writer:
         if stop:
             self.queue.put_nowait(None)
 
-    def put(self, item: WriterItem) -> None:
-        """Queue ``item`` for the current connection; anything but a ``WriterItem`` raises TypeError here, at the
-        caller, not later in the writer task (where a failed send means a lost connection)."""
+    def put(self, item: WriterItem, turn: int | None = None, attempt: int | None = None) -> None:
+        """Queue ``item`` for the current connection; ``turn`` / ``attempt`` go on its ``Sent`` event.  Anything but
+        a ``WriterItem`` raises TypeError here, at the caller, not later in the writer task (where a failed send
+        means a lost connection)."""
         if not isinstance(item, Outgoing | ToolReply | TextTurn):
             raise TypeError(f"the writer sends Outgoing, ToolReply and TextTurn, not {type(item).__name__}")
-        self.queue.put_nowait((self.gen, item))
+        self.queue.put_nowait(Queued(self.gen, item, turn, attempt))
 
     def stop(self) -> None:
         self.queue.put_nowait(None)
 
     async def run(self) -> None:
         while (entry := await self.queue.get()) is not None:
-            await self._write(*entry)
+            await self._write(entry)
 
-    async def _write(self, gen: int, item: WriterItem) -> None:
+    async def _write(self, entry: Queued) -> None:
         """Send one item if its connection is still the current one; report a failure once."""
         await self.connected.wait()
+        gen = entry.gen
         if gen != self.gen:
             return  # queued for a connection that is gone: the client core decides what to re-send
         try:
-            await self._send(item)
+            await self._send(entry)
         except Exception as exc:  # the connection is gone: record it, wait for the next one
             self.emit(Error(t=self.clock(), where="writer", message=f"{type(exc).__name__}: {exc}"))
             if gen == self.gen and self.connected.is_set():
@@ -255,29 +267,30 @@ class Writer:
                 if self.on_lost is not None:
                     self.on_lost(gen, exc)
 
-    async def _send(self, item: WriterItem) -> None:
+    async def _send(self, entry: Queued) -> None:
         self.seq += 1
-        session = self.session
+        session, item = self.session, entry.item
+        on = {"conn": entry.gen or None, "turn": entry.turn, "attempt": entry.attempt}
         match item:
             case Outgoing(msg=ClientMsg.AUDIO, audio=audio):
                 assert audio is not None
                 data = audio.astype("<i2").tobytes()
                 self.emit(Sent(t=self.clock(), msg=ClientMsg.AUDIO, n_bytes=len(data), seq=self.seq,
-                               n_samples=audio.size))
+                               n_samples=audio.size, **on))
                 await session.send_realtime_input(audio=types.Blob(data=data, mime_type=f"audio/pcm;rate={SENT_RATE}"))
                 if self.on_audio is not None:
                     self.on_audio(audio)
             case Outgoing(msg=ClientMsg.ACTIVITY_START):
-                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_START, n_bytes=0, seq=self.seq))
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_START, n_bytes=0, seq=self.seq, **on))
                 await session.send_realtime_input(activity_start=types.ActivityStart())
             case Outgoing(msg=ClientMsg.ACTIVITY_END):
-                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_END, n_bytes=0, seq=self.seq))
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.ACTIVITY_END, n_bytes=0, seq=self.seq, **on))
                 await session.send_realtime_input(activity_end=types.ActivityEnd())
             case ToolReply(responses=responses):
-                self.emit(Sent(t=self.clock(), msg=ClientMsg.TOOL_RESPONSE, n_bytes=0, seq=self.seq))
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.TOOL_RESPONSE, n_bytes=0, seq=self.seq, **on))
                 await session.send_tool_response(function_responses=responses)
             case TextTurn(text=text):
-                self.emit(Sent(t=self.clock(), msg=ClientMsg.CLIENT_CONTENT, n_bytes=len(text), seq=self.seq))
+                self.emit(Sent(t=self.clock(), msg=ClientMsg.CLIENT_CONTENT, n_bytes=len(text), seq=self.seq, **on))
                 await session.send_client_content(
                     turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
                 )

@@ -30,7 +30,7 @@ from workbench.core.params import TurnParams
 from workbench.core.pcm import SENT_RATE, level_dbfs
 from workbench.core.sender import Outgoing
 from workbench.core.turns import Decision, DecisionKind
-from workbench.io.live import Writer, WriterItem
+from workbench.io.live import Queued, Writer, WriterItem
 
 MODES = {
     "receive-once": "a receive loop that stops after the first turn_complete (1011 keepalive ping timeout)",
@@ -120,13 +120,13 @@ class TwoTaskWriter(Writer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.audio_queue: asyncio.Queue[tuple[int, WriterItem] | None] = asyncio.Queue()
+        self.audio_queue: asyncio.Queue[Queued | None] = asyncio.Queue()
 
-    def put(self, item: WriterItem) -> None:
+    def put(self, item: WriterItem, turn: int | None = None, attempt: int | None = None) -> None:
         if isinstance(item, Outgoing) and item.msg == ClientMsg.AUDIO:
-            self.audio_queue.put_nowait((self.gen, item))
+            self.audio_queue.put_nowait(Queued(self.gen, item, turn, attempt))
         else:
-            super().put(item)
+            super().put(item, turn, attempt)
 
     def stop(self) -> None:
         super().stop()
@@ -137,7 +137,7 @@ class TwoTaskWriter(Writer):
 
     async def _audio_loop(self) -> None:
         while (entry := await self.audio_queue.get()) is not None:
-            gen, item = entry
-            await self._write(gen, item)
+            item = entry.item
+            await self._write(entry)
             assert isinstance(item, Outgoing) and item.audio is not None
             await asyncio.sleep(item.audio.size / SENT_RATE)  # "stream at real time", as audio loops often do

@@ -1,4 +1,4 @@
-"""The ``workbench`` command: demo, run, emulator, vad.
+"""The ``workbench`` command: demo, run, emulator, vad, diagnose (and the plugged commands).
 
 Every command turns bad input into one line on stderr (``workbench: error: ...``) and exit code 2.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 BUNDLED = Path(__file__).resolve().parents[2] / "recordings" / "candidate.flac"
 # Modules that add their own subcommands with ``register(subparsers)`` (heavy imports stay inside them).
 PLUGGED = (
-    "workbench.ui.plots", "workbench.analysis.sweep", "workbench.analysis.diagnose", "workbench.ui.serve",
-    "workbench.analysis.export",
+    "workbench.ui.plots", "workbench.analysis.sweep", "workbench.ui.serve", "workbench.analysis.export",
 )
 DEFAULT_LIVE_MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 
@@ -263,6 +262,23 @@ def cmd_vad(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Load, diagnose, print; exit code 1 when any finding is an error."""
+    from dataclasses import asdict
+
+    from workbench.analysis.diagnose import diagnose, format_findings
+    from workbench.store.recording import load
+
+    rec = load(args.recording)
+    findings = diagnose(rec, response_timeout_s=args.response_timeout, lag_threshold_ms=args.lag_threshold_ms)
+    if args.format == "json":
+        print(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        print(f"{rec.path}:")
+        print(format_findings(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``workbench`` parser.  ``command``: the subcommand about to run; when it is a built-in one the plugged
     modules are not imported (``workbench vad FILE`` then pays for no pandas, asyncio or process pools)."""
@@ -299,6 +315,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument(opt, type=Path if opt == "--params" else (str if opt == "--scorer" else float), help=h)
     _add_end_args(p)
     p.set_defaults(func=cmd_vad)
+
+    p = sub.add_parser(
+        "diagnose", help="diagnose a recording: which failure happened, the evidence and the likely cause",
+        description="Check a recording for the known failures (no ActivityEnd, no answer, receive loop stopped, "
+                    "unanswered pings, blocked loop, close codes, goAway, reconnects). Exit 0 when no error "
+                    "finding, 1 otherwise.")
+    p.add_argument("recording", help="recording directory (recordings/<session>)")
+    p.add_argument("--response-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds after ActivityEnd within which a response must arrive (default %(default)s)")
+    p.add_argument("--lag-threshold-ms", type=float, default=100.0, metavar="MS",
+                   help="event-loop lag worth reporting, ms (default %(default)s)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_diagnose)
     if command not in ("demo", "run", "vad"):
         for name in PLUGGED:
             importlib.import_module(name).register(sub)
