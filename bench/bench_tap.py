@@ -213,10 +213,11 @@ ENTRY_POINTS = {
 
 
 def account() -> dict[str, list[float]]:
-    """Wrap ``ENTRY_POINTS`` so that each adds its own thread CPU time; returns label -> [calls, seconds]."""
+    """Wrap ``ENTRY_POINTS`` so that each adds its own time; returns label -> [calls, thread CPU s, longest call's
+    thread CPU s, longest call's wall s] (a wall time well past its CPU time: the thread was preempted or blocked)."""
     import functools
 
-    acc: dict[str, list[float]] = {label: [0, 0.0] for label in ENTRY_POINTS}
+    acc: dict[str, list[float]] = {label: [0, 0.0, 0.0, 0.0] for label in ENTRY_POINTS}
     depth = [0]
     for label, methods in ENTRY_POINTS.items():
         for owner, name in methods:
@@ -224,14 +225,18 @@ def account() -> dict[str, list[float]]:
 
             def wrapper(*a: Any, _f: Any = inner, _label: str = label, **k: Any) -> Any:
                 depth[0] += 1
-                t0 = time.thread_time()
+                t0, w0 = time.thread_time(), time.perf_counter()
                 try:
                     return _f(*a, **k)
                 finally:
                     depth[0] -= 1
                     if depth[0] == 0:
-                        acc[_label][0] += 1
-                        acc[_label][1] += time.thread_time() - t0
+                        cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
+                        e = acc[_label]
+                        e[0] += 1
+                        e[1] += cpu
+                        e[2] = max(e[2], cpu)
+                        e[3] = max(e[3], wall)
 
             setattr(owner, name, functools.wraps(inner)(wrapper))
     return acc
@@ -379,13 +384,15 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
                   f"{acc['per_session_pct']:.2f} % per session), each of the tap's entry points timed in thread CPU "
                   "time (a call inside another is counted in that one), over the whole run, in % of one core per "
                   "session per second of audio:", "",
-                  "| entry point | calls | µs a call | % of a core per session |", "|---|---|---|---|"]
+                  "| entry point | calls | µs a call | % of a core per session | longest call: CPU ms | wall ms |",
+                  "|---|---|---|---|---|---|"]
         total = 0.0
-        for label, (calls, secs) in acc["account"].items():
+        for label, (calls, secs, cpu_max, wall_max) in acc["account"].items():
             share = 100 * secs / (args.n * args.seconds)
             total += share
-            lines.append(f"| {label} | {calls} | {1e6 * secs / max(1, calls):.0f} | {share:.3f} |")
-        lines.append(f"| all | | | {total:.3f} |")
+            lines.append(f"| {label} | {calls} | {1e6 * secs / max(1, calls):.0f} | {share:.3f} | "
+                         f"{1e3 * cpu_max:.2f} | {1e3 * wall_max:.2f} |")
+        lines.append(f"| all | | | {total:.3f} | | |")
     lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes): "
               f"{costs['frame_us']:.0f} µs a frame ({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 "
               "frames a second), of which the mic.flac write (FLAC encode in the recorder's 8192-sample blocks, fed "

@@ -245,7 +245,7 @@ class Tap:
         self.t0 = time.monotonic()
         info: dict[str, Any] = {"name": name or os.path.basename(os.fspath(dir).rstrip("/")), "recorder": "tap",
                                 "t0_monotonic": self.t0, **(meta or {})}
-        self.recorder = Recorder(dir, info)
+        self.recorder = Recorder(dir, info, fast_flac=True)
         self.dir = self.recorder.dir
         self.state = TapState.OPEN
         self._seq = 0
