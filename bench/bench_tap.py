@@ -318,28 +318,34 @@ def main() -> int:
 
 
 def frame_costs(audio: np.ndarray, batches: int = 7) -> dict[str, float]:
-    """µs per 20 ms frame, measured alone (best of ``batches`` passes over the audio, so a busy machine's
-    stalls drop out): the tap's whole frame path, and the mic.flac write of the same samples."""
+    """µs per 20 ms frame, measured alone in process CPU time (best of ``batches`` passes over the audio, so a busy
+    machine's stalls drop out): the tap's whole frame path, the mic.flac write of the same samples as the tap does it
+    (``fast_flac``: libFLAC, no MD5) and as libsndfile does it (what the recorder does without ``fast_flac``)."""
     import tempfile
+
+    from workbench.recording import Recorder
 
     track = PacedTrack(audio)
     whole_mono = audio[: len(track.frames) * FRAME]
     mono = [whole_mono[i:i + 5 * FRAME] for i in range(0, whole_mono.size, 5 * FRAME)]  # as the tap batches
-    whole, flac = [], []
+    whole, flac, sndfile = [], [], []
     with tempfile.TemporaryDirectory() as d:
         for b in range(batches):
             rec = tap.Tap(Path(d) / f"rec{b}")
             rec.track(PacedTrack(audio[:FRAME]))
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for f in track.frames:
                 rec._frame(f)
-            whole.append((time.perf_counter() - t0) / len(track.frames) * 1e6)
-            t0 = time.perf_counter()
-            for i, x in enumerate(mono):
-                rec.recorder.mic(0.0, whole_mono.size + i * 5 * FRAME, x)
-            flac.append((time.perf_counter() - t0) / len(track.frames) * 1e6)
+            whole.append((time.process_time() - t0) / len(track.frames) * 1e6)
+            for fast, out in ((True, flac), (False, sndfile)):
+                mic = Recorder(Path(d) / f"mic{b}{fast}", {}, fast_flac=fast)
+                t0 = time.process_time()
+                for i, x in enumerate(mono):
+                    mic.mic(0.0, i * 5 * FRAME, x)
+                out.append((time.process_time() - t0) / len(track.frames) * 1e6)
+                mic.close()
             rec.close()
-    return {"frame_us": min(whole), "flac_us": min(flac)}
+    return {"frame_us": min(whole), "flac_us": min(flac), "sndfile_us": min(sndfile)}
 
 
 def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, costs: dict[str, float],
@@ -395,8 +401,9 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
         lines.append(f"| all | | | {total:.3f} | | |")
     lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes): "
               f"{costs['frame_us']:.0f} µs a frame ({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 "
-              "frames a second), of which the mic.flac write (FLAC encode in the recorder's 8192-sample blocks, fed "
-              f"100 ms at a time) {costs['flac_us']:.0f} µs."]
+              "frames a second), of which the mic.flac write (FLAC encode by libFLAC without an MD5 signature, in the "
+              f"recorder's 8192-sample blocks, fed 100 ms at a time) {costs['flac_us']:.0f} µs; the same write by "
+              f"libsndfile (which always computes the MD5), as the tap did before: {costs['sndfile_us']:.0f} µs."]
     return section(TITLE, "\n".join(lines))
 
 

@@ -12,6 +12,8 @@ Layout of a recording directory:
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
+The FLAC files are 16-bit mono; written with ``fast_flac`` (``workbench.tap``) they carry no MD5 signature.
+
 The recorder is an observer: stages hand it events and audio; it never calls back.
 Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
 that lacks at most its last 100 ms of events and two audio blocks.

@@ -32,11 +32,18 @@ Contract:
   unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
   still running while the user's bridge shuts down must not fail because of the recorder.
 
-Cost: an event line per call, message and frame, and the FLAC encode of the audio; 48 kHz s16
-frames (what aiortc's decoders give) are handled in batches of up to 200 ms (``MicTap.push``), so
-``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
-that much of its last frames; the loader orders events by ``t``).  ``bench/bench_tap.py``
-measures the whole cost against the same bridge untapped (``bench/BENCHMARKS.md``).
+Cost: an event line per call and message, the FLAC encode of the audio, and per frame what a
+batch costs over its frames.  48 kHz s16 frames (what aiortc's decoders give) are read in place
+and handled in batches of up to 200 ms (``MicTap.push``): one join, one mono mix, the levels at
+once, a compact row per frame written as its ``frame`` line (no event object), one audio block;
+so ``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
+that much of its last frames; the loader orders events by ``t``).  The FLAC files are encoded
+by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
+most of the frame path and libsndfile's MD5 a third of it.  Encoding stays on the caller's
+thread: a thread would add hand-overs to the CPU without taking any away, and no call of the
+tap holds the loop for more than a fraction of a millisecond of CPU (``bench/bench_tap.py``
+times each entry point; it measures the whole cost against the same bridge untapped,
+``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -189,7 +196,11 @@ class MicTap:
         raw = np.frombuffer(bufs[0] if len(bufs) == 1 else b"".join(bufs), np.int16)
         if raw.size != total * ch:  # a buffer with padding past its samples: take each frame's own part
             raw = np.concatenate([np.frombuffer(b, np.int16, count=k * ch) for b, k in zip(bufs, ns, strict=True)])
-        mono = raw if ch == 1 else (raw[0::2] >> 1) + (raw[1::2] >> 1)
+        if ch == 1:
+            mono = raw
+        else:  # channels averaged as (l >> 1) + (r >> 1): in int16, one shift for both
+            half = raw >> 1
+            mono = half[0::2] + half[1::2]
         n = ns[0]
         if total == n * len(ns):  # all of one size (a decoder's frames): levels of the whole batch at once
             w = mono.reshape(len(ns), n).astype(np.float32)
