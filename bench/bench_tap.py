@@ -98,7 +98,7 @@ VARIANTS = {"untapped": (), "tapped": ("session", "track"), "tapped, session onl
 
 
 async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None, spans: list[tuple[float, float]],
-                      parts: tuple[str, ...] = ("session", "track")) -> None:
+                      parts: tuple[str, ...] = ("session", "track"), arrivals: list[float] | None = None) -> None:
     """One session of the user's bridge; tapped into ``out`` when given (``parts``: which of session, track;
     the client is always the tap's then)."""
     from google import genai
@@ -134,6 +134,8 @@ async def user_bridge(audio: np.ndarray, emu: ExternalEmulator, out: Path | None
                     frame = await track.recv()
                 except EOFError:
                     break
+                if arrivals is not None:
+                    arrivals.append(time.monotonic())
                 x = np.frombuffer(frame.planes[0], np.int16, count=2 * frame.samples)
                 pcm = resampler.resample_chunk(((x[0::2].astype(np.int32) + x[1::2]) >> 1).astype(np.int16))
                 loud = _level_db(pcm) >= GATE_DB
@@ -179,12 +181,19 @@ async def run_variant(n: int, audio: np.ndarray, emu: ExternalEmulator, out: Pat
 
     lagger = asyncio.create_task(sample_lag())
     spans: list[tuple[float, float]] = []
-    await asyncio.gather(*(user_bridge(audio, emu, None if out is None else out / str(i), spans, parts)
+    arrivals: list[float] = []
+    await asyncio.gather(*(user_bridge(audio, emu, None if out is None else out / str(i), spans, parts, arrivals)
                            for i in range(n)))
     tracer.cancel()
     lagger.cancel()
     got = trace.all_streaming([a for a, _ in spans], [b for _, b in spans])
     lo, hi = max(a for a, _ in spans), min(b for _, b in spans)
+    inside = [s for s in trace.samples if lo <= s[0] <= hi]
+    # per second of audio the sessions got, not per second of wall time: a starved process (the machine shared)
+    # falls behind its microphones and would look cheaper per wall second
+    audio_s = sum(inside[0][0] <= t <= inside[-1][0] for t in arrivals) * FRAME / 48_000 if len(inside) > 1 else 0
+    got["per_session_pct"] = 100 * (inside[-1][1] - inside[0][1]) / audio_s if audio_s else float("nan")
+    got["realtime"] = audio_s / (n * got["stream_window_s"]) if audio_s else float("nan")
     window = [v for t, v in lags if lo <= t <= hi]
     return {**got, "lag_p50": pct(window, 50), "lag_p99": pct(window, 99), "lag_max": max(window, default=np.nan)}
 
@@ -367,9 +376,10 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
         "",
         f"{args.rounds} rounds; in each, {', '.join(rows)} at the same time, each in a process of its own with "
         f"{args.n} sessions (uvloop), {args.seconds:g} s of the candidate track each; the emulator in its own "
-        "process. CPU is each process's CPU time over the window in which all its sessions stream, in % of one core "
-        "per session (median, then each round). Loop lag: each process's own 100 ms sampler in the same window, ms "
-        "(median over rounds, then each round).",
+        "process. CPU is each process's CPU time over the window in which all its sessions stream, per second of "
+        "audio its sessions received in that window, in % of one core per session (median, then each round; the "
+        f"sessions kept {min(r['realtime'] for v in rows.values() for r in v):.0%} of real time or better). "
+        "Loop lag: each process's own 100 ms sampler in the same window, ms (median over rounds, then each round).",
         "",
         "| variant | CPU % of a core per session | loop lag p50 | p99 | max |",
         "|---|---|---|---|---|",
@@ -385,6 +395,9 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
              for part in ("tapped, session only", "tapped, track only") if part in rows]
     if split:
         lines.append(f"Split (the client tapped in both): {'; '.join(split)}.")
+    lag_d = [t["lag_p99"] - u["lag_p99"] for u, t in zip(rows["untapped"], rows["tapped"], strict=True)]
+    lines.append(f"Loop lag p99, tapped − untapped: {float(np.median(lag_d)):+.1f} ms (median; rounds "
+                 f"{', '.join(f'{d:+.0f}' for d in lag_d)}).")
     if acc is not None:
         lines += ["", f"What costs what: one more tapped run alone ({args.n} sessions; CPU "
                   f"{acc['per_session_pct']:.2f} % per session), each of the tap's entry points timed in thread CPU "

@@ -41,7 +41,7 @@ that much of its last frames; the loader orders events by ``t``).  The FLAC file
 by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
 most of the frame path and libsndfile's MD5 a third of it.  Encoding stays on the caller's
 thread: a thread would add hand-overs to the CPU without taking any away, and no call of the
-tap holds the loop for more than a fraction of a millisecond of CPU (``bench/bench_tap.py``
+tap holds the loop for more than about a millisecond of CPU (``bench/bench_tap.py``
 times each entry point; it measures the whole cost against the same bridge untapped,
 ``bench/BENCHMARKS.md``).
 """
