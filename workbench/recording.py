@@ -137,7 +137,7 @@ def libflac() -> ctypes.CDLL | None:
 class _LibFlacFile:
     """A mono 16-bit FLAC file written by libFLAC itself, each encoded frame handed to the OS at once.
 
-    Why not libsndfile here: its encoder always computes the stream's MD5 signature, ~30 % of the
+    Why not libsndfile here: its encoder always computes the stream's MD5 signature, ~25 % of the
     encode (``bench/BENCHMARKS.md``, "Recording a user's bridge"); libFLAC lets it be left unset
     (all zeros, "not known" in the FLAC format's STREAMINFO), which no reader of ours checks.  The
     file is otherwise what libsndfile writes: FLAC compression level 5, STREAMINFO rewritten with the

@@ -36,12 +36,12 @@ Cost: an event line per call and message, the FLAC encode of the audio, and per 
 batch costs over its frames.  48 kHz s16 frames (what aiortc's decoders give) are read in place
 and handled in batches of up to 200 ms (``MicTap.push``): one join, one mono mix, the levels at
 once, a compact row per frame written as its ``frame`` line (no event object), one audio block;
-so ``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
+so ``events.jsonl`` holds them up to ~300 ms after they arrived (a killed process loses at most
 that much of its last frames; the loader orders events by ``t``).  The FLAC files are encoded
 by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
-most of the frame path and libsndfile's MD5 a third of it.  Encoding stays on the caller's
-thread: a thread would add hand-overs to the CPU without taking any away, and no call of the
-tap holds the loop for more than about a millisecond of CPU (``bench/bench_tap.py``
+half of the frame path and libsndfile's MD5 about a quarter of the encode.  Encoding stays on
+the caller's thread: a thread would add hand-overs to the CPU without taking any away, and no
+call of the tap holds the loop for more than about a millisecond of CPU (``bench/bench_tap.py``
 times each entry point; it measures the whole cost against the same bridge untapped,
 ``bench/BENCHMARKS.md``).
 """
@@ -109,12 +109,14 @@ class MicTap:
     frames and handled together (one join, channels averaged and levels computed for the whole
     batch, one audio block: numpy and libsndfile calls cost per call, not per sample).  A batch ends
     at ``BATCH_FRAMES``, at a gap or a media-time jump, at a change of channel count, at ``flush``
-    (the tap calls it from its 100 ms timer once the batch is ``BATCH_AGE_S`` old, so a killed
-    process loses at most ~200 ms of frames) and at ``close``.  Each frame keeps its own arrival time.
+    (the tap calls it from its 100 ms timer once the batch is ``BATCH_AGE_S`` old: frames that stop
+    are on disk ≤ ~300 ms later, so a killed process loses at most that much) and at ``close``.
+    Each frame keeps its own arrival time.  A flowing microphone's batches end at ``BATCH_FRAMES``
+    (200 ms): half as many batches as at the timer's 100 ms, and a batch's calls cost per batch.
     """
 
     BATCH_FRAMES = 10
-    BATCH_AGE_S = 0.1
+    BATCH_AGE_S = 0.2
 
     def __init__(self, gap_s: float = GAP_S) -> None:
         self.gap_s = gap_s
