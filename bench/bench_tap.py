@@ -361,16 +361,16 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
            acc: dict[str, Any] | None, load: list[str]) -> str:
     def cpu(v: str) -> str:
         xs = [r["per_session_pct"] for r in rows[v]]
-        return f"{np.median(xs):.2f} ({', '.join(f'{x:.2f}' for x in xs)})"
+        return f"{np.nanmedian(xs):.2f} ({', '.join(f'{x:.2f}' for x in xs)})"
 
     def lag(v: str, key: str) -> str:
         xs = [r[key] for r in rows[v]]
-        return f"{np.median(xs):.1f} ({', '.join(f'{x:.0f}' for x in xs)})"
+        return f"{np.nanmedian(xs):.1f} ({', '.join(f'{x:.0f}' for x in xs)})"
 
     def diffs(v: str) -> list[float]:
         return [t["per_session_pct"] - u["per_session_pct"] for u, t in zip(rows["untapped"], rows[v], strict=True)]
 
-    med = float(np.median(diffs("tapped")))
+    med = float(np.nanmedian(diffs("tapped")))
     lines = [
         f"Load (`uptime`) before the rounds: {load[0]}; after: {load[-1]}.",
         "",
@@ -378,7 +378,8 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
         f"{args.n} sessions (uvloop), {args.seconds:g} s of the candidate track each; the emulator in its own "
         "process. CPU is each process's CPU time over the window in which all its sessions stream, per second of "
         "audio its sessions received in that window, in % of one core per session (median, then each round; the "
-        f"sessions kept {min(r['realtime'] for v in rows.values() for r in v):.0%} of real time or better). "
+        f"sessions kept {np.nanmin([r['realtime'] for v in rows.values() for r in v]):.0%} of real time or better; "
+        "nan: a process so starved that its sessions never all streamed at once). "
         "Loop lag: each process's own 100 ms sampler in the same window, ms (median over rounds, then each round).",
         "",
         "| variant | CPU % of a core per session | loop lag p50 | p99 | max |",
@@ -390,13 +391,13 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
               f"{', '.join(f'{d:+.2f}' for d in diffs('tapped'))}); target < {TARGET_PCT} %: "
               + (f"met ({TARGET_PCT - med:.2f} under)." if med < TARGET_PCT
                  else f"NOT met ({med - TARGET_PCT:.2f} over).")]
-    split = [f"{part.removeprefix('tapped, ')} {float(np.median(diffs(part))):+.2f} % "
+    split = [f"{part.removeprefix('tapped, ')} {float(np.nanmedian(diffs(part))):+.2f} % "
              f"(rounds {', '.join(f'{x:+.2f}' for x in diffs(part))})"
              for part in ("tapped, session only", "tapped, track only") if part in rows]
     if split:
         lines.append(f"Split (the client tapped in both): {'; '.join(split)}.")
     lag_d = [t["lag_p99"] - u["lag_p99"] for u, t in zip(rows["untapped"], rows["tapped"], strict=True)]
-    lines.append(f"Loop lag p99, tapped − untapped: {float(np.median(lag_d)):+.1f} ms (median; rounds "
+    lines.append(f"Loop lag p99, tapped − untapped: {float(np.nanmedian(lag_d)):+.1f} ms (median; rounds "
                  f"{', '.join(f'{d:+.0f}' for d in lag_d)}).")
     if acc is not None:
         lines += ["", f"What costs what: one more tapped run alone ({args.n} sessions; CPU "

@@ -41,9 +41,9 @@ that much of its last frames; the loader orders events by ``t``).  The FLAC file
 by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
 half of the frame path and libsndfile's MD5 about a quarter of the encode.  Encoding stays on
 the caller's thread: a thread would add hand-overs to the CPU without taking any away, and no
-call of the tap holds the loop for more than about a millisecond of CPU (``bench/bench_tap.py``
-times each entry point; it measures the whole cost against the same bridge untapped,
-``bench/BENCHMARKS.md``).
+call of the tap holds the loop long (the longest: ~1 ms of CPU, a few ms on a loaded machine;
+``bench/bench_tap.py`` times each entry point, and measures the whole cost against the same
+bridge untapped, ``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
