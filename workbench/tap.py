@@ -76,6 +76,7 @@ __all__ = ["Tap", "TapError", "TappedSession", "TappedTrack"]
 
 Item = FrameRow | Event  # what the mic tap hands the recorder, in time order
 Audio = list[tuple[float, np.ndarray]]  # (media t, 48 kHz int16 mono)
+NOTHING: tuple[list[Item], Audio] = ([], [])  # what a frame that joins a batch hands over; never appended to
 
 LOOP_LAG_PERIOD_S = 0.1  # as the workbench's bridge samples it; also hands buffered events to the OS
 VAD_DECISIONS = ("speech_start", "speech_end")
@@ -167,11 +168,18 @@ class MicTap:
         ``n`` samples of ``channels`` (1 or 2) interleaved; returns what a batch it ended produced.
 
         ``buf`` is kept until the batch is handled (≤ ``BATCH_FRAMES`` frames), not copied."""
-        if self._ts and (len(self._ts) >= self.BATCH_FRAMES or channels != self._channels
-                         or t - self._ts[-1] > self.gap_s or abs(pts_s - self._next) > 0.5 * n / MIC_RATE):
-            items, audio = self.flush()
-        else:
-            items, audio = [], []
+        ts = self._ts
+        if ts and len(ts) < self.BATCH_FRAMES and channels == self._channels and t - ts[-1] <= self.gap_s \
+                and abs(pts_s - self._next) <= 0.5 * n / MIC_RATE:  # the common case: the batch goes on
+            self.last_arrival = t
+            self.n_frames += 1
+            ts.append(t)
+            self._pts.append(pts_s)
+            self._bufs.append(buf)
+            self._ns.append(n)
+            self._next = pts_s + n / MIC_RATE
+            return NOTHING
+        items, audio = self.flush()
         self._arrive(t, pts_s, items)
         if self.rate != MIC_RATE:
             audio += self._flush_resampler()
@@ -443,7 +451,9 @@ class Tap:
             self._counted_s += n / rate  # media time for frames without pts
             channels = frame.layout.nb_channels
             if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
-                self._mic_out(*self._mic.push(t, pts_s, frame.planes[0], n, channels))
+                out = self._mic.push(t, pts_s, frame.planes[0], n, channels)
+                if out is not NOTHING:
+                    self._mic_out(*out)
             else:
                 self._mic_out(*self._mic.frame(t, pts_s, mono_int16(frame), rate))
         except Exception as exc:
