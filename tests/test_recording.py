@@ -6,6 +6,7 @@ import soundfile as sf
 
 import workbench
 from workbench.core.events import Frame, Other, Sent, Server, Vad, Ws, from_dict
+from workbench.store import recording
 from workbench.store.recording import Recorder, RecordingError, load
 
 
@@ -101,7 +102,8 @@ def test_damaged_flac_keeps_readable_part(tmp_path):
 def test_turn_table_follows_resends_across_connections(tmp_path):
     """A turn cut by a reconnect and re-sent is one user turn with two attempts (from the client core's ``resend``
     events' fields); answers stay on their connection; a re-sent greeting labels no user turn."""
-    from workbench.analysis.tables import turn_table, user_turns
+    from workbench.analysis.tables.tables import turn_table, user_turns
+
     from workbench.core.events import Client
 
     rec = Recorder(tmp_path / "r", {})
@@ -196,3 +198,51 @@ def test_numpy_values_are_recorded_as_numbers_and_json_written_lines_still_load(
     frame = r.of_kind("frame").iloc[0]
     assert frame["pts_s"] == 0.25 and frame["n_samples"] == 960 and frame["level_db"] == -20.5
     assert list(r.events["kind"]) == ["frame", "vad"] and not r.problems
+
+
+# -- FLAC by the system's libFLAC (no MD5 signature): what the tap records with ------------------------------------
+
+needs_libflac = pytest.mark.skipif(recording.libflac() is None, reason="no system libFLAC")
+
+
+@needs_libflac
+def test_libflac_stream_round_trips_and_a_killed_writer_leaves_its_encoded_frames(tmp_path):
+    x = (np.sin(np.arange(3 * 48_000) / 11) * 9000 + np.random.default_rng(0).normal(0, 300, 3 * 48_000)).astype(
+        np.int16)
+    stream = recording._FlacStream(tmp_path / "m.flac", 48_000, fast=True)
+    assert isinstance(stream._file, recording._LibFlacFile)
+    for i in range(0, x.size, 960):
+        stream.write(x[i:i + 960])
+    # the file as a SIGKILL would leave it: every frame encoded so far, no length
+    problems = []
+    cut = recording._read_audio(tmp_path / "m.flac", problems)
+    assert x.size - 2 * recording.AUDIO_BLOCK <= cut.size < x.size
+    assert np.array_equal(np.round(cut * 32768).astype(np.int16), x[:cut.size])
+    assert any("not finalised" in p for p in problems)
+    stream.close()
+    stream.close()  # twice is fine
+    info = sf.info(str(tmp_path / "m.flac"))
+    assert info.frames == x.size and info.samplerate == 48_000 and info.channels == 1
+    assert np.array_equal(sf.read(tmp_path / "m.flac", dtype="int16")[0], x)
+
+
+@needs_libflac
+def test_a_fast_flac_recording_loads_as_any_other_and_a_stream_never_written_stays_empty(tmp_path):
+    rec = Recorder(tmp_path / "r", {"name": "t"}, fast_flac=True)
+    rec.mic(0.1, 0, np.full(960, 1000, np.int16))
+    rec.mic(0.5, 960 * 10, np.full(960, 2000, np.int16))
+    rec.sent(np.ones(320, np.int16))
+    rec.close()
+    assert (tmp_path / "r" / "model.flac").stat().st_size == 0
+    r = load(tmp_path / "r")
+    assert r.problems == [] and r.mic.size == 960 * 11 and r.sent.size == 320 and r.model.size == 0
+    assert np.all(r.mic[960:960 * 10] == 0) and r.mic[-1] == pytest.approx(2000 / 32768)
+
+
+def test_without_libflac_fast_flac_writes_with_libsndfile(tmp_path, monkeypatch):
+    monkeypatch.setattr(recording, "libflac", lambda: None)
+    rec = Recorder(tmp_path / "r", {}, fast_flac=True)
+    assert isinstance(rec._audio["mic"]._file, sf.SoundFile)
+    rec.mic(0.0, 0, np.full(960, 1000, np.int16))
+    rec.close()
+    assert load(tmp_path / "r").mic.size == 960

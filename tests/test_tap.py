@@ -26,9 +26,9 @@ import pytest
 from conftest import reaped, sigkill
 from google import genai
 from google.genai import types
+from workbench.analysis.tables.replay import replay_recording
 
 import workbench
-from workbench.analysis.replay import replay_recording
 from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import tap
@@ -255,6 +255,90 @@ def test_misuse_raises_and_the_recording_is_still_finished(tmp_path: Path) -> No
         tap.Tap(tmp_path / "rec")
 
 
+# -- the frame path in batches, sans I/O ---------------------------------------------------------------------------
+
+
+def test_a_frame_row_is_written_as_the_frame_event_it_stands_for(tmp_path: Path) -> None:
+    from workbench.core.events import Frame, FrameGap
+    from workbench.store.recording import Recorder, _event_line, frame_line
+
+    for row in [(1.2345678, 0.02, 960, -23.45), (0.0, 0.0, 1, -120.0), (3600.1, 3599.987654, 441, 0.0)]:
+        event = Frame(t=row[0], pts_s=row[1], n_samples=row[2], rate=48_000, level_db=row[3])
+        assert frame_line(*row) == _event_line(event)
+
+    seen: list[Any] = []
+
+    class Watcher:
+        def event(self, event: Any) -> None:
+            seen.append(event)
+
+        def model_audio(self, samples24k: np.ndarray) -> None:
+            pass
+
+    gap = FrameGap(t=0.5, start_t=0.1, gap_s=0.4, resumed=True)
+    items = [(0.1, 0.0, 960, -20.0), gap, (0.5, 0.4, 960, -21.0)]
+    for observer in (None, Watcher()):
+        rec = Recorder(tmp_path / f"r{observer is None}", {}, observer=observer)
+        rec.emit_items(items)
+        rec.close()
+        loaded = workbench.load(tmp_path / f"r{observer is None}")
+        assert loaded.events["kind"].tolist() == ["frame", "frame_gap", "frame"]
+        assert loaded.of_kind("frame")["level_db"].tolist() == [-20.0, -21.0]
+    assert [e.kind for e in seen] == ["frame", "frame_gap", "frame"]  # the page sees events, rows made into them
+
+
+def _stereo(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-20_000, 20_000, 2 * n).astype(np.int16)
+
+
+def test_a_batch_of_frames_gives_each_frame_its_own_row_and_one_block_of_audio() -> None:
+    """Batched (the 48 kHz s16 path) and one by one (the any-rate path) agree: levels, media times, samples."""
+    from workbench.core.pcm import level_dbfs
+
+    mic = tap.MicTap()
+    frames = [_stereo(960, i) for i in range(4)] + [_stereo(480, 9)]  # a short frame at the end: levels one by one
+    items, audio = [], []
+    for i, x in enumerate(frames):
+        pts = sum(f.size // 2 for f in frames[:i]) / 48_000
+        it, au = mic.push(10.0 + 0.02 * i, pts, x.tobytes() if i % 2 else x, x.size // 2, 2)
+        items += it
+        audio += au
+    assert items == [] and audio == []  # gathered, nothing handed over yet
+    assert mic.batch_age(10.1) == pytest.approx(0.1)
+    it, au = mic.flush()
+    mono = [(x[0::2] >> 1) + (x[1::2] >> 1) for x in frames]
+    assert [r[:3] for r in it] == [(10.0 + 0.02 * i, round(sum(m.size for m in mono[:i]) / 48_000, 6), m.size)
+                                   for i, m in enumerate(mono)]
+    assert [r[3] for r in it] == [round(level_dbfs(m), 2) for m in mono]
+    assert len(au) == 1 and au[0][0] == 0.0 and np.array_equal(au[0][1], np.concatenate(mono))
+    assert mic.flush() == ([], [])
+
+
+def test_a_batch_ends_at_a_gap_a_media_jump_or_a_new_layout() -> None:
+    mic = tap.MicTap()
+    x = _stereo(960, 1)
+    assert mic.push(0.0, 0.0, x, 960, 2) == ([], [])
+    items, audio = mic.push(0.5, 0.02, x, 960, 2)  # arrived 0.5 s later: the batch before it, then the gap
+    assert [type(i).__name__ for i in items] == ["tuple", "FrameGap"] and items[1].gap_s == 0.5
+    items, audio = mic.push(0.52, 1.0, x, 960, 2)  # media time jumped: a block of its own
+    assert len(items) == 1 and audio[0][0] == 0.02
+    items, audio = mic.push(0.54, 1.02, x[:960], 960, 1)  # mono now: a block of its own
+    assert len(items) == 1 and audio[0][0] == 1.0
+    items, audio = mic.close(2.0)
+    assert [type(i).__name__ for i in items] == ["tuple", "FrameGap"] and not items[1].resumed
+    assert audio[0][0] == 1.02 and np.array_equal(audio[0][1], x[:960])
+
+
+def test_a_buffer_longer_than_its_samples_is_read_for_its_own_samples_only() -> None:
+    mic = tap.MicTap()
+    a, b = _stereo(960, 1), _stereo(960, 2)
+    mic.push(0.0, 0.0, np.concatenate([a, np.full(64, 7, np.int16)]), 960, 2)  # padding after the samples
+    mic.push(0.02, 0.02, b, 960, 2)
+    items, audio = mic.flush()
+    assert len(items) == 2
+    assert np.array_equal(audio[0][1], np.concatenate([(x[0::2] >> 1) + (x[1::2] >> 1) for x in (a, b)]))
+
+
 KILLED_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     import numpy as np
@@ -319,7 +403,7 @@ def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -
     assert {"activity_start", "audio"} <= set(sends[sends["stage"] == "wire"]["msg"])
     assert rec.mic.size >= 48_000  # two seconds of frames, less the blocks still being gathered
     assert any("not finalised" in p for p in rec.problems)
-    from workbench.analysis.diagnose import diagnose
+    from workbench.analysis.tables.diagnose import diagnose
 
     assert "cut_short" in {f.code for f in diagnose(rec)}
 
@@ -355,7 +439,7 @@ def field_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_the_tapped_field_report_bridge_is_diagnosed_failure_by_failure(field_report: Path) -> None:
-    from workbench.analysis.diagnose import diagnose
+    from workbench.analysis.tables.diagnose import diagnose
 
     rec = workbench.load(field_report)
     assert not rec.cut_short and rec.meta["recorder"] == "tap"
@@ -450,7 +534,8 @@ def test_export_otlp_json_reads_back_with_the_opentelemetry_proto_loader(field_r
 
 @pytest.mark.slow
 def test_export_audacity_labels_read_back_by_the_label_reader(field_report: Path) -> None:
-    from workbench.analysis.sweep import read_labels
+    from workbench.analysis.tables.sweep import read_labels
+
     from workbench.ui.cli import main
 
     assert main(["export", str(field_report), "--format", "audacity"]) == 0

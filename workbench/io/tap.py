@@ -32,11 +32,18 @@ Contract:
   unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
   still running while the user's bridge shuts down must not fail because of the recorder.
 
-Cost: an event line per call, message and frame, and the FLAC encode of the audio; 48 kHz s16
-frames (what aiortc's decoders give) are handled in batches of up to 200 ms (``MicTap.push``), so
-``events.jsonl`` holds them up to ~200 ms after they arrived (a killed process loses at most
-that much of its last frames; the loader orders events by ``t``).  ``bench/bench_tap.py``
-measures the whole cost against the same bridge untapped (``bench/BENCHMARKS.md``).
+Cost: an event line per call and message, the FLAC encode of the audio, and per frame what a
+batch costs over its frames.  48 kHz s16 frames (what aiortc's decoders give) are read in place
+and handled in batches of up to 200 ms (``MicTap.push``): one join, one mono mix, the levels at
+once, a compact row per frame written as its ``frame`` line (no event object), one audio block;
+so ``events.jsonl`` holds them up to ~300 ms after they arrived (a killed process loses at most
+that much of its last frames; the loader orders events by ``t``).  The FLAC files are encoded
+by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
+half of the frame path and libsndfile's MD5 about a quarter of the encode.  Encoding stays on
+the caller's thread: a thread would add hand-overs to the CPU without taking any away, and no
+call of the tap holds the loop long (the longest: ~1 ms of CPU, a few ms on a loaded machine;
+``bench/bench_tap.py`` times each entry point, and measures the whole cost against the same
+bridge untapped, ``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ import numpy as np
 import soxr
 from aiortc.mediastreams import MediaStreamTrack
 
-from workbench.core.events import Error, Event, Frame, FrameGap, LoopLag, Sent, SessionMark, Vad, Ws
+from workbench.core.events import Error, Event, FrameGap, LoopLag, Sent, SessionMark, Vad, Ws
 from workbench.core.pcm import MIC_RATE, SENT_RATE, level_dbfs
 from workbench.core.pipeline import GAP_S
 from workbench.core.resample import Resampler
@@ -63,9 +70,13 @@ from workbench.io.eventloop import running_loop_name
 from workbench.io.live import server_events
 from workbench.io.webrtc import mono_int16
 from workbench.io.wiretap import tapped_connection
-from workbench.store.recording import Recorder
+from workbench.store.recording import FrameRow, Recorder
 
 __all__ = ["Tap", "TapError", "TappedSession", "TappedTrack"]
+
+Item = FrameRow | Event  # what the mic tap hands the recorder, in time order
+Audio = list[tuple[float, np.ndarray]]  # (media t, 48 kHz int16 mono)
+NOTHING: tuple[list[Item], Audio] = ([], [])  # what a frame that joins a batch hands over; never appended to
 
 LOOP_LAG_PERIOD_S = 0.1  # as the workbench's bridge samples it; also hands buffered events to the OS
 VAD_DECISIONS = ("speech_start", "speech_end")
@@ -83,24 +94,30 @@ class TapState(enum.Enum):
 
 
 class MicTap:
-    """Sans-I/O: frames in (arrival time, media time, samples), events and 48 kHz mono audio out.
+    """Sans-I/O: frames in (arrival time, media time, samples), frame rows, events and 48 kHz mono audio out.
 
     Mirrors what ``MicPipeline`` records for the workbench's bridge, so ``replay.replay_recording``
     reads a tapped recording the same way: ``Frame.n_samples`` and ``mic.flac`` are in 48 kHz
     samples at the frame's media time, and a pause longer than ``gap_s`` between arrivals is a
-    ``FrameGap`` (``resumed=False`` when the recording ends inside it).
+    ``FrameGap`` (``resumed=False`` when the recording ends inside it).  Each method returns
+    ``(items, audio)``: ``items`` in time order, each a ``FrameRow`` (a ``frame`` event in compact
+    form, no dataclass or dict per frame: ``Recorder.emit_items`` writes its line) or another event;
+    ``audio`` a list of (media t, 48 kHz int16).
 
     Two ways in.  ``frame``: int16 mono at any rate, handled at once (resampled to 48 kHz by soxr).
-    ``push``: the common case, 48 kHz packed s16 mono or stereo (aiortc's decoders), gathered into
-    batches of media-contiguous frames and handled together (channels averaged, levels computed and
-    audio written for the whole batch: numpy and libsndfile calls cost per call, not per sample).
-    A batch ends at ``BATCH_FRAMES``, at a gap or a media-time jump, at ``flush`` (the tap calls it
-    from its 100 ms timer once the batch is ``BATCH_AGE_S`` old, so a killed process loses at most
-    ~200 ms of frames) and at ``close``.  Each frame's event keeps its own arrival time.
+    ``push``: the common case, 48 kHz packed s16 mono or stereo (aiortc's decoders), as the frame's
+    own buffer (read in place, never copied alone), gathered into batches of media-contiguous
+    frames and handled together (one join, channels averaged and levels computed for the whole
+    batch, one audio block: numpy and libsndfile calls cost per call, not per sample).  A batch ends
+    at ``BATCH_FRAMES``, at a gap or a media-time jump, at a change of channel count, at ``flush``
+    (the tap calls it from its 100 ms timer once the batch is ``BATCH_AGE_S`` old: frames that stop
+    are on disk ≤ ~300 ms later, so a killed process loses at most that much) and at ``close``.
+    Each frame keeps its own arrival time.  A flowing microphone's batches end at ``BATCH_FRAMES``
+    (200 ms): half as many batches as at the timer's 100 ms, and a batch's calls cost per batch.
     """
 
     BATCH_FRAMES = 10
-    BATCH_AGE_S = 0.1
+    BATCH_AGE_S = 0.2
 
     def __init__(self, gap_s: float = GAP_S) -> None:
         self.gap_s = gap_s
@@ -109,97 +126,115 @@ class MicTap:
         self.rate: int | None = None
         self._resampler: Resampler | None = None
         self.n_frames = 0
-        self._batch: list[tuple[float, float, np.ndarray]] = []  # (arrival, media t, interleaved int16)
-        self._batch_channels = 1
-        self._batch_next = 0.0  # media time the next frame of the batch starts at
+        # the batch, column by column (no tuple per frame): arrival, media t, buffer, samples per channel
+        self._ts: list[float] = []
+        self._pts: list[float] = []
+        self._bufs: list[Any] = []
+        self._ns: list[int] = []
+        self._channels = 1
+        self._next = 0.0  # media time the next frame of the batch starts at
 
-    def _arrive(self, t: float, pts_s: float, events: list[Event]) -> None:
+    def _arrive(self, t: float, pts_s: float, items: list[Item]) -> None:
         if self.media_offset is None:
             self.media_offset = t - pts_s
         if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
-            events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
-                                   resumed=True))
+            items.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
+                                  resumed=True))
         self.last_arrival = t
         self.n_frames += 1
 
-    def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int
-              ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """One frame of int16 mono ``samples`` at ``rate``; returns (events, [(media t, 48 kHz int16)]).
+    def frame(self, t: float, pts_s: float, samples: np.ndarray, rate: int) -> tuple[list[Item], Audio]:
+        """One frame of int16 mono ``samples`` at ``rate``; returns (items, [(media t, 48 kHz int16)]).
 
         Media time plus ``media_offset`` is the session time of a sample (``mic.flac`` is placed by it).
         """
-        events, audio = self.flush()
-        self._arrive(t, pts_s, events)
+        items, audio = self.flush()
+        self._arrive(t, pts_s, items)
         if rate != self.rate:
             audio += self._flush_resampler()
             self.rate = rate
             self._resampler = None if rate == MIC_RATE else Resampler(in_rate=rate, out_rate=MIC_RATE)
         n48 = samples.size if rate == MIC_RATE else round(samples.size * MIC_RATE / rate)
         # rounded as the bridge's pipeline rounds them
-        events.append(Frame(t=t, pts_s=round(pts_s, 6), n_samples=int(n48), rate=MIC_RATE,
-                            level_db=round(level_dbfs(samples), 2)))
+        items.append((t, round(pts_s, 6), int(n48), round(level_dbfs(samples), 2)))
         if self._resampler is None:
             audio.append((pts_s, samples))
         else:
             audio += self._resampler.push(pts_s, samples)
-        return events, audio
+        return items, audio
 
-    def push(self, t: float, pts_s: float, interleaved: np.ndarray, channels: int
-             ) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """One 48 kHz packed s16 frame (``channels`` 1 or 2); returns what a batch it ended produced."""
-        n = interleaved.size // channels
-        batch = self._batch
-        if batch and (len(batch) >= self.BATCH_FRAMES or channels != self._batch_channels
-                      or (self.last_arrival is not None and t - self.last_arrival > self.gap_s)
-                      or abs(pts_s - self._batch_next) > 0.5 * n / MIC_RATE):
-            events, audio = self.flush()
-        else:
-            events, audio = [], []
-        self._arrive(t, pts_s, events)
+    def push(self, t: float, pts_s: float, buf: Any, n: int, channels: int) -> tuple[list[Item], Audio]:
+        """One 48 kHz packed s16 frame: ``buf`` (any buffer: a PyAV plane, bytes, an int16 array) holds
+        ``n`` samples of ``channels`` (1 or 2) interleaved; returns what a batch it ended produced.
+
+        ``buf`` is kept until the batch is handled (≤ ``BATCH_FRAMES`` frames), not copied."""
+        ts = self._ts
+        if ts and len(ts) < self.BATCH_FRAMES and channels == self._channels and t - ts[-1] <= self.gap_s \
+                and abs(pts_s - self._next) <= 0.5 * n / MIC_RATE:  # the common case: the batch goes on
+            self.last_arrival = t
+            self.n_frames += 1
+            ts.append(t)
+            self._pts.append(pts_s)
+            self._bufs.append(buf)
+            self._ns.append(n)
+            self._next = pts_s + n / MIC_RATE
+            return NOTHING
+        items, audio = self.flush()
+        self._arrive(t, pts_s, items)
         if self.rate != MIC_RATE:
             audio += self._flush_resampler()
             self.rate, self._resampler = MIC_RATE, None
-        self._batch.append((t, pts_s, interleaved))
-        self._batch_channels = channels
-        self._batch_next = pts_s + n / MIC_RATE
-        return events, audio
+        self._ts.append(t)
+        self._pts.append(pts_s)
+        self._bufs.append(buf)
+        self._ns.append(n)
+        self._channels = channels
+        self._next = pts_s + n / MIC_RATE
+        return items, audio
 
     def batch_age(self, t: float) -> float:
         """How long the oldest frame of the current batch has waited (0 when there is none)."""
-        return t - self._batch[0][0] if self._batch else 0.0
+        return t - self._ts[0] if self._ts else 0.0
 
-    def flush(self) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
-        """Handle the frames gathered by ``push``: their events and their audio (one contiguous block)."""
-        batch, self._batch = self._batch, []
-        if not batch:
+    def flush(self) -> tuple[list[Item], Audio]:
+        """Handle the frames gathered by ``push``: their rows and their audio (one contiguous block)."""
+        if not self._ts:
             return [], []
-        raw = batch[0][2] if len(batch) == 1 else np.concatenate([x for _, _, x in batch])
-        mono = raw if self._batch_channels == 1 else (raw[0::2] >> 1) + (raw[1::2] >> 1)
-        n = batch[0][2].size // self._batch_channels
-        if all(x.size == batch[0][2].size for _, _, x in batch):
-            w = mono.reshape(len(batch), n).astype(np.float32)
-            levels = np.einsum("ij,ij->i", w, w) / (n * 32768.0**2)
-            level_db = [round(max(-120.0, 10.0 * math.log10(v)), 2) if v > 0 else -120.0 for v in levels.tolist()]
+        ts, pts, bufs, ns, ch = self._ts, self._pts, self._bufs, self._ns, self._channels
+        self._ts, self._pts, self._bufs, self._ns = [], [], [], []
+        total = sum(ns)
+        raw = np.frombuffer(bufs[0] if len(bufs) == 1 else b"".join(bufs), np.int16)
+        if raw.size != total * ch:  # a buffer with padding past its samples: take each frame's own part
+            raw = np.concatenate([np.frombuffer(b, np.int16, count=k * ch) for b, k in zip(bufs, ns, strict=True)])
+        if ch == 1:
+            mono = raw
+        else:  # channels averaged as (l >> 1) + (r >> 1): in int16, one shift for both
+            half = raw >> 1
+            mono = half[0::2] + half[1::2]
+        n = ns[0]
+        if total == n * len(ns):  # all of one size (a decoder's frames): levels of the whole batch at once
+            w = mono.reshape(len(ns), n).astype(np.float32)
+            log10 = math.log10
+            level_db = [round(max(-120.0, 10.0 * log10(v)), 2) if v > 0 else -120.0
+                        for v in (np.einsum("ij,ij->i", w, w) / (n * 32768.0**2)).tolist()]
         else:
-            at = np.cumsum([0] + [x.size // self._batch_channels for _, _, x in batch])
+            at = np.cumsum([0, *ns]).tolist()
             level_db = [round(level_dbfs(mono[a:b]), 2) for a, b in zip(at, at[1:], strict=False)]
-        events: list[Event] = [Frame(t=t, pts_s=round(pts_s, 6), n_samples=x.size // self._batch_channels,
-                                     rate=MIC_RATE, level_db=db) for (t, pts_s, x), db in zip(batch, level_db,
-                                                                                             strict=True)]
-        return events, [(batch[0][1], mono)]
+        items: list[Item] = [(t, round(p, 6), k, db) for t, p, k, db in zip(ts, pts, ns, level_db, strict=True)]
+        return items, [(pts[0], mono)]
 
-    def _flush_resampler(self) -> list[tuple[float, np.ndarray]]:
+    def _flush_resampler(self) -> Audio:
         return self._resampler.flush() if self._resampler is not None else []
 
-    def close(self, t: float) -> tuple[list[Event], list[tuple[float, np.ndarray]]]:
+    def close(self, t: float) -> tuple[list[Item], Audio]:
         """The recording ends at ``t``: the last batch, a gap still open, the audio soxr holds back (by media time)."""
-        events, audio = self.flush()
+        items, audio = self.flush()
         if self.last_arrival is not None and t - self.last_arrival > self.gap_s:
-            events.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
-                                   resumed=False))
+            items.append(FrameGap(t=t, start_t=self.last_arrival, gap_s=round(t - self.last_arrival, 4),
+                                  resumed=False))
         audio += self._flush_resampler()
         self._resampler = None
-        return events, audio
+        return items, audio
 
 
 def _pcm_rate(mime_type: str | None) -> int:
@@ -231,7 +266,7 @@ class Tap:
         self.t0 = time.monotonic()
         info: dict[str, Any] = {"name": name or os.path.basename(os.fspath(dir).rstrip("/")), "recorder": "tap",
                                 "t0_monotonic": self.t0, **(meta or {})}
-        self.recorder = Recorder(dir, info)
+        self.recorder = Recorder(dir, info, fast_flac=True)
         self.dir = self.recorder.dir
         self.state = TapState.OPEN
         self._seq = 0
@@ -240,7 +275,7 @@ class Tap:
         self._mic = MicTap()
         self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
         self._rate: int | None = None  # the track's rate and time base, read again only when the rate changes
-        self._time_base: Fraction | None = None
+        self._time_base: tuple[int, int] | None = None  # (numerator, denominator)
         self._counted_s = 0.0
         self._failed: set[str] = set()
         self._lag_timer: asyncio.TimerHandle | None = None
@@ -396,8 +431,9 @@ class Tap:
     def _frame(self, frame: Any) -> None:
         """Record one frame the track returned: its event, its audio by media time, the gap before it.
 
-        Runs on every frame (50 a second a session), so it reads each PyAV property once: the time
-        base is a new ``Fraction`` at every access and is read only when the rate changes.
+        Runs on every frame (50 a second a session), so it reads each PyAV property once and the
+        plane in place: the time base is a new ``Fraction`` at every access and is read (as two
+        ints) only when the rate changes.
         """
         if self.state is not TapState.OPEN or not isinstance(frame, av.AudioFrame):
             return
@@ -405,26 +441,29 @@ class Tap:
             t = time.monotonic() - self.t0
             rate = frame.sample_rate
             if rate != self._rate:
-                self._rate, self._time_base = rate, frame.time_base
+                self._rate, tb = rate, frame.time_base
+                self._time_base = None if tb is None else (tb.numerator, tb.denominator)
                 if self._track is not None:
                     self._track.note(frame)
             pts, tb = frame.pts, self._time_base
             n = frame.samples
-            pts_s = pts * tb.numerator / tb.denominator if pts is not None and tb is not None else self._counted_s
+            pts_s = pts * tb[0] / tb[1] if pts is not None and tb is not None else self._counted_s
             self._counted_s += n / rate  # media time for frames without pts
             channels = frame.layout.nb_channels
             if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
-                raw = np.frombuffer(frame.planes[0], np.int16, count=channels * n)
-                self._mic_out(*self._mic.push(t, pts_s, raw, channels))
+                out = self._mic.push(t, pts_s, frame.planes[0], n, channels)
+                if out is not NOTHING:
+                    self._mic_out(*out)
             else:
                 self._mic_out(*self._mic.frame(t, pts_s, mono_int16(frame), rate))
         except Exception as exc:
             self._fail("track", exc)
 
-    def _mic_out(self, events: list[Event], audio: list[tuple[float, np.ndarray]]) -> None:
-        for e in events:
-            self.recorder.emit(e)
-        self._mic_audio(audio)
+    def _mic_out(self, items: list[Item], audio: Audio) -> None:
+        if items:
+            self.recorder.emit_items(items)
+        if audio:
+            self._mic_audio(audio)
 
     def _flush_mic(self) -> None:
         """From the 100 ms timer: hand over a batch of frames that has waited long enough."""
@@ -434,7 +473,7 @@ class Tap:
         except Exception as exc:
             self._fail("track", exc)
 
-    def _mic_audio(self, audio: list[tuple[float, np.ndarray]]) -> None:
+    def _mic_audio(self, audio: Audio) -> None:
         offset = self._mic.media_offset or 0.0
         for media_t, x in audio:
             self.recorder.mic(media_t + offset, round(media_t * MIC_RATE), x)

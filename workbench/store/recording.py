@@ -12,6 +12,8 @@ Layout of a recording directory:
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
+The FLAC files are 16-bit mono; written with ``fast_flac`` (``workbench.tap``) they carry no MD5 signature.
+
 The recorder is an observer: stages hand it events and audio; it never calls back.
 Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
 that lacks at most its last 100 ms of events and two audio blocks.
@@ -19,6 +21,7 @@ that lacks at most its last 100 ms of events and two audio blocks.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
@@ -34,7 +37,7 @@ import orjson
 import pandas as pd
 import soundfile as sf
 
-from workbench.core.events import Event, from_dict
+from workbench.core.events import Event, Frame, from_dict
 from workbench.core.pcm import MIC_RATE, MODEL_RATE, SENT_RATE
 
 AUDIO_FILES = {"mic": ("mic.flac", MIC_RATE), "sent": ("sent.flac", SENT_RATE), "model": ("model.flac", MODEL_RATE)}
@@ -63,6 +66,19 @@ def _event_line(event: Event) -> bytes:
     return orjson.dumps(event.to_dict(), default=_plain) + b"\n"
 
 
+# A ``frame`` event in compact form: (t, pts_s, n_samples, level_db) at MIC_RATE, already rounded as the
+# pipeline rounds them.  A microphone makes 50 a second a session; a row is one tuple where the event
+# would be a dataclass, its dict and its line (``frame_line`` writes the same line).
+FrameRow = tuple[float, float, int, float]
+
+
+def frame_line(t: float, pts_s: float, n_samples: int, level_db: float) -> bytes:
+    """The line ``_event_line(Frame(t=t, pts_s=pts_s, n_samples=n_samples, rate=MIC_RATE, level_db=level_db))``
+    writes, byte for byte, without building the event."""
+    return orjson.dumps({"t": round(t, 6), "kind": Frame.kind, "pts_s": pts_s, "n_samples": n_samples,
+                         "rate": MIC_RATE, "level_db": level_db}) + b"\n"
+
+
 class RecordingError(Exception):
     """A recording cannot be read; the message names the file and the problem."""
 
@@ -85,24 +101,142 @@ def package_versions() -> dict[str, str]:
     return dict(_versions())
 
 
+_FLAC_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t,
+                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)
+_FLAC_SEEK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)
+_FLAC_TELL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p)
+FLAC_LEVEL = 5  # libsndfile's own default: the same compression, so the same file sizes
+
+
+@functools.cache
+def libflac() -> ctypes.CDLL | None:
+    """The system's libFLAC (its stream encoder API, ``FLAC/stream_encoder.h``), or None when there is none.
+
+    Tried by its sonames first: ``ctypes.util.find_library`` runs ``ldconfig`` in a subprocess.
+    """
+    import ctypes.util
+
+    for name in ("libFLAC.so.14", "libFLAC.so.12", "libFLAC.so.8", ctypes.util.find_library("FLAC")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        p, u = ctypes.c_void_p, ctypes.c_uint
+        lib.FLAC__stream_encoder_new.restype = p
+        for setter in ("channels", "bits_per_sample", "sample_rate", "compression_level", "do_md5"):
+            f = getattr(lib, f"FLAC__stream_encoder_set_{setter}")
+            f.argtypes, f.restype = [p, u], ctypes.c_int
+        lib.FLAC__stream_encoder_init_stream.argtypes = [p, _FLAC_WRITE, _FLAC_SEEK, _FLAC_TELL, p, p]
+        lib.FLAC__stream_encoder_process_interleaved.argtypes = [p, p, u]
+        for name_ in ("finish", "delete"):
+            getattr(lib, f"FLAC__stream_encoder_{name_}").argtypes = [p]
+        return lib
+    return None
+
+
+class _LibFlacFile:
+    """A mono 16-bit FLAC file written by libFLAC itself, each encoded frame handed to the OS at once.
+
+    Why not libsndfile here: its encoder always computes the stream's MD5 signature, ~25 % of the
+    encode (``bench/BENCHMARKS.md``, "Recording a user's bridge"); libFLAC lets it be left unset
+    (all zeros, "not known" in the FLAC format's STREAMINFO), which no reader of ours checks.  The
+    file is otherwise what libsndfile writes: FLAC compression level 5, STREAMINFO rewritten with the
+    length at ``close``, an empty file when no sample came (the loader reads that as no audio); a
+    killed process leaves every frame encoded so far and no length.
+    """
+
+    closed = False
+
+    def __init__(self, lib: ctypes.CDLL, path: Path, rate: int) -> None:
+        self._lib = lib
+        self.path = path
+        self.rate = rate
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._enc: int | None = None  # started at the first samples, so that a stream never written stays empty
+
+    def _start(self) -> int:
+        lib, fd = self._lib, self._fd
+
+        def write(_enc: int, buf: Any, n: int, _samples: int, _frame: int, _data: int) -> int:
+            try:
+                os.write(fd, ctypes.string_at(buf, n))
+                return 0  # FLAC__STREAM_ENCODER_WRITE_STATUS_OK
+            except OSError:
+                return 1  # FATAL_ERROR: process() and finish() fail, and say so below
+
+        def seek(_enc: int, offset: int, _data: int) -> int:
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+                return 0  # FLAC__STREAM_ENCODER_SEEK_STATUS_OK
+            except OSError:
+                return 1
+
+        def tell(_enc: int, offset: Any, _data: int) -> int:
+            try:
+                offset[0] = os.lseek(fd, 0, os.SEEK_CUR)
+                return 0
+            except OSError:
+                return 1
+
+        self._callbacks = (_FLAC_WRITE(write), _FLAC_SEEK(seek), _FLAC_TELL(tell))  # alive as long as the encoder
+        enc = lib.FLAC__stream_encoder_new()
+        if not enc:
+            raise MemoryError("libFLAC: no encoder")
+        self._enc = enc
+        for setter, value in (("channels", 1), ("bits_per_sample", 16), ("sample_rate", self.rate),
+                              ("compression_level", FLAC_LEVEL), ("do_md5", 0)):
+            getattr(lib, f"FLAC__stream_encoder_set_{setter}")(enc, value)
+        status = lib.FLAC__stream_encoder_init_stream(enc, *self._callbacks, None, None)
+        if status != 0:
+            raise OSError(f"libFLAC: cannot start {self.path.name} (init status {status})")
+        return enc
+
+    def write(self, samples: np.ndarray) -> None:
+        enc = self._enc if self._enc is not None else self._start()
+        x = np.ascontiguousarray(samples, dtype=np.int32)
+        if not self._lib.FLAC__stream_encoder_process_interleaved(enc, x.ctypes.data, x.size):
+            raise OSError(f"libFLAC: encoding {self.path.name} failed (disk full?)")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        ok = True
+        try:
+            if self._enc is not None:
+                ok = self._lib.FLAC__stream_encoder_finish(self._enc)
+                self._lib.FLAC__stream_encoder_delete(self._enc)
+        finally:
+            os.close(self._fd)
+        if not ok:
+            raise OSError(f"libFLAC: could not finish {self.path.name} (disk full?)")
+
+
 class _FlacStream:
     """An append-only FLAC file that a killed process leaves readable up to its last whole block.
 
-    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to libsndfile whole: its
+    Samples are copied into a block of ``AUDIO_BLOCK`` samples, which goes to the encoder whole: its
     FLAC encoder costs about half as much per frame fed that way as one 20 ms frame at a time
     (``bench/BENCHMARKS.md``, "Costs behind the code's choices").  The encode runs on the caller's
-    thread (the event loop), a block a few times a second; a thread of its own cost more CPU in
-    hand-overs than it saved the loop.  libsndfile hands each encoded FLAC block to the OS at once,
-    so after a SIGKILL the file holds everything but the block being gathered and the one being
-    encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
+    thread (the event loop), a block a few times a second; a thread of its own cost more CPU in hand-overs than it saved
+    the loop (``bench/BENCHMARKS.md``).  The encoder hands each encoded FLAC frame to the OS at
+    once, so after a SIGKILL the file holds everything but the block being gathered and the one
+    being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
     loader does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event
     loop and guards against power loss, not a crash.
+
+    ``fast``: encode with the system's libFLAC when there is one (``_LibFlacFile``: no MD5
+    signature, about half the CPU), else with libsndfile as without.
     """
 
-    def __init__(self, path: Path, rate: int) -> None:
+    def __init__(self, path: Path, rate: int, fast: bool = False) -> None:
         self.path = path
         self.rate = rate
-        self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
+        lib = libflac() if fast else None
+        self._file: Any = (_LibFlacFile(lib, path, rate) if lib is not None else
+                           sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC"))
         self._block = np.empty(AUDIO_BLOCK, np.int16)
         self._fill = 0
         self.n_samples = 0
@@ -136,6 +270,8 @@ class _FlacStream:
                 self._file.close()
 
 
+
+
 class Observer(Protocol):
     """Watches a session as it is recorded (the browser page does): events and the model's audio."""
 
@@ -147,7 +283,9 @@ class Observer(Protocol):
 class Recorder:
     """Writes one session's recording directory as the session runs; an optional observer sees the same."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None,
+                 fast_flac: bool = False) -> None:
+        """``fast_flac``: the FLAC files without an MD5 signature, by the system's libFLAC if any (``_FlacStream``)."""
         self.observer = observer
         self.dir = Path(out_dir)
         try:
@@ -166,7 +304,7 @@ class Recorder:
         self._write_meta()
         self._events = open(self.dir / "events.jsonl", "ab")
         self._flushed_t = float("-inf")
-        self._audio = {key: _FlacStream(self.dir / name, rate) for key, (name, rate) in AUDIO_FILES.items()}
+        self._audio = {key: _FlacStream(self.dir / name, rate, fast_flac) for key, (name, rate) in AUDIO_FILES.items()}
         self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
         self._mic_origin: int = 0
         self.closed = False
@@ -186,6 +324,23 @@ class Recorder:
             self._flushed_t = event.t
         if self.observer is not None:
             self.observer.event(event)
+
+    def emit_items(self, items: list[FrameRow | Event]) -> None:
+        """Append events in order, ``FrameRow``s as ``frame`` events, in one write; flushed as ``emit`` flushes."""
+        if self.closed or not items:
+            return
+        if self.observer is not None:  # the observer sees events, so each row becomes one
+            for x in items:
+                self.emit(x if isinstance(x, Event) else Frame(t=x[0], pts_s=x[1], n_samples=x[2], rate=MIC_RATE,
+                                                               level_db=x[3]))
+            return
+        self._events.write(b"".join([frame_line(*x) if type(x) is tuple else _event_line(x) for x in items]))
+        last = items[-1]
+        t = last[0] if type(last) is tuple else last.t
+        if t - self._flushed_t >= EVENT_FLUSH_S or any(type(x) is not tuple and x.kind in FLUSH_AT_ONCE
+                                                       for x in items):
+            self._events.flush()
+            self._flushed_t = t
 
     def mic(self, t: float, pts_samples: int, samples: np.ndarray) -> None:
         """Place a received 48 kHz frame at its media position (``pts_samples``), zero-filling gaps."""
