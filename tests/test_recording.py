@@ -102,8 +102,7 @@ def test_damaged_flac_keeps_readable_part(tmp_path):
 def test_turn_table_follows_resends_across_connections(tmp_path):
     """A turn cut by a reconnect and re-sent is one user turn with two attempts (from the client core's ``resend``
     events' fields); answers stay on their connection; a re-sent greeting labels no user turn."""
-    from workbench.analysis.tables.tables import turn_table, user_turns
-
+    from workbench.analysis.tables import turn_table, user_turns
     from workbench.core.events import Client
 
     rec = Recorder(tmp_path / "r", {})

@@ -26,9 +26,9 @@ import pytest
 from conftest import reaped, sigkill
 from google import genai
 from google.genai import types
-from workbench.analysis.tables.replay import replay_recording
 
 import workbench
+from workbench.analysis.replay import replay_recording
 from workbench.core.params import TurnParams
 from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import tap
@@ -403,7 +403,7 @@ def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -
     assert {"activity_start", "audio"} <= set(sends[sends["stage"] == "wire"]["msg"])
     assert rec.mic.size >= 48_000  # two seconds of frames, less the blocks still being gathered
     assert any("not finalised" in p for p in rec.problems)
-    from workbench.analysis.tables.diagnose import diagnose
+    from workbench.analysis.diagnose import diagnose
 
     assert "cut_short" in {f.code for f in diagnose(rec)}
 
@@ -439,7 +439,7 @@ def field_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_the_tapped_field_report_bridge_is_diagnosed_failure_by_failure(field_report: Path) -> None:
-    from workbench.analysis.tables.diagnose import diagnose
+    from workbench.analysis.diagnose import diagnose
 
     rec = workbench.load(field_report)
     assert not rec.cut_short and rec.meta["recorder"] == "tap"
@@ -534,8 +534,7 @@ def test_export_otlp_json_reads_back_with_the_opentelemetry_proto_loader(field_r
 
 @pytest.mark.slow
 def test_export_audacity_labels_read_back_by_the_label_reader(field_report: Path) -> None:
-    from workbench.analysis.tables.sweep import read_labels
-
+    from workbench.analysis.sweep import read_labels
     from workbench.ui.cli import main
 
     assert main(["export", str(field_report), "--format", "audacity"]) == 0
