@@ -19,7 +19,9 @@ thinking pause of 0.6, 1.2 and 2.0 s (digital silence, so frames stop there unde
 beside a ``.flac``/``.wav`` in ``recordings/speech/`` (the real-speech set of the end-of-turn issue, when it
 lands) is played too.  A false cut-off is an ActivityEnd the emulator received inside a labelled answer.
 Settings: each system's defaults (workbench: energy, silence 700 ms; pipecat: Silero VAD stop_secs 0.2 and
-smart-turn v3), and pipecat matched to the workbench's silence window (stop_secs 0.7).
+smart-turn v3), pipecat matched to the workbench's silence window (stop_secs 0.7), and the workbench matched to
+pipecat's turn policy with its own end model (``end_model="smart-turn"``: Smart Turn v3.2 scored after 200 ms of
+silence, threshold 0.5, "incomplete" waits up to 3000 ms, as pipecat's smart-turn ``stop_secs``).
 ``--write`` replaces the "## Against the peers" section of BENCHMARKS.md.
 """
 
@@ -197,7 +199,7 @@ def workbench_child(args: argparse.Namespace) -> int:
 
         async def one(i: int) -> None:
             settings = live.LiveSettings(base_url=args.base_url, ssl_context=ctx, greeting_prompt=None)
-            params = TurnParams(silence_ms=args.silence_ms) if args.silence_ms else TurnParams()
+            params = TurnParams(**json.loads(args.params)) if args.params else TurnParams()
             cfg = bridge.SessionConfig(params=params, live=settings, dtx=args.dtx, tail_s=TAIL_S,
                                        response_timeout_s=AFTER_S, name=f"peers-{i}")
             track = FilePlayerTrack(audio, dtx=args.dtx, tail_s=TAIL_S)
@@ -236,14 +238,23 @@ class System:
     key: str
     title: str
     pipecat: bool
-    knob: float | None  # pipecat: VADParams.stop_secs; workbench: silence_ms (None: the defaults)
+    knob: float | None = None  # pipecat: VADParams.stop_secs (None: its defaults)
+    params: tuple[tuple[str, Any], ...] = ()  # workbench: TurnParams fields (empty: the defaults)
+    at_n: bool = True  # also measured at N > 1 (CPU, loop lag)
 
 
+# The workbench with pipecat's turn policy: end model scored after 200 ms of silence (pipecat's Silero
+# stop_secs), threshold 0.5 and a 3 s wait when it says incomplete (pipecat's smart-turn defaults).
+SMART = (("end_model", "smart-turn"), ("silence_ms", 200.0), ("end_threshold", 0.5), ("max_silence_ms", 3000.0))
 SYSTEMS = (
-    System("wb", "workbench, defaults (energy, silence 700 ms)", False, None),
-    System("pc", "pipecat, defaults (Silero stop_secs 0.2 + smart-turn v3)", True, None),
-    System("pc_matched", "pipecat, matched (Silero stop_secs 0.7 + smart-turn v3)", True, 0.7),
+    System("wb", "workbench, defaults (energy, silence 700 ms)", False),
+    System("wb_smart", "workbench, Smart Turn (energy, smart-turn v3.2 after 200 ms, p ≥ 0.5, ≤ 3000 ms)",
+           False, params=SMART),
+    System("pc", "pipecat, defaults (Silero stop_secs 0.2 + smart-turn v3)", True),
+    System("pc_matched", "pipecat, matched (Silero stop_secs 0.7 + smart-turn v3)", True, 0.7, at_n=False),
 )
+# (workbench system, pipecat system it is compared with) for the ratios: defaults with defaults, like with like
+PAIRS = (("wb", "pc"), ("wb_smart", "pc"), ("wb", "pc_matched"))
 
 
 def run_child(system: System, emu: EmulatorProc, raw: Path, n: int, dtx: bool, out: Path) -> dict[str, Any]:
@@ -255,8 +266,8 @@ def run_child(system: System, emu: EmulatorProc, raw: Path, n: int, dtx: bool, o
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--workbench-child", "--base-url", emu.base_url,
                "--cert", emu.cert, "--audio", str(raw), "--n", str(n), "--out", str(out)]
-        if system.knob:
-            cmd += ["--silence-ms", str(system.knob)]
+        if system.params:
+            cmd += ["--params", json.dumps(dict(system.params))]
     if dtx:
         cmd.append("--dtx")
     t0 = time.monotonic()
@@ -300,7 +311,7 @@ def wire_figures(run: dict[str, Any], log: list[dict[str, Any]], track: Track) -
         "empty": sum(e["kind"] == "empty_activity" for e in viol),
         "order": sum(e["kind"] in ORDER for e in viol),
         "activities": sum(e["dir"] == "in" and e["kind"] == "activity_end" for e in mine),
-        "latency_ms": [], "cutoffs": 0, "answers": 0, "missed": 0,
+        "latency_ms": [], "cutoffs": 0, "answers": 0, "missed": 0, "cut_answers": 0, "bad": 0,
     }
     if run["n"] != 1:
         return out
@@ -309,12 +320,17 @@ def wire_figures(run: dict[str, Any], log: list[dict[str, Any]], track: Track) -
     for j, (a, b) in enumerate(track.labels):
         nxt = track.labels[j + 1][0] if j + 1 < len(track.labels) else float("inf")
         out["answers"] += 1
-        out["cutoffs"] += int(np.sum((ae > t0 + a + 0.05) & (ae < t0 + b)))
+        cuts = int(np.sum((ae > t0 + a + 0.05) & (ae < t0 + b)))
+        out["cutoffs"] += cuts
+        out["cut_answers"] += cuts > 0
         after = ae[(ae >= t0 + b) & (ae < t0 + nxt)]
         if after.size:
             out["latency_ms"].append(float((after[0] - (t0 + b)) * 1000))
         else:
             out["missed"] += 1
+        # Not answered whole: cut off inside, or never ended (merged into the next turn, or the session ran out
+        # with the turn open). A turn that does not end cannot be cut off, so both count, once per answer.
+        out["bad"] += cuts > 0 or not after.size
     return out
 
 
@@ -341,7 +357,7 @@ def measure(rounds: int, ns: list[int], trs: list[Track]) -> list[dict[str, Any]
             for n in ns:
                 for k, raw in enumerate(raws):
                     for dtx in ((False, True) if n == 1 else (False,)):
-                        systems = SYSTEMS if n == 1 else [s for s in SYSTEMS if s.knob is None]
+                        systems = SYSTEMS if n == 1 else [s for s in SYSTEMS if s.at_n]
                         for sysm in systems:
                             where = OUT / "peers" / f"{sysm.key}-r{r}-n{n}-t{k}-{'dtx' if dtx else 'nodtx'}"
                             run = run_child(sysm, emu, raw, n, dtx, where)
@@ -366,8 +382,10 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         return [r for r in runs if all(r[k] == v for k, v in kw.items())]
 
     def ratio(wb: float, pc: float) -> str:
-        if not (wb == wb and pc == pc) or wb == 0:
+        if not (wb == wb and pc == pc):
             return "–"
+        if wb == 0:
+            return "1.00×" if pc == 0 else "∞"
         return f"{pc / wb:.2f}×"
 
     lines = [
@@ -390,16 +408,18 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         "`CLOCK_MONOTONIC`. *Answers ended*: answers with an ActivityEnd between their end and the next answer's "
         "start (the rest were merged into the next turn or never ended). A *false cut-off* is an ActivityEnd "
         "received inside a labelled answer (during a thinking pause; an answer with several pauses can be cut "
-        "several times, so the count is given with its rate per answer). *Outside*: audio chunks the emulator got "
+        "several times, so the count is given with its rate per answer). *Answers missed*: answers cut off at least "
+        "once or not ended (merged or left open), each counted once: the figure the ratios compare, since a turn "
+        "that never ends cuts nothing off (a merged turn counts as a miss). *Outside*: audio chunks the emulator got "
         "outside an activity; *empty*: activities with no audio; *order*: ActivityStart while open, ActivityEnd "
         "with none open, messages before setup.",
     ]
     summary: dict[tuple[str, str, Any], dict[str, float]] = {}
     for t in tinfo:
         lines += ["", f"{t['name']}:", "",
-                  "| system | frames in silence | end of turn p50 | p95 | answers ended | false cut-offs | outside "
-                  "| empty | order |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| system | frames in silence | end of turn p50 | p95 | answers ended | false cut-offs "
+                  "| answers missed (cut off or not ended) | outside | empty | order |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for s in SYSTEMS:
             for dtx in (False, True):
                 rs = pick(system=s.key, n=1, dtx=dtx, track_name=t["name"])
@@ -409,12 +429,14 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
                 ans = sum(r["wire"]["answers"] for r in rs)
                 cut = sum(r["wire"]["cutoffs"] for r in rs)
                 ended = ans - sum(r["wire"]["missed"] for r in rs)
+                bad = sum(r["wire"]["bad"] for r in rs)
                 vals = {k: sum(r["wire"][k] for r in rs) for k in ("outside", "empty", "order")}
                 summary[(t["name"], s.key, dtx)] = {"p50": pct(lat, 50), "p95": pct(lat, 95),
-                                                    "cut": cut / max(ans, 1), "ended": ended / max(ans, 1), **vals}
+                                                    "cut": cut / max(ans, 1), "ended": ended / max(ans, 1),
+                                                    "bad": bad / max(ans, 1), **vals}
                 lines.append(f"| {s.title} | {'stop (DTX)' if dtx else 'keep coming'} | {pct(lat, 50):.0f} ms | "
                              f"{pct(lat, 95):.0f} ms | {ended}/{ans} | {cut} ({cut / max(ans, 1):.2f} an answer) | "
-                             f"{vals['outside']} | "
+                             f"{bad}/{ans} | {vals['outside']} | "
                              f"{vals['empty']} | {vals['order']} |")
     first = tinfo[0]["name"]
     ns = sorted({r["n"] for r in runs if r["track_name"] == first})
@@ -441,8 +463,11 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
             summary[(first, s.key, f"cpu{n}")] = {"cpu": float(np.median(c)), "lag": float(np.median(lag))}
             lines.append(f"| {s.title} | {n} | {np.median(c):.2f} % ({min(c):.2f}–{max(c):.2f}) | {win:.1f} s | "
                          f"{np.median(lag):.1f} ms ({min(lag):.1f}–{max(lag):.1f}) |")
-    lines += ["", "Ratios, pipecat (defaults) ÷ workbench (defaults), one run; > 1 means the workbench is ahead "
-              "(for answers ended, workbench ÷ pipecat); values workbench vs pipecat:", "",
+    lines += ["", "Ratios, pipecat ÷ workbench, one run, for each pair compared: defaults with defaults, the "
+              "workbench's Smart Turn with pipecat's defaults (the same turn policy: a VAD stop then an end model), "
+              "the workbench's defaults with pipecat matched to its 700 ms window; > 1 means the workbench is ahead "
+              "(for answers ended, workbench ÷ pipecat); values workbench vs pipecat. *Answers missed* is the "
+              "cut-off figure compared (cut off or not ended, per answer).", "",
               "| figure | ratio | workbench ahead? |", "|---|---|---|"]
 
     behind: list[str] = []
@@ -455,25 +480,25 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
             behind.append(name)
         lines.append(f"| {name} | {ratio(worse, better)} ({w:.2f} vs {p:.2f}) | {ahead} |")
 
-    for t in tinfo:
-        for dtx in (False, True):
-            w, p = summary.get((t["name"], "wb", dtx)), summary.get((t["name"], "pc", dtx))
-            if not (w and p):
-                continue
-            tag = f"{'DTX' if dtx else 'no DTX'}, {t['name']}"
-            row(f"end of turn p50, {tag}", w["p50"], p["p50"])
-            row(f"end of turn p95, {tag}", w["p95"], p["p95"])
-            row(f"answers ended, {tag}", w["ended"], p["ended"], higher_better=True)
-            row(f"false cut-off rate, {tag}", w["cut"], p["cut"])
-            m = summary.get((t["name"], "pc_matched", dtx))
-            if m:
-                row(f"end of turn p50, pipecat matched, {tag}", w["p50"], m["p50"])
-                row(f"false cut-off rate, pipecat matched, {tag}", w["cut"], m["cut"])
-    for n in ns:
-        w, p = summary.get((first, "wb", f"cpu{n}")), summary.get((first, "pc", f"cpu{n}"))
-        if w and p:
-            row(f"CPU per session, N = {n}", w["cpu"], p["cpu"])
-            row(f"loop lag p99, N = {n}", w["lag"], p["lag"])
+    short = {"wb": "workbench defaults", "wb_smart": "workbench Smart Turn", "pc": "pipecat defaults",
+             "pc_matched": "pipecat matched"}
+    for wk, pk in PAIRS:
+        pair = f"{short[wk]} vs {short[pk]}"
+        for t in tinfo:
+            for dtx in (False, True):
+                w, p = summary.get((t["name"], wk, dtx)), summary.get((t["name"], pk, dtx))
+                if not (w and p):
+                    continue
+                tag = f"{pair}, {'DTX' if dtx else 'no DTX'}, {t['name']}"
+                row(f"end of turn p50, {tag}", w["p50"], p["p50"])
+                row(f"end of turn p95, {tag}", w["p95"], p["p95"])
+                row(f"answers ended, {tag}", w["ended"], p["ended"], higher_better=True)
+                row(f"answers missed (cut off or not ended), {tag}", w["bad"], p["bad"])
+        for n in ns:
+            w, p = summary.get((first, wk, f"cpu{n}")), summary.get((first, pk, f"cpu{n}"))
+            if w and p:
+                row(f"CPU per session, N = {n}, {pair}", w["cpu"], p["cpu"])
+                row(f"loop lag p99, N = {n}, {pair}", w["lag"], p["lag"])
     lines += ["", "Where the workbench is behind: " + ("; ".join(behind) if behind else "nowhere") + "."]
     lines += [
         "",
@@ -521,7 +546,7 @@ def main() -> int:
     ap.add_argument("--cert", help=argparse.SUPPRESS)
     ap.add_argument("--audio", help=argparse.SUPPRESS)
     ap.add_argument("--dtx", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--silence-ms", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--params", help=argparse.SUPPRESS)  # the workbench child's TurnParams, as JSON
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--n-child", type=int, help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
