@@ -60,7 +60,7 @@ async def measure(rounds: int, prefetch: int | None) -> tuple[list[float], list[
     from aiortc import RTCPeerConnection
 
     voice = TimedVoice()
-    link = await loopback(voice, jitter_prefetch=prefetch)
+    link = await loopback(voice, jitter_prefetch=prefetch, loop_encode=True)  # as serve sends it
     pc = RTCPeerConnection()
     session = BrowserSession(id="1", name="bench", dir=Path(tempfile.gettempdir()), pc=pc, voice=voice, options={})
     got: list[tuple[float, float]] = []

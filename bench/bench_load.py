@@ -69,7 +69,7 @@ from workbench.analysis import turn_table  # noqa: E402
 from workbench.audio import load_mono, to_int16  # noqa: E402
 from workbench.loopdecode import decode_audio_on_loop  # noqa: E402
 from workbench.turns import TurnParams  # noqa: E402
-from workbench.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback  # noqa: E402
+from workbench.webrtc import FRAME_S, FilePlayerTrack, patch_aioice_loopback, send_audio_on_loop  # noqa: E402
 
 TITLE = "Concurrent sessions"
 LAG_TARGET_MS = 20.0
@@ -221,7 +221,7 @@ async def answer(players: Players, loop_decode: bool = True, voice: Any = None) 
     if loop_decode:
         decode_audio_on_loop(pc)
     if voice is not None:
-        pc.addTrack(voice)
+        send_audio_on_loop(pc.addTrack(voice))  # as serve sends it
     await pc.setLocalDescription(await pc.createAnswer())
     players.send({"answer": offer["offer"], "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
     return offer["offer"], pc, await got
