@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fractions
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -180,9 +181,9 @@ _S_RUN = "_next_encoded_frame"
 def audio_level_dbov(samples: np.ndarray) -> int:
     """RFC 6464's audio level of int16 ``samples``: 0 (loudest) to -127 dBov, as aiortc computes it (RFC 6465,
     Appendix A), in numpy instead of a Python loop per sample."""
-    x = samples.astype(np.float64)
-    rms = float(np.sqrt(np.dot(x, x) / max(x.size, 1))) / 32767.0
-    return -127 if rms <= 0 else round(min(max(20 * np.log10(rms), -127.0), 0.0))
+    x = samples.astype(np.float32)
+    rms = math.sqrt(float(np.dot(x, x)) / max(x.size, 1)) / 32767.0
+    return -127 if rms <= 0 else round(min(max(20 * math.log10(rms), -127.0), 0.0))
 
 
 def send_audio_on_loop(sender: RTCRtpSender) -> None:
