@@ -363,6 +363,7 @@ def measure(rounds: int, ns: list[int], trs: list[Track]) -> list[dict[str, Any]
                             run = run_child(sysm, emu, raw, n, dtx, where)
                             run.update(track=k, track_name=trs[k].name, round=r)
                             runs.append(run)
+                            run["load"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
                             cpu, win = cpu_per_session(run)
                             print(f"round {r + 1} N={n} track {k} dtx={dtx} {sysm.key}: cpu {cpu:.2f} %/session "
                                   f"(window {win:.1f} s), lag p99 {pct(run['lag_ms'], 99):.1f} ms",
@@ -388,8 +389,11 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
             return "1.00×" if pc == 0 else "∞"
         return f"{pc / wb:.2f}×"
 
+    loads = [r["load"] for r in runs if "load" in r]
     lines = [
-        f"pipecat-ai {version} (registry, in `bench/.peers-venv`) against the workbench; the systems in turn in "
+        (f"Load average (1 min, `os.getloadavg`) after each child run: {min(loads):.1f}–{max(loads):.1f}, median "
+         f"{np.median(loads):.1f}, on {os.cpu_count()} cores (other work shares the machine).\n\n" if loads else "")
+        + f"pipecat-ai {version} (registry, in `bench/.peers-venv`) against the workbench; the systems in turn in "
         "each round, one emulator process for all (`ideal` profile). Tracks: "
         + "; ".join(f"{t['name']} ({t['duration_s']:.1f} s, {t['answers']} answers, {t['rounds']} rounds)"
                     for t in tinfo) + ".",
@@ -504,29 +508,36 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         "",
         "Why, from pipecat's source (1.14) and the runs above:",
         "",
-        "- *End of turn, frames flowing*: pipecat's turn ends when its Silero VAD has counted `stop_secs` (0.2 s) "
-        "of non-speech 32 ms windows and smart-turn v3 (an ONNX model over the last 8 s) then judges the turn "
-        "complete: sooner than the workbench's fixed 700 ms silence window when it says complete; when it says "
-        "incomplete, pipecat waits for smart-turn's own `stop_secs` (3 s) of silence, the long tail of its p95. "
-        "The workbench ends every turn 700 ms after the speech, give or take a 10 ms tick.",
+        "- *End of turn, defaults*: the workbench ends every turn its 700 ms window after the speech (give or take "
+        "a 10 ms tick), frames or no frames. pipecat's turn ends when its Silero VAD has counted `stop_secs` "
+        "(0.2 s) of non-speech 32 ms windows and smart-turn v3 (ONNX, the last 8 s, on an executor thread) then "
+        "judges it complete; when it says incomplete, pipecat waits for smart-turn's own `stop_secs` (3 s) of "
+        "audio. That is sooner than 700 ms only when the model answers fast: on a quiet machine pipecat's p50 "
+        "on thinking.flac was 586 ms against the workbench's 688 ms (2026-12-01, load ≈ 1); with the machine "
+        "loaded its inference takes seconds and its p50 goes to ~2 s.",
+        "- *The workbench's Smart Turn against pipecat's* (the same policy: a stop after 200 ms, then the model, "
+        "3 s when it says incomplete): it cuts off or leaves unended far fewer answers (with frames flowing none), "
+        "but ends later: its model runs on one worker thread per session (`endturn.ThreadedEndModel`) and the "
+        "turn waits for the score or the 3000 ms cap. The scores' own times are in the recordings "
+        "(`end_score` events, `bench/out/peers/wb_smart-*`): read them to see whether the model or the policy set "
+        "the latency.",
         "- *Frames stopping (DTX)*: pipecat's `VADController(audio_idle_timeout=1.0)` forces the VAD to stop 1 s "
         "(wall clock) after the last frame, but smart-turn's 3 s fallback counts the *audio it receives*; when "
         "smart-turn judged the turn incomplete and no frames come, the turn does not end until speech resumes, "
-        "so the answer merges into the next one (*answers ended* short of all). The workbench's silence is "
-        "measured on the clock, so a gap in frames is silence and its end of turn does not move.",
-        "- *False cut-offs*: any end-of-turn rule that fires before a thinking pause ends cuts the answer; the "
-        "workbench's 700 ms window cuts pauses longer than 700 ms, pipecat's cuts where smart-turn calls a pause "
-        "complete. Neither is ahead by design here; the figure is counted, not argued.",
-        "- *Fewer false cut-offs for pipecat under DTX* (where the table says so) come from the same turns not "
-        "ending: a turn that does not end cannot cut an answer; read that row with *answers ended*.",
-        "- *Loop lag at N = 10*: both processes also run their 10 paced microphones, on a machine shared with other "
-        "work; pipecat's loop then lags by hundreds of ms (its frames pass through per-processor queues and tasks, "
-        "and every VAD window and smart-turn call is a hand-over to an executor thread and back), the "
-        "workbench's by tens.",
+        "so the answer merges into the next one (*answers ended* short of all). The workbench's silence, and its "
+        "model's wait, are measured on the clock, so a gap in frames is silence.",
+        "- *False cut-offs and answers missed*: any end-of-turn rule that fires before a thinking pause ends cuts "
+        "the answer; a turn that never ends cuts nothing but merges the answer into the next turn. Counting only "
+        "cut-offs made pipecat under DTX look ahead (its turns did not end); *answers missed* counts both, once "
+        "an answer, and is what the ratios compare.",
+        "- *Loop lag*: p99 over the whole run, connect and start-up included, 100 ms sleeps; the workbench's "
+        "process imports the SDK's types and builds its session on the loop before the first frame, pipecat's "
+        "before the pipeline starts. On a loaded machine both processes wait for a core and the figure is the "
+        "machine's more than either system's.",
         "- *CPU*: pipecat runs Silero (ONNX) on every 32 ms window and smart-turn inference at every VAD stop, each "
         "on an executor thread (`run_in_executor`), and passes each 20 ms frame through its processors' queues and "
-        "tasks; the workbench's default energy "
-        "detector is arithmetic on the frame and its pipeline is plain calls on the loop.",
+        "tasks; the workbench's default energy detector is arithmetic on the frame and its pipeline is plain calls "
+        "on the loop; its Smart Turn row adds the model's inference at each 200 ms pause.",
     ]
     return "\n".join(lines)
 
