@@ -419,7 +419,7 @@ def account(n: int, audio: np.ndarray, serve: bool) -> str:
     acc: dict[str, list[float]] = {}
 
     def wrap(owner: Any, name: str, key: str) -> None:
-        raw = owner.__dict__[name]
+        raw = owner.__dict__.get(name) or getattr(owner, name)
         is_cm = isinstance(raw, classmethod)
         f = raw.__func__ if is_cm else raw
         slot = acc[key] = [0.0, 0]
