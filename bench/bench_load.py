@@ -530,6 +530,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
 
 
 CPU_TARGET_PCT = 3.0
+STREAM_S = 15.0  # what each session of the CPU section streams: short_audio() (13.5 s) + TAIL_S
 
 
 CPU_TITLE = "Per-session CPU of the whole live path"
@@ -557,8 +558,9 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int, variants: tuple[CpuVaria
         "RTP, jitter buffer, Opus decode, the hand-over to the loop). `run`'s path: WebRTC receive and decode, "
         "resample, VAD, send through the SDK, record. `serve`'s adds its `HangupTrack` relay, the page observer "
         "(every event serialised to JSON for the page; no data channel here, so they queue) and the agent's voice "
-        "back: `ModelAudioTrack` resampling 24→48 kHz, paced 20 ms frames (silence between answers, as serve "
-        "sends), Opus encode and RTP/SRTP send on the outgoing track to the player. "
+        "back: `ModelAudioTrack` resampling 24→48 kHz, paced 20 ms frames (500 ms of silence after each answer, "
+        "then nothing until the next, as serve sends), Opus encoded on the loop (`webrtc.send_audio_on_loop`) and "
+        "RTP/SRTP sent on the outgoing track to the player. "
         f"{rounds} rounds, the variants in turn in each round so all see the same machine (shared with other "
         "work: absolute figures drift by up to ~20 % from hour to hour, the side-by-side ratios less); medians, "
         "with the spread of the rounds. Loop lag p99 over the whole session (connect and greeting included).",
@@ -586,7 +588,13 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int, variants: tuple[CpuVaria
             v = next(x for x in variants if x.key == key)
             steady = float(np.median(r[key]))
             whole = float(np.median(r["whole_pct"][key]))
+            window = float(np.median(r["stream_window_s"][key]))
             verdict = "met" if steady < CPU_TARGET_PCT else f"MISSED by {steady - CPU_TARGET_PCT:.2f} points"
+            if not STREAM_S / 1.5 <= window <= STREAM_S * 1.5:  # nan included
+                # A saturated machine starts the sessions seconds apart and paces their frames late: the stretch in
+                # which all N stream is then not the session (too short, or stretched), and its CPU is no rate.
+                verdict = (f"not measured: the window is {window:.1f} s where the sessions stream "
+                           f"{STREAM_S:g} s, so they did not stream together; the machine was saturated")
             lines.append(f"- `{'serve' if v.serve else 'run'}`, N = {r['n']}: steady **{steady:.2f} %** ({verdict}); "
                          f"with start-up and wind-down {whole:.2f} %.")
     return "\n".join(lines)
