@@ -29,10 +29,7 @@ from benchlib import arg_parser, pct, publish, section  # noqa: E402
 from google.genai import types  # noqa: E402
 
 from workbench.core.pcm import MODEL_RATE  # noqa: E402
-from workbench.io import (
-    eventloop,  # noqa: E402
-    live,
-)
+from workbench.io import eventloop, live  # noqa: E402
 from workbench.io.ingest import ingest  # noqa: E402
 from workbench.io.media import ModelAudioTrack  # noqa: E402
 from workbench.io.webrtc import loopback  # noqa: E402
@@ -65,7 +62,7 @@ async def measure(rounds: int, prefetch: int | None) -> tuple[list[float], list[
     from aiortc import RTCPeerConnection
 
     voice = TimedVoice()
-    link = await loopback(voice, jitter_prefetch=prefetch)
+    link = await loopback(voice, jitter_prefetch=prefetch, loop_encode=True)  # as serve sends it
     pc = RTCPeerConnection()
     session = BrowserSession(id="1", name="bench", dir=Path(tempfile.gettempdir()), pc=pc, voice=voice, options={})
     got: list[tuple[float, float]] = []

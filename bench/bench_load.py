@@ -24,7 +24,10 @@ Then the per-session CPU section (``--cpu-n``, default N = 1 and 10): ``--cpu-ro
 ``workbench serve`` runs it (the agent's voice back to the browser included), each with its steady-state
 CPU, the window it is measured over, its start-up and wind-down CPU and its loop lag.
 ``--profile N`` runs that N with the bridge process under cProfile and prints the top functions
-(``bench/out/load/N.prof``; ``--profile-serve`` for the serve path).  ``--write`` replaces the
+(``bench/out/load/N.prof``; ``--profile-serve`` for the serve path).  ``--account N`` runs it instead with the
+CPU time of the live path's stages counted (``COST_POINTS``: each wrapped function's thread CPU time, nested ones
+inside their callers), per frame and per second of one session's streaming: what costs what, without a
+profiler's own overhead per call (``--profile-serve`` for the serve path).  ``--write`` replaces the
 "## Concurrent sessions" and "## Per-session CPU of the whole live path" sections of BENCHMARKS.md (each only
 when it ran).
 """
@@ -67,14 +70,10 @@ import workbench  # noqa: E402
 from workbench.analysis.tables import turn_table  # noqa: E402
 from workbench.core.params import TurnParams  # noqa: E402
 from workbench.core.pcm import to_int16  # noqa: E402
-from workbench.io import (
-    bridge,  # noqa: E402
-    eventloop,
-    live,
-)
+from workbench.io import bridge, eventloop, live  # noqa: E402
 from workbench.io.loopdecode import decode_audio_on_loop  # noqa: E402
 from workbench.io.media import FilePlayerTrack  # noqa: E402
-from workbench.io.webrtc import FRAME_S, patch_aioice_loopback  # noqa: E402
+from workbench.io.webrtc import FRAME_S, patch_aioice_loopback, send_audio_on_loop  # noqa: E402
 from workbench.store.audiofile import load_mono
 
 TITLE = "Concurrent sessions"
@@ -227,7 +226,7 @@ async def answer(players: Players, loop_decode: bool = True, voice: Any = None) 
     if loop_decode:
         decode_audio_on_loop(pc)
     if voice is not None:
-        pc.addTrack(voice)
+        send_audio_on_loop(pc.addTrack(voice))  # as serve sends it
     await pc.setLocalDescription(await pc.createAnswer())
     players.send({"answer": offer["offer"], "sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
     return offer["offer"], pc, await got
@@ -393,6 +392,85 @@ def cpu_rounds(ns: list[int], rounds: int, audio: np.ndarray,
     return out
 
 
+# The stages whose CPU ``--account`` counts: (module, class or None, function), the outermost first.  A wrapper adds
+# the thread CPU time from call to return, so each stage includes the stages it calls; the coroutines here
+# (aiortc's packet handlers, ``_send_rtp``) do not suspend in the steady state (UDP sends return at once).
+COST_POINTS = (
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_handle_rtp_data"),  # SRTP unprotect, RTP parse, routing
+    ("aiortc.rtcrtpreceiver", "RTCRtpReceiver", "_handle_rtp_packet"),  # receiver stats, jitter buffer
+    ("workbench.io.loopdecode", "LoopDecoder", "put"),  # Opus decode, then the frame to ingest
+    ("workbench.io.bridge", "_Session", "on_frame"),  # the bridge's frame path
+    ("workbench.core.pipeline", "MicPipeline", "frame"),  # level, resample, detector, send order
+    ("workbench.store.recording", "Recorder", "mic"),  # mic.flac
+    ("workbench.store.recording", "Recorder", "emit"),  # events.jsonl (and serve's page observer)
+    ("workbench.store.recording", "Recorder", "sent"),  # sent.flac
+    ("workbench.io.bridge", "_Session", "on_server"),  # the server's messages into events, model.flac, the core
+    ("google.genai._common", "BaseModel", "_from_response"),  # the SDK parsing a server message
+    ("google.genai._live_converters", None, "_LiveSendRealtimeInputParameters_to_mldev"),  # the SDK's send
+    ("workbench.io.loopdecode", "LoopDecoder", "release"),  # the jitter buffer's tail when packets pause
+    ("workbench.ui.web.server", "BrowserSession", "event"),  # serve: page updates
+    ("workbench.io.webrtc", None, "audio_level_dbov"),  # serve: the voice's RFC 6464 level
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_send_rtp"),  # serve: SRTP protect and send of the voice
+)
+
+
+def account(n: int, audio: np.ndarray, serve: bool) -> str:
+    """One run of ``n`` sessions with ``COST_POINTS`` counted; a table of CPU per stage."""
+    import functools
+    import importlib
+
+    acc: dict[str, list[float]] = {}
+
+    def wrap(owner: Any, name: str, key: str) -> None:
+        raw = owner.__dict__.get(name) or getattr(owner, name)
+        is_cm = isinstance(raw, classmethod)
+        f = raw.__func__ if is_cm else raw
+        slot = acc[key] = [0.0, 0]
+        if asyncio.iscoroutinefunction(f):
+            @functools.wraps(f)
+            async def aw(*a: Any, **k: Any) -> Any:
+                t = time.thread_time()
+                try:
+                    return await f(*a, **k)
+                finally:
+                    slot[0] += time.thread_time() - t
+                    slot[1] += 1
+            setattr(owner, name, aw)
+            return
+
+        @functools.wraps(f)
+        def w(*a: Any, **k: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                slot[0] += time.thread_time() - t
+                slot[1] += 1
+        setattr(owner, name, classmethod(w) if is_cm else w)
+
+    for mod, cls, name in COST_POINTS:
+        m = importlib.import_module(mod)
+        owner = getattr(m, cls) if cls else m
+        wrap(owner, name, f"{cls or mod.rsplit('.', 1)[-1]}.{name}")
+
+    async def go() -> dict[str, Any]:
+        with ExternalEmulator() as emu:
+            return await run_n(n, audio, emu, serve=serve)
+
+    row = eventloop.run(go())
+    frames = acc["_Session.on_frame"][1]
+    stream_s = frames * FRAME_S  # seconds of audio all sessions streamed
+    lines = [f"{'serve' if serve else 'run'}, N = {n}: steady {row['per_session_pct']:.2f} % of a core per session; "
+             f"{frames} frames ({stream_s:.0f} s of audio)", "",
+             "| stage (nested stages are inside their callers) | calls | µs a call | µs a frame | % of a core per "
+             "session |", "|---|---|---|---|---|"]
+    for key, (cpu_s, calls) in acc.items():
+        if calls:
+            lines.append(f"| `{key}` | {calls} | {cpu_s / calls * 1e6:.0f} | {cpu_s / frames * 1e6:.0f} | "
+                         f"{100 * cpu_s / stream_s:.2f} |")
+    return "\n".join(lines)
+
+
 def loop_thread_cpu() -> float:
     """CPU seconds of this process's main thread, where the event loop runs."""
     return thread_cpu().get(os.getpid(), ("", float("nan")))[1]
@@ -455,6 +533,7 @@ async def run_all_in_one(n: int, audio: np.ndarray) -> dict[str, Any]:
 
 
 CPU_TARGET_PCT = 3.0
+STREAM_S = 15.0  # what each session of the CPU section streams: short_audio() (13.5 s) + TAIL_S
 
 
 CPU_TITLE = "Per-session CPU of the whole live path"
@@ -482,8 +561,9 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int, variants: tuple[CpuVaria
         "RTP, jitter buffer, Opus decode, the hand-over to the loop). `run`'s path: WebRTC receive and decode, "
         "resample, VAD, send through the SDK, record. `serve`'s adds its `HangupTrack` relay, the page observer "
         "(every event serialised to JSON for the page; no data channel here, so they queue) and the agent's voice "
-        "back: `ModelAudioTrack` resampling 24→48 kHz, paced 20 ms frames (silence between answers, as serve "
-        "sends), Opus encode and RTP/SRTP send on the outgoing track to the player. "
+        "back: `ModelAudioTrack` resampling 24→48 kHz, paced 20 ms frames (500 ms of silence after each answer, "
+        "then nothing until the next, as serve sends), Opus encoded on the loop (`webrtc.send_audio_on_loop`) and "
+        "RTP/SRTP sent on the outgoing track to the player. "
         f"{rounds} rounds, the variants in turn in each round so all see the same machine (shared with other "
         "work: absolute figures drift by up to ~20 % from hour to hour, the side-by-side ratios less); medians, "
         "with the spread of the rounds. Loop lag p99 over the whole session (connect and greeting included).",
@@ -511,7 +591,13 @@ def cpu_report(rows: list[dict[str, Any]], rounds: int, variants: tuple[CpuVaria
             v = next(x for x in variants if x.key == key)
             steady = float(np.median(r[key]))
             whole = float(np.median(r["whole_pct"][key]))
+            window = float(np.median(r["stream_window_s"][key]))
             verdict = "met" if steady < CPU_TARGET_PCT else f"MISSED by {steady - CPU_TARGET_PCT:.2f} points"
+            if not STREAM_S / 1.5 <= window <= STREAM_S * 1.5:  # nan included
+                # A saturated machine starts the sessions seconds apart and paces their frames late: the stretch in
+                # which all N stream is then not the session (too short, or stretched), and its CPU is no rate.
+                verdict = (f"not measured: the window is {window:.1f} s where the sessions stream "
+                           f"{STREAM_S:g} s, so they did not stream together; the machine was saturated")
             lines.append(f"- `{'serve' if v.serve else 'run'}`, N = {r['n']}: steady **{steady:.2f} %** ({verdict}); "
                          f"with start-up and wind-down {whole:.2f} %.")
     return "\n".join(lines)
@@ -591,7 +677,10 @@ def main() -> int:
     ap.add_argument("--n", default="1,5,10,20", help="session counts, comma-separated (empty: skip that section)")
     ap.add_argument("--profile", type=int,
                     help="run this N under cProfile (bridge process) and print the top functions")
-    ap.add_argument("--profile-serve", action="store_true", help="with --profile: the serve path (voice back)")
+    ap.add_argument("--profile-serve", action="store_true",
+                    help="with --profile or --account: the serve path (voice back)")
+    ap.add_argument("--account", type=int, metavar="N",
+                    help="run N sessions with the CPU of the live path's stages counted and print the table")
     ap.add_argument("--no-all-in-one", action="store_true", help="skip the all-in-one-process comparison row")
     ap.add_argument("--cpu-n", default="1,10",
                     help="session counts for the per-session CPU section (empty: skip it)")
@@ -606,6 +695,9 @@ def main() -> int:
         eventloop.run(players_main(args.players, args.sendrecv))
         return 0
     audio = short_audio()
+    if args.account:
+        print(account(args.account, audio, args.profile_serve))
+        return 0
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from aiortc import RTCPeerConnection
 from google.genai import types
 
@@ -24,8 +25,8 @@ from workbench.core.events import Client
 from workbench.core.pcm import MIC_RATE, MODEL_RATE
 from workbench.io import live
 from workbench.io.ingest import Received, ingest
-from workbench.io.media import ModelAudioTrack
-from workbench.io.webrtc import loopback
+from workbench.io.media import IDLE_FRAMES, ModelAudioTrack
+from workbench.io.webrtc import FRAME_S, loopback
 from workbench.ui.web.server import BrowserSession
 
 N_FRAMES = 10  # 200 ms of frames: the in-flight frame, the receiver's 4-frame prefetch, and margin
@@ -49,7 +50,7 @@ def rms(x: np.ndarray) -> float:
 
 async def _run(tmp: Path) -> tuple[list[Received], list[int]]:
     voice = ModelAudioTrack()
-    link = await loopback(voice)
+    link = await loopback(voice, loop_encode=True)  # as serve sends it
     pc = RTCPeerConnection()
     session = BrowserSession(id="1", name="test", dir=tmp, pc=pc, voice=voice, options={})
     frames: list[Received] = []
@@ -103,3 +104,37 @@ def test_an_interrupted_answer_stops_on_the_outgoing_track_and_the_next_one_play
     assert all(abs(p - ANSWERS_HZ[1]) < 30 for p in pitches(next1 + N_FRAMES, cut2))
     last = pitches(next2 + N_FRAMES, len(frames))
     assert last and all(abs(p - ANSWERS_HZ[2]) < 30 for p in last)
+
+
+async def _run_pause() -> tuple[list[Received], float]:
+    voice = ModelAudioTrack()
+    link = await loopback(voice, loop_encode=True)
+    frames: list[Received] = []
+    task = asyncio.create_task(ingest(link.remote_track, time.monotonic, frames.append))
+    try:
+        voice.push(answer(ANSWERS_HZ[0], 0.3))
+        await asyncio.sleep(0.3 + (IDLE_FRAMES + 25) * FRAME_S)  # the hangover, then 0.5 s of nothing
+        t_second = time.monotonic()
+        voice.push(answer(ANSWERS_HZ[1], 0.5))
+        await asyncio.sleep(0.8)
+    finally:
+        task.cancel()
+        await link.close()
+    return frames, t_second
+
+
+def test_the_voice_goes_quiet_in_long_silence_and_comes_back_on_time() -> None:
+    frames, t_second = asyncio.run(_run_pause())
+    gaps = [(a, b) for a, b in zip(frames, frames[1:], strict=False) if b.t - a.t > 0.3]
+    assert len(gaps) == 1  # nothing on the wire after the hangover, until the next answer
+    before, after = gaps[0]
+    assert before.t < t_second <= after.t + 0.05
+    # the pause is in the RTP timestamps too: media time moved on by the pause, as it does under a browser's DTX
+    assert after.pts_s - before.pts_s == pytest.approx(after.t - before.t, abs=0.1)
+    second = [f for f in frames if f.t > t_second and rms(f.samples) > 1000]
+    # (its first and last frame carry what the track's resampler held back at the end of the answer before them)
+    assert len(second) >= 15 and all(abs(pitch(f.samples) - ANSWERS_HZ[1]) < 30 for f in second[1:-1])
+    # the first answer played out and its hangover of silence followed it on the wire
+    first = [f for f in frames if f.t < t_second]
+    assert sum(rms(f.samples) > 1000 for f in first) >= 12
+    assert all(rms(f.samples) < SILENT_RMS for f in first[-IDLE_FRAMES + 10:])

@@ -20,6 +20,7 @@ from workbench.io.media import FilePlayerTrack
 from workbench.io.webrtc import (
     FRAME_S,
     FRAME_SAMPLES,
+    audio_level_dbov,
     loopback,
     mono_frame,
     patch_aioice_loopback,
@@ -275,3 +276,12 @@ def test_closing_a_link_mid_play_ends_ingest() -> None:
     n, elapsed, track = asyncio.run(run())
     assert 15 <= n <= 30 and elapsed < 1.5
     assert track.done.is_set()
+
+
+def test_the_voice_level_is_aiortcs_rfc6464_level() -> None:
+    from aiortc import rtp
+
+    rng = np.random.default_rng(0)
+    for amp in (0, 1, 3, 10, 100, 1000, 10000, 40000):
+        x = (rng.standard_normal(FRAME_SAMPLES) * amp).clip(-32768, 32767).astype(np.int16)
+        assert audio_level_dbov(x) == rtp.compute_audio_level_dbov(mono_frame(x, 0)), amp

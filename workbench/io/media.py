@@ -116,6 +116,10 @@ class FilePlayerTrack(MediaStreamTrack):
 # -- the model's voice, back to the browser --------------------------------------------------------
 
 
+# Silent frames the agent's voice still sends after its last audio before it pauses (see ModelAudioTrack): 500 ms.
+IDLE_FRAMES = 25
+
+
 class ModelAudioTrack(MediaStreamTrack):
     """Plays the model's 24 kHz audio as 48 kHz 20 ms frames at real-time pace; silence when idle.
 
@@ -124,23 +128,39 @@ class ModelAudioTrack(MediaStreamTrack):
     aiortc's sender takes is silence, so the browser stops hearing the old answer one frame (20 ms)
     after the message, plus the network and its jitter buffer (``bench/BENCHMARKS.md``, "Barge-in").
     The sender keeps no queue of its own: it asks for a frame, encodes and sends it.
+
+    Idle, the track pauses: once ``idle_frames`` silent frames have followed the last queued audio (the end of
+    the answer decays, the receiver's jitter buffer plays out: aiortc's holds 4 frames, a browser's 1-3),
+    ``recv()`` waits for the next ``push`` and nothing goes on the wire, as a browser's own Opus DTX sends
+    nothing in silence (RFC 7587 section 3.1.3).  The first frame after the pause is due at once and its pts
+    is where the clock is, so the pause is in the media time (``webrtc.send_audio_on_loop`` sends each frame's
+    pts as its RTP timestamp).  The agent is silent most of a session; a frame, an encode and a packet every
+    20 ms of that silence cost more than the answers (``bench/BENCHMARKS.md``, "Per-session CPU").
     """
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, idle_frames: int = IDLE_FRAMES) -> None:
         super().__init__()
         self._resampler = soxr.ResampleStream(MODEL_RATE, MIC_RATE, 1, dtype="int16")
         self._queued: deque[np.ndarray] = deque()
         self._n_queued = 0
         self._t_start: float | None = None
         self._index = 0
+        self.idle_frames = idle_frames
+        self._silent_run = 0  # frames handed out since the last one that carried queued audio
+        self._pushed = asyncio.Event()
 
     def push(self, samples24k: np.ndarray) -> None:
         out = self._resampler.resample_chunk(np.asarray(samples24k, dtype=np.int16))
         if out.size:
             self._queued.append(out)
             self._n_queued += out.size
+            self._pushed.set()
+
+    def stop(self) -> None:
+        super().stop()
+        self._pushed.set()  # a recv() waiting in a pause ends
 
     def clear(self) -> None:
         self._queued.clear()
@@ -167,10 +187,19 @@ class ModelAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._t_start is None:
             self._t_start = time.monotonic()
+        if not self._n_queued and self._silent_run >= self.idle_frames:
+            self._pushed.clear()
+            await self._pushed.wait()
+            if self.readyState != "live":
+                raise MediaStreamError
+            # resume on the clock: the next frame is due now, its pts says how long the pause was
+            self._index = max(self._index, int((time.monotonic() - self._t_start) / FRAME_S))
         wait = self._t_start + self._index * FRAME_S - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        had = self._n_queued
         frame = mono_frame(self._take(FRAME_SAMPLES), self._index * FRAME_SAMPLES)
+        self._silent_run = 0 if had else self._silent_run + 1
         self._index += 1
         return frame
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fractions
+import math
 from dataclasses import dataclass, field
 
 import aioice.ice
@@ -78,6 +79,66 @@ def mono_int16(frame: av.AudioFrame) -> np.ndarray:
     if channels == 1:
         return x[:, 0].astype(np.int16, copy=True)
     return (x.astype(np.int32).sum(axis=1) // channels).astype(np.int16)
+
+
+# -- sending audio ---------------------------------------------------------------
+
+OPUS_BITRATE = 32_000  # mono speech; aiortc's encoder sends stereo at 96 kbit/s
+_S_TRACK = "_RTCRtpSender__track"
+_S_RUN = "_next_encoded_frame"
+
+
+def audio_level_dbov(samples: np.ndarray) -> int:
+    """RFC 6464's audio level of int16 ``samples``: 0 (loudest) to -127 dBov, as aiortc computes it (RFC 6465,
+    Appendix A), in numpy instead of a Python loop per sample."""
+    x = samples.astype(np.float32)
+    rms = math.sqrt(float(np.dot(x, x)) / max(x.size, 1)) / 32767.0
+    return -127 if rms <= 0 else round(min(max(20 * math.log10(rms), -127.0), 0.0))
+
+
+def send_audio_on_loop(sender: RTCRtpSender) -> None:
+    """Encode what ``sender``'s track gives (s16 mono 48 kHz frames) on the event loop; call before the
+    connection starts sending.
+
+    Why: per 20 ms frame aiortc's sender computes the RFC 6464 audio level in a Python loop over the samples
+    (~0.3 ms), and hands the frame to the default executor for a resample to stereo and a stereo encode at
+    96 kbit/s, and back (two thread hand-overs and loop wake-ups).  Here a mono libopus encoder runs inline (an
+    Opus frame encodes in a fraction of a millisecond; receivers decode mono and stereo Opus alike, RFC 7587
+    section 3.4) and the level is computed in numpy.  The track is read exactly as before: one ``recv()`` per
+    packet, paced by the track.
+
+    Each packet's RTP timestamp is its frame's pts, so a track that pauses (``serve``'s ``ModelAudioTrack``
+    between answers) leaves the pause in the timestamps, as a browser's Opus DTX does (RFC 7587 section
+    3.1.3); aiortc's encoder numbers packets by its own count, so a pause would not show.  aiortc's private
+    ``_next_encoded_frame`` is replaced on this sender only; an aiortc without it fails here, loudly.
+    """
+    if not hasattr(sender, _S_RUN) or not hasattr(sender, _S_TRACK):
+        raise RuntimeError("aiortc's RTCRtpSender changed: cannot encode on the loop")
+    from aiortc.rtcrtpsender import RTCEncodedFrame
+
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = OPUS_BITRATE
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = MIC_RATE
+    codec.time_base = fractions.Fraction(1, MIC_RATE)
+    codec.options = {"application": "voip"}
+
+    async def next_encoded_frame(_codec: object) -> RTCEncodedFrame | None:
+        frame = await getattr(sender, _S_TRACK).recv()
+        if not sender._enabled:  # as aiortc: read the track, drop the frame
+            return None
+        if frame.format.name != "s16" or frame.layout.nb_channels != 1 or frame.sample_rate != MIC_RATE:
+            raise ValueError(f"send_audio_on_loop wants s16 mono {MIC_RATE} Hz frames, got {frame.format.name} "
+                             f"{frame.layout.name} {frame.sample_rate} Hz")
+        samples = np.frombuffer(frame.planes[0], np.int16, count=frame.samples)
+        payloads = [bytes(p) for p in codec.encode(frame)]
+        if not payloads:
+            return None
+        ts = frame.pts * frame.time_base.numerator * MIC_RATE // frame.time_base.denominator
+        return RTCEncodedFrame(payloads, ts, audio_level_dbov(samples))
+
+    setattr(sender, _S_RUN, next_encoded_frame)
 
 
 # -- loopback link --------------------------------------------------------------
@@ -162,6 +223,7 @@ async def loopback(
     *,
     jitter_prefetch: int | None = None,
     loop_decode: bool = True,
+    loop_encode: bool = False,
     timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> LoopbackLink:
     """Send ``track`` as Opus 48 kHz from one peer connection to another over 127.0.0.1.
@@ -169,7 +231,8 @@ async def loopback(
     ``jitter_prefetch`` sets the receiver's jitter buffer depth (``None``: aiortc's 4, as a
     browser-facing aiortc bridge has unless it too calls ``set_jitter_prefetch``).
     ``loop_decode`` decodes on the event loop (``workbench.io.loopdecode``), as the bridge's browser
-    server does; False keeps aiortc's decoder thread.
+    server does; False keeps aiortc's decoder thread.  ``loop_encode`` sends ``track`` the way ``serve`` sends the
+    agent's voice (``send_audio_on_loop``); False as aiortc sends it.
 
     When ``track`` ends, the sending peer's RTP sender is stopped, which sends an RTCP BYE; the
     receiver then ends ``remote_track`` as it would for a browser that hung up.
@@ -189,6 +252,8 @@ async def loopback(
         transceiver = pc_send.addTransceiver(track, direction="sendonly")
         opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
         transceiver.setCodecPreferences(opus)
+        if loop_encode:
+            send_audio_on_loop(transceiver.sender)
 
         async def handshake() -> MediaStreamTrack:
             await pc_send.setLocalDescription(await pc_send.createOffer())

@@ -34,7 +34,7 @@ from workbench.io import bridge, live
 from workbench.io.endmodel import EndModelWorker
 from workbench.io.loopdecode import decode_audio_on_loop
 from workbench.io.media import HangupTrack, ModelAudioTrack
-from workbench.io.webrtc import _config, patch_aioice_loopback
+from workbench.io.webrtc import _config, patch_aioice_loopback, send_audio_on_loop
 
 WEB = Path(__file__).resolve().parent
 # Events the page does not need (one per 20 ms frame, or per 100 ms sample).
@@ -322,7 +322,8 @@ class Server:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
         decode_audio_on_loop(pc)  # the browser's Opus decoded on the loop, not on a thread per session
-        pc.addTrack(s.voice)  # onto the browser's audio transceiver: the agent's voice goes back on it
+        # onto the browser's audio transceiver: the agent's voice goes back on it, encoded on the loop, DTX in silence
+        send_audio_on_loop(pc.addTrack(s.voice))
         for transceiver in pc.getTransceivers():  # Opus only: the bridge takes 48 kHz frames, G722 decodes to 16 kHz
             if transceiver.kind == "audio":
                 transceiver.setCodecPreferences(OPUS)
