@@ -485,3 +485,29 @@ def test_the_writer_refuses_what_it_cannot_send_at_the_caller():
         w.put("activity_end")  # a kind's name is not a message
     w.put(live.TextTurn("hi"))
     assert w.queue.qsize() == 1
+
+
+def test_a_turn_answered_after_the_snapshot_is_sent_at_most_1_plus_max_resends_times_over_many_resumes():
+    """A turn answered (here by a barge-in) after the handle's snapshot is re-sent on a resume, since the resumed
+    context lacks it, but only while it has sends left: after 1 + max_resends sends it stays out (its context lost,
+    not re-sent on every resume). Seen live in a loaded test_recovery[empty@every]: turn 4 went out 4 times."""
+    c = up()
+    turn(c, 1, 1.0)
+    c.server(1.2, 1, Incoming("interrupted"))  # turn 1 answered by a barge-in; no handle since h0
+    skipped: list[int] = []
+    for n, t in ((2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)):
+        turn(c, n, t)
+        c.server(t + 0.3, c.conn, Incoming("turn_complete"))  # an empty answer for turn n: reconnect, resume h0
+        events = clients(c.opened(t + 0.5, c.conn))
+        resent = [e.turn for e in events if e.action == "resend"]
+        skip = [e for e in events if e.action == "skip_resend"]
+        assert all(e.reason == "resend_limit" for e in skip)
+        skipped += [e.turn for e in skip]
+        # h0 holds none of them: every turn goes again until it has been sent 1 + max_resends times
+        assert sorted(resent + [e.turn for e in skip]) == list(range(1, n + 1))
+        assert all(x.sends <= 1 + c.config.max_resends for x in c.ledger.turns)
+        for _ in resent:  # each re-sent turn's answer is cut by the next one's barge-in, as a split turn's is
+            c.server(t + 0.6, c.conn, Incoming("interrupted"))
+    assert c.ledger.turns[1].sends == 1 + c.config.max_resends  # sent once, re-sent twice, then left out
+    # each turn goes out at t, then at the next two resumes: 1 and 2 stay out from resume 3 (n = 4), 3 from n = 5
+    assert skipped == [1, 2, 1, 2, 3]

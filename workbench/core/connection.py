@@ -25,7 +25,10 @@ Rules (the why of each is beside the code):
   After a resume every turn the handle does not hold is re-sent in full, in order; a turn it
   holds never is.  Without resumption (or without any clean handle) only unanswered turns go.
 - Bounded recovery.  A turn goes out at most ``1 + max_resends`` times (the greeting twice:
-  after that the core stops waiting for it and the mic opens); at most ``max_reconnects``
+  after that the core stops waiting for it and the mic opens); an answered turn that a resumed
+  handle lacks and that has gone out that often already stays out (``skip_resend``,
+  ``resend_limit``: its context is lost to the conversation, which the emulator's log calls
+  ``lost_turn``, rather than re-sent on every resume); at most ``max_reconnects``
   reconnects in any ``reconnect_window_s``, each tried at most ``max_connect_attempts`` times in a
   row (a resume rejected because the server still counts the old connection open is retried
   later); then ``GiveUp`` with the reason.
@@ -317,6 +320,13 @@ class ClientCore:
                 continue
             if turn.answered and not resumed:
                 continue  # a new conversation: answered turns are gone with the old one either way
+            if turn.answered and turn.sends >= self._max_sends(turn):
+                # answered after the snapshot and already sent as often as a turn may be: its context stays out of
+                # the resumed conversation (the bound holds on every resume; a resume does not reset it)
+                out.append(self._client(t, Act.SKIP_RESEND, Reason.RESEND_LIMIT, turn=turn.n, attempt=turn.sends,
+                                        handle=self.connect_handle,
+                                        detail=f"answered after the handle's snapshot; sent {turn.sends} times"))
+                continue
             if turn.sends > 0:
                 # answered after the handle's snapshot was taken: the resumed context lacks it, so it goes again
                 note = "answered after the handle's snapshot" if turn.answered else None
