@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from workbench.io import bridge
 from workbench.store.recording import Recording
 from workbench.ui.cli import BUNDLED
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: tests live in tests/<layer>/
+SPEECH = REPO.parent / "shared" / "speech"  # the real-speech sources, ../shared/speech beside the checkout (tests skip)
 SHORT_S = 8.5  # the bundled recording's first answer (0.5-5.5 s) and the silence after it
 
 

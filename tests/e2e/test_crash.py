@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import reaped, sigkill
+from conftest import REPO, reaped, sigkill
 
 import workbench
 from workbench.analysis.diagnose import diagnose
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wait_for_activity(events: Path, proc: subprocess.Popen[bytes], min_pts_s: float, timeout_s: float) -> None:
@@ -40,7 +39,7 @@ def _wait_for_activity(events: Path, proc: subprocess.Popen[bytes], min_pts_s: f
 def killed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("crash") / "rec"
     with reaped(subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "demo", "--out", str(out), "--quiet"],
-                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) as proc:
+                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) as proc:
         _wait_for_activity(out / "events.jsonl", proc, min_pts_s=6.0, timeout_s=60.0)
         sigkill(proc)
     assert proc.returncode == -signal.SIGKILL
@@ -73,7 +72,7 @@ def test_killed_session_loads(killed: Path) -> None:
 def test_killed_session_diagnosed_cut_short(killed: Path) -> None:
     rules = {f.code for f in diagnose(workbench.load(killed))}
     assert "cut_short" in rules
-    out = subprocess.run([sys.executable, "-m", "workbench.ui.cli", "diagnose", str(killed)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "workbench.ui.cli", "diagnose", str(killed)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode in (0, 1), out.stderr
     assert "cut short" in out.stdout

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from workbench.core.scorers import silero_model_path
 from workbench.core.turns import Decision, TurnDetector, TurnParams
@@ -368,7 +368,7 @@ def test_energy_noise_floor_finds_the_answers_at_15_db_snr_where_fixed_threshold
     from workbench.analysis.sweep import read_labels
     from workbench.store import speechset
 
-    rec = Path(__file__).resolve().parent.parent / "recordings"
+    rec = REPO / "recordings"
     x, _ = sf.read(rec / "thinking.flac", dtype="float32")
     answers = read_labels(rec / "thinking.labels.txt")
     noisy = speechset.with_noise(x, answers, 15.0, seed=1)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from workbench.analysis.diagnose import Finding, context, format_findings
 from workbench.analysis import diagnose
+from workbench.analysis.diagnose import Finding, context, format_findings
 from workbench.core.events import (
     Client,
     Error,

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO
 
 from workbench.core import endturn
 from workbench.core.endpointing import DynamicWindow
 from workbench.core.turns import TurnDetector, TurnParams
 
-REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME = 320  # 20 ms
 LOUD = (0.1 * np.sin(2 * np.pi * 220 * np.arange(FRAME) / RATE)).astype(np.float32)  # -23 dBFS

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 CELL_TIMEOUT_S = 300
 
 
