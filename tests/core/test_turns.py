@@ -6,19 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, tone
 
 from workbench.core.scorers import silero_model_path
 from workbench.core.turns import Decision, TurnDetector, TurnParams
 
 RATE = 16000
 FRAME = 320  # 20 ms
-
-
-def tone(seconds: float, db: float, freq: float = 400.0) -> np.ndarray:
-    """A sine whose 10 ms window RMS is exactly ``db`` dBFS (400 Hz = 4 periods per window)."""
-    n = round(seconds * RATE)
-    return (10 ** (db / 20) * np.sqrt(2) * np.sin(2 * np.pi * freq * np.arange(n) / RATE)).astype(np.float32)
 
 
 def silence(seconds: float) -> np.ndarray:
