@@ -205,12 +205,15 @@ def test_speech_resuming_while_a_threaded_score_runs_makes_it_stale() -> None:
 
 
 @pytest.mark.skipif(endturn.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
-def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
+def test_cli_vad_with_the_end_model_prints_the_same_json(capsys, tmp_path) -> None:
     import json
 
     from workbench.ui.cli import main
 
-    assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--format", "json", "--silence-ms", "300",
+    x, rate = sf.read(REPO / "recordings" / "thinking.flac", dtype="int16")
+    clip = tmp_path / "answer1.flac"
+    sf.write(clip, x[: int(17.0 * rate)], rate)  # the first answer, with its three pauses (thinking.pauses.txt)
+    assert main(["vad", str(clip), "--format", "json", "--silence-ms", "300",
                  "--end-model", "smart-turn", "--max-silence-ms", "1500"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"params", "turns"} and out["params"]["end_model"] == "smart-turn"
