@@ -33,7 +33,7 @@ class Run(EmulatedRun):
 
 async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, naive: str | None = None,
               reconnect: bool = True, watchdog_s: float | None = 3.0, max_queue: int = 16, dtx: bool = True,
-              response_timeout_s: float = 4.0, profile: str = "real") -> Run:
+              response_timeout_s: float = 4.0, profile: str = "real", silence_ms: float = 700.0) -> Run:
     """One session.  Reproductions run the ideal server with pings every 1 s and a 2 s pong timeout (each
     failure alone, as the field report saw it); survival runs the real profile with the bridge's own keepalive
     (pongs 8-30 s late, never waited for), pinging every 1 s so late pongs happen in a short session."""
@@ -41,8 +41,8 @@ async def one(out: Path, samples: np.ndarray, faults: tuple[str, ...] = (), *, n
         out, samples, EmulatorConfig(profile=profile, faults=[parse_fault(f) for f in faults]),
         live_kw=dict(ping_interval_s=1.0, ping_timeout_s=2.0 if profile == "ideal" else None, max_queue=max_queue,
                      close_timeout_s=1.0),
-        run_type=Run, dtx=dtx, naive=naive, reconnect=reconnect, watchdog_s=watchdog_s,
-        response_timeout_s=response_timeout_s)
+        params=TurnParams(silence_ms=silence_ms), run_type=Run, dtx=dtx, naive=naive, reconnect=reconnect,
+        watchdog_s=watchdog_s, response_timeout_s=response_timeout_s)
     assert isinstance(run, Run)
     return run
 
@@ -79,18 +79,22 @@ REPRO = {
 }
 
 
-# Reproductions at most this many at a time.  All ten at once starved the one event loop on a loaded 2-core machine
-# (lag up to 1.4 s, half the mic frames dropped, media time stretched to twice the audio): the clock ended turns
-# between late frames (one spoken answer became up to 11 activities), so the tests that count the unanswered turn,
-# judge the late answer or need the turn still open (no-response, slow, receive-once, frame-count) failed.
-REPRO_AT_ONCE = 4
+# Reproductions at most this many at a time, with a 1.5 s silence window (no reproduction is about the window; the
+# first answer still ends at 7.0 s of the 8.5 s played).  All ten at once with 700 ms starved the one event loop on
+# a loaded 2-core machine (lag up to 1.4 s, half the mic frames dropped, media time stretched to twice the audio):
+# the clock ended turns between late frames (one spoken answer became up to 11 activities), so the tests that count
+# the unanswered turn, judge the late answer or need the turn still open (no-response, slow, receive-once,
+# frame-count) failed; 4 at once with 700 ms still split receive-once in three at load 13.
+REPRO_AT_ONCE = 3
+REPRO_SILENCE_MS = 1500.0
 
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("repro")
     short = bundled_audio(SHORT_S)
-    return run_concurrently({name: functools.partial(one, root / name, short, profile="ideal", **kw)
+    return run_concurrently({name: functools.partial(one, root / name, short, profile="ideal",
+                                                     silence_ms=REPRO_SILENCE_MS, **kw)
                              for name, kw in REPRO.items()}, at_once=REPRO_AT_ONCE)
 
 
