@@ -1,11 +1,11 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
-# Both create .venv and install what they need (Python packages; espeak-ng via apt when missing).
+# Both create .venv and install what they need (Python packages; Chromium via apt when missing).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint lab pages system speechset clean peers-venv
+.PHONY: demo test bench lint lab pages system bench-system speechset clean peers-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,14 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# System packages the tests and benchmarks use; skipped when present or when apt is unavailable.
+# System packages the tests use; skipped when present or when apt is unavailable.
 system:
-	@command -v espeak-ng >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
-	  echo "note: espeak-ng not installed; tests that synthesise speech will skip"; }
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-	  echo "note: chromium not installed; tests/test_browser.py will skip"; }
+	  echo "note: chromium not installed; tests/e2e/test_browser.py and tests/test_jupyterlab.py will skip"; }
+
+# System packages only the benchmarks and the audio builders use (no test needs them): espeak-ng for the
+# synthetic interviews (bench/synth.py) and the bundled track (python -m workbench.store.synth), the real-speech
+# sources for the speech set.
+bench-system:
+	@command -v espeak-ng >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) || \
+	  echo "note: espeak-ng not installed; bench/bench_turns.py and workbench.store.synth cannot synthesise speech"; }
 	@{ [ -d /usr/share/pocketsphinx/test/data/librivox ] && [ -d /usr/share/asterisk/sounds/en_US_f_Allison ]; } || \
 	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
 	  -y -qq pocketsphinx-testdata asterisk-core-sounds-en-wav >/dev/null) || \
@@ -36,7 +41,7 @@ test: $(STAMP) system
 	$(BIN)/ruff check workbench tests bench notebooks/render.py
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) system peers-venv
+bench: $(STAMP) system bench-system peers-venv
 	$(BIN)/python bench/run_all.py --write
 
 # pipecat for bench/bench_peers.py, in a venv of its own so the project's dependencies stay clean (git-ignored)
@@ -49,7 +54,7 @@ $(PEERS_VENV)/.installed:
 	touch $@
 
 # The full real-speech set with thinking pauses (clean, 20/15/10 dB SNR) on demand; the tests use recordings/thinking.*
-speechset: $(STAMP) system
+speechset: $(STAMP) bench-system
 	$(BIN)/python -m workbench.store.speechset recordings/speechset
 
 lint: $(STAMP)

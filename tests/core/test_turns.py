@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, tone
 
 from workbench.core.params import TurnParams
 from workbench.core.turns import Decision, DecisionKind, FileClock, InvalidState, TurnDetector, TurnState
@@ -15,12 +15,6 @@ from workbench.store.paramfile import read_params
 
 RATE = 16000
 FRAME = 320  # 20 ms
-
-
-def tone(seconds: float, db: float, freq: float = 400.0) -> np.ndarray:
-    """A sine whose 10 ms window RMS is exactly ``db`` dBFS (400 Hz = 4 periods per window)."""
-    n = round(seconds * RATE)
-    return (10 ** (db / 20) * np.sqrt(2) * np.sin(2 * np.pi * freq * np.arange(n) / RATE)).astype(np.float32)
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -370,7 +364,7 @@ def test_energy_noise_floor_finds_the_answers_at_15_db_snr_where_fixed_threshold
     from workbench.analysis.sweep import read_labels
     from workbench.store import speechset
 
-    rec = Path(__file__).resolve().parent.parent / "recordings"
+    rec = REPO / "recordings"
     x, _ = sf.read(rec / "thinking.flac", dtype="float32")
     answers = read_labels(rec / "thinking.labels.txt")
     noisy = speechset.with_noise(x, answers, 15.0, seed=1)

@@ -9,20 +9,17 @@ scenarios run concurrently in one event loop (one module fixture).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EmulatedRun, bundled_audio
+from conftest import EmulatedRun, bundled_audio, emulated_session, run_concurrently
 
-import workbench
 from workbench.analysis.tables import format_turn_table, turn_table
-from workbench.core.params import TurnParams
-from workbench.emulator import Emulator, EmulatorConfig, parse_fault
-from workbench.io import bridge, live
+from workbench.emulator import EmulatorConfig, parse_fault
 
 pytestmark = pytest.mark.slow
 WATCHDOG_S = 3.0
@@ -70,35 +67,21 @@ class Run(EmulatedRun):
 
 
 async def one(out: Path, sc: Scenario, samples: np.ndarray) -> Run:
-    config = EmulatorConfig(faults=[parse_fault(f) for f in sc.faults], **sc.emu)  # profile "real"
-    async with Emulator(config) as emu:
-        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
-                                     close_timeout_s=1.0, **sc.live)
-        cfg = bridge.SessionConfig(params=TurnParams(), live=settings, dtx=True, name=out.name,
-                                   **{"watchdog_s": WATCHDOG_S, "heard_timeout_s": HEARD_S, "dead_connection_s": 5.0,
-                                      **sc.bridge})
-        result = await bridge.run_session(samples, cfg, out)
-        violations = list(emu.violations)
-    emu.write_log(out)
-    return Run(result, workbench.load(out), list(emu.log), violations)
+    run = await emulated_session(
+        out, samples, EmulatorConfig(faults=[parse_fault(f) for f in sc.faults], **sc.emu),  # profile "real"
+        live_kw=dict(close_timeout_s=1.0, **sc.live), run_type=Run,
+        **{"watchdog_s": WATCHDOG_S, "heard_timeout_s": HEARD_S, "dead_connection_s": 5.0, **sc.bridge})
+    assert isinstance(run, Run)
+    return run
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     root = tmp_path_factory.mktemp("recovery")
     samples = bundled_audio()
-
-    async def go() -> dict[str, Run]:
-        gate = asyncio.Semaphore(CONCURRENT)  # the machine is shared: too many at once and turns split
-
-        async def gated(name: str, sc: Scenario) -> Run:
-            async with gate:
-                return await one(root / name.replace("@", "-"), sc, samples)
-
-        done = await asyncio.gather(*(gated(name, sc) for name, sc in SCENARIOS.items()))
-        return dict(zip(SCENARIOS, done, strict=True))
-
-    return asyncio.run(go())
+    # the machine is shared: too many at once and turns split
+    return run_concurrently({name: functools.partial(one, root / name.replace("@", "-"), sc, samples)
+                             for name, sc in SCENARIOS.items()}, at_once=CONCURRENT)
 
 
 def flags(run: Run) -> list[str]:

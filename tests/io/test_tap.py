@@ -23,7 +23,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import reaped, sigkill
+from conftest import REPO, reaped, sigkill
 from google import genai
 from google.genai import types
 
@@ -34,7 +34,6 @@ from workbench.emulator import Emulator, EmulatorConfig
 from workbench.io import tap
 from workbench.store.recording import RecordingError
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 # one tone per turn: the emulator flags the same audio reaching the model twice (duplicate_turn)
 PCM_100MS = [(np.sin(2 * np.pi * f * np.arange(1600) / 16_000) * 8000).astype("<i2").tobytes() for f in (220, 330)]
@@ -382,8 +381,8 @@ KILLED_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -> None:
     out = tmp_path / "rec"
-    with reaped(subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(out)], cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+    with reaped(subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(out)], cwd=REPO,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)) as proc:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -414,7 +413,7 @@ def test_a_sigkilled_tapped_session_loads_up_to_the_last_flush(tmp_path: Path) -
 def _example() -> Any:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("field_report_bridge", ROOT / "examples" / "field_report_bridge.py")
+    spec = importlib.util.spec_from_file_location("field_report_bridge", REPO / "examples" / "field_report_bridge.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

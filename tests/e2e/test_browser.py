@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import chromium, end_group
+from conftest import REPO, chromium, end_group
 
 import workbench
 from workbench.analysis.tables import turn_table
@@ -25,7 +25,7 @@ from workbench.ui.serve import start_in_background
 
 pytestmark = pytest.mark.slow
 
-CANDIDATE = Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac"
+CANDIDATE = REPO / "recordings" / "candidate.flac"
 TWO_ANSWERS_S = 16.5  # candidate.labels.txt: answer 1 0.5-5.5 s, answer 2 9.0-14.7 s
 MUTE = {"mute_at": 3.0, "unmute_at": 4.5, "stop_after": TWO_ANSWERS_S + 1.0}
 RUNS = {"enabled": {"mute_mode": "enabled", "dtx": 0}, "enabled_dtx": {"mute_mode": "enabled", "dtx": 1},

@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+from conftest import tone
 
 from workbench.io.ingest import Received, ingest
 from workbench.io.loopdecode import LoopDecoder, decode_on_loop
@@ -22,9 +23,8 @@ RATE = 48_000
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, channels=2, payloadType=111)
 
 
-def tone(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+def tone48k(seconds: float) -> np.ndarray:
+    return tone(seconds, -15.26, 440.0, rate=RATE, dtype=np.int16)  # peak 8000
 
 
 def encoded(samples: np.ndarray) -> list[JitterFrame]:
@@ -40,7 +40,7 @@ def test_loop_decoder_puts_decoded_frames_on_the_track_queue() -> None:
     async def run() -> list:
         out: asyncio.Queue = asyncio.Queue()
         dec = LoopDecoder(out, threading.Event())
-        for frame in encoded(tone(0.2)):
+        for frame in encoded(tone48k(0.2)):
             dec.put((OPUS, frame))
         assert dec.frames == out.qsize() == 10
         return [out.get_nowait() for _ in range(10)]
@@ -56,7 +56,7 @@ def test_a_bad_frame_is_reported_and_decoding_goes_on(caplog: pytest.LogCaptureF
         out: asyncio.Queue = asyncio.Queue()
         error = threading.Event()
         dec = LoopDecoder(out, error)
-        good = encoded(tone(0.1))
+        good = encoded(tone48k(0.1))
         dec.put((OPUS, good[0]))
         dec.put((OPUS, JitterFrame(data=b"\xff" * 7, timestamp=960)))  # not an Opus packet
         dec.put((OPUS, good[2]))
@@ -95,7 +95,7 @@ async def _play(samples: np.ndarray, loop_decode: bool) -> tuple[list[Received],
 def test_a_loopback_link_decodes_on_the_loop_as_the_thread_does_and_ends() -> None:
     """Same audio both ways (Opus is deterministic; libopus's downmix differs from the average by at most 1 LSB),
     and the track ends when the sender stops."""
-    src = tone(1.0)
+    src = tone48k(1.0)
 
     async def both() -> list[tuple[list[Received], int | None]]:
         return await asyncio.gather(_play(src, True), _play(src, False))
@@ -111,7 +111,7 @@ def test_a_loopback_link_decodes_on_the_loop_as_the_thread_does_and_ends() -> No
 
 def test_decode_on_loop_refuses_a_started_receiver() -> None:
     async def run() -> None:
-        link = await loopback(FilePlayerTrack(tone(0.2)), loop_decode=False)
+        link = await loopback(FilePlayerTrack(tone48k(0.2)), loop_decode=False)
         try:
             with pytest.raises(RuntimeError, match="before the receiver starts"):
                 decode_on_loop(link.pc_recv.getReceivers()[0])
@@ -134,7 +134,7 @@ def test_release_hands_on_what_the_jitter_buffer_holds_in_order_and_the_stream_g
             self._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)
             self._RTCRtpReceiver__timestamp_mapper = TimestampMapper()
 
-    frames = encoded(tone(0.4))  # 20 frames
+    frames = encoded(tone48k(0.4))  # 20 frames
     receiver = Receiver()
     jitter, mapper = receiver._RTCRtpReceiver__jitter_buffer, receiver._RTCRtpReceiver__timestamp_mapper
 

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import REPO, SPEECH  # noqa: E402
 
 from workbench.analysis.replay import RATE, detect_file, detect_frames  # noqa: E402
 from workbench.analysis.sweep import (  # noqa: E402
@@ -30,9 +31,7 @@ from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store.audiofile import load_mono  # noqa: E402
 from workbench.store.paramfile import read_params  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 CANDIDATE = REPO / "recordings" / "candidate.flac"
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
 
 EDGE_PARAMS = [
     TurnParams(),
@@ -203,7 +202,7 @@ def test_cli_sweep_writes_csv_plot_and_params(tmp_path: Path, capsys: pytest.Cap
 def test_labels_for_one_source_may_be_a_one_item_list_or_spans():
     from workbench.analysis.sweep import sweep as run_sweep
 
-    src = str(Path(__file__).resolve().parent.parent / "recordings" / "candidate.flac")
+    src = str(REPO / "recordings" / "candidate.flac")
     aligned = run_sweep([src], {"silence_ms": [700]}, labels=[None], jobs=1, progress=False)
     spans = run_sweep([src], {"silence_ms": [700]}, labels=[(0.5, 5.5), (9.0, 14.7), (18.2, 24.2)], jobs=1,
                       progress=False)

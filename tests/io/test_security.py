@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from conftest import REPO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,7 +43,6 @@ from workbench.io.webrtc import patch_aioice_loopback
 from workbench.ui import cli
 from workbench.ui.web.server import ServeConfig, Server
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "AIza-test-secret-that-must-not-leak"
 
 
@@ -211,9 +211,9 @@ def test_the_emulator_certificate_is_a_server_leaf_with_a_private_key(tmp_path: 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_emulator_removes_its_certificate_directory_on_a_signal(sig: signal.Signals) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "emulator", "--port", "0"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.ui.cli", "emulator", "--port", "0"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert proc.stdout is not None
         assert "emulator at" in proc.stdout.readline()

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+from conftest import REPO  # noqa: E402
 
 from workbench.analysis.replay import Turn  # noqa: E402
 from workbench.core.events import (  # noqa: E402
@@ -31,7 +32,6 @@ from workbench.core.params import TurnParams  # noqa: E402
 from workbench.store.recording import Recorder, Recording, RecordingError, load  # noqa: E402
 from workbench.ui.plots import MAX_WAVE_POINTS, TimelinePlot, envelope, level_db, register, timeline  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 ANSWERS = [(1.0, 6.7), (9.5, 15.9), (18.7, 25.4)]  # (ActivityStart-ish, ActivityEnd-ish) session seconds
 GAP = (6.0, 7.5)
 

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from conftest import child_pids, end_model_threads
+from conftest import child_pids, emulated_session, end_model_threads
 
 import workbench
 from workbench.core.params import TurnParams
-from workbench.emulator import Emulator, EmulatorConfig
-from workbench.io import bridge, live
+from workbench.emulator import EmulatorConfig
 from workbench.store.models import smart_turn_path
 from workbench.ui.cli import BUNDLED
 
@@ -35,12 +34,9 @@ def clip() -> np.ndarray:
 
 async def session(out):
     params = TurnParams(end_model="smart-turn", silence_ms=300, max_silence_ms=1500)
-    async with Emulator(EmulatorConfig(profile="ideal"), port=0) as emu:
-        settings = live.LiveSettings(base_url=emu.base_url, ssl_context=emu.client_ssl_context(),
-                                     greeting_prompt=None)
-        cfg = bridge.SessionConfig(params=params, live=settings, dtx=True, name="endturn", tail_s=0.5)
-        result = await bridge.run_session(clip(), cfg, out)
-        return result, list(emu.log)
+    run = await emulated_session(out, clip(), EmulatorConfig(profile="ideal"), params=params,
+                                 live_kw=dict(greeting_prompt=None), tail_s=0.5)
+    return run.result, run.emu_log
 
 
 def test_the_clock_scores_and_ends_the_turn_while_dtx_sends_no_frames(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO, SPEECH
 
 from workbench.analysis.replay import (
     Turn,
@@ -21,8 +22,6 @@ from workbench.analysis.replay import (
 from workbench.core.params import TurnParams
 
 RATE = 16000
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "speech"  # ../shared/speech beside the checkout
-REPO = Path(__file__).resolve().parents[1]
 
 
 def burst(seconds: float, db: float = -20.0) -> np.ndarray:

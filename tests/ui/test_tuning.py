@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+from conftest import REPO  # noqa: E402
 
 from workbench.analysis.replay import detect_file  # noqa: E402
 from workbench.core.events import SessionMark  # noqa: E402
@@ -19,7 +20,7 @@ from workbench.store.paramfile import read_params  # noqa: E402
 from workbench.store.recording import Recorder, load  # noqa: E402
 from workbench.ui.tuning import TuningPanel  # noqa: E402
 
-CANDIDATE = Path(__file__).resolve().parents[1] / "recordings" / "candidate.flac"
+CANDIDATE = REPO / "recordings" / "candidate.flac"
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_samples_source_and_bad_values_do_not_crash() -> None:
 @pytest.mark.skipif(__import__("workbench.store.models", fromlist=["x"]).smart_turn_path() is None,
                     reason="smart-turn-v3.2-cpu.onnx not installed")
 def test_end_model_scores_show_and_its_threshold_slider_replays_without_rescoring(tmp_path: Path) -> None:
-    x, rate = sf.read(Path(__file__).resolve().parent.parent / "recordings" / "thinking.flac", dtype="float32")
+    x, rate = sf.read(REPO / "recordings" / "thinking.flac", dtype="float32")
     p = TuningPanel((x[: 16 * rate], rate), TurnParams(silence_ms=300, end_model="smart-turn", max_silence_ms=2500),
                     save_path=tmp_path / "p.json")
     assert p.end_scores and all(0 <= prob <= 1 for _, prob, _ in p.end_scores)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import child_pids, end_model_threads
+from conftest import REPO, child_pids, end_model_threads
 
 from workbench.core import endturn
 from workbench.core.endpointing import DynamicWindow
@@ -17,7 +17,6 @@ from workbench.core.turns import TurnDetector
 from workbench.io import endmodel
 from workbench.store import models
 
-REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME = 320  # 20 ms
 LOUD = (0.1 * np.sin(2 * np.pi * 220 * np.arange(FRAME) / RATE)).astype(np.float32)  # -23 dBFS
@@ -209,12 +208,15 @@ def test_speech_resuming_while_a_threaded_score_runs_makes_it_stale() -> None:
 
 
 @pytest.mark.skipif(models.smart_turn_path() is None, reason="smart-turn-v3.2-cpu.onnx not installed")
-def test_cli_vad_with_the_end_model_prints_the_same_json(capsys) -> None:
+def test_cli_vad_with_the_end_model_prints_the_same_json(capsys, tmp_path) -> None:
     import json
 
     from workbench.ui.cli import main
 
-    assert main(["vad", str(REPO / "recordings" / "thinking.flac"), "--format", "json", "--silence-ms", "300",
+    x, rate = sf.read(REPO / "recordings" / "thinking.flac", dtype="int16")
+    clip = tmp_path / "answer1.flac"
+    sf.write(clip, x[: int(17.0 * rate)], rate)  # the first answer, with its three pauses (thinking.pauses.txt)
+    assert main(["vad", str(clip), "--format", "json", "--silence-ms", "300",
                  "--end-model", "smart-turn", "--max-silence-ms", "1500"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"params", "turns"} and out["params"]["end_model"] == "smart-turn"

@@ -1,6 +1,9 @@
 """The mic pipeline with exact timestamps: no sockets, no sleeps."""
 
+import math
+
 import numpy as np
+import pytest
 
 from workbench.core.events import FrameGap, Vad
 from workbench.core.params import TurnParams
@@ -8,6 +11,8 @@ from workbench.core.pipeline import MicPipeline
 from workbench.core.sender import Outgoing
 
 RATE = 48_000
+FRAME_S = 0.02
+TICK_S = 0.01
 
 
 def speech_frame(i, amp=8000):
@@ -36,14 +41,27 @@ def msgs(out):
 
 
 def test_activity_end_fires_on_the_clock_when_frames_stop():
-    # 1 s of speech, then the sender stops sending (DTX): no frame ever arrives again.
+    # 1 s of speech (pts 0-1 s, each frame arriving 20 ms after its pts), then the sender stops sending (DTX):
+    # no frame ever arrives again.
     frames = [(0.02 * (i + 1), 0.02 * i, speech_frame(i)) for i in range(50)]
-    p, out = run(frames, ticks_to=3.0)
+    p, out = run(frames, ticks_to=3.0, tick_s=TICK_S)
     assert msgs(out) == ["activity_start", "activity_end"]
+    # Expected times from the input alone: media time goes onto the session clock by the first frame's arrival,
+    # so speech starts at 0.02 s and ends with the last frame, at 1.02 s; the turn ends at the first tick that
+    # finds the silence window over (no frame comes to end it).
+    clock_of_media = frames[0][0] - frames[0][1]
+    speech_start = frames[0][1] + clock_of_media
+    speech_end = frames[-1][1] + FRAME_S + clock_of_media
+    due = speech_end + TurnParams().silence_ms / 1000
+    first_tick_due = math.ceil(round(due / TICK_S, 6)) * TICK_S
+    start = next(o for o in out if isinstance(o, Vad) and o.decision == "speech_start")
     end = next(o for o in out if isinstance(o, Vad) and o.decision == "speech_end")
-    last_speech = next(o for o in out if isinstance(o, Vad) and o.decision == "speech_end").media_t
-    # ActivityEnd is decided by a tick within one tick of last speech + silence window.
-    assert 0.0 <= end.t - (last_speech + 0.7) <= 0.011
+    assert start.media_t == pytest.approx(speech_start, abs=1e-6)
+    assert end.media_t == pytest.approx(speech_end, abs=1e-6)
+    assert end.t == pytest.approx(first_tick_due, abs=1e-6)
+    # ActivityEnd goes out with the decision, after every sample of the turn (the soxr tail flushed at the gap)
+    sent = [o for o in out if isinstance(o, Outgoing)]
+    assert sent[-1].msg == "activity_end" and sent[-1].media_t == pytest.approx(speech_end, abs=1e-6)
     assert not p.detector.turn_open
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO
 
 from workbench.analysis.sweep import read_labels
 from workbench.store import speechset
 
-REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "recordings" / "thinking.flac"
 
 

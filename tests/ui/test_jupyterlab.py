@@ -33,7 +33,7 @@ from conftest import chromium, end_group
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 # notebook: the figures it shows at least (04: two timelines per scenario)
 CASES = {"01_live_session": 1, "02_replay_and_analyse": 3, "03_tune_vad": 3, "04_failure_modes": 4,
