@@ -73,7 +73,7 @@ class MicPair:
     """Mic pipeline -> client core -> SDK JSON -> emulator core -> SDK parse -> client core, on one exact clock."""
 
     def __init__(self) -> None:
-        self.pipeline = MicPipeline(TurnParams(), threaded_end_model=False)
+        self.pipeline = MicPipeline(TurnParams())  # no end model: silence alone ends the turn
         self.client = ClientCore(RecoveryConfig())
         self.conversations: dict[str, emu.Conversation] = {}
         self.conversation = emu.Conversation(id=1)

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-RATE = 16000
+from workbench.core.pcm import SENT_RATE
+
+RATE = SENT_RATE  # the model reads what the bridge sends
 WINDOW_S = 8.0  # the model reads the turn's last 8 s, zero-padded at the front when shorter
 N_FFT = 400
 HOP = 160

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from workbench.core.pcm import SENT_RATE
+
 if TYPE_CHECKING:
     from workbench.core.params import TurnParams
 
@@ -195,8 +197,8 @@ class SileroScorer:
                     f"must be between 0.01 and silero_threshold ({params.silero_threshold:g})")
 
     def __init__(self, params: TurnParams, rate: int, infer: SileroInfer | None = None) -> None:
-        if rate != 16000:
-            raise ValueError(f"the silero scorer runs at 16000 Hz, got {rate}")
+        if rate != SENT_RATE:
+            raise ValueError(f"the silero scorer runs at {SENT_RATE} Hz, got {rate}")
         if infer is None:
             loader = MODEL_LOADERS.get("silero")
             if loader is None:
@@ -231,7 +233,7 @@ def validate_settings(params: TurnParams, name: str) -> None:
     _SCORERS[name].validate(params)
 
 
-def make_scorer(params: TurnParams, rate: int = 16000, *, silero_infer: SileroInfer | None = None) -> Scorer:
+def make_scorer(params: TurnParams, rate: int = SENT_RATE, *, silero_infer: SileroInfer | None = None) -> Scorer:
     """Build the scorer ``params.scorer`` names, configured from ``params``.
 
     ``silero_infer``: the loaded Silero model as a callable (default: the loader a shell registered in

@@ -82,6 +82,7 @@ from workbench.core.endpointing import MIN_PAUSE_S, DynamicWindow
 from workbench.core.endturn import RATE as MODEL_RATE
 from workbench.core.endturn import WINDOW_S as MODEL_WINDOW_S
 from workbench.core.params import ENDPOINTING_NAMES, TurnParams
+from workbench.core.pcm import SENT_RATE
 from workbench.core.scorers import SileroInfer, make_scorer
 
 __all__ = ["ENDPOINTING_NAMES", "POLL_S", "Decision", "DecisionKind", "FileClock", "InvalidState", "TurnDetector",
@@ -168,7 +169,7 @@ class TurnDetector:
     same effect the window-by-window rules would have (``_judge`` holds those rules).
     """
 
-    def __init__(self, params: TurnParams, rate: int = 16000, end_model: Any = None, *,
+    def __init__(self, params: TurnParams, rate: int = SENT_RATE, end_model: Any = None, *,
                  silero_infer: SileroInfer | None = None) -> None:
         """``end_model``: the model ``params.end_model`` names, an object with ``probability(audio16k) -> float``
         (scored inline) or ``submit(audio16k, turn) -> pending`` (scored off the loop).  The detector never
