@@ -54,7 +54,7 @@ from workbench.core.pcm import to_int16  # noqa: E402
 from workbench.io import eventloop  # noqa: E402
 from workbench.store.audiofile import load_mono
 
-TITLE = "Recording a user's bridge (workbench.io.tap)"
+TITLE = "Recording a user's bridge (workbench.tap)"
 TARGET_PCT = 0.5  # % of one core per session, on top of the user's bridge (issue 14)
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 FRAME = 960
