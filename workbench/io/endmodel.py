@@ -64,22 +64,15 @@ class EndModelWorker:
     and turn; ``ScoreQueue`` says which are stale (dropped before they cost a call, or their answer
     ignored); the turn detector applies answers on its clock, as it always did.
 
-    Why this shape, by measurement (bench/BENCHMARKS.md, "End-of-turn model and the event loop";
-    2-core EPYC shared with other jobs):
+    Why this shape (the figures are in bench/BENCHMARKS.md, "End-of-turn model and the event loop"):
 
-    - one score is ~20-35 ms of numpy features and ~290 ms of onnxruntime CPU on one thread;
-    - onnxruntime releases the GIL (a 1 ms sleeper beside it: p99 lateness 3.0 ms, idle 2.3 ms), the
-      features do not, in pieces of up to ~15 ms (p99 8.2 ms, max 15 ms): on a thread they stall the loop;
-    - the old thread per session ran up to 10 calls at once on 2 cores: each then took ~2 s (305 ms
-      alone), longer than the 1.7 s the policy waits for it (``max_silence_ms - silence_ms`` in the
-      bench), and a stale call kept running (nothing cancelled it): the CPU went to answers nobody read,
-      which is why that run made 10 scores where inline made 104;
-    - a batch along axis 0 costs about the same CPU per score (288 / 262 / 267 ms alone / in 2 / in 4;
-      293 / 287 / 297 in another run), and its first answer waits for the whole batch: ``max_batch``
-      defaults to 1;
-    - with it, loop lag p99 (stalls counted) was 22.5 ms at 10 sessions where the same loop with no model
-      measured 19.7 ms a minute earlier, against 56 ms for the same queue on a thread and seconds for
-      the thread per session or inline (machine at load 8-10; every figure there moves with it).
+    - a score is tens of ms of numpy features and a few hundred ms of onnxruntime CPU on one thread;
+    - onnxruntime releases the GIL, the features hold it in pieces of up to ~15 ms: on a thread of the
+      loop's process they delay the loop;
+    - a thread per session runs many calls at once on few cores: each then takes longer than the policy
+      waits for it (``max_silence_ms - silence_ms``), and a stale call keeps running unless cancelled;
+    - a batch along axis 0 costs about the same CPU per score, and its first answer waits for the whole
+      batch: ``max_batch`` defaults to 1.
 
     Hence one request at a time, newest first, in one child process (``process=True``, the default for
     a named model): the loop's process only slices the audio and writes 512 KB to a pipe, and never

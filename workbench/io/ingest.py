@@ -11,7 +11,7 @@ The loop wakes for frames and for due deadlines, nothing else; with Opus decoded
 the one timer is re-armed only when a deadline comes nearer than the one it is set for, and
 otherwise fires, finds nothing due yet and sleeps to the new deadline.  The frame path is a bare
 ``await track.recv()``: no task, future or timer per frame (a pending-``recv()`` task raced
-against a timeout costs ~0.3 % of a core per session, as much as the whole turn detector).
+against a timeout costs about as much as the whole turn detector: bench/BENCHMARKS.md, "Concurrent sessions").
 
 The speech tail.  aiortc's jitter buffer keeps the last ~80 ms of a burst until packets resume
 (DESIGN.md section 6), which under DTX is after the turn's ActivityEnd.  When the track's frames

@@ -131,7 +131,8 @@ class SmartTurn:
     def probabilities(self, audios: list[np.ndarray]) -> list[float]:
         """Several turns at once: one onnxruntime run over a batch along axis 0 (every input is 8 s).
 
-        Measured on this 2-core CPU, one thread: ~20 % less CPU per score in a batch of 2-4 than one by one."""
+        A batch costs about the same CPU per score as one by one (bench/BENCHMARKS.md, "End-of-turn model and
+        the event loop"), so the worker batches only when asked (``EndModelWorker(max_batch=...)``)."""
         feats = np.stack([log_mel(last_window(a)) for a in audios])
         out = self._sess.run(None, {"input_features": feats})
         return [float(v) for v in np.asarray(out[0]).reshape(len(audios), -1)[:, 0]]
