@@ -6,7 +6,6 @@ import soundfile as sf
 
 import workbench
 from workbench.core.events import Frame, Other, Sent, Server, Vad, Ws, from_dict
-from workbench.store import recording
 from workbench.store.recording import Recorder, RecordingError, load
 
 
@@ -199,49 +198,53 @@ def test_numpy_values_are_recorded_as_numbers_and_json_written_lines_still_load(
     assert list(r.events["kind"]) == ["frame", "vad"] and not r.problems
 
 
-# -- FLAC by the system's libFLAC (no MD5 signature): what the tap records with ------------------------------------
-
-needs_libflac = pytest.mark.skipif(recording.libflac() is None, reason="no system libFLAC")
+# -- raw audio, compressed to FLAC after close: what the tap records with --------------------------------------
 
 
-@needs_libflac
-def test_libflac_stream_round_trips_and_a_killed_writer_leaves_its_encoded_frames(tmp_path):
+def test_raw_audio_is_readable_while_written_and_after_a_kill_and_becomes_flac_after_close(tmp_path):
     x = (np.sin(np.arange(3 * 48_000) / 11) * 9000 + np.random.default_rng(0).normal(0, 300, 3 * 48_000)).astype(
         np.int16)
-    stream = recording._FlacStream(tmp_path / "m.flac", 48_000, fast=True)
-    assert isinstance(stream._file, recording._LibFlacFile)
+    rec = Recorder(tmp_path / "r", {"name": "t"}, raw_audio=True)
     for i in range(0, x.size, 960):
-        stream.write(x[i:i + 960])
-    # the file as a SIGKILL would leave it: every frame encoded so far, no length
-    problems = []
-    cut = recording._read_audio(tmp_path / "m.flac", problems)
-    assert x.size - 2 * recording.AUDIO_BLOCK <= cut.size < x.size
-    assert np.array_equal(np.round(cut * 32768).astype(np.int16), x[:cut.size])
-    assert any("not finalised" in p for p in problems)
-    stream.close()
-    stream.close()  # twice is fine
-    info = sf.info(str(tmp_path / "m.flac"))
-    assert info.frames == x.size and info.samplerate == 48_000 and info.channels == 1
-    assert np.array_equal(sf.read(tmp_path / "m.flac", dtype="int16")[0], x)
-
-
-@needs_libflac
-def test_a_fast_flac_recording_loads_as_any_other_and_a_stream_never_written_stays_empty(tmp_path):
-    rec = Recorder(tmp_path / "r", {"name": "t"}, fast_flac=True)
-    rec.mic(0.1, 0, np.full(960, 1000, np.int16))
-    rec.mic(0.5, 960 * 10, np.full(960, 2000, np.int16))
-    rec.sent(np.ones(320, np.int16))
+        rec.mic(i / 48_000, i, x[i:i + 960])
+    rec.sent(np.arange(-500, 500, dtype=np.int16))
+    # as a SIGKILL would leave it: every sample written so far, in mic.s16; no FLAC; cut short
+    cut = load(tmp_path / "r")
+    assert cut.cut_short and not (tmp_path / "r" / "mic.flac").exists()
+    assert np.array_equal(np.round(cut.mic * 32768).astype(np.int16), x)
+    assert any(p.startswith("mic.s16: raw audio of a recording cut short") for p in cut.problems), cut.problems
     rec.close()
-    assert (tmp_path / "r" / "model.flac").stat().st_size == 0
+    assert rec.wait_compressed(30)
+    assert rec.compress_error is None
+    d = tmp_path / "r"
+    assert not list(d.glob("*.s16")) and not list(d.glob("*.part"))
+    info = sf.info(str(d / "mic.flac"))
+    assert info.frames == x.size and info.samplerate == 48_000 and info.channels == 1 and info.format == "FLAC"
+    assert np.array_equal(sf.read(d / "mic.flac", dtype="int16")[0], x)
+    done = load(d)
+    assert done.problems == [] and done.sent.size == 1000 and done.model.size == 0
+    assert (d / "model.flac").stat().st_size == 0  # never written: an empty file, read as no audio
+
+
+def test_an_ended_raw_recording_still_compressing_loads_without_a_problem(tmp_path):
+    rec = Recorder(tmp_path / "r", {}, raw_audio=True)
+    rec.mic(0.1, 0, np.full(960, 1000, np.int16))
+    rec.mic(0.5, 960 * 10, np.full(960, 2000, np.int16))  # a gap: zero-filled, as with FLAC
+    for stream in rec._audio.values():  # what close() leaves before its thread has compressed anything
+        stream.close()
+    rec.closed = True
+    rec.meta.update(ended=True, samples={k: s.n_samples for k, s in rec._audio.items()})
+    rec._write_meta()
     r = load(tmp_path / "r")
-    assert r.problems == [] and r.mic.size == 960 * 11 and r.sent.size == 320 and r.model.size == 0
+    assert r.problems == [] and r.mic.size == 960 * 11 and r.model.size == 0
     assert np.all(r.mic[960:960 * 10] == 0) and r.mic[-1] == pytest.approx(2000 / 32768)
 
 
-def test_without_libflac_fast_flac_writes_with_libsndfile(tmp_path, monkeypatch):
-    monkeypatch.setattr(recording, "libflac", lambda: None)
-    rec = Recorder(tmp_path / "r", {}, fast_flac=True)
-    assert isinstance(rec._audio["mic"]._file, sf.SoundFile)
+def test_a_flac_file_renamed_into_place_wins_over_a_raw_file_left_beside_it(tmp_path):
+    """A crash between the rename and the unlink leaves both; the FLAC one is whole (it was renamed whole)."""
+    rec = Recorder(tmp_path / "r", {}, raw_audio=True)
     rec.mic(0.0, 0, np.full(960, 1000, np.int16))
     rec.close()
+    assert rec.wait_compressed(30)
+    (tmp_path / "r" / "mic.s16").write_bytes(np.full(5, 7, "<i2").tobytes())
     assert load(tmp_path / "r").mic.size == 960

@@ -24,7 +24,9 @@ Contract:
   by media time, ``frame_gap`` when frames stop, ``send`` at the app stage (each call) and the
   wire stage (``workbench.io.wiretap``), ``server`` at both stages, ``ws`` pings, pongs and closes,
   ``vad`` for the user's decisions, ``loop_lag`` every 100 ms, ``sent.flac`` (16 kHz) and
-  ``model.flac`` (24 kHz).  ``session.json`` says ``"recorder": "tap"``; ``close()`` marks it ended.
+  ``model.flac`` (24 kHz).  ``session.json`` says ``"recorder": "tap"``; ``close()`` marks it ended
+  and starts the FLAC compression (``wait_compressed``); until it ends, ``workbench.load`` reads
+  the raw files.
 - A track is any object with ``async recv()`` returning ``av.AudioFrame``s, of any rate, layout
   and sample format; frames are recorded as mono 48 kHz (resampled by soxr when they are not).
   One track per recording (``mic.flac`` is one microphone).
@@ -32,18 +34,18 @@ Contract:
   unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
   still running while the user's bridge shuts down must not fail because of the recorder.
 
-Cost: an event line per call and message, the FLAC encode of the audio, and per frame what a
-batch costs over its frames.  48 kHz s16 frames (what aiortc's decoders give) are read in place
-and handled in batches of up to 200 ms (``MicTap.push``): one join, one mono mix, the levels at
-once, a compact row per frame written as its ``frame`` line (no event object), one audio block;
-so ``events.jsonl`` holds them up to ~300 ms after they arrived (a killed process loses at most
-that much of its last frames; the loader orders events by ``t``).  The FLAC files are encoded
-by the system's libFLAC without an MD5 signature (``Recorder(fast_flac=True)``): the encode is
-half of the frame path and libsndfile's MD5 about a quarter of the encode.  Encoding stays on
-the caller's thread: a thread would add hand-overs to the CPU without taking any away, and no
-call of the tap holds the loop long (the longest: ~1 ms of CPU, a few ms on a loaded machine;
-``bench/bench_tap.py`` times each entry point, and measures the whole cost against the same
-bridge untapped, ``bench/BENCHMARKS.md``).
+Cost: an event line per call and message, a ``write`` of raw audio, and per frame what a batch
+costs over its frames.  The tap runs between the user's own calls, so each of its calls starts
+from cold caches; it does the least it can per call and the rest in batches.  ``recv()`` notes a
+frame's arrival time and the frame; ten frames (or the 100 ms timer) later they are read in
+place and handled together (``MicTap.push``): one join, one mono mix, the levels at once, a
+compact row per frame written as its ``frame`` line (no event object), one audio block.  So
+``events.jsonl`` holds them up to ~300 ms after they arrived (a killed process loses at most that
+much of its last frames; the loader orders events by ``t``).  The audio is appended raw
+(``mic.s16``, ``sent.s16``, ``model.s16``) and compressed to FLAC by a thread after ``close()``
+(``Recorder(raw_audio=True)``; ``wait_compressed()`` waits for it): an encoder on the loop cost
+about half of the tap.  ``bench/bench_tap.py`` measures the whole cost against the same bridge
+untapped and times each entry point (``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -109,11 +111,12 @@ class MicTap:
     own buffer (read in place, never copied alone), gathered into batches of media-contiguous
     frames and handled together (one join, channels averaged and levels computed for the whole
     batch, one audio block: numpy and libsndfile calls cost per call, not per sample).  A batch ends
-    at ``BATCH_FRAMES``, at a gap or a media-time jump, at a change of channel count, at ``flush``
-    (the tap calls it from its 100 ms timer once the batch is ``BATCH_AGE_S`` old: frames that stop
-    are on disk ≤ ~300 ms later, so a killed process loses at most that much) and at ``close``.
-    Each frame keeps its own arrival time.  A flowing microphone's batches end at ``BATCH_FRAMES``
-    (200 ms): half as many batches as at the timer's 100 ms, and a batch's calls cost per batch.
+    at ``BATCH_FRAMES`` (handed over by the push that filled it), at a gap or a media-time jump, at
+    a change of channel count, at ``flush`` (the tap calls it from its 100 ms timer once the batch
+    is ``BATCH_AGE_S`` old: frames that stop are on disk ≤ ~300 ms later, so a killed process
+    loses at most that much) and at ``close``.  Each frame keeps its own arrival time.  A flowing
+    microphone's batches end at ``BATCH_FRAMES`` (200 ms): half as many batches as at the timer's
+    100 ms, and a batch's calls cost per batch.
     """
 
     BATCH_FRAMES = 10
@@ -169,7 +172,7 @@ class MicTap:
 
         ``buf`` is kept until the batch is handled (≤ ``BATCH_FRAMES`` frames), not copied."""
         ts = self._ts
-        if ts and len(ts) < self.BATCH_FRAMES and channels == self._channels and t - ts[-1] <= self.gap_s \
+        if ts and channels == self._channels and t - ts[-1] <= self.gap_s \
                 and abs(pts_s - self._next) <= 0.5 * n / MIC_RATE:  # the common case: the batch goes on
             self.last_arrival = t
             self.n_frames += 1
@@ -178,7 +181,7 @@ class MicTap:
             self._bufs.append(buf)
             self._ns.append(n)
             self._next = pts_s + n / MIC_RATE
-            return NOTHING
+            return NOTHING if len(ts) < self.BATCH_FRAMES else self.flush()
         items, audio = self.flush()
         self._arrive(t, pts_s, items)
         if self.rate != MIC_RATE:
@@ -266,13 +269,14 @@ class Tap:
         self.t0 = time.monotonic()
         info: dict[str, Any] = {"name": name or os.path.basename(os.fspath(dir).rstrip("/")), "recorder": "tap",
                                 "t0_monotonic": self.t0, **(meta or {})}
-        self.recorder = Recorder(dir, info, fast_flac=True)
+        self.recorder = Recorder(dir, info, raw_audio=True)
         self.dir = self.recorder.dir
         self.state = TapState.OPEN
         self._seq = 0
         self._sessions = 0
         self._track: TappedTrack | None = None
         self._mic = MicTap()
+        self._frames: list[tuple[float, Any]] = []  # (arrival t, frame) noted by ``_frame``, not yet recorded
         self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
         self._rate: int | None = None  # the track's rate and time base, read again only when the rate changes
         self._time_base: tuple[int, int] | None = None  # (numerator, denominator)
@@ -397,6 +401,7 @@ class Tap:
             return
         t = self.clock()
         try:
+            self._take_frames()
             self._mic_out(*self._mic.close(t))
             self._sent_flush()
         finally:
@@ -407,6 +412,11 @@ class Tap:
             self.recorder.emit(SessionMark(t=self.clock(), what="end"))
             self.recorder.close(sessions=self._sessions, frames=self._mic.n_frames,
                                 track=self._track.describe() if self._track is not None else None, **summary)
+
+    def wait_compressed(self, timeout: float | None = None) -> bool:
+        """After ``close()``: block until ``mic.flac``, ``sent.flac`` and ``model.flac`` are final (the raw
+        files gone); False on timeout.  Not needed to load the recording, only to copy FLAC files away."""
+        return self.recorder.wait_compressed(timeout)
 
     def _leave(self, exc: BaseException | None) -> None:
         if exc is not None and self.state is TapState.OPEN:
@@ -429,35 +439,54 @@ class Tap:
     # -- what the wrappers hand in -----------------------------------------------------------------
 
     def _frame(self, frame: Any) -> None:
-        """Record one frame the track returned: its event, its audio by media time, the gap before it.
+        """Note one frame the track returned, with its arrival time; recorded with the others of its batch.
 
-        Runs on every frame (50 a second a session), so it reads each PyAV property once and the
-        plane in place: the time base is a new ``Fraction`` at every access and is read (as two
-        ints) only when the rate changes.
+        Runs on every frame (50 a second a session) on the user's loop, between their own calls, so
+        it does the least it can: the arrival time and a reference to the frame.  Reading the frame
+        (PyAV properties, the plane), the gap before it, its event and its audio wait for the batch
+        (``_take_frames``, at ``MicTap.BATCH_FRAMES`` frames or from the 100 ms timer): done ten at a
+        time, that code runs from warm caches.  The frame is read after ``recv()`` returned it, so a
+        track that refills one ``AudioFrame`` in place would be recorded with later audio; aiortc's
+        decoders, PyAV's and the workbench's tracks make a new frame each time.
         """
-        if self.state is not TapState.OPEN or not isinstance(frame, av.AudioFrame):
+        if self.state is not TapState.OPEN:
             return
-        try:
-            t = time.monotonic() - self.t0
-            rate = frame.sample_rate
-            if rate != self._rate:
-                self._rate, tb = rate, frame.time_base
-                self._time_base = None if tb is None else (tb.numerator, tb.denominator)
-                if self._track is not None:
-                    self._track.note(frame)
-            pts, tb = frame.pts, self._time_base
-            n = frame.samples
-            pts_s = pts * tb[0] / tb[1] if pts is not None and tb is not None else self._counted_s
-            self._counted_s += n / rate  # media time for frames without pts
-            channels = frame.layout.nb_channels
-            if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
-                out = self._mic.push(t, pts_s, frame.planes[0], n, channels)
-                if out is not NOTHING:
-                    self._mic_out(*out)
-            else:
-                self._mic_out(*self._mic.frame(t, pts_s, mono_int16(frame), rate))
-        except Exception as exc:
-            self._fail("track", exc)
+        frames = self._frames
+        frames.append((time.monotonic() - self.t0, frame))
+        if len(frames) >= MicTap.BATCH_FRAMES:
+            self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Record the frames noted by ``_frame``: each one's event, its audio by media time, the gap before it.
+
+        Reads each PyAV property once per frame and the plane in place: the time base is a new
+        ``Fraction`` at every access and is read (as two ints) only when the rate changes.
+        """
+        frames, self._frames = self._frames, []
+        mic = self._mic
+        for t, frame in frames:
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            try:
+                rate = frame.sample_rate
+                if rate != self._rate:
+                    self._rate, tb = rate, frame.time_base
+                    self._time_base = None if tb is None else (tb.numerator, tb.denominator)
+                    if self._track is not None:
+                        self._track.note(frame)
+                pts, tb = frame.pts, self._time_base
+                n = frame.samples
+                pts_s = pts * tb[0] / tb[1] if pts is not None and tb is not None else self._counted_s
+                self._counted_s += n / rate  # media time for frames without pts
+                channels = frame.layout.nb_channels
+                if rate == MIC_RATE and channels <= 2 and frame.format.name == "s16":  # aiortc's decoders: batched
+                    out = mic.push(t, pts_s, frame.planes[0], n, channels)
+                    if out is not NOTHING:
+                        self._mic_out(*out)
+                else:
+                    self._mic_out(*mic.frame(t, pts_s, mono_int16(frame), rate))
+            except Exception as exc:
+                self._fail("track", exc)
 
     def _mic_out(self, items: list[Item], audio: Audio) -> None:
         if items:
@@ -468,7 +497,10 @@ class Tap:
     def _flush_mic(self) -> None:
         """From the 100 ms timer: hand over a batch of frames that has waited long enough."""
         try:
-            if self._mic.batch_age(self.clock()) >= MicTap.BATCH_AGE_S:
+            now = self.clock()
+            if self._frames and now - self._frames[0][0] >= MicTap.BATCH_AGE_S:
+                self._take_frames()
+            if self._mic.batch_age(now) >= MicTap.BATCH_AGE_S:
                 self._mic_out(*self._mic.flush())
         except Exception as exc:
             self._fail("track", exc)

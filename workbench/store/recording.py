@@ -12,7 +12,9 @@ Layout of a recording directory:
 - ``sent.flac``: the 16 kHz audio actually handed to the Live session, back to back.
 - ``model.flac``: the model's 24 kHz audio, back to back.
 
-The FLAC files are 16-bit mono; written with ``fast_flac`` (``workbench.tap``) they carry no MD5 signature.
+The FLAC files are 16-bit mono.  With ``raw_audio`` (``workbench.tap``) each is written as raw PCM
+(``mic.s16``, ...) during the session and compressed to FLAC by a thread after ``close``; the loader
+reads the raw file while there is no FLAC one.
 
 The recorder is an observer: stages hand it events and audio; it never calls back.
 Events reach the OS every 100 ms and audio block by block, so a killed process leaves a readable recording
@@ -21,11 +23,11 @@ that lacks at most its last 100 ms of events and two audio blocks.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -101,117 +103,60 @@ def package_versions() -> dict[str, str]:
     return dict(_versions())
 
 
-_FLAC_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t,
-                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)
-_FLAC_SEEK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)
-_FLAC_TELL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_void_p)
-FLAC_LEVEL = 5  # libsndfile's own default: the same compression, so the same file sizes
+RAW_SUFFIX = ".s16"  # mic.s16: raw 16-bit little-endian mono PCM, before it becomes mic.flac
+COMPRESS_CHUNK = 1 << 20  # samples read and encoded at a time when a raw file becomes FLAC
 
 
-@functools.cache
-def libflac() -> ctypes.CDLL | None:
-    """The system's libFLAC (its stream encoder API, ``FLAC/stream_encoder.h``), or None when there is none.
+class _RawStream:
+    """Raw 16-bit PCM appended as it comes (``mic.s16``), compressed to ``mic.flac`` by ``compress`` after close.
 
-    Tried by its sonames first: ``ctypes.util.find_library`` runs ``ldconfig`` in a subprocess.
-    """
-    import ctypes.util
-
-    for name in ("libFLAC.so.14", "libFLAC.so.12", "libFLAC.so.8", ctypes.util.find_library("FLAC")):
-        if not name:
-            continue
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        p, u = ctypes.c_void_p, ctypes.c_uint
-        lib.FLAC__stream_encoder_new.restype = p
-        for setter in ("channels", "bits_per_sample", "sample_rate", "compression_level", "do_md5"):
-            f = getattr(lib, f"FLAC__stream_encoder_set_{setter}")
-            f.argtypes, f.restype = [p, u], ctypes.c_int
-        lib.FLAC__stream_encoder_init_stream.argtypes = [p, _FLAC_WRITE, _FLAC_SEEK, _FLAC_TELL, p, p]
-        lib.FLAC__stream_encoder_process_interleaved.argtypes = [p, p, u]
-        for name_ in ("finish", "delete"):
-            getattr(lib, f"FLAC__stream_encoder_{name_}").argtypes = [p]
-        return lib
-    return None
-
-
-class _LibFlacFile:
-    """A mono 16-bit FLAC file written by libFLAC itself, each encoded frame handed to the OS at once.
-
-    Why not libsndfile here: its encoder always computes the stream's MD5 signature, ~25 % of the
-    encode (``bench/BENCHMARKS.md``, "Recording a user's bridge"); libFLAC lets it be left unset
-    (all zeros, "not known" in the FLAC format's STREAMINFO), which no reader of ours checks.  The
-    file is otherwise what libsndfile writes: FLAC compression level 5, STREAMINFO rewritten with the
-    length at ``close``, an empty file when no sample came (the loader reads that as no audio); a
-    killed process leaves every frame encoded so far and no length.
+    Why: the tap runs inside the user's bridge, between their own calls, so each call of the
+    recorder starts from cold caches and an encoder costs there several times its cost in a warm
+    loop (``bench/BENCHMARKS.md``, "Recording a user's bridge").  Appending raw samples is one
+    ``write`` a call; the FLAC encode runs once, in one warm pass, after the session.  A killed
+    process leaves every sample written so far (the loader reads ``.s16`` when there is no
+    ``.flac``).  The cost is disk during the session: 96 kB a second for the 48 kHz microphone.
     """
 
-    closed = False
-
-    def __init__(self, lib: ctypes.CDLL, path: Path, rate: int) -> None:
-        self._lib = lib
-        self.path = path
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path = path  # the FLAC file it becomes
+        self.raw = path.with_suffix(RAW_SUFFIX)
         self.rate = rate
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._enc: int | None = None  # started at the first samples, so that a stream never written stays empty
+        self._fd: int | None = os.open(self.raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.n_samples = 0
 
-    def _start(self) -> int:
-        lib, fd = self._lib, self._fd
-
-        def write(_enc: int, buf: Any, n: int, _samples: int, _frame: int, _data: int) -> int:
-            try:
-                os.write(fd, ctypes.string_at(buf, n))
-                return 0  # FLAC__STREAM_ENCODER_WRITE_STATUS_OK
-            except OSError:
-                return 1  # FATAL_ERROR: process() and finish() fail, and say so below
-
-        def seek(_enc: int, offset: int, _data: int) -> int:
-            try:
-                os.lseek(fd, offset, os.SEEK_SET)
-                return 0  # FLAC__STREAM_ENCODER_SEEK_STATUS_OK
-            except OSError:
-                return 1
-
-        def tell(_enc: int, offset: Any, _data: int) -> int:
-            try:
-                offset[0] = os.lseek(fd, 0, os.SEEK_CUR)
-                return 0
-            except OSError:
-                return 1
-
-        self._callbacks = (_FLAC_WRITE(write), _FLAC_SEEK(seek), _FLAC_TELL(tell))  # alive as long as the encoder
-        enc = lib.FLAC__stream_encoder_new()
-        if not enc:
-            raise MemoryError("libFLAC: no encoder")
-        self._enc = enc
-        for setter, value in (("channels", 1), ("bits_per_sample", 16), ("sample_rate", self.rate),
-                              ("compression_level", FLAC_LEVEL), ("do_md5", 0)):
-            getattr(lib, f"FLAC__stream_encoder_set_{setter}")(enc, value)
-        status = lib.FLAC__stream_encoder_init_stream(enc, *self._callbacks, None, None)
-        if status != 0:
-            raise OSError(f"libFLAC: cannot start {self.path.name} (init status {status})")
-        return enc
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
 
     def write(self, samples: np.ndarray) -> None:
-        enc = self._enc if self._enc is not None else self._start()
-        x = np.ascontiguousarray(samples, dtype=np.int32)
-        if not self._lib.FLAC__stream_encoder_process_interleaved(enc, x.ctypes.data, x.size):
-            raise OSError(f"libFLAC: encoding {self.path.name} failed (disk full?)")
+        if samples.size == 0 or self._fd is None:
+            return
+        if samples.dtype != np.int16:
+            samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        view = memoryview(np.ascontiguousarray(samples.reshape(-1), dtype="<i2")).cast("B")
+        while view:  # a regular file takes it whole unless the disk is full
+            view = view[os.write(self._fd, view):]
+        self.n_samples += samples.size
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        ok = True
-        try:
-            if self._enc is not None:
-                ok = self._lib.FLAC__stream_encoder_finish(self._enc)
-                self._lib.FLAC__stream_encoder_delete(self._enc)
-        finally:
-            os.close(self._fd)
-        if not ok:
-            raise OSError(f"libFLAC: could not finish {self.path.name} (disk full?)")
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def compress(self) -> None:
+        """``.s16`` -> ``.flac`` (libsndfile, its default level 5) under a temporary name, renamed, then the raw
+        file removed; a crash at any point leaves either the raw file or the whole FLAC file."""
+        part = self.path.with_name(self.path.name + ".part")
+        if self.n_samples == 0:
+            part.write_bytes(b"")  # an empty file: no audio, as the loader reads it
+        else:
+            with open(self.raw, "rb") as src, sf.SoundFile(part, "w", samplerate=self.rate, channels=1,
+                                                           subtype="PCM_16", format="FLAC") as out:
+                while chunk := src.read(2 * COMPRESS_CHUNK):
+                    out.write(np.frombuffer(chunk, "<i2"))
+        os.replace(part, self.path)
+        self.raw.unlink()
 
 
 class _FlacStream:
@@ -226,17 +171,12 @@ class _FlacStream:
     being encoded (≤ 256 ms of mic, 768 ms of sent audio) and lacks only its length, which the
     loader does without.  No ``flush()``: for FLAC it is only an ``fsync``, which blocks the event
     loop and guards against power loss, not a crash.
-
-    ``fast``: encode with the system's libFLAC when there is one (``_LibFlacFile``: no MD5
-    signature, about half the CPU), else with libsndfile as without.
     """
 
-    def __init__(self, path: Path, rate: int, fast: bool = False) -> None:
+    def __init__(self, path: Path, rate: int) -> None:
         self.path = path
         self.rate = rate
-        lib = libflac() if fast else None
-        self._file: Any = (_LibFlacFile(lib, path, rate) if lib is not None else
-                           sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC"))
+        self._file = sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16", format="FLAC")
         self._block = np.empty(AUDIO_BLOCK, np.int16)
         self._fill = 0
         self.n_samples = 0
@@ -284,8 +224,9 @@ class Recorder:
     """Writes one session's recording directory as the session runs; an optional observer sees the same."""
 
     def __init__(self, out_dir: str | os.PathLike[str], meta: dict[str, Any], observer: Observer | None = None,
-                 fast_flac: bool = False) -> None:
-        """``fast_flac``: the FLAC files without an MD5 signature, by the system's libFLAC if any (``_FlacStream``)."""
+                 raw_audio: bool = False) -> None:
+        """``raw_audio``: write the audio raw and compress it to FLAC after ``close`` (``_RawStream``); the
+        workbench's own bridge encodes FLAC as it goes (``_FlacStream``)."""
         self.observer = observer
         self.dir = Path(out_dir)
         try:
@@ -304,7 +245,11 @@ class Recorder:
         self._write_meta()
         self._events = open(self.dir / "events.jsonl", "ab")
         self._flushed_t = float("-inf")
-        self._audio = {key: _FlacStream(self.dir / name, rate, fast_flac) for key, (name, rate) in AUDIO_FILES.items()}
+        stream = _RawStream if raw_audio else _FlacStream
+        self._audio: dict[str, _FlacStream | _RawStream] = {key: stream(self.dir / name, rate)
+                                                             for key, (name, rate) in AUDIO_FILES.items()}
+        self.compressed = threading.Event()  # set once every FLAC file is final (at close without raw_audio)
+        self.compress_error: BaseException | None = None
         self._mic_next: int | None = None  # next mic sample index expected, in 48 kHz media samples
         self._mic_origin: int = 0
         self.closed = False
@@ -385,8 +330,27 @@ class Recorder:
         self.meta["ended"] = True
         self.meta["samples"] = {k: s.n_samples for k, s in self._audio.items()}
         self._write_meta()
+        raw = [s for s in self._audio.values() if isinstance(s, _RawStream)]
+        if raw and failed is None:
+            # not daemon: an interpreter that exits waits for the FLAC files
+            threading.Thread(target=self._compress, args=(raw,), name=f"compress {self.dir.name}").start()
+        else:
+            self.compressed.set()
         if failed is not None:
             raise failed
+
+    def _compress(self, streams: list[_RawStream]) -> None:
+        try:
+            for stream in streams:
+                stream.compress()
+        except Exception as exc:  # disk full: the raw files stay, and load() reads them
+            self.compress_error = exc
+        finally:
+            self.compressed.set()
+
+    def wait_compressed(self, timeout: float | None = None) -> bool:
+        """Block until the FLAC files are final (``raw_audio``: compressed after ``close``); False on timeout."""
+        return self.compressed.wait(timeout)
 
 
 @dataclass
@@ -456,6 +420,23 @@ def _empty(path: Path) -> bool:
         return path.stat().st_size == 0
     except OSError:
         return False
+
+
+def _raw_only(path: Path) -> bool:
+    """A ``raw_audio`` stream not yet (or never) compressed: ``mic.s16`` and no ``mic.flac``."""
+    return not path.exists() and path.with_suffix(RAW_SUFFIX).exists()
+
+
+def _read_raw(path: Path, problems: list[str], ended: bool) -> np.ndarray:
+    """The raw file behind ``path``: complete, whether the recorder is still compressing it (``ended``) or was
+    killed before it could (a problem worth saying: the recording was cut short)."""
+    raw = path.with_suffix(RAW_SUFFIX)
+    data = raw.read_bytes()
+    x = np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.float32) / 32768.0
+    if not ended:
+        problems.append(f"{raw.name}: raw audio of a recording cut short, read in full ({x.size} samples; "
+                        f"never compressed to {path.name})")
+    return x
 
 
 def _read_audio(path: Path, problems: list[str]) -> np.ndarray:
@@ -531,6 +512,7 @@ def load(path: str | os.PathLike[str]) -> Recording:
     written = meta.get("samples", {}) if meta.get("ended") else {}
     # libsndfile leaves a FLAC it never got a sample for as an empty file: an empty stream, not damage
     # (a session the model never answered has an empty model.flac)
-    audio = {key: np.zeros(0, np.float32) if written.get(key) == 0 and _empty(p / name) else
+    audio = {key: _read_raw(p / name, problems, bool(meta.get("ended"))) if _raw_only(p / name) else
+             np.zeros(0, np.float32) if written.get(key) == 0 and _empty(p / name) else
              _read_audio(p / name, problems) for key, (name, _) in AUDIO_FILES.items()}
     return Recording(path=p, meta=meta, events=events, problems=problems, **audio)
