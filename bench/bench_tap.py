@@ -1,6 +1,6 @@
 """Cost of ``workbench.io.tap``: the same user bridge, untapped and tapped, side by side in one run.
 
-Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 5] [--seconds 10]
+Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 6] [--seconds 10]
 (``bench/run_all.py`` runs it with the other bench_*.py scripts.)
 
 The bridge is the user's code, written correctly (one persistent receive loop, one task sending in
@@ -12,16 +12,18 @@ tap's lines: ``Tap``, ``rec.client``, ``rec.session``, ``rec.track`` and ``rec.v
 decision, recording into ``bench/out/tap/``; two more tap the session only and the track only
 (the client is the tap's in both), which split the cost between the message path and the frame path.
 
-Side by side: in each round every variant runs at the same time, each in a process of its own
+Side by side: in each round every variant runs in turn, each alone in a process of its own
 (``--n`` sessions on a fresh uvloop), against one ``workbench emulator`` in another process
-(``benchlib.ExternalEmulator``), all starting together.  On a machine other work loads, the
-variants of a round see the same load, so the difference of a round is the tap's cost, not the
-load's change between runs (run one after the other, the untapped variant alone moved by ±0.4 %
-of a core per session between rounds).  Per variant and round: the process's CPU time over the
-window in which all its sessions stream (last mic start to first mic end), in % of one core per
-session; and event-loop lag, sampled every 100 ms by the bench itself in the same window
-(p50 / p99 / max).  The figure is the tapped − untapped difference per session, round by round
-(median over the rounds).
+(``benchlib.ExternalEmulator``); the order is reversed every other round, so a drift of the machine
+over a round falls on both sides.  Not all at once: on two cores, four processes whose sessions'
+20 ms ticks are aligned wake together and wait for each other, so each one's loop lag measured its
+neighbours (the earlier runs of this section did that: p99 up to 90 ms, untapped too), and their
+cache contention inflated the CPU of whichever did more per tick.  Per variant and round: the
+process's CPU time over the window in which all its sessions stream (last mic start to first mic
+end), in % of one core per session; and event-loop lag, sampled every 100 ms by the bench itself
+in the same window (p50 / p99 / max).  The figure is the tapped − untapped difference per session,
+round by round (median over the rounds): the host's load moves the absolute figures by tens of
+per cent from one minute to the next, the difference of one round much less.
 
 After the rounds, with ``--account`` (the default): one tapped run alone, with each of the tap's
 entry points timed in thread CPU time, so the figure splits into what costs what (the frame
@@ -52,7 +54,7 @@ from benchlib import CANDIDATE, OUT, CpuTrace, ExternalEmulator, pct, publish, s
 from workbench import tap  # noqa: E402
 from workbench.core.pcm import to_int16  # noqa: E402
 from workbench.io import eventloop  # noqa: E402
-from workbench.store.audiofile import load_mono
+from workbench.store.audiofile import load_mono  # noqa: E402
 
 TITLE = "Recording a user's bridge (workbench.tap)"
 TARGET_PCT = 0.5  # % of one core per session, on top of the user's bridge (issue 14)
@@ -297,7 +299,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace this section of bench/BENCHMARKS.md")
     ap.add_argument("--n", type=int, default=5, help="concurrent sessions per variant (default %(default)s)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of all variants at once (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of all variants at once (default %(default)s)")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per session, s (default %(default)s)")
     ap.add_argument("--parts", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the session-only and track-only taps, to split the cost (default on)")
@@ -317,7 +319,8 @@ def main() -> int:
     load = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
     with ExternalEmulator() as emu:
         for r in range(args.rounds):
-            for v, got in spawn(names, args, emu, out / str(r)).items():
+            for v in names if r % 2 == 0 else names[::-1]:
+                got = spawn([v], args, emu, out / str(r))[v]
                 rows[v].append(got)
                 print(f"round {r + 1} {v}: {got['per_session_pct']:.3f} % per session, "
                       f"lag p99 {got['lag_p99']:.1f} ms", file=sys.stderr)
@@ -330,16 +333,17 @@ def main() -> int:
 
 def frame_costs(audio: np.ndarray, batches: int = 7) -> dict[str, float]:
     """µs per 20 ms frame, measured alone in process CPU time (best of ``batches`` passes over the audio, so a busy
-    machine's stalls drop out): the tap's whole frame path, the mic.flac write of the same samples as the tap does it
-    (``fast_flac``: libFLAC, no MD5) and as libsndfile does it (what the recorder does without ``fast_flac``)."""
+    machine's stalls drop out): the tap's whole frame path; the mic audio's write as the tap does it (raw) and as the
+    workbench's own recorder does it (libsndfile's FLAC encode), in the tap's 200 ms blocks; and the compression of
+    the raw file to FLAC after close, per frame of audio."""
     import tempfile
 
     from workbench.store.recording import Recorder
 
     track = PacedTrack(audio)
     whole_mono = audio[: len(track.frames) * FRAME]
-    mono = [whole_mono[i:i + 5 * FRAME] for i in range(0, whole_mono.size, 5 * FRAME)]  # as the tap batches
-    whole, flac, sndfile = [], [], []
+    mono = [whole_mono[i:i + 10 * FRAME] for i in range(0, whole_mono.size, 10 * FRAME)]  # as the tap batches
+    whole, raw, flac, compress = [], [], [], []
     with tempfile.TemporaryDirectory() as d:
         for b in range(batches):
             rec = tap.Tap(Path(d) / f"rec{b}")
@@ -348,15 +352,23 @@ def frame_costs(audio: np.ndarray, batches: int = 7) -> dict[str, float]:
             for f in track.frames:
                 rec._frame(f)
             whole.append((time.process_time() - t0) / len(track.frames) * 1e6)
-            for fast, out in ((True, flac), (False, sndfile)):
-                mic = Recorder(Path(d) / f"mic{b}{fast}", {}, fast_flac=fast)
+            for is_raw, out in ((True, raw), (False, flac)):
+                mic = Recorder(Path(d) / f"mic{b}{is_raw}", {}, raw_audio=is_raw)
                 t0 = time.process_time()
                 for i, x in enumerate(mono):
-                    mic.mic(0.0, i * 5 * FRAME, x)
+                    mic.mic(0.0, i * 10 * FRAME, x)
                 out.append((time.process_time() - t0) / len(track.frames) * 1e6)
+                stream = mic._audio["mic"]
+                if is_raw:
+                    stream.close()
+                    t0 = time.process_time()
+                    stream.compress()
+                    compress.append((time.process_time() - t0) / len(track.frames) * 1e6)
                 mic.close()
+                mic.wait_compressed()
             rec.close()
-    return {"frame_us": min(whole), "flac_us": min(flac), "sndfile_us": min(sndfile)}
+            rec.wait_compressed()
+    return {"frame_us": min(whole), "raw_us": min(raw), "flac_us": min(flac), "compress_us": min(compress)}
 
 
 def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, costs: dict[str, float],
@@ -376,7 +388,8 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
     lines = [
         f"Load (`uptime`) before the rounds: {load[0]}; after: {load[-1]}.",
         "",
-        f"{args.rounds} rounds; in each, {', '.join(rows)} at the same time, each in a process of its own with "
+        f"{args.rounds} rounds; in each, {', '.join(rows)} in turn (the order reversed every other round), each alone "
+        f"in a process of its own with "
         f"{args.n} sessions (uvloop), {args.seconds:g} s of the candidate track each; the emulator in its own "
         "process. CPU is each process's CPU time over the window in which all its sessions stream, per second of "
         "audio its sessions received in that window, in % of one core per session (median, then each round; the "
@@ -415,11 +428,15 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
             lines.append(f"| {label} | {calls} | {1e6 * secs / max(1, calls):.0f} | {share:.3f} | "
                          f"{1e3 * cpu_max:.2f} | {1e3 * wall_max:.2f} |")
         lines.append(f"| all | | | {total:.3f} | | |")
-    lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes): "
+    lines += ["", "The tap's frame path measured alone after the rounds (best of 7 passes, in a warm loop): "
               f"{costs['frame_us']:.0f} µs a frame ({costs['frame_us'] * 50 / 1e4:.2f} % of a core per session at 50 "
-              "frames a second), of which the mic.flac write (FLAC encode by libFLAC without an MD5 signature, in the "
-              f"recorder's 8192-sample blocks, fed 100 ms at a time) {costs['flac_us']:.0f} µs; the same write by "
-              f"libsndfile (which always computes the MD5), as the tap did before: {costs['sndfile_us']:.0f} µs."]
+              f"frames a second). The mic audio's write, in the tap's 200 ms blocks: raw, as the tap writes it, "
+              f"{costs['raw_us']:.1f} µs a frame; FLAC-encoded as it comes by libsndfile, as the workbench's own "
+              f"recorder writes it, {costs['flac_us']:.1f} µs. The raw file's compression to FLAC after close, in a "
+              f"thread, outside the rounds' window: {costs['compress_us']:.1f} µs per frame of audio "
+              f"({costs['compress_us'] * 50 / 1e4:.2f} % of a core per second of audio, spent once at the end). "
+              "Measured in a warm loop, these are far below their share in the rounds above, where the user's bridge "
+              "runs between the tap's calls and each call starts from cold caches."]
     return section(TITLE, "\n".join(lines))
 
 
