@@ -518,11 +518,12 @@ def report(runs: list[dict[str, Any]], tinfo: list[dict[str, Any]], version: str
         "on thinking.flac was 586 ms against the workbench's 688 ms (2026-12-01, load ≈ 1); with the machine "
         "loaded its inference takes seconds and its p50 goes to ~2 s.",
         "- *The workbench's Smart Turn against pipecat's* (the same policy: a stop after 200 ms, then the model, "
-        "3 s when it says incomplete): it cuts off or leaves unended far fewer answers (with frames flowing none), "
-        "but ends later: its model runs on one worker thread per session (`endturn.ThreadedEndModel`) and the "
-        "turn waits for the score or the 3000 ms cap. The scores' own times are in the recordings "
-        "(`end_score` events, `bench/out/peers/wb_smart-*`): read them to see whether the model or the policy set "
-        "the latency.",
+        "3 s when it says incomplete): its model runs in one shared worker process per runner "
+        "(`workbench.io.endmodel.EndModelWorker`, issue 15), asked after 200 ms of silence; the turn ends at the "
+        "score or the 3000 ms cap. The scores' own times are in the recordings (`end_score` events with the "
+        "silence they were made at, `bench/out/peers/wb_smart-*`): read them to see whether the model or the "
+        "policy set the latency. Under load the scores come late and the turns end at the cap (the 2026-12-01 "
+        "run of this section, load 9–15: p50 2.0–3.0 s).",
         "- *Frames stopping (DTX)*: pipecat's `VADController(audio_idle_timeout=1.0)` forces the VAD to stop 1 s "
         "(wall clock) after the last frame, but smart-turn's 3 s fallback counts the *audio it receives*; when "
         "smart-turn judged the turn incomplete and no frames come, the turn does not end until speech resumes, "
