@@ -110,7 +110,7 @@ class MicTap:
     ``push``: the common case, 48 kHz packed s16 mono or stereo (aiortc's decoders), as the frame's
     own buffer (read in place, never copied alone), gathered into batches of media-contiguous
     frames and handled together (one join, channels averaged and levels computed for the whole
-    batch, one audio block: numpy and libsndfile calls cost per call, not per sample).  A batch ends
+    batch, one audio block: numpy calls and file writes cost per call, not per sample).  A batch ends
     at ``BATCH_FRAMES`` (handed over by the push that filled it), at a gap or a media-time jump, at
     a change of channel count, at ``flush`` (the tap calls it from its 100 ms timer once the batch
     is ``BATCH_AGE_S`` old: frames that stop are on disk ≤ ~300 ms later, so a killed process

@@ -107,6 +107,13 @@ RAW_SUFFIX = ".s16"  # mic.s16: raw 16-bit little-endian mono PCM, before it bec
 COMPRESS_CHUNK = 1 << 20  # samples read and encoded at a time when a raw file becomes FLAC
 
 
+def _as_int16(samples: np.ndarray) -> np.ndarray:
+    """What the audio files hold: int16 as is, float [-1, 1) scaled (truncated) and clipped."""
+    if samples.dtype == np.int16:
+        return samples
+    return np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+
+
 class _RawStream:
     """Raw 16-bit PCM appended as it comes (``mic.s16``), compressed to ``mic.flac`` by ``compress`` after close.
 
@@ -132,8 +139,7 @@ class _RawStream:
     def write(self, samples: np.ndarray) -> None:
         if samples.size == 0 or self._fd is None:
             return
-        if samples.dtype != np.int16:
-            samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        samples = _as_int16(samples)
         view = memoryview(np.ascontiguousarray(samples.reshape(-1), dtype="<i2")).cast("B")
         while view:  # a regular file takes it whole unless the disk is full
             view = view[os.write(self._fd, view):]
@@ -184,8 +190,7 @@ class _FlacStream:
     def write(self, samples: np.ndarray) -> None:
         if samples.size == 0:
             return
-        if samples.dtype != np.int16:
-            samples = np.clip(np.asarray(samples, dtype=np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        samples = _as_int16(samples)
         x = samples.reshape(-1)
         self.n_samples += x.size
         while x.size:
