@@ -27,7 +27,7 @@ per cent from one minute to the next, the difference of one round much less.
 
 After the rounds, with ``--account`` (the default): one tapped run alone, with each of the tap's
 entry points timed in thread CPU time, so the figure splits into what costs what (the frame
-path and its mic.flac encode, the loop-lag timer, sends and sent.flac, receives and model.flac,
+path and its raw mic audio, the loop-lag timer, sends and their raw audio, receives and theirs,
 the wire tap's events); and the frame path measured alone (``frame_costs``).
 ``--write`` replaces the "## Recording a user's bridge (workbench.tap)" section of BENCHMARKS.md.
 """
@@ -217,10 +217,10 @@ class EmulatorAt:
 # The tap's entry points, timed by ``--account``: label -> its (owner, method)s.  Each call is timed in thread CPU
 # time; a call made inside another entry point (an event a send records) is counted in that one only.
 ENTRY_POINTS = {
-    "frame path (each frame; batches, frame events, mic.flac)": [(tap.Tap, "_frame")],
+    "frame path (each frame; batches, frame events, raw mic audio)": [(tap.Tap, "_frame")],
     "batches handed over by the 100 ms timer": [(tap.Tap, "_flush_mic")],
-    "sends (app events, sent.flac)": [(tap.TappedSession, "_record_realtime"), (tap.Tap, "_sent_audio")],
-    "receives (app events, model.flac)": [(tap.Tap, "_received")],
+    "sends (app events, raw sent audio)": [(tap.TappedSession, "_record_realtime"), (tap.Tap, "_sent_audio")],
+    "receives (app events, raw model audio)": [(tap.Tap, "_received")],
     "other events (wire tap, loop lag, vad)": [(tap.Tap, "emit")],
 }
 
