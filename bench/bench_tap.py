@@ -55,6 +55,7 @@ from workbench import tap  # noqa: E402
 from workbench.core.pcm import to_int16  # noqa: E402
 from workbench.io import eventloop  # noqa: E402
 from workbench.store.audiofile import load_mono  # noqa: E402
+from workbench.store.recording import Recorder  # noqa: E402
 
 TITLE = "Recording a user's bridge (workbench.tap)"
 TARGET_PCT = 0.5  # % of one core per session, on top of the user's bridge (issue 14)
@@ -215,41 +216,48 @@ class EmulatorAt:
 
 
 # The tap's entry points, timed by ``--account``: label -> its (owner, method)s.  Each call is timed in thread CPU
-# time; a call made inside another entry point (an event a send records) is counted in that one only.
+# time, without the time of the timed calls it makes (those count under their own label): the notes on the user's
+# path, then what the 100 ms tick does with them.
 ENTRY_POINTS = {
-    "frame path (each frame; batches, frame events, raw mic audio)": [(tap.Tap, "_frame")],
-    "batches handed over by the 100 ms timer": [(tap.Tap, "_flush_mic")],
-    "sends (app events, raw sent audio)": [(tap.TappedSession, "_record_realtime"), (tap.Tap, "_sent_audio")],
-    "receives (app events, raw model audio)": [(tap.Tap, "_received")],
-    "other events (wire tap, loop lag, vad)": [(tap.Tap, "emit")],
+    "notes: each frame (recv)": [(tap.Tap, "_frame")],
+    "notes: each send and message received": [(tap.Tap, "_note_send"), (tap.Tap, "_sent_done"),
+                                              (tap.Tap, "_received")],
+    "notes: other events (wire tap, vad)": [(tap.Tap, "emit")],
+    "tick: frames (batches, frame rows, raw mic audio)": [(tap.Tap, "_take_frames")],
+    "tick: sends (app events, raw sent audio)": [(tap.Tap, "_record_sends")],
+    "tick: messages (app events, raw model audio)": [(tap.Tap, "_record_messages")],
+    "tick: events written (one write a tap)": [(Recorder, "emit_items")],
+    "tick: the rest (timer, loop lag)": [(tap._Ticker, "_fire")],
 }
 
 
 def account() -> dict[str, list[float]]:
-    """Wrap ``ENTRY_POINTS`` so that each adds its own time; returns label -> [calls, thread CPU s, longest call's
-    thread CPU s, longest call's wall s] (a wall time well past its CPU time: the thread was preempted or blocked)."""
+    """Wrap ``ENTRY_POINTS`` so that each adds its own time; returns label -> [calls, thread CPU s (its own, not its
+    timed callees'), longest call's thread CPU s and wall s (both with its callees; a wall time well past its CPU
+    time: the thread was preempted or blocked)]."""
     import functools
 
     acc: dict[str, list[float]] = {label: [0, 0.0, 0.0, 0.0] for label in ENTRY_POINTS}
-    depth = [0]
+    children: list[float] = []  # per timed call in progress: the thread CPU time of its timed callees
     for label, methods in ENTRY_POINTS.items():
         for owner, name in methods:
             inner = getattr(owner, name)
 
             def wrapper(*a: Any, _f: Any = inner, _label: str = label, **k: Any) -> Any:
-                depth[0] += 1
+                children.append(0.0)
                 t0, w0 = time.thread_time(), time.perf_counter()
                 try:
                     return _f(*a, **k)
                 finally:
-                    depth[0] -= 1
-                    if depth[0] == 0:
-                        cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
-                        e = acc[_label]
-                        e[0] += 1
-                        e[1] += cpu
-                        e[2] = max(e[2], cpu)
-                        e[3] = max(e[3], wall)
+                    cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
+                    own = cpu - children.pop()
+                    if children:
+                        children[-1] += cpu
+                    e = acc[_label]
+                    e[0] += 1
+                    e[1] += own
+                    e[2] = max(e[2], cpu)
+                    e[3] = max(e[3], wall)
 
             setattr(owner, name, functools.wraps(inner)(wrapper))
     return acc
@@ -338,8 +346,6 @@ def frame_costs(audio: np.ndarray, batches: int = 7) -> dict[str, float]:
     the raw file to FLAC after close, per frame of audio."""
     import tempfile
 
-    from workbench.store.recording import Recorder
-
     track = PacedTrack(audio)
     whole_mono = audio[: len(track.frames) * FRAME]
     mono = [whole_mono[i:i + 10 * FRAME] for i in range(0, whole_mono.size, 10 * FRAME)]  # as the tap batches
@@ -417,9 +423,11 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
     if acc is not None:
         lines += ["", f"What costs what: one more tapped run alone ({args.n} sessions; CPU "
                   f"{acc['per_session_pct']:.2f} % per session), each of the tap's entry points timed in thread CPU "
-                  "time (a call inside another is counted in that one), over the whole run, in % of one core per "
-                  "session per second of audio:", "",
-                  "| entry point | calls | µs a call | % of a core per session | longest call: CPU ms | wall ms |",
+                  "time (its own time: what it spends in another entry point counts there), over the whole run, in % "
+                  "of one core per session per second of audio; notes run on the user's path, the tick every 100 ms. "
+                  "Not timed: the wire tap's own work on each frame (it hands its events to the notes).", "",
+                  "| entry point | calls | µs a call | % of a core per session | longest call, callees in: CPU ms "
+                  "| wall ms |",
                   "|---|---|---|---|---|---|"]
         total = 0.0
         for label, (calls, secs, cpu_max, wall_max) in acc["account"].items():

@@ -254,6 +254,95 @@ def test_misuse_raises_and_the_recording_is_still_finished(tmp_path: Path) -> No
         tap.Tap(tmp_path / "rec")
 
 
+# -- note now, record at the tick ----------------------------------------------------------------------------------
+
+
+class HeldSession:
+    """Stands in for the SDK's session: its first send waits for ``release`` (a socket that stopped draining);
+    a send of ``text="fail"`` raises."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def send_realtime_input(self, **kwargs: Any) -> None:
+        self.calls += 1
+        if kwargs.get("text") == "fail":
+            raise ConnectionError("socket gone")
+        if self.calls == 1:
+            await self.release.wait()
+
+
+def _lines(rec_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (rec_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_a_send_stuck_in_flight_is_on_disk_at_the_next_tick_and_the_audio_keeps_call_order(tmp_path: Path) -> None:
+    """The evidence of a send that never returns (failure A's bridge) must not wait for it; sent.flac must."""
+    a, b, c = (np.full(1600, v, "<i2").tobytes() for v in (1, 2, 3))
+    pcm = "audio/pcm;rate=16000"
+
+    async def run() -> None:
+        with tap.Tap(tmp_path / "rec") as rec:
+            held = HeldSession()
+            session = rec.session(held)
+            stuck = asyncio.create_task(session.send_realtime_input(audio=types.Blob(data=a, mime_type=pcm)))
+            await asyncio.sleep(0)
+            buf = bytearray(b)
+            await session.send_realtime_input(audio={"data": buf, "mime_type": pcm})
+            buf[:] = bytes(len(buf))  # the caller refills its buffer: what was sent is what is recorded
+            with pytest.raises(ConnectionError, match="socket gone"):
+                await session.send_realtime_input(text="fail")
+            await session.send_realtime_input(audio=types.Blob(data=c, mime_type=pcm))
+            await asyncio.sleep(0.25)  # two ticks
+            app = [(e["msg"], e["seq"]) for e in _lines(rec.dir) if e["kind"] == "send" and e["stage"] == "app"]
+            assert app == [("audio", 1), ("audio", 2), ("text", 3), ("audio", 4)]
+            assert (rec.dir / "sent.s16").stat().st_size == 0  # the audio after the stuck call waits with it
+            held.release.set()
+            await stuck
+            await asyncio.sleep(0.25)
+            sent = np.frombuffer((rec.dir / "sent.s16").read_bytes(), "<i2")
+            assert sent.tolist() == [1] * 1600 + [2] * 1600 + [3] * 1600  # in call order; the failed call's none
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    loaded = workbench.load(tmp_path / "rec")
+    assert "ConnectionError: socket gone" in loaded.of_kind("error")["message"].tolist()[0]
+    assert loaded.sent.size == 3 * 1600
+
+
+def test_taps_on_one_loop_share_one_tick_and_a_second_loop_gets_its_own(tmp_path: Path) -> None:
+    async def both() -> None:
+        async with tap.Tap(tmp_path / "a"):
+            await asyncio.sleep(0.05)  # apart: timers of their own would fire 50 ms apart
+            async with tap.Tap(tmp_path / "b"):
+                await asyncio.sleep(0.45)
+
+    asyncio.run(both())
+    ticks = {}
+    for name in ("a", "b"):
+        loaded = workbench.load(tmp_path / name)
+        lag = loaded.of_kind("loop_lag")
+        ticks[name] = [(round(t + loaded.meta["t0_monotonic"], 3), ms) for t, ms in zip(lag["t"], lag["lag_ms"],
+                                                                                        strict=True)]
+    assert len(ticks["b"]) >= 3
+    assert {ms for _, ms in ticks["b"]} <= {ms for _, ms in ticks["a"]}  # the same tick's lag in both recordings
+    assert all(min(abs(t - u) for u, _ in ticks["a"]) < 0.002 for t, _ in ticks["b"])  # at the same time
+
+    rec = tap.Tap(tmp_path / "c")
+
+    async def speak(decision: str) -> None:
+        rec.vad(decision)
+        await asyncio.sleep(0.25)
+
+    asyncio.run(speak("speech_start"))
+    asyncio.run(speak("speech_end"))  # another loop: the tap moves to its tick, and records there too
+    rec.close()
+    loaded = workbench.load(tmp_path / "c")
+    assert loaded.of_kind("vad")["decision"].tolist() == ["speech_start", "speech_end"]
+    lag_t = loaded.of_kind("loop_lag")["t"]
+    assert (lag_t < 0.25).sum() >= 2 and (lag_t > 0.25).sum() >= 2
+
+
 # -- the frame path in batches, sans I/O ---------------------------------------------------------------------------
 
 
@@ -261,7 +350,7 @@ def test_a_frame_row_is_written_as_the_frame_event_it_stands_for(tmp_path: Path)
     from workbench.core.events import Frame, FrameGap
     from workbench.store.recording import Recorder, _event_line, frame_line
 
-    for row in [(1.2345678, 0.02, 960, -23.45), (0.0, 0.0, 1, -120.0), (3600.1, 3599.987654, 441, 0.0)]:
+    for row in [(1.234568, 0.02, 960, -23.45), (0.0, 0.0, 1, -120.0), (3600.1, 3599.987654, 441, 0.0)]:
         event = Frame(t=row[0], pts_s=row[1], n_samples=row[2], rate=48_000, level_db=row[3])
         assert frame_line(*row) == _event_line(event)
 
@@ -306,7 +395,7 @@ def test_a_batch_of_frames_gives_each_frame_its_own_row_and_one_block_of_audio()
     assert mic.batch_age(10.1) == pytest.approx(0.1)
     it, au = mic.flush()
     mono = [(x[0::2] >> 1) + (x[1::2] >> 1) for x in frames]
-    assert [r[:3] for r in it] == [(10.0 + 0.02 * i, round(sum(m.size for m in mono[:i]) / 48_000, 6), m.size)
+    assert [r[:3] for r in it] == [(round(10.0 + 0.02 * i, 6), round(sum(m.size for m in mono[:i]) / 48_000, 6), m.size)
                                    for i, m in enumerate(mono)]
     assert [r[3] for r in it] == [round(level_dbfs(m), 2) for m in mono]
     assert len(au) == 1 and au[0][0] == 0.0 and np.array_equal(au[0][1], np.concatenate(mono))

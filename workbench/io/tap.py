@@ -34,18 +34,24 @@ Contract:
   unknown VAD decision).  Decisions a VAD task reports after ``close()`` are dropped, since a task
   still running while the user's bridge shuts down must not fail because of the recorder.
 
-Cost: an event line per call and message, a ``write`` of raw audio, and per frame what a batch
-costs over its frames.  The tap runs between the user's own calls, so each of its calls starts
-from cold caches; it does the least it can per call and the rest in batches.  ``recv()`` notes a
-frame's arrival time and the frame; ten frames (or the 100 ms timer) later they are read in
-place and handled together (``MicTap.push``): one join, one mono mix, the levels at once, a
-compact row per frame written as its ``frame`` line (no event object), one audio block.  So
-``events.jsonl`` holds them up to ~300 ms after they arrived (a killed process loses at most that
-much of its last frames; the loader orders events by ``t``).  The audio is appended raw
-(``mic.s16``, ``sent.s16``, ``model.s16``) and compressed to FLAC by a thread after ``close()``
-(``Recorder(raw_audio=True)``; ``wait_compressed()`` waits for it): an encoder on the loop cost
-about half of the tap.  ``bench/bench_tap.py`` measures the whole cost against the same bridge
-untapped and times each entry point (``bench/BENCHMARKS.md``).
+Cost: note now, record at the tick.  The tap runs between the user's own calls, so each of its
+calls starts from cold caches, and its cost is more the number of times it runs than what it does
+each time.  So on the user's path each wrapper only notes what happened, with the time: ``recv()``
+the frame, a send its arguments (and, when the call returns, that it did), ``receive()`` the
+message.  The event loop's 100 ms tick (one timer per loop, shared by all its taps: ``_Ticker``)
+samples the loop's lag and has each tap turn its notes into events and audio in one pass: frames
+read in place and handled in batches (``MicTap.push``: one join, one mono mix, the levels at once,
+a compact row per frame, one audio block), the sends' and messages' events, then each audio file's
+``write`` and one ``write`` of all the events.  So ``events.jsonl`` holds an event ≤ ~100 ms after
+it happened, a frame ≤ ~300 ms after it arrived (a killed process loses at most that much; the
+loader orders events by ``t``), and the ``ws``, ``error`` and ``session`` events at once.  The
+audio is appended raw (``mic.s16``, ``sent.s16``, ``model.s16``) and compressed to FLAC by a
+thread after ``close()`` (``Recorder(raw_audio=True)``; ``wait_compressed()`` waits for it): an
+encoder on the loop cost about half of the tap.  Reading what was noted at the tick means reading
+it up to 100 ms later: a frame or a message the user's code changes in place in the meantime would
+be recorded changed (aiortc's, PyAV's and the SDK's objects are new each time; a send's buffer in
+a dict, which pydantic does not copy, is copied when noted).  ``bench/bench_tap.py`` measures the
+whole cost against the same bridge untapped and times each entry point (``bench/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import enum
 import math
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from typing import Any
@@ -72,7 +79,7 @@ from workbench.io.eventloop import running_loop_name
 from workbench.io.live import server_events
 from workbench.io.webrtc import mono_int16
 from workbench.io.wiretap import tapped_connection
-from workbench.store.recording import FrameRow, Recorder
+from workbench.store.recording import FLUSH_AT_ONCE, FrameRow, Recorder
 
 __all__ = ["Tap", "TapError", "TappedSession", "TappedTrack"]
 
@@ -82,6 +89,8 @@ NOTHING: tuple[list[Item], Audio] = ([], [])  # what a frame that joins a batch 
 
 LOOP_LAG_PERIOD_S = 0.1  # as the workbench's bridge samples it; also hands buffered events to the OS
 VAD_DECISIONS = ("speech_start", "speech_end")
+# the ``send`` event each recorded method makes (``send_realtime_input`` makes one per part it carries)
+SEND_NAMES = {"send_client_content": "client_content", "send_tool_response": "tool_response", "send": "send"}
 # websockets' own keepalive defaults, recorded when the user's http_options do not set them
 WS_DEFAULTS = {"ping_interval": 20.0, "ping_timeout": 20.0, "max_queue": 16, "close_timeout": 10.0}
 
@@ -112,10 +121,10 @@ class MicTap:
     frames and handled together (one join, channels averaged and levels computed for the whole
     batch, one audio block: numpy calls and file writes cost per call, not per sample).  A batch ends
     at ``BATCH_FRAMES`` (handed over by the push that filled it), at a gap or a media-time jump, at
-    a change of channel count, at ``flush`` (the tap calls it from its 100 ms timer once the batch
+    a change of channel count, at ``flush`` (the tap calls it from its 100 ms tick once the batch
     is ``BATCH_AGE_S`` old: frames that stop are on disk ≤ ~300 ms later, so a killed process
     loses at most that much) and at ``close``.  Each frame keeps its own arrival time.  A flowing
-    microphone's batches end at ``BATCH_FRAMES`` (200 ms): half as many batches as at the timer's
+    microphone's batches end at ``BATCH_FRAMES`` (200 ms): half as many batches as at the tick's
     100 ms, and a batch's calls cost per batch.
     """
 
@@ -159,7 +168,7 @@ class MicTap:
             self._resampler = None if rate == MIC_RATE else Resampler(in_rate=rate, out_rate=MIC_RATE)
         n48 = samples.size if rate == MIC_RATE else round(samples.size * MIC_RATE / rate)
         # rounded as the bridge's pipeline rounds them
-        items.append((t, round(pts_s, 6), int(n48), round(level_dbfs(samples), 2)))
+        items.append((round(t, 6), round(pts_s, 6), int(n48), round(level_dbfs(samples), 2)))
         if self._resampler is None:
             audio.append((pts_s, samples))
         else:
@@ -217,13 +226,18 @@ class MicTap:
         n = ns[0]
         if total == n * len(ns):  # all of one size (a decoder's frames): levels of the whole batch at once
             w = mono.reshape(len(ns), n).astype(np.float32)
+            k = 1.0 / (n * 32768.0**2)
             log10 = math.log10
-            level_db = [round(max(-120.0, 10.0 * log10(v)), 2) if v > 0 else -120.0
-                        for v in (np.einsum("ij,ij->i", w, w) / (n * 32768.0**2)).tolist()]
+            # ten values: Python floats cost less than more numpy calls; round(x * 100) / 100 is round(x, 2) (the
+            # nearest double to the same two decimals but in a halfway case) at a third of its cost
+            level_db = [round(1000.0 * log10(v * k)) / 100 if v * k > 1e-12 else -120.0
+                        for v in np.einsum("ij,ij->i", w, w).tolist()]
         else:
             at = np.cumsum([0, *ns]).tolist()
             level_db = [round(level_dbfs(mono[a:b]), 2) for a, b in zip(at, at[1:], strict=False)]
-        items: list[Item] = [(t, round(p, 6), k, db) for t, p, k, db in zip(ts, pts, ns, level_db, strict=True)]
+        # times to the µs, as the pipeline rounds them (as round(x, 6) does, at a third of its cost)
+        items: list[Item] = [(round(t * 1e6) / 1e6, round(p * 1e6) / 1e6, k, db)
+                             for t, p, k, db in zip(ts, pts, ns, level_db, strict=True)]
         return items, [(pts[0], mono)]
 
     def _flush_resampler(self) -> Audio:
@@ -256,12 +270,60 @@ def _blob(value: Any) -> tuple[bytes | None, str | None]:
     return getattr(value, "data", None), getattr(value, "mime_type", None)
 
 
+class _Ticker:
+    """The 100 ms timer of one event loop, shared by every tap on that loop.
+
+    Each firing samples the loop's lag once (the taps share the loop, so they share its lag) and has
+    each tap record what it noted since the last one (``Tap._tick``).  Why one timer for all: a
+    process that serves many sessions wakes once a tick, not once a tap, and the tap's recording code
+    runs once for each of them in a row, from warm caches, instead of once each between the user's
+    calls.  A self-rearming ``call_at`` handle, no task; it stops when its last tap leaves.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.taps: dict[Tap, None] = {}  # an ordered set: taps tick in the order they joined
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, tap: Tap) -> None:
+        self.taps[tap] = None
+        if self._handle is None:
+            due = self.loop.time() + LOOP_LAG_PERIOD_S
+            self._handle = self.loop.call_at(due, self._fire, due)
+
+    def remove(self, tap: Tap) -> None:
+        self.taps.pop(tap, None)
+        if not self.taps and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self, due: float) -> None:
+        now = self.loop.time()
+        lag_ms = round((now - due) * 1000.0, 3)
+        for tap in list(self.taps):
+            tap._tick(lag_ms)
+        if self.taps:
+            self._handle = self.loop.call_at(now + LOOP_LAG_PERIOD_S, self._fire, now + LOOP_LAG_PERIOD_S)
+        else:
+            self._handle = None
+
+
+_TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = weakref.WeakKeyDictionary()
+
+
 class Tap:
     """One recording of the user's own bridge session; see the module docstring for the contract.
 
     ``dir`` must not hold a recording yet.  ``name`` and ``meta`` go into ``session.json`` (``meta``
     may carry ``params``, the user's VAD settings, which ``diagnose`` reads for the silence window).
     Use as ``with`` or ``async with``; leaving the block (or ``close()``) finishes the files.
+
+    Note now, record at the tick: on the user's path each wrapper only notes what happened (the
+    time and a reference: the frame, the send's arguments, the message received), and the loop's
+    100 ms tick (``_Ticker``) turns the notes into events and audio, all of them in one pass, one
+    write of events and a write per audio file.  Events of the kinds ``Recorder`` writes at once
+    (``ws``, ``error``, ``session``) are written at once, with everything noted before them.  With no
+    running loop there is no tick, and each note is recorded as it comes.
     """
 
     def __init__(self, dir: str | os.PathLike[str], name: str | None = None,
@@ -276,15 +338,20 @@ class Tap:
         self._sessions = 0
         self._track: TappedTrack | None = None
         self._mic = MicTap()
-        self._frames: list[tuple[float, Any]] = []  # (arrival t, frame) noted by ``_frame``, not yet recorded
+        # the notes, in the order they were made, waiting for the tick
+        self._frames: list[tuple[float, Any]] = []  # (arrival t, frame)
+        self._sends: list[list[Any]] = []  # [t, method, kwargs, state, audio]: state None while the call is in flight
+        self._sends_recorded = 0  # how many of ``_sends`` have their events (the rest of them wait for audio)
+        self._messages: list[tuple[float, Any]] = []  # (t, LiveServerMessage) as the application got it
+        self._items: list[Item] = []  # events and frame rows made, written together at the end of the tick
         self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
         self._rate: int | None = None  # the track's rate and time base, read again only when the rate changes
         self._time_base: tuple[int, int] | None = None  # (numerator, denominator)
         self._counted_s = 0.0
         self._failed: set[str] = set()
-        self._lag_timer: asyncio.TimerHandle | None = None
+        self._ticker: _Ticker | None = None
         self.recorder.emit(SessionMark(t=0.0, what="start", detail=info["name"]))
-        self._start_loop_lag()
+        self._join_ticker()
 
     # -- the clock and the recorder ----------------------------------------------------------------
 
@@ -293,8 +360,14 @@ class Tap:
         return time.monotonic() - self.t0
 
     def emit(self, event: Event) -> None:
-        """Record one event (never raises: a failure is recorded once as an ``error`` event)."""
+        """Record one event: at the next tick, or at once (with what was noted before it) for the kinds the
+        recorder writes at once and when there is no tick.  Never raises: a failure is recorded once as an
+        ``error`` event."""
+        if self._ticker is not None and event.kind not in FLUSH_AT_ONCE:
+            self._items.append(event)
+            return
         try:
+            self._record_notes()
             self.recorder.emit(event)
         except Exception as exc:
             self._fail("events", exc)
@@ -312,26 +385,58 @@ class Tap:
         if self.state is not TapState.OPEN:
             raise TapError(f"tap is {self.state.value}: cannot {what} (the recording in {self.dir} is finished)")
 
-    def _start_loop_lag(self) -> None:
-        """Sample the running loop's lag every 100 ms (a self-rearming timer, no task); no loop yet: later."""
-        if self._lag_timer is not None or self.state is not TapState.OPEN:
+    def _join_ticker(self) -> None:
+        """Join the running loop's tick (``_Ticker``); no running loop yet: later, at the next call.  A tap used
+        again under another loop (a second ``asyncio.run``) moves to that loop's tick."""
+        if self.state is not TapState.OPEN:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self.recorder.meta["event_loop"] = running_loop_name()
-
-        def fire(due: float) -> None:
-            if self.state is not TapState.OPEN:
+        if self._ticker is not None:
+            if self._ticker.loop is loop:
                 return
-            now = loop.time()
-            self.emit(LoopLag(t=self.clock(), lag_ms=round((now - due) * 1000.0, 3)))
-            self._flush_mic()
-            self._lag_timer = loop.call_at(now + LOOP_LAG_PERIOD_S, fire, now + LOOP_LAG_PERIOD_S)
+            self._ticker.remove(self)
+            self._ticker = None
+            self._record_notes()
+        self.recorder.meta["event_loop"] = running_loop_name()
+        ticker = _TICKERS.get(loop)
+        if ticker is None:
+            ticker = _TICKERS[loop] = _Ticker(loop)
+        ticker.add(self)
+        self._ticker = ticker
 
-        due = loop.time() + LOOP_LAG_PERIOD_S
-        self._lag_timer = loop.call_at(due, fire, due)
+    def _tick(self, lag_ms: float) -> None:
+        """From the loop's tick: its lag, and everything noted since the last tick recorded."""
+        if self.state is not TapState.OPEN:
+            return
+        self._items.append(LoopLag(t=self.clock(), lag_ms=lag_ms))
+        try:
+            self._record_notes()
+        except Exception as exc:
+            self._fail("tick", exc)
+
+    def _record_notes(self, closing: bool = False) -> None:
+        """Turn the notes into events and audio: audio first, straight to the OS, then the events in one write.
+
+        So a killed process leaves no event without its audio.  Frames go in batches (``MicTap``): a
+        batch is written when it is full (200 ms of a flowing microphone) or has waited ``BATCH_AGE_S``.
+        A send still in flight stops the sends here (the ones after it wait with it), so their ``seq``
+        stays in call order and only audio whose call returned goes into ``sent.flac``; ``closing``
+        records it anyway, without its audio.
+        """
+        if self._frames:
+            self._take_frames()
+        if self._sends:
+            self._record_sends(closing)
+        if self._messages:
+            self._record_messages()
+        if self._mic.batch_age(self.clock()) >= MicTap.BATCH_AGE_S:
+            self._mic_out(*self._mic.flush())
+        if self._items:
+            items, self._items = self._items, []
+            self.recorder.emit_items(items, flush=True)
 
     # -- the contract ------------------------------------------------------------------------------
 
@@ -343,7 +448,7 @@ class Tap:
         subclass of the user's own connection class (websockets' ``ClientConnection`` by default).
         """
         self._check_open("make a client")
-        self._start_loop_lag()
+        self._join_ticker()
         from google import genai
         from google.genai import types
         from websockets.asyncio.client import ClientConnection
@@ -367,7 +472,7 @@ class Tap:
     def session(self, session: Any) -> TappedSession:
         """The Live session, every call and every message received recorded; one ``ws connect`` each."""
         self._check_open("tap a session")
-        self._start_loop_lag()
+        self._join_ticker()
         self._sessions += 1
         self.emit(Ws(t=self.clock(), what="connect", detail=f"conn {self._sessions}"))
         return TappedSession(session, self, self._sessions)
@@ -377,7 +482,7 @@ class Tap:
         self._check_open("tap a track")
         if self._track is not None:
             raise TapError("this tap already records a track; one microphone per recording (use another Tap)")
-        self._start_loop_lag()
+        self._join_ticker()
         self._track = TappedTrack(track, self)
         return self._track
 
@@ -392,24 +497,27 @@ class Tap:
             raise TapError(f"VAD decision must be one of {', '.join(VAD_DECISIONS)}, not {decision!r}")
         if self.state is not TapState.OPEN:
             return
-        self._start_loop_lag()
+        self._join_ticker()
         self.emit(Vad(t=self.clock(), decision=decision, reason=str(reason), media_t=media_t, level_db=level_db))
 
     def close(self, **summary: Any) -> None:
-        """Finish the files and mark ``session.json`` ended (with ``summary`` added); a second call does nothing."""
+        """Finish the files and mark ``session.json`` ended (with ``summary`` added); a second call does nothing.
+
+        Everything noted is recorded first; a send still in flight gets its event, not its audio."""
         if self.state is TapState.CLOSED:
             return
         t = self.clock()
         try:
-            self._take_frames()
+            self._record_notes(closing=True)
             self._mic_out(*self._mic.close(t))
             self._sent_flush()
         finally:
             self.state = TapState.CLOSED
-            if self._lag_timer is not None:
-                self._lag_timer.cancel()
-                self._lag_timer = None
-            self.recorder.emit(SessionMark(t=self.clock(), what="end"))
+            if self._ticker is not None:
+                self._ticker.remove(self)
+                self._ticker = None
+            items, self._items = self._items, []
+            self.recorder.emit_items([*items, SessionMark(t=self.clock(), what="end")])
             self.recorder.close(sessions=self._sessions, frames=self._mic.n_frames,
                                 track=self._track.describe() if self._track is not None else None, **summary)
 
@@ -430,31 +538,57 @@ class Tap:
         self._leave(exc)
 
     async def __aenter__(self) -> Tap:
-        self._start_loop_lag()
+        self._join_ticker()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self._leave(exc)
 
-    # -- what the wrappers hand in -----------------------------------------------------------------
+    # -- the notes the wrappers make (on the user's path: as little as can be) -----------------------
 
     def _frame(self, frame: Any) -> None:
-        """Note one frame the track returned, with its arrival time; recorded with the others of its batch.
+        """Note one frame the track returned, with its arrival time; recorded at the tick, in a batch.
 
         Runs on every frame (50 a second a session) on the user's loop, between their own calls, so
         it does the least it can: the arrival time and a reference to the frame.  Reading the frame
-        (PyAV properties, the plane), the gap before it, its event and its audio wait for the batch
-        (``_take_frames``, at ``MicTap.BATCH_FRAMES`` frames or from the 100 ms timer): done ten at a
-        time, that code runs from warm caches.  The frame is read after ``recv()`` returned it, so a
-        track that refills one ``AudioFrame`` in place would be recorded with later audio; aiortc's
-        decoders, PyAV's and the workbench's tracks make a new frame each time.
+        (PyAV properties, the plane), the gap before it, its event and its audio wait for the tick
+        (``_take_frames``).  The frame is read after ``recv()`` returned it, so a track that refills
+        one ``AudioFrame`` in place would be recorded with later audio; aiortc's decoders, PyAV's and
+        the workbench's tracks make a new frame each time.
         """
         if self.state is not TapState.OPEN:
             return
         frames = self._frames
         frames.append((time.monotonic() - self.t0, frame))
-        if len(frames) >= MicTap.BATCH_FRAMES:
-            self._take_frames()
+        if self._ticker is None and len(frames) >= MicTap.BATCH_FRAMES:  # no tick to wait for
+            self._record_notes()
+
+    def _note_send(self, method: str, kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """Note a send about to be made: [t, method, kwargs, state, audio]; the caller sets state to True
+        when the call returned and False when it raised."""
+        if kwargs:
+            for key in ("audio", "media"):  # a buffer the caller may refill after the call: copied now
+                value = kwargs.get(key)
+                if type(value) is dict and not isinstance(value.get("data"), bytes | None):
+                    kwargs = {**kwargs, key: {**value, "data": bytes(value["data"])}}
+        note = [self.clock(), method, kwargs, None, None]
+        self._sends.append(note)
+        return note
+
+    def _sent_done(self, note: list[Any], ok: bool) -> None:
+        note[3] = ok
+        if self._ticker is None:
+            self._record_notes()
+
+    def _received(self, msg: Any) -> None:
+        """Note a message the application got from ``receive()``; recorded at the tick."""
+        if self.state is not TapState.OPEN:
+            return
+        self._messages.append((time.monotonic() - self.t0, msg))
+        if self._ticker is None:
+            self._record_notes()
+
+    # -- the notes recorded (at the tick) ------------------------------------------------------------
 
     def _take_frames(self) -> None:
         """Record the frames noted by ``_frame``: each one's event, its audio by media time, the gap before it.
@@ -489,31 +623,79 @@ class Tap:
                 self._fail("track", exc)
 
     def _mic_out(self, items: list[Item], audio: Audio) -> None:
-        if items:
-            self.recorder.emit_items(items)
+        """A batch's audio to the OS now, its rows to the tick's one write of events (after the audio)."""
         if audio:
             self._mic_audio(audio)
-
-    def _flush_mic(self) -> None:
-        """From the 100 ms timer: hand over a batch of frames that has waited long enough."""
-        try:
-            now = self.clock()
-            if self._frames and now - self._frames[0][0] >= MicTap.BATCH_AGE_S:
-                self._take_frames()
-            if self._mic.batch_age(now) >= MicTap.BATCH_AGE_S:
-                self._mic_out(*self._mic.flush())
-        except Exception as exc:
-            self._fail("track", exc)
+        if items:
+            self._items.extend(items)
 
     def _mic_audio(self, audio: Audio) -> None:
         offset = self._mic.media_offset or 0.0
         for media_t, x in audio:
             self.recorder.mic(media_t + offset, round(media_t * MIC_RATE), x)
 
-    def _sent(self, msg: str, n_bytes: int = 0, n_samples: int | None = None) -> None:
+    def _record_sends(self, closing: bool) -> None:
+        """Each noted send's events (all of them, in call order: ``seq``), then the audio of those whose calls
+        returned, up to the first still in flight (so ``sent.flac`` keeps their order)."""
+        notes = self._sends
+        for note in notes[self._sends_recorded:]:
+            t, method, kwargs = note[0], note[1], note[2]
+            note[2] = None
+            try:
+                if method == "send_realtime_input":
+                    note[4] = self._record_realtime(t, kwargs or {})
+                else:
+                    self._sent(t, SEND_NAMES.get(method, method))
+            except Exception as exc:
+                self._fail("send", exc)
+        done = 0
+        pcm: list[bytes] = []  # 16 kHz audio of consecutive sends, written together
+        for note in notes:
+            if note[3] is None and not closing:
+                break
+            done += 1
+            if note[3] is True and note[4] is not None:
+                data, rate = note[4]
+                if rate == SENT_RATE and len(data) % 2 == 0:
+                    pcm.append(data)
+                    continue
+                if pcm:
+                    self._sent_audio(b"".join(pcm), SENT_RATE)
+                    pcm = []
+                self._sent_audio(data, rate)
+        if pcm:
+            self._sent_audio(b"".join(pcm), SENT_RATE)
+        del notes[:done]
+        self._sends_recorded = len(notes)
+
+    def _record_realtime(self, t: float, kwargs: dict[str, Any]) -> tuple[bytes, int] | None:
+        """The ``send`` events of one ``send_realtime_input`` call; its audio and rate, when it carried audio."""
+        for key in ("activity_start", "activity_end", "audio_stream_end"):
+            if kwargs.get(key) not in (None, False):
+                self._sent(t, key)
+        for key in ("audio", "media"):
+            value = kwargs.get(key)
+            if value is None:
+                continue
+            data, mime = _blob(value)
+            if key == "media" and not str(mime or "").startswith("audio/"):
+                self._sent(t, "video" if str(mime or "").startswith("image/") else "media",
+                           len(data) if isinstance(data, bytes | bytearray) else 0)
+                continue
+            rate = _pcm_rate(mime)
+            if isinstance(data, bytes | bytearray):
+                self._sent(t, "audio", len(data), round(len(data) // 2 * SENT_RATE / rate))
+                return bytes(data), rate
+            self._sent(t, "audio", 0)
+        if kwargs.get("video") is not None:
+            self._sent(t, "video")
+        if kwargs.get("text") is not None:
+            self._sent(t, "text", len(str(kwargs["text"])))
+        return None
+
+    def _sent(self, t: float, msg: str, n_bytes: int = 0, n_samples: int | None = None) -> None:
         self._seq += 1
-        self.emit(Sent(t=self.clock(), msg=msg, n_bytes=n_bytes, seq=self._seq, stage="app",
-                            n_samples=n_samples))
+        self._items.append(Sent(t=t, msg=msg, n_bytes=n_bytes, seq=self._seq, stage="app", n_samples=n_samples))
 
     def _sent_audio(self, data: bytes, rate: int) -> None:
         """The 16 kHz audio handed to the session, for ``sent.flac`` (resampled when sent at another rate)."""
@@ -533,29 +715,29 @@ class Tap:
             self.recorder.sent(stream.resample_chunk(np.zeros(0, np.int16), last=True))
         self._sent_resamplers.clear()
 
-    def _received(self, msg: Any) -> None:
-        if self.state is not TapState.OPEN:
-            return
-        try:
-            t = self.clock()
-            for ev in server_events(msg, t):
-                self.recorder.emit(ev)
-            sc = msg.server_content
-            if sc is not None and sc.model_turn and sc.model_turn.parts:
-                for part in sc.model_turn.parts:
-                    if part.inline_data and part.inline_data.data:
-                        self.recorder.model(np.frombuffer(part.inline_data.data, dtype="<i2"))
-        except Exception as exc:
-            self._fail("receive", exc)
+    def _record_messages(self) -> None:
+        """Each noted message's ``server`` events (stage ``app``, at the time the application got it) and audio."""
+        messages, self._messages = self._messages, []
+        for t, msg in messages:
+            try:
+                self._items.extend(server_events(msg, t))
+                sc = msg.server_content
+                if sc is not None and sc.model_turn and sc.model_turn.parts:
+                    for part in sc.model_turn.parts:
+                        if part.inline_data and part.inline_data.data:
+                            self.recorder.model(np.frombuffer(part.inline_data.data, dtype="<i2"))
+            except Exception as exc:
+                self._fail("receive", exc)
 
 
 class TappedSession:
     """A Live ``AsyncSession`` whose sends and receives are recorded; everything else is the session's own.
 
-    Each send is recorded (``send`` event, stage ``app``) just before the call, as the workbench's
-    writer does, and the call's own result or exception comes back unchanged; a failed call also
-    leaves an ``error`` event.  ``receive()`` yields exactly what the session's ``receive()`` yields
-    (it too ends at each turn_complete), recording each message as the application gets it.
+    Each send is noted (``send`` event, stage ``app``, at the time of the call) just before the call, as
+    the workbench's writer records it, and the call's own result or exception comes back unchanged; a
+    failed call also leaves an ``error`` event, and its audio stays out of ``sent.flac``.  ``receive()``
+    yields exactly what the session's ``receive()`` yields (it too ends at each turn_complete), noting
+    each message as the application gets it.
     """
 
     def __init__(self, session: Any, tap: Tap, conn: int) -> None:
@@ -567,65 +749,31 @@ class TappedSession:
         return getattr(self._session, name)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await getattr(self._session, method)(*args, **kwargs)
-        except Exception as exc:
-            if self._tap.state is TapState.OPEN:
-                self._tap.emit(Error(t=self._tap.clock(), where=method, message=f"{type(exc).__name__}: {exc}"[:300]))
-            raise
-
-    async def send_realtime_input(self, *args: Any, **kwargs: Any) -> Any:
         tap = self._tap
-        audio: tuple[bytes, int] | None = None
-        if tap.state is TapState.OPEN:
-            try:
-                audio = self._record_realtime(kwargs)
-            except Exception as exc:
-                tap._fail("send", exc)
-        result = await self._call("send_realtime_input", *args, **kwargs)
-        if audio is not None:
-            tap._sent_audio(*audio)
+        note = tap._note_send(method, kwargs) if tap.state is TapState.OPEN else None
+        try:
+            result = await getattr(self._session, method)(*args, **kwargs)
+        except BaseException as exc:
+            if note is not None:
+                tap._sent_done(note, False)
+            if isinstance(exc, Exception) and tap.state is TapState.OPEN:
+                tap.emit(Error(t=tap.clock(), where=method, message=f"{type(exc).__name__}: {exc}"[:300]))
+            raise
+        if note is not None:
+            tap._sent_done(note, True)
         return result
 
-    def _record_realtime(self, kwargs: dict[str, Any]) -> tuple[bytes, int] | None:
-        tap = self._tap
-        for key in ("activity_start", "activity_end", "audio_stream_end"):
-            if kwargs.get(key) not in (None, False):
-                tap._sent(key)
-        for key in ("audio", "media"):
-            value = kwargs.get(key)
-            if value is None:
-                continue
-            data, mime = _blob(value)
-            if key == "media" and not str(mime or "").startswith("audio/"):
-                tap._sent("video" if str(mime or "").startswith("image/") else "media",
-                          len(data) if isinstance(data, bytes | bytearray) else 0)
-                continue
-            rate = _pcm_rate(mime)
-            if isinstance(data, bytes | bytearray):
-                tap._sent("audio", len(data), round(len(data) // 2 * SENT_RATE / rate))
-                return bytes(data), rate
-            tap._sent("audio", 0)
-        if kwargs.get("video") is not None:
-            tap._sent("video")
-        if kwargs.get("text") is not None:
-            tap._sent("text", len(str(kwargs["text"])))
-        return None
+    async def send_realtime_input(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("send_realtime_input", *args, **kwargs)
 
     async def send_client_content(self, *args: Any, **kwargs: Any) -> Any:
-        if self._tap.state is TapState.OPEN:
-            self._tap._sent("client_content")
         return await self._call("send_client_content", *args, **kwargs)
 
     async def send_tool_response(self, *args: Any, **kwargs: Any) -> Any:
-        if self._tap.state is TapState.OPEN:
-            self._tap._sent("tool_response")
         return await self._call("send_tool_response", *args, **kwargs)
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's deprecated ``send``, recorded as ``send`` (the wire tap names what it became)."""
-        if self._tap.state is TapState.OPEN:
-            self._tap._sent("send")
         return await self._call("send", *args, **kwargs)
 
     async def receive(self) -> AsyncIterator[Any]:

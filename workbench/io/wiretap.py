@@ -59,9 +59,9 @@ def classify_client(text: str) -> ClientMsg:
     return ClientMsg.UNKNOWN
 
 
-def classify_server(data: bytes) -> ServerMsg:
-    """Name a server frame by the most specific key it carries (a cheap scan, no JSON parse)."""
-    head = data[:400].decode("utf-8", "replace")
+def classify_server(data: bytes | bytearray | memoryview) -> ServerMsg:
+    """Name a server frame by the most specific key it carries (a cheap scan of its head, no JSON parse)."""
+    head = bytes(data[:400]).decode("utf-8", "replace")
     for needle, kind in _SERVER_KINDS:
         if needle in head:
             return kind
@@ -116,7 +116,7 @@ def tapped_connection(emit: Callable[[Event], None], clock: Callable[[], float],
                 return
             now = clock()
             if event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                data = bytes(event.data)
+                data = event.data  # not copied: a frame of model audio is tens of kB, and only its head is read
                 emit(Server(t=now, msg=classify_server(data), n_bytes=len(data), stage=Stage.WIRE))
             elif event.opcode is Opcode.PING:
                 emit(Ws(t=now, what="server_ping", conn=self.conn))

@@ -69,15 +69,16 @@ def _event_line(event: Event) -> bytes:
 
 
 # A ``frame`` event in compact form: (t, pts_s, n_samples, level_db) at MIC_RATE, already rounded as the
-# pipeline rounds them.  A microphone makes 50 a second a session; a row is one tuple where the event
-# would be a dataclass, its dict and its line (``frame_line`` writes the same line).
+# pipeline rounds them (``t`` and ``pts_s`` to the µs, as ``Event.to_dict`` writes ``t``).  A microphone makes
+# 50 a second a session; a row is one tuple where the event would be a dataclass, its dict and its line
+# (``frame_line`` writes the same line).
 FrameRow = tuple[float, float, int, float]
 
 
 def frame_line(t: float, pts_s: float, n_samples: int, level_db: float) -> bytes:
     """The line ``_event_line(Frame(t=t, pts_s=pts_s, n_samples=n_samples, rate=MIC_RATE, level_db=level_db))``
-    writes, byte for byte, without building the event."""
-    return orjson.dumps({"t": round(t, 6), "kind": Frame.kind, "pts_s": pts_s, "n_samples": n_samples,
+    writes, byte for byte, without building the event; ``t`` is already rounded to the µs (a row's is)."""
+    return orjson.dumps({"t": t, "kind": Frame.kind, "pts_s": pts_s, "n_samples": n_samples,
                          "rate": MIC_RATE, "level_db": level_db}) + b"\n"
 
 
@@ -275,8 +276,9 @@ class Recorder:
         if self.observer is not None:
             self.observer.event(event)
 
-    def emit_items(self, items: list[FrameRow | Event]) -> None:
-        """Append events in order, ``FrameRow``s as ``frame`` events, in one write; flushed as ``emit`` flushes."""
+    def emit_items(self, items: list[FrameRow | Event], flush: bool = False) -> None:
+        """Append events in order, ``FrameRow``s as ``frame`` events, in one write; handed to the OS as ``emit``
+        hands them, or at once with ``flush`` (``workbench.tap`` writes once a tick)."""
         if self.closed or not items:
             return
         if self.observer is not None:  # the observer sees events, so each row becomes one
@@ -287,8 +289,8 @@ class Recorder:
         self._events.write(b"".join([frame_line(*x) if type(x) is tuple else _event_line(x) for x in items]))
         last = items[-1]
         t = last[0] if type(last) is tuple else last.t
-        if t - self._flushed_t >= EVENT_FLUSH_S or any(type(x) is not tuple and x.kind in FLUSH_AT_ONCE
-                                                       for x in items):
+        if flush or t - self._flushed_t >= EVENT_FLUSH_S or any(type(x) is not tuple and x.kind in FLUSH_AT_ONCE
+                                                                for x in items):
             self._events.flush()
             self._flushed_t = t
 
