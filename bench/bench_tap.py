@@ -1,6 +1,6 @@
 """Cost of ``workbench.io.tap``: the same user bridge, untapped and tapped, side by side in one run.
 
-Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 6] [--seconds 10]
+Run:  .venv/bin/python bench/bench_tap.py [--write] [--n 5] [--rounds 8] [--seconds 20]   (~17 min)
 (``bench/run_all.py`` runs it with the other bench_*.py scripts.)
 
 The bridge is the user's code, written correctly (one persistent receive loop, one task sending in
@@ -23,7 +23,9 @@ process's CPU time over the window in which all its sessions stream (last mic st
 end), in % of one core per session; and event-loop lag, sampled every 100 ms by the bench itself
 in the same window (p50 / p99 / max).  The figure is the tapped − untapped difference per session,
 round by round (median over the rounds): the host's load moves the absolute figures by tens of
-per cent from one minute to the next, the difference of one round much less.
+per cent from one minute to the next, the difference of one round much less.  Even so one round's
+difference spreads over ±0.3 % of a core on this VM: the defaults (8 rounds of 20 s) are what it
+takes for the median to settle (4–6 rounds of 10 s gave +0.29 and +0.61 for the same code).
 
 After the rounds, with ``--account`` (the default): one tapped run alone, with each of the tap's
 entry points timed in thread CPU time, so the figure splits into what costs what (the frame
@@ -307,8 +309,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace this section of bench/BENCHMARKS.md")
     ap.add_argument("--n", type=int, default=5, help="concurrent sessions per variant (default %(default)s)")
-    ap.add_argument("--rounds", type=int, default=6, help="rounds of all variants at once (default %(default)s)")
-    ap.add_argument("--seconds", type=float, default=10.0, help="audio per session, s (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=8,
+                    help="rounds, each running every variant in turn (default %(default)s)")
+    ap.add_argument("--seconds", type=float, default=20.0,
+                    help="audio per session, s (default %(default)s; the candidate track is 24.7 s)")
     ap.add_argument("--parts", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the session-only and track-only taps, to split the cost (default on)")
     ap.add_argument("--account", action=argparse.BooleanOptionalAction, default=True,
