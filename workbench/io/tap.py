@@ -39,16 +39,17 @@ calls starts from cold caches, and its cost is more the number of times it runs 
 each time.  So on the user's path each wrapper only notes what happened, with the time: ``recv()``
 the frame, a send its arguments (and, when the call returns, that it did), ``receive()`` the
 message.  The event loop's 100 ms tick (one timer per loop, shared by all its taps: ``_Ticker``)
-samples the loop's lag and has each tap turn its notes into events and audio in one pass: frames
+samples the loop's lag, and every other tick (``RECORD_EVERY``) has each tap turn its notes into
+events and audio in one pass: frames
 read in place and handled in batches (``MicTap.push``: one join, one mono mix, the levels at once,
 a compact row per frame, one audio block), the sends' and messages' events, then each audio file's
-``write`` and one ``write`` of all the events.  So ``events.jsonl`` holds an event ≤ ~100 ms after
-it happened, a frame ≤ ~300 ms after it arrived (a killed process loses at most that much; the
+``write`` and one ``write`` of all the events.  So ``events.jsonl`` holds an event ≤ ~200 ms after
+it happened, a frame ≤ ~400 ms after it arrived (a killed process loses at most that much; the
 loader orders events by ``t``), and the ``ws``, ``error`` and ``session`` events at once.  The
 audio is appended raw (``mic.s16``, ``sent.s16``, ``model.s16``) and compressed to FLAC by a
 thread after ``close()`` (``Recorder(raw_audio=True)``; ``wait_compressed()`` waits for it): an
 encoder on the loop cost about half of the tap.  Reading what was noted at the tick means reading
-it up to 100 ms later: a frame or a message the user's code changes in place in the meantime would
+it up to 200 ms later: a frame or a message the user's code changes in place in the meantime would
 be recorded changed (aiortc's, PyAV's and the SDK's objects are new each time; a send's buffer in
 a dict, which pydantic does not copy, is copied when noted).  ``bench/bench_tap.py`` measures the
 whole cost against the same bridge untapped and times each entry point (``bench/BENCHMARKS.md``).
@@ -87,7 +88,10 @@ Item = FrameRow | Event  # what the mic tap hands the recorder, in time order
 Audio = list[tuple[float, np.ndarray]]  # (media t, 48 kHz int16 mono)
 NOTHING: tuple[list[Item], Audio] = ([], [])  # what a frame that joins a batch hands over; never appended to
 
-LOOP_LAG_PERIOD_S = 0.1  # as the workbench's bridge samples it; also hands buffered events to the OS
+LOOP_LAG_PERIOD_S = 0.1  # the tick: the loop's lag sampled as the workbench's bridge samples it
+# ticks from one recording of the notes to the next (200 ms): against every tick, ~10 % less CPU for the tap
+# (bench/BENCHMARKS.md, "Recording a user's bridge"), for ≤ 100 ms more of events a killed process loses
+RECORD_EVERY = 2
 VAD_DECISIONS = ("speech_start", "speech_end")
 # the ``send`` event each recorded method makes (``send_realtime_input`` makes one per part it carries)
 SEND_NAMES = {"send_client_content": "client_content", "send_tool_response": "tool_response", "send": "send"}
@@ -121,11 +125,11 @@ class MicTap:
     frames and handled together (one join, channels averaged and levels computed for the whole
     batch, one audio block: numpy calls and file writes cost per call, not per sample).  A batch ends
     at ``BATCH_FRAMES`` (handed over by the push that filled it), at a gap or a media-time jump, at
-    a change of channel count, at ``flush`` (the tap calls it from its 100 ms tick once the batch
-    is ``BATCH_AGE_S`` old: frames that stop are on disk ≤ ~300 ms later, so a killed process
-    loses at most that much) and at ``close``.  Each frame keeps its own arrival time.  A flowing
-    microphone's batches end at ``BATCH_FRAMES`` (200 ms): half as many batches as at the tick's
-    100 ms, and a batch's calls cost per batch.
+    a change of channel count, at ``flush`` (the tap calls it when it records its notes, every
+    200 ms, once the batch is ``BATCH_AGE_S`` old: frames that stop are on disk ≤ ~400 ms later,
+    so a killed process loses at most that much) and at ``close``.  Each frame keeps its own arrival
+    time.  A flowing microphone's batches end at ``BATCH_FRAMES`` (200 ms, what the tap hands over
+    each time it records), and a batch's calls cost per batch.
     """
 
     BATCH_FRAMES = 10
@@ -273,17 +277,18 @@ def _blob(value: Any) -> tuple[bytes | None, str | None]:
 class _Ticker:
     """The 100 ms timer of one event loop, shared by every tap on that loop.
 
-    Each firing samples the loop's lag once (the taps share the loop, so they share its lag) and has
-    each tap record what it noted since the last one (``Tap._tick``).  Why one timer for all: a
-    process that serves many sessions wakes once a tick, not once a tap, and the tap's recording code
-    runs once for each of them in a row, from warm caches, instead of once each between the user's
-    calls.  A self-rearming ``call_at`` handle, no task; it stops when its last tap leaves.
+    Each firing samples the loop's lag once (the taps share the loop, so they share its lag) and, every
+    ``RECORD_EVERY`` firings, has each tap record what it noted since it last did (``Tap._tick``).  Why one
+    timer for all: a process that serves many sessions wakes once a tick, not once a tap, and the tap's
+    recording code runs once for each of them in a row, from warm caches, instead of once each between the
+    user's calls.  A self-rearming ``call_at`` handle, no task; it stops when its last tap leaves.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.taps: dict[Tap, None] = {}  # an ordered set: taps tick in the order they joined
         self._handle: asyncio.TimerHandle | None = None
+        self._fired = 0
 
     def add(self, tap: Tap) -> None:
         self.taps[tap] = None
@@ -300,12 +305,16 @@ class _Ticker:
     def _fire(self, due: float) -> None:
         now = self.loop.time()
         lag_ms = round((now - due) * 1000.0, 3)
-        for tap in list(self.taps):
-            tap._tick(lag_ms)
-        if self.taps:
-            self._handle = self.loop.call_at(now + LOOP_LAG_PERIOD_S, self._fire, now + LOOP_LAG_PERIOD_S)
-        else:
-            self._handle = None
+        self._fired += 1
+        record = self._fired % RECORD_EVERY == 0
+        try:
+            for tap in list(self.taps):
+                tap._tick(lag_ms, record)  # never raises (a failure is the tap's ``error`` event)
+        finally:
+            if self.taps:
+                self._handle = self.loop.call_at(now + LOOP_LAG_PERIOD_S, self._fire, now + LOOP_LAG_PERIOD_S)
+            else:
+                self._handle = None
 
 
 _TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = weakref.WeakKeyDictionary()
@@ -318,12 +327,12 @@ class Tap:
     may carry ``params``, the user's VAD settings, which ``diagnose`` reads for the silence window).
     Use as ``with`` or ``async with``; leaving the block (or ``close()``) finishes the files.
 
-    Note now, record at the tick: on the user's path each wrapper only notes what happened (the
-    time and a reference: the frame, the send's arguments, the message received), and the loop's
-    100 ms tick (``_Ticker``) turns the notes into events and audio, all of them in one pass, one
-    write of events and a write per audio file.  Events of the kinds ``Recorder`` writes at once
-    (``ws``, ``error``, ``session``) are written at once, with everything noted before them.  With no
-    running loop there is no tick, and each note is recorded as it comes.
+    Note now, record at the tick: on the user's path each wrapper only notes what happened (the time and a
+    reference: the frame, the send's arguments, the message received), and every ``RECORD_EVERY``-th of the
+    loop's 100 ms ticks (``_Ticker``) turns the notes into events and audio, all of them in one pass, one
+    write of events and a write per audio file.  Events of the kinds ``Recorder`` writes at once (``ws``,
+    ``error``, ``session``) are written at once, with everything noted before them.  With no running loop
+    there is no tick, and each note is recorded as it comes.
     """
 
     def __init__(self, dir: str | os.PathLike[str], name: str | None = None,
@@ -399,7 +408,7 @@ class Tap:
                 return
             self._ticker.remove(self)
             self._ticker = None
-            self._record_notes()
+            self._record_now()
         self.recorder.meta["event_loop"] = running_loop_name()
         ticker = _TICKERS.get(loop)
         if ticker is None:
@@ -407,15 +416,20 @@ class Tap:
         ticker.add(self)
         self._ticker = ticker
 
-    def _tick(self, lag_ms: float) -> None:
-        """From the loop's tick: its lag, and everything noted since the last tick recorded."""
+    def _tick(self, lag_ms: float, record: bool = True) -> None:
+        """From the loop's tick: its lag; with ``record``, everything noted since the last recording recorded."""
         if self.state is not TapState.OPEN:
             return
         self._items.append(LoopLag(t=self.clock(), lag_ms=lag_ms))
+        if record:
+            self._record_now()
+
+    def _record_now(self) -> None:
+        """``_record_notes`` where the user's path or the tick calls it: a failure is an ``error`` event, once."""
         try:
             self._record_notes()
         except Exception as exc:
-            self._fail("tick", exc)
+            self._fail("events", exc)
 
     def _record_notes(self, closing: bool = False) -> None:
         """Turn the notes into events and audio: audio first, straight to the OS, then the events in one write.
@@ -561,24 +575,27 @@ class Tap:
         frames = self._frames
         frames.append((time.monotonic() - self.t0, frame))
         if self._ticker is None and len(frames) >= MicTap.BATCH_FRAMES:  # no tick to wait for
-            self._record_notes()
+            self._record_now()
 
     def _note_send(self, method: str, kwargs: dict[str, Any] | None = None) -> list[Any]:
         """Note a send about to be made: [t, method, kwargs, state, audio]; the caller sets state to True
-        when the call returned and False when it raised."""
+        when the call returned and False when it raised (``_sent_done``).  Never raises."""
+        note = [self.clock(), method, kwargs, None, None]
         if kwargs:
             for key in ("audio", "media"):  # a buffer the caller may refill after the call: copied now
                 value = kwargs.get(key)
                 if type(value) is dict and not isinstance(value.get("data"), bytes | None):
-                    kwargs = {**kwargs, key: {**value, "data": bytes(value["data"])}}
-        note = [self.clock(), method, kwargs, None, None]
+                    try:
+                        note[2] = {**note[2], key: {**value, "data": bytes(value["data"])}}
+                    except Exception:  # not a buffer: the SDK will say so; recorded as it is
+                        pass
         self._sends.append(note)
         return note
 
     def _sent_done(self, note: list[Any], ok: bool) -> None:
         note[3] = ok
         if self._ticker is None:
-            self._record_notes()
+            self._record_now()
 
     def _received(self, msg: Any) -> None:
         """Note a message the application got from ``receive()``; recorded at the tick."""
@@ -586,7 +603,7 @@ class Tap:
             return
         self._messages.append((time.monotonic() - self.t0, msg))
         if self._ticker is None:
-            self._record_notes()
+            self._record_now()
 
     # -- the notes recorded (at the tick) ------------------------------------------------------------
 
@@ -623,9 +640,13 @@ class Tap:
                 self._fail("track", exc)
 
     def _mic_out(self, items: list[Item], audio: Audio) -> None:
-        """A batch's audio to the OS now, its rows to the tick's one write of events (after the audio)."""
+        """A batch's audio to the OS now, its rows to the tick's one write of events (after the audio); audio
+        that cannot be written (disk full) is an ``error`` event, and the rows are kept."""
         if audio:
-            self._mic_audio(audio)
+            try:
+                self._mic_audio(audio)
+            except Exception as exc:
+                self._fail("mic audio", exc)
         if items:
             self._items.extend(items)
 
