@@ -428,7 +428,8 @@ def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace, co
         lines += ["", f"What costs what: one more tapped run alone ({args.n} sessions; CPU "
                   f"{acc['per_session_pct']:.2f} % per session), each of the tap's entry points timed in thread CPU "
                   "time (its own time: what it spends in another entry point counts there), over the whole run, in % "
-                  "of one core per session per second of audio; notes run on the user's path, the tick every 100 ms. "
+                  "of one core per session per second of audio; notes run on the user's path, the tick records them "
+                  "every 200 ms. "
                   "Not timed: the wire tap's own work on each frame (it hands its events to the notes).", "",
                   "| entry point | calls | µs a call | % of a core per session | longest call, callees in: CPU ms "
                   "| wall ms |",
