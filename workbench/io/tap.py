@@ -436,9 +436,10 @@ class Tap:
 
         So a killed process leaves no event without its audio.  Frames go in batches (``MicTap``): a
         batch is written when it is full (200 ms of a flowing microphone) or has waited ``BATCH_AGE_S``.
-        A send still in flight stops the sends here (the ones after it wait with it), so their ``seq``
-        stays in call order and only audio whose call returned goes into ``sent.flac``; ``closing``
-        records it anyway, without its audio.
+        Every noted send gets its events (``seq`` in call order), even one still in flight: the evidence
+        of a send that never returns must not wait for it.  Its audio, and the audio of the sends after
+        it, wait until it returns, so ``sent.flac`` holds only audio whose call returned, in call order;
+        ``closing`` gives up on it (its audio is left out).
         """
         if self._frames:
             self._take_frames()
