@@ -258,18 +258,19 @@ def test_misuse_raises_and_the_recording_is_still_finished(tmp_path: Path) -> No
 
 
 class HeldSession:
-    """Stands in for the SDK's session: its first send waits for ``release`` (a socket that stopped draining);
-    a send of ``text="fail"`` raises."""
+    """Stands in for the SDK's session: with ``hold_first``, its first send waits for ``release`` (a socket that
+    stopped draining); a send of ``text="fail"`` raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_first: bool = True) -> None:
         self.release = asyncio.Event()
         self.calls = 0
+        self.hold_first = hold_first
 
     async def send_realtime_input(self, **kwargs: Any) -> None:
         self.calls += 1
         if kwargs.get("text") == "fail":
             raise ConnectionError("socket gone")
-        if self.calls == 1:
+        if self.calls == 1 and self.hold_first:
             await self.release.wait()
 
 
@@ -322,9 +323,7 @@ def test_a_full_disk_is_an_error_event_never_an_exception_in_the_users_path(tmp_
     async def run() -> int:
         got = 0
         async with tap.Tap(out) as rec:
-            held = HeldSession()
-            held.calls = 1  # no send waits
-            session = rec.session(held)
+            session = rec.session(HeldSession(hold_first=False))
             track = rec.track(src)
             for _ in range(40):
                 await track.recv()

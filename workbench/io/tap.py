@@ -63,7 +63,9 @@ import math
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -274,6 +276,18 @@ def _blob(value: Any) -> tuple[bytes | None, str | None]:
     return getattr(value, "data", None), getattr(value, "mime_type", None)
 
 
+@dataclass(slots=True)
+class _SendNote:
+    """A send noted on the user's path: when, which method, its arguments; ``ok`` None while the call is in
+    flight, then whether it returned; ``audio`` (data, rate) once its events are recorded, if it carried audio."""
+
+    t: float
+    method: str
+    kwargs: dict[str, Any] | None
+    ok: bool | None = None
+    audio: tuple[bytes, int] | None = None
+
+
 class _Ticker:
     """The 100 ms timer of one event loop, shared by every tap on that loop.
 
@@ -349,8 +363,8 @@ class Tap:
         self._mic = MicTap()
         # the notes, in the order they were made, waiting for the tick
         self._frames: list[tuple[float, Any]] = []  # (arrival t, frame)
-        self._sends: list[list[Any]] = []  # [t, method, kwargs, state, audio]: state None while the call is in flight
-        self._sends_recorded = 0  # how many of ``_sends`` have their events (the rest of them wait for audio)
+        self._sends: list[_SendNote] = []  # sends whose events are not recorded yet
+        self._sent_waiting: deque[_SendNote] = deque()  # sends recorded, whose audio waits for their call (in order)
         self._messages: list[tuple[float, Any]] = []  # (t, LiveServerMessage) as the application got it
         self._items: list[Item] = []  # events and frame rows made, written together at the end of the tick
         self._sent_resamplers: dict[int, soxr.ResampleStream] = {}
@@ -443,7 +457,7 @@ class Tap:
         """
         if self._frames:
             self._take_frames()
-        if self._sends:
+        if self._sends or self._sent_waiting:
             self._record_sends(closing)
         if self._messages:
             self._record_messages()
@@ -578,23 +592,22 @@ class Tap:
         if self._ticker is None and len(frames) >= MicTap.BATCH_FRAMES:  # no tick to wait for
             self._record_now()
 
-    def _note_send(self, method: str, kwargs: dict[str, Any] | None = None) -> list[Any]:
-        """Note a send about to be made: [t, method, kwargs, state, audio]; the caller sets state to True
-        when the call returned and False when it raised (``_sent_done``).  Never raises."""
-        note = [self.clock(), method, kwargs, None, None]
+    def _note_send(self, method: str, kwargs: dict[str, Any] | None = None) -> _SendNote:
+        """Note a send about to be made; the caller says how the call ended (``_sent_done``).  Never raises."""
+        note = _SendNote(self.clock(), method, kwargs)
         if kwargs:
             for key in ("audio", "media"):  # a buffer the caller may refill after the call: copied now
                 value = kwargs.get(key)
                 if type(value) is dict and not isinstance(value.get("data"), bytes | None):
                     try:
-                        note[2] = {**note[2], key: {**value, "data": bytes(value["data"])}}
+                        note.kwargs = {**note.kwargs, key: {**value, "data": bytes(value["data"])}}
                     except Exception:  # not a buffer: the SDK will say so; recorded as it is
                         pass
         self._sends.append(note)
         return note
 
-    def _sent_done(self, note: list[Any], ok: bool) -> None:
-        note[3] = ok
+    def _sent_done(self, note: _SendNote, ok: bool) -> None:
+        note.ok = ok
         if self._ticker is None:
             self._record_now()
 
@@ -659,25 +672,23 @@ class Tap:
     def _record_sends(self, closing: bool) -> None:
         """Each noted send's events (all of them, in call order: ``seq``), then the audio of those whose calls
         returned, up to the first still in flight (so ``sent.flac`` keeps their order)."""
-        notes = self._sends
-        for note in notes[self._sends_recorded:]:
-            t, method, kwargs = note[0], note[1], note[2]
-            note[2] = None
+        notes, self._sends = self._sends, []
+        for note in notes:
+            kwargs, note.kwargs = note.kwargs, None
             try:
-                if method == "send_realtime_input":
-                    note[4] = self._record_realtime(t, kwargs or {})
+                if note.method == "send_realtime_input":
+                    note.audio = self._record_realtime(note.t, kwargs or {})
                 else:
-                    self._sent(t, SEND_NAMES.get(method, method))
+                    self._sent(note.t, SEND_NAMES.get(note.method, note.method))
             except Exception as exc:
                 self._fail("send", exc)
-        done = 0
+        waiting = self._sent_waiting
+        waiting.extend(notes)
         pcm: list[bytes] = []  # 16 kHz audio of consecutive sends, written together
-        for note in notes:
-            if note[3] is None and not closing:
-                break
-            done += 1
-            if note[3] is True and note[4] is not None:
-                data, rate = note[4]
+        while waiting and (waiting[0].ok is not None or closing):
+            note = waiting.popleft()
+            if note.ok and note.audio is not None:
+                data, rate = note.audio
                 if rate == SENT_RATE and len(data) % 2 == 0:
                     pcm.append(data)
                     continue
@@ -687,8 +698,6 @@ class Tap:
                 self._sent_audio(data, rate)
         if pcm:
             self._sent_audio(b"".join(pcm), SENT_RATE)
-        del notes[:done]
-        self._sends_recorded = len(notes)
 
     def _record_realtime(self, t: float, kwargs: dict[str, Any]) -> tuple[bytes, int] | None:
         """The ``send`` events of one ``send_realtime_input`` call; its audio and rate, when it carried audio."""

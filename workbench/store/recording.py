@@ -133,10 +133,6 @@ class _RawStream:
         self._fd: int | None = os.open(self.raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.n_samples = 0
 
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
     def write(self, samples: np.ndarray) -> None:
         if samples.size == 0 or self._fd is None:
             return
